@@ -1,0 +1,51 @@
+"""The errors dbpromote raises to its users: one class per kind, each message naming the fix."""
+
+import re
+
+# user:password@ in a URL, password=... in a conninfo string.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str, *secrets: str) -> str:
+    """`text` with every known secret and any password embedded in a database URL masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "****")
+    text = _URL_PASSWORD.sub(r"\1****@", text)
+    return _CONNINFO_PASSWORD.sub(r"\1****", text)
+
+
+class DbpromoteError(Exception):
+    """Base of every error raised to users; the message is one sentence that names the fix."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
+
+
+class ConfigError(DbpromoteError):
+    """Bad configuration: a block, a path, a settings module, a URL."""
+
+
+class PreflightError(DbpromoteError):
+    """The database, project or bucket is not in a state where a promotion may start."""
+
+
+class ApprovalRejected(DbpromoteError):
+    """The approval was refused or timed out; production is untouched."""
+
+
+class BackupError(DbpromoteError):
+    """No verified backup could be made; nothing was migrated."""
+
+
+class MigrationError(DbpromoteError):
+    """A migration did not apply; the message says what state the database is in and the way back."""
+
+
+class VerificationError(DbpromoteError):
+    """The database is migrated but a check afterwards failed."""
+
+
+class StackError(DbpromoteError):
+    """The local stack could not be started, inspected or stopped."""
