@@ -38,6 +38,10 @@ class ApprovalRejected(DbpromoteError):
 class BackupError(DbpromoteError):
     """No verified backup could be made; nothing was migrated."""
 
+    def __init__(self, message: str, *, transient: bool = True):
+        super().__init__(message)
+        self.transient = transient
+
 
 class MigrationError(DbpromoteError):
     """A migration did not apply; the message says what state the database is in and the way back."""

@@ -200,7 +200,8 @@ def free_port(preferred: int, taken: set[int] = frozenset()) -> int:
 
 def _pick_port(stack: Stack, component: str) -> int:
     taken = {port for name, port in stack.ports.items() if name != component}
-    stack.ports[component] = free_port(PREFERRED_PORTS[component], taken)
+    preferred = int(os.environ.get(f"DBPROMOTE_PORT_{component.upper()}", PREFERRED_PORTS[component]))
+    stack.ports[component] = free_port(preferred, taken)
     return stack.ports[component]
 
 

@@ -1,0 +1,49 @@
+# dbpromote: `make demo` to try it, `make test` to test it, `make stop` to tear the local stack down.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PG_BIN ?= /usr/lib/postgresql/15/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-packages demo stop test lint format benchmarks
+
+install: system-packages $(VENV)/.installed
+
+# System packages the stack needs: PostgreSQL 15 server binaries and client tools, zstd, runuser (util-linux).
+system-packages:
+	@missing=""; \
+	[ -x "$(PG_BIN)/initdb" ] || missing="$$missing postgresql-15"; \
+	command -v pg_dump >/dev/null || missing="$$missing postgresql-client-15"; \
+	command -v zstd >/dev/null || missing="$$missing zstd"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/dbpromote stack up
+	$(BIN)/dbpromote stack status
+
+stop:
+	@if [ -x $(BIN)/dbpromote ]; then $(BIN)/dbpromote stack down; fi
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+benchmarks: install
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,58 @@
+"""The environment step: plan, preflight, back up, migrate one at a time, verify, report; for one target."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from dbpromote.config import load_project, load_target
+from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
+from tasks.backup import backup_to_gcs
+from tasks.migrate import apply_migration
+from tasks.plan import Plan, plan_migrations
+from tasks.preflight import check_bucket, check_database
+from tasks.report import StepReport, publish_report
+from tasks.verify import verify_target
+
+
+@flow(name="preflight", flow_run_name="preflight {target}")
+def preflight(project: str, target: str, to: str = "") -> Plan:
+    """Refuse, before anything changes, what cannot be promoted; the plan of the target when all is well."""
+    django_project, database = load_project(project), load_target(target)
+    check_database(database, target)
+    check_bucket(database, target)
+    return plan_migrations(django_project, database, target, to)
+
+
+@flow(name="migrate-environment", flow_run_name="migrate {target}")
+def migrate_environment(project: str, target: str, to: str = "", expected_plan_hash: str = "") -> StepReport:
+    """Take one target to `to` (every leaf when empty), safely, and prove it."""
+    django_project, database = load_project(project), load_target(target)
+    plan = preflight(project, target, to)
+    if expected_plan_hash and plan.hash != expected_plan_hash:
+        raise PreflightError(
+            f"The plan for {target} is now {plan.hash} ({', '.join(plan.labels) or 'nothing'}), not the "
+            f"approved/staged {expected_plan_hash}; nothing was run: start a new promotion."
+        )
+    report = StepReport(target=target, plan=plan)
+    if not plan.migrations:
+        report.verification = verify_target(django_project, database, target, plan)
+        publish_report(report)
+        return report
+    try:
+        report.backup = backup_to_gcs(database, target, plan.applied)
+        for migration in plan.migrations:
+            report.migrations.append(apply_migration(django_project, database, target, migration))
+        report.verification = verify_target(django_project, database, target, plan)
+        if not report.verification.passed:
+            failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)
+            raise VerificationError(f"Verification failed on {target}: {failed}; fix the data or the release.")
+    except DbpromoteError as error:
+        report.error = str(error)
+        publish_report(report)
+        raise type(error)(
+            f"{error} {target} is at the state after {report.last_committed}; the way back: {report.way_back()}."
+        ) from None
+    publish_report(report)
+    return report
+
+

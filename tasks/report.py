@@ -1,0 +1,85 @@
+"""Report: one markdown artifact and one table artifact per environment step, including the way back."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel
+
+from tasks.backup import Backup
+from tasks.migrate import MigrationResult
+from tasks.plan import Plan
+from tasks.verify import Verification
+
+SQL_PREVIEW_LINES = 12
+
+
+class StepReport(BaseModel):
+    """What happened on one target: enough to say where the database is and how to return."""
+
+    target: str
+    plan: Plan
+    backup: Backup | None = None
+    migrations: list[MigrationResult] = []
+    verification: Verification | None = None
+    rls: list[dict] = []
+    error: str = ""
+
+    @property
+    def last_committed(self) -> str:
+        done = [result.label for result in self.migrations]
+        if done:
+            return done[-1]
+        applied = sorted(f"{app}.{name}" for app, name in self.plan.applied)
+        return f"{applied[-1]} (nothing of this plan)" if applied else "an empty schema (nothing of this plan)"
+
+    def way_back(self) -> str:
+        reverse = ", ".join(f"`manage.py migrate {app} {name}`"
+                            for app, name in self.plan.last_applied_by_app().items()
+                            if any(m.app == app for m in self.plan.migrations))
+        irreversible = [m.label for m in self.plan.migrations if not m.reversible]
+        lines = []
+        if reverse:
+            note = f" (not possible: {', '.join(irreversible)} cannot be reversed)" if irreversible else ""
+            lines.append(f"reverse with {reverse}{note}")
+        if self.backup:
+            lines.append(f"or restore {self.backup.uri} (taken before any change)")
+        return "; ".join(lines) or "nothing to undo"
+
+
+def render_markdown(report: StepReport) -> str:
+    plan = report.plan
+    lines = [f"# {report.target}: plan {plan.hash}", ""]
+    if report.error:
+        lines += [f"**FAILED**: {report.error}", "", f"Database is at the state after **{report.last_committed}**.", ""]
+    lines += ["## Plan", "", "| migration | atomic | reversible | risks |", "|---|---|---|---|"]
+    for m in plan.migrations:
+        lines.append(f"| {m.label} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |")
+    for m in plan.migrations:
+        preview = "\n".join(m.sql[:SQL_PREVIEW_LINES]) + ("\n..." if len(m.sql) > SQL_PREVIEW_LINES else "")
+        lines += ["", f"### {m.label}", "```sql", preview, "```"]
+    if report.backup:
+        b = report.backup
+        lines += ["", "## Backup", "", f"- {b.uri}", f"- {b.size_bytes} bytes, CRC32C {b.crc32c}",
+                  f"- {b.duration_s:.1f} s, server {b.server_version}, verified by a full read-back"]
+    if report.migrations:
+        lines += ["", "## Migrations applied", "", "| migration | seconds | attempts |", "|---|---|---|"]
+        lines += [f"| {r.label} | {r.duration_s:.2f} | {r.attempts} |" for r in report.migrations]
+    if report.verification:
+        lines += ["", "## Verify", "", "| check | result | detail |", "|---|---|---|"]
+        lines += [f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail or '-'} |"
+                  for c in report.verification.checks]
+    lines += ["", "## The way back", "", report.way_back()]
+    return "\n".join(lines)
+
+
+@task(name="report")
+def publish_report(report: StepReport) -> str:
+    key = "".join(ch if ch.isalnum() else "-" for ch in f"dbpromote-{report.target}".lower())
+    create_markdown_artifact(render_markdown(report), key=key, description=f"Promotion step on {report.target}")
+    if report.migrations:
+        create_table_artifact(
+            [{"migration": r.label, "seconds": r.duration_s, "attempts": r.attempts} for r in report.migrations],
+            key=f"{key}-migrations", description=f"Migrations applied on {report.target}",
+        )
+    return render_markdown(report)

@@ -1,0 +1,61 @@
+"""Verify: nothing is pending up to the target, the plan is applied, and the project's SQL checks return no rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel
+
+from dbpromote.config import DatabaseTarget, DjangoProject
+from tasks.plan import Plan, compute_plan
+from tasks.preflight import connect
+
+
+class Check(BaseModel):
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+class Verification(BaseModel):
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+
+@task(name="verify", retries=1, retry_delay_seconds=3)
+def verify_target(project: DjangoProject, target: DatabaseTarget, target_name: str, plan: Plan) -> Verification:
+    """Every check runs and is reported, pass or fail; the flow decides what a failure means."""
+    after = compute_plan(project, target, target_name, plan.to)
+    applied = {f"{app}.{name}" for app, name in after.applied}
+    checks = [
+        Check(name="nothing pending", passed=not after.migrations, detail=", ".join(after.labels)),
+        Check(name="plan applied", passed=set(plan.labels) <= applied,
+              detail=", ".join(sorted(set(plan.labels) - applied))),
+    ]
+    checks += run_verify_scripts(project, target, target_name)
+    return Verification(checks=checks)
+
+
+def run_verify_scripts(project: DjangoProject, target: DatabaseTarget, target_name: str) -> list[Check]:
+    """Each *.sql file of the project's verify folder, in name order, in a read-only transaction: no rows = pass."""
+    folder = Path(project.path) / project.verify_dir
+    checks = []
+    with connect(target, target_name) as conn:
+        for script in sorted(folder.glob("*.sql")):
+            conn.execute("SET TRANSACTION READ ONLY")
+            try:
+                rows = conn.execute(script.read_text()).fetchmany(3)
+                checks.append(Check(name=script.name, passed=not rows,
+                                    detail=f"returned rows, e.g. {rows}" if rows else ""))
+            except Exception as error:  # a broken check is a failed check, reported with the others
+                checks.append(Check(name=script.name, passed=False, detail=f"error: {error}".strip()))
+            conn.rollback()
+    return checks

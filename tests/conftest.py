@@ -1,0 +1,50 @@
+"""One real local stack (PostgreSQL x2, GCS emulator, Prefect server and worker) shared by the whole session."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Prefect reads its settings once, at import: point it at the session's stack before anything imports it.
+HOME = Path(tempfile.mkdtemp(prefix="dbpromote-test-"))
+HOME.chmod(0o755)  # the postgres system user must reach the clusters inside
+os.environ["DBPROMOTE_HOME"] = str(HOME)
+
+from deployments import stack as local_stack  # noqa: E402
+
+PREFECT_PORT = local_stack.free_port(4300)
+GCS_PORT = local_stack.free_port(9100)
+os.environ["DBPROMOTE_PORT_PREFECT"] = str(PREFECT_PORT)
+os.environ["DBPROMOTE_PORT_GCS"] = str(GCS_PORT)
+os.environ["DBPROMOTE_PORT_STAGING"] = str(local_stack.free_port(55400))
+os.environ["DBPROMOTE_PORT_PRODUCTION"] = str(local_stack.free_port(55420))
+os.environ.update(
+    local_stack.Stack(home=HOME, ports={"prefect": PREFECT_PORT, "gcs": GCS_PORT}).client_env()
+    | {"DBPROMOTE_GCS_RETRY_TIMEOUT_S": "20", "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3"}
+)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack():
+    started = local_stack.up(HOME)
+    assert started.ports["prefect"] == PREFECT_PORT and started.ports["gcs"] == GCS_PORT
+    yield started
+    local_stack.down(HOME)
+    shutil.rmtree(HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_databases(stack):
+    """Both sample databases back at v1 with seeded tenants (the state `dbpromote stack reset` gives)."""
+    for server in local_stack.SERVERS:
+        local_stack.reset_database(stack, server)
+    return stack
+
+
+@pytest.fixture
+def output_dir(request) -> Path:
+    folder = Path(__file__).resolve().parents[1] / "test-output" / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

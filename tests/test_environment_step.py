@@ -1,0 +1,73 @@
+"""The environment step on the sample release, against the real stack."""
+
+import subprocess
+
+import psycopg
+import pytest
+
+from tasks.backup import libpq_env, list_backups
+
+RELEASE = [
+    "core.0002_featureflag",
+    "core.0003_task_priority",
+    "core.0004_task_tenant_created_idx",
+    "core.0005_project_slug",
+    "core.0006_rename_milestone_due",
+    "core.0007_remove_invoice_legacy_reference",
+    "core.0008_default_task_statuses",
+]
+
+
+def applied(stack, server):
+    with psycopg.connect(stack.database_url(server)) as conn:
+        return [f"{a}.{n}" for a, n in conn.execute("SELECT app, name FROM django_migrations ORDER BY id")]
+
+
+def test_happy_path_backs_up_migrates_and_verifies(fresh_databases):
+    from dbpromote.config import load_target
+    from flows.environment import migrate_environment
+
+    stack = fresh_databases
+    report = migrate_environment("tenant-backend", "staging")
+
+    assert [m.label for m in report.migrations] == RELEASE
+    assert applied(stack, "staging") == ["core.0001_initial", *RELEASE]
+    assert report.verification.passed, report.verification.failures
+    backups = list_backups(load_target("staging"), "staging")
+    assert backups[0].uri == report.backup.uri
+    assert backups[0].migration_state == [("core", "0001_initial")]
+    assert applied(stack, "production") == ["core.0001_initial"]  # untouched
+
+
+def test_backup_restores_to_the_state_before(fresh_databases, tmp_path):
+    from dbpromote.config import load_target
+    from flows.environment import migrate_environment
+    from tasks.gcs import gcs_client
+
+    stack = fresh_databases
+    report = migrate_environment("tenant-backend", "staging")
+    target = load_target("staging")
+    dump = tmp_path / "backup.dump.zst"
+    gcs_client().bucket(report.backup.bucket).blob(report.backup.object_name).download_to_filename(dump)
+    with psycopg.connect(**stack.superuser_conninfo("staging"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS restored")
+        conn.execute("CREATE DATABASE restored OWNER tenant_owner")
+    env = libpq_env(target) | {"PGDATABASE": "restored"}
+    restore = subprocess.run(f"zstd -dc {dump} | pg_restore --no-owner -d restored", shell=True, env=env,
+                             capture_output=True, text=True)
+    assert restore.returncode == 0, restore.stderr
+    url = stack.database_url("staging").rsplit("/", 1)[0] + "/restored"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM core_tenant").fetchone()[0] == 3
+        assert conn.execute("SELECT name FROM django_migrations").fetchall() == [("0001_initial",)]
+        assert conn.execute("SELECT count(*) FROM core_task").fetchone()[0] == 60
+
+
+@pytest.mark.parametrize("rerun", [True])
+def test_rerun_applies_nothing_twice(fresh_databases, rerun):
+    from flows.environment import migrate_environment
+
+    migrate_environment("tenant-backend", "staging")
+    again = migrate_environment("tenant-backend", "staging")
+    assert again.plan.migrations == [] and again.migrations == []
+    assert again.verification.passed
