@@ -120,8 +120,10 @@ class Stack:
         if not pid:
             return False
         try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
+                return False
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+        except (OSError, IndexError):
             return False
         expected = [part.encode() for part in self.commands.get(component, [])]
         return all(part in cmdline for part in expected)

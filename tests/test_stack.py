@@ -1,0 +1,152 @@
+"""The local stack: starts healthy, stops clean, survives stale PID files and refuses bad input clearly."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from deployments import stack as local_stack
+
+DBPROMOTE = [sys.executable, "-m", "deployments.cli"]
+
+
+def cli(*args, env=None):
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dbpromote"), *args],
+        capture_output=True, text=True, env=os.environ | (env or {}),
+    )
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for a parent that is not ours to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def own_home():
+    home = Path(tempfile.mkdtemp(prefix="dbpromote-lifecycle-"))
+    home.chmod(0o755)
+    yield home
+    local_stack.down(home)
+
+
+def test_status_json_reports_every_component_healthy_with_masked_urls(stack):
+    result = cli("stack", "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["healthy"]
+    components = report["components"]
+    assert set(components) == {"staging", "production", "gcs", "prefect", "worker"}
+    for server in ("staging", "production"):
+        urls = components[server]["database_urls"]
+        assert ":****@" in urls["migration"] and ":****@" in urls["app"]
+        assert stack.passwords["tenant_owner"] not in result.stdout
+    assert components["gcs"]["endpoint"] == stack.gcs_endpoint and components["gcs"]["bucket"]
+    assert components["prefect"]["api_url"].endswith("/api") and components["prefect"]["ui_url"]
+
+    secret = json.loads(cli("stack", "status", "--json", "--show-secrets").stdout)
+    with psycopg.connect(secret["components"]["staging"]["database_urls"]["app"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("django_app",)
+
+
+def test_servers_require_passwords(stack):
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(stack.database_url("staging").replace(stack.passwords["tenant_owner"], "wrong"))
+
+
+def test_app_role_is_not_owner_superuser_or_bypassrls(stack):
+    with psycopg.connect(stack.database_url("production")) as conn:
+        role = conn.execute(
+            "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = 'django_app'"
+        ).fetchone()
+        owned = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = 'django_app'"
+        ).fetchone()[0]
+    assert role == (False, False, True)
+    assert owned == 0
+
+
+def test_up_twice_starts_nothing_twice_and_down_leaves_nothing(own_home):
+    first = local_stack.up(own_home, deploy=False)
+    pids = dict(first.pids)
+    second = local_stack.up(own_home, deploy=False)
+    assert second.pids == pids
+    assert local_stack.status(own_home)["healthy"]
+
+    stopped = local_stack.down(own_home)
+    assert set(stopped) == set(pids)
+    assert not any(alive(pid) for pid in pids.values())
+    assert local_stack.down(own_home) == []  # safe twice
+
+    again = local_stack.up(own_home, deploy=False)  # starts again on the same data
+    assert local_stack.status(own_home)["healthy"]
+    with psycopg.connect(again.database_url("staging")) as conn:
+        assert conn.execute("SELECT count(*) FROM core_tenant").fetchone()[0] == 3
+
+
+def test_stale_pid_files_and_a_killed_stack_do_not_confuse_up_or_down(own_home):
+    started = local_stack.up(own_home, deploy=False)
+    # A crash: every process killed hard, the state file left behind.
+    for component, pid in started.pids.items():
+        if component in local_stack.SERVERS:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    for pid in started.pids.values():
+        while alive(pid):
+            time.sleep(0.05)
+    # A stale PID that now belongs to an unrelated process must not be killed.
+    bystander = subprocess.Popen(["sleep", "60"])
+    state = json.loads((own_home / "state.json").read_text())
+    state["pids"]["gcs"] = bystander.pid
+    (own_home / "state.json").write_text(json.dumps(state))
+    try:
+        assert local_stack.down(own_home) == []
+        assert bystander.poll() is None
+        local_stack.up(own_home, deploy=False)
+        assert local_stack.status(own_home)["healthy"]
+    finally:
+        bystander.kill()
+
+
+def test_a_port_in_use_is_skipped(own_home, monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        monkeypatch.setenv("DBPROMOTE_PORT_STAGING", str(busy))
+        started = local_stack.up(own_home, deploy=False)
+        assert started.ports["staging"] != busy
+        assert local_stack.status(own_home)["components"]["staging"]["healthy"]
+
+
+def test_missing_postgres_binaries_is_one_clear_sentence_and_starts_nothing(tmp_path):
+    home = tmp_path / "state"
+    result = cli("stack", "up", env={"DBPROMOTE_HOME": str(home), "DBPROMOTE_PG_BIN": str(tmp_path / "nope")})
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: PostgreSQL 15 server binaries are missing")
+    assert "apt-get install postgresql-15" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (home / "state.json").exists()
+
+
+def test_unwritable_state_folder_is_one_clear_sentence(tmp_path):
+    result = cli("stack", "up", env={"DBPROMOTE_HOME": "/proc/dbpromote"})
+    assert result.returncode == 1
+    assert "is not writable; make it writable or set DBPROMOTE_HOME" in result.stderr
+
+
+def test_unknown_stack_command_fails_clearly():
+    result = cli("stack", "upp")
+    assert result.returncode != 0
+    assert "No such command 'upp'" in result.stderr
