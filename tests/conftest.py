@@ -48,3 +48,20 @@ def output_dir(request) -> Path:
     folder = Path(__file__).resolve().parents[1] / "test-output" / request.node.name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture
+def make_target(stack):
+    """Register a variant of a stack target (say, shorter timeouts) as its own block; returns its name."""
+    from dbpromote.config import DatabaseTarget
+
+    made = []
+
+    def make(name: str, server: str = "staging", **fields) -> str:
+        base = DatabaseTarget.load(server).model_dump(exclude={"block_type_slug", "_block_document_id"})
+        base["url"] = stack.database_url(server)
+        DatabaseTarget(**(base | fields)).save(name, overwrite=True)
+        made.append(name)
+        return name
+
+    yield make

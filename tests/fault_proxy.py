@@ -1,0 +1,75 @@
+"""An HTTP proxy in front of the GCS emulator that injects faults into uploads: 503 answers or reset connections."""
+
+import http.client
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultProxy:
+    """Forwards every request to `upstream`; the first `fail_uploads` resumable-upload requests (backups) get `mode` instead.
+
+    mode: "503" answers Service Unavailable; "reset" reads the body then resets the connection.
+    fail_uploads=-1 fails every upload. Non-upload requests (bucket lookups, reads) always pass.
+    """
+
+    def __init__(self, upstream_port: int, mode: str = "503", fail_uploads: int = 0):
+        self.upstream_port, self.mode, self.fail_uploads = upstream_port, mode, fail_uploads
+        self.uploads_seen = 0
+        self.faults_injected = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if "uploadType=resumable" in self.path and proxy._should_fail():
+                    if proxy.mode == "reset":
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.close()
+                        self.close_connection = True
+                        return
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
+                # Keep the Host header: upload URLs the emulator hands out must route back through us.
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                response = upstream.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _should_fail(self) -> bool:
+        self.uploads_seen += 1
+        if self.fail_uploads == -1 or self.faults_injected < self.fail_uploads:
+            self.faults_injected += 1
+            return True
+        return False
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

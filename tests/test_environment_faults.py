@@ -1,0 +1,142 @@
+"""The environment step under faults injected at the real boundaries: locks, GCS, a failing migration."""
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from dbpromote.errors import BackupError, MigrationError
+from tasks.backup import list_backups
+from tests.fault_proxy import FaultProxy
+from tests.test_environment_step import RELEASE, applied
+
+
+def hold_lock(url: str, table: str, seconds: float, ready: threading.Event) -> threading.Thread:
+    def hold():
+        with psycopg.connect(url) as conn:
+            conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
+            ready.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    ready.wait(10)
+    return thread
+
+
+def test_lock_held_by_another_session_is_waited_for_and_retried(fresh_databases, make_target):
+    from flows.environment import migrate_environment
+
+    target = make_target("staging-short-locks", lock_timeout_ms=300, max_lock_wait_s=60)
+    blocker = hold_lock(fresh_databases.database_url("staging"), "core_task", 4, threading.Event())
+    report = migrate_environment("tenant-backend", target, to="core:0003_task_priority")
+    blocker.join()
+    by_label = {result.label: result for result in report.migrations}
+    assert by_label["core.0003_task_priority"].attempts > 1
+    assert applied(fresh_databases, "staging")[-1] == "core.0003_task_priority"
+
+
+def test_lock_never_released_stops_after_the_bound_at_a_known_state(fresh_databases, make_target):
+    from flows.environment import migrate_environment
+
+    target = make_target("staging-bounded-locks", lock_timeout_ms=200, max_lock_wait_s=3)
+    done = threading.Event()
+    blocker = hold_lock(fresh_databases.database_url("staging"), "core_task", 30, threading.Event())
+    with pytest.raises(MigrationError) as failure:
+        migrate_environment("tenant-backend", target)
+    done.set()
+    message = str(failure.value)
+    assert "core.0003_task_priority could not get its locks" in message
+    assert "at the state after core.0002_featureflag" in message
+    assert "manage.py migrate core 0001_initial" in message and "gs://" in message
+    assert applied(fresh_databases, "staging")[-1] == "core.0002_featureflag"
+    del blocker
+
+
+def test_long_running_transaction_is_named_before_migrating(fresh_databases, make_target):
+    from flows.environment import migrate_environment
+
+    target = make_target("staging-no-long-tx", long_transaction_s=0.5, long_transaction_wait_s=1)
+    with psycopg.connect(fresh_databases.database_url("staging")) as conn:
+        conn.execute("SELECT 1")  # opens a transaction and leaves it idle
+        pid = conn.info.backend_pid
+        time.sleep(1)
+        with pytest.raises(MigrationError, match=rf"Long-running transactions on {target} .*pid {pid}, \d+ s old"):
+            migrate_environment("tenant-backend", target)
+    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
+
+
+@pytest.mark.parametrize("mode", ["503", "reset"])
+def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatch, mode):
+    from flows.environment import migrate_environment
+
+    proxy = FaultProxy(fresh_databases.ports["gcs"], mode=mode, fail_uploads=2)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    try:
+        report = migrate_environment("tenant-backend", "staging")
+    finally:
+        proxy.close()
+    assert proxy.faults_injected == 2
+    assert report.backup and [m.label for m in report.migrations] == RELEASE
+
+
+def test_persistent_gcs_fault_runs_no_migration_and_reports_no_backup(fresh_databases, monkeypatch):
+    from dbpromote.config import load_target
+    from flows.environment import migrate_environment
+
+    proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=-1)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    monkeypatch.setenv("DBPROMOTE_GCS_RETRY_TIMEOUT_S", "2")
+    before = {b.uri for b in list_backups(load_target("staging"), "staging")}
+    try:
+        with pytest.raises(BackupError, match="Uploading the backup to gs://dbpromote-backups failed"):
+            migrate_environment("tenant-backend", "staging")
+    finally:
+        proxy.close()
+    monkeypatch.undo()
+    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
+    assert {b.uri for b in list_backups(load_target("staging"), "staging")} == before
+
+
+def test_failing_migration_names_last_applied_and_the_way_back_then_rerun_completes(fresh_databases):
+    from flows.environment import migrate_environment
+
+    url = fresh_databases.database_url("staging")
+    with psycopg.connect(url) as conn:  # the fault: 0005's column already exists
+        conn.execute("ALTER TABLE core_project ADD COLUMN slug text")
+    with pytest.raises(MigrationError) as failure:
+        migrate_environment("tenant-backend", "staging")
+    message = str(failure.value)
+    assert "core.0005_project_slug failed on staging and was rolled back" in message
+    assert "staging is at the state after core.0004_task_tenant_created_idx" in message
+    assert "`manage.py migrate core 0001_initial`" in message and "or restore gs://dbpromote-backups/" in message
+    assert applied(fresh_databases, "staging")[-1] == "core.0004_task_tenant_created_idx"
+
+    with psycopg.connect(url) as conn:  # the operator repairs, then runs again
+        conn.execute("ALTER TABLE core_project DROP COLUMN slug")
+    first_backup = message.split("or restore ")[1].split(" ")[0]
+    report = migrate_environment("tenant-backend", "staging")
+    assert [m.label for m in report.migrations] == RELEASE[3:]
+    assert report.backup.uri != first_backup
+    assert report.backup.migration_state[-1] == ("core", "0004_task_tenant_created_idx")
+    labels = applied(fresh_databases, "staging")
+    assert len(labels) == len(set(labels)) == 1 + len(RELEASE)
+
+
+def test_backup_rerun_in_the_same_flow_run_reuses_the_verified_backup(fresh_databases):
+    from prefect import flow
+
+    from dbpromote.config import load_target
+    from tasks.backup import backup_to_gcs
+
+    @flow
+    def backup_twice():
+        target = load_target("staging")
+        return backup_to_gcs(target, "staging", [("core", "0001_initial")]), backup_to_gcs(
+            target, "staging", [("core", "0001_initial")]
+        )
+
+    first, second = backup_twice()
+    assert first.uri == second.uri
+    assert sum(b.flow_run_id == first.flow_run_id for b in list_backups(load_target("staging"), "staging")) == 1
