@@ -17,10 +17,25 @@ def redact(text: str, *secrets: str) -> str:
 
 
 class DbpromoteError(Exception):
-    """Base of every error raised to users; the message is one sentence that names the fix."""
+    """Base of every error raised to users; the message is one sentence that names the fix.
 
-    def __init__(self, message: str):
+    `transient` says whether trying the same step again may succeed (a network blip, not bad input).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
         super().__init__(redact(message))
+        self.transient = transient
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """Prefect retry condition: retry our transient errors and unexpected ones, never bad input."""
+    try:
+        state.result()
+    except DbpromoteError as error:
+        return error.transient
+    except Exception:
+        return True
+    return False
 
 
 class ConfigError(DbpromoteError):
@@ -39,8 +54,7 @@ class BackupError(DbpromoteError):
     """No verified backup could be made; nothing was migrated."""
 
     def __init__(self, message: str, *, transient: bool = True):
-        super().__init__(message)
-        self.transient = transient
+        super().__init__(message, transient=transient)
 
 
 class MigrationError(DbpromoteError):

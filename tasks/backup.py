@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 import dbpromote
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import BackupError, redact
+from dbpromote.errors import BackupError, redact, retry_if_transient
 from tasks.exclusion import backup_running
 from tasks.gcs import gcs_client, gcs_retry
 from tasks.preflight import connect
@@ -87,18 +87,7 @@ def list_backups(target: DatabaseTarget, target_name: str) -> list[Backup]:
     return sorted(verified, key=lambda backup: backup.created_at, reverse=True)
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry the task on GCS or network trouble, never on a dump that pg_dump itself refused."""
-    try:
-        state.result()
-    except BackupError as error:
-        return error.transient
-    except Exception:
-        return True
-    return False
-
-
-@task(name="backup-to-gcs", retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=_transient)
+@task(name="backup-to-gcs", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 def backup_to_gcs(target: DatabaseTarget, target_name: str, migration_state: list[tuple[str, str]]) -> Backup:
     """pg_dump of the target streamed to GCS and verified; a re-run of the same flow run reuses its backup."""
     run_id = str(flow_run.get_id() or "")

@@ -12,7 +12,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import ConfigError, PreflightError, redact
+from dbpromote.errors import ConfigError, PreflightError, redact, retry_if_transient
 
 PROBE = Path(__file__).with_name("django_probe.py")
 PROBE_TIMEOUT_S = 600
@@ -137,7 +137,7 @@ def classify_risks(migrations: list[PlannedMigration]) -> None:
                 migration.risks.append(f"{operation.description}: {reason}")
 
 
-@task(name="plan", retries=2, retry_delay_seconds=2)
+@task(name="plan", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
 def plan_migrations(project: DjangoProject, target: DatabaseTarget, target_name: str, to: str = "") -> Plan:
     """The pending migrations of one target up to `to` (app:migration) or every leaf."""
     return compute_plan(project, target, target_name, to)

@@ -7,7 +7,7 @@ from google.api_core import exceptions as gcs_errors
 from prefect import task
 
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import PreflightError, redact
+from dbpromote.errors import PreflightError, redact, retry_if_transient
 from tasks.gcs import gcs_client, gcs_retry
 
 
@@ -24,7 +24,8 @@ def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Conne
             fix = f"create the database or correct its name with `dbpromote target add {target_name} --url URL`"
         else:
             fix = "check the host and port in its URL and that the server is running and reachable"
-        raise PreflightError(f"Cannot connect to target {target_name!r} ({reason}); {fix}.") from None
+        transient = fix.startswith("check the host")
+        raise PreflightError(f"Cannot connect to target {target_name!r} ({reason}); {fix}.", transient=transient) from None
     except psycopg.ProgrammingError as error:
         raise PreflightError(
             f"The URL of target {target_name!r} is not a valid PostgreSQL URL ({redact(str(error), url)}); "
@@ -32,7 +33,7 @@ def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Conne
         ) from None
 
 
-@task(name="check-database", retries=2, retry_delay_seconds=3)
+@task(name="check-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def check_database(target: DatabaseTarget, target_name: str) -> dict:
     """The server answers with the given credentials; returns its version and the database's size."""
     with connect(target, target_name) as conn:
@@ -42,7 +43,7 @@ def check_database(target: DatabaseTarget, target_name: str) -> dict:
     return {"server_version": version, "database": database, "size_bytes": size}
 
 
-@task(name="check-bucket", retries=2, retry_delay_seconds=3)
+@task(name="check-bucket", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def check_bucket(target: DatabaseTarget, target_name: str) -> None:
     """The backup bucket exists and accepts writes."""
     client = gcs_client()
@@ -51,7 +52,7 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
     except gcs_errors.GoogleAPIError as error:
         raise PreflightError(
             f"The backup bucket {target.bucket!r} of target {target_name!r} cannot be read ({error}); "
-            "check the credentials and the GCS endpoint."
+            "check the credentials and the GCS endpoint.", transient=True
         ) from None
     if bucket is None:
         raise PreflightError(
@@ -65,5 +66,5 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
     except gcs_errors.GoogleAPIError as error:
         raise PreflightError(
             f"The backup bucket {target.bucket!r} of target {target_name!r} refuses writes ({error}); "
-            "grant the worker's service account objectCreator and objectViewer on it."
+            "grant the worker's service account objectCreator and objectViewer on it.", transient=True
         ) from None

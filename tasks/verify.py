@@ -8,6 +8,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget, DjangoProject
+from dbpromote.errors import retry_if_transient
 from tasks.plan import Plan, compute_plan
 from tasks.preflight import connect
 
@@ -30,7 +31,7 @@ class Verification(BaseModel):
         return [check for check in self.checks if not check.passed]
 
 
-@task(name="verify", retries=1, retry_delay_seconds=3)
+@task(name="verify", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def verify_target(project: DjangoProject, target: DatabaseTarget, target_name: str, plan: Plan) -> Verification:
     """Every check runs and is reported, pass or fail; the flow decides what a failure means."""
     after = compute_plan(project, target, target_name, plan.to)

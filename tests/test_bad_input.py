@@ -1,0 +1,138 @@
+"""Bad input gets one sentence naming the problem and the fix, before anything is changed."""
+
+import shutil
+import textwrap
+
+import psycopg
+import pytest
+
+from dbpromote.errors import ConfigError, DbpromoteError, PreflightError
+from deployments.stack import SAMPLE_PROJECT
+from tasks.backup import list_backups
+from tests.test_environment_step import applied
+
+
+@pytest.fixture
+def project_copy(tmp_path, stack):
+    """A copy of the sample project registered as its own block, for breaking it."""
+    import sys
+
+    from dbpromote.config import DjangoProject
+
+    folder = tmp_path / "project"
+    shutil.copytree(SAMPLE_PROJECT, folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def register(name: str, **fields) -> str:
+        DjangoProject(**({"path": str(folder), "settings_module": "tenant_backend.settings",
+                          "python": sys.executable} | fields)).save(name, overwrite=True)
+        return name
+
+    register.folder = folder
+    return register
+
+
+def assert_refused_cleanly(stack, error: DbpromoteError, *expected: str):
+    message = str(error)
+    assert "\n" not in message and message.endswith("."), message
+    for fragment in expected:
+        assert fragment in message, message
+    assert applied(stack, "staging") == ["core.0001_initial"]
+
+
+def run(project: str, target: str, to: str = ""):
+    from flows.environment import migrate_environment
+
+    return migrate_environment(project, target, to)
+
+
+def test_wrong_password(fresh_databases, make_target):
+    url = fresh_databases.database_url("staging").replace(fresh_databases.passwords["tenant_owner"], "Sekr1t-pw")
+    target = make_target("staging-wrong-password", url=url)
+    with pytest.raises(PreflightError) as error:
+        run("tenant-backend", target)
+    assert_refused_cleanly(fresh_databases, error.value, "password authentication failed",
+                           f"correct the credentials with `dbpromote target add {target} --url URL`")
+    assert "Sekr1t-pw" not in str(error.value)
+
+
+def test_unreachable_host(fresh_databases, make_target):
+    target = make_target("staging-unreachable", url="postgresql://tenant_owner:pw@127.0.0.1:1/tenant_backend")
+    with pytest.raises(PreflightError) as error:
+        run("tenant-backend", target)
+    assert_refused_cleanly(fresh_databases, error.value, f"Cannot connect to target {target!r}",
+                           "check the host and port")
+
+
+def test_unknown_target(fresh_databases):
+    with pytest.raises(ConfigError) as error:
+        run("tenant-backend", "no-such-target")
+    assert_refused_cleanly(fresh_databases, error.value, "Unknown target 'no-such-target'", "dbpromote target add")
+
+
+def test_unknown_settings_module(fresh_databases, project_copy):
+    project = project_copy("bad-settings", settings_module="tenant_backend.nope")
+    with pytest.raises(ConfigError) as error:
+        run(project, "staging")
+    assert_refused_cleanly(fresh_databases, error.value, "'tenant_backend.nope' does not load", "--settings")
+
+
+def test_wrong_interpreter_path(fresh_databases, project_copy):
+    project = project_copy("bad-python", python="/nonexistent/python")
+    with pytest.raises(ConfigError) as error:
+        run(project, "staging")
+    assert_refused_cleanly(fresh_databases, error.value, "/nonexistent/python", "--python PATH")
+
+
+def test_conflicting_migrations(fresh_databases, project_copy):
+    project = project_copy("conflicting")
+    (project_copy.folder / "core/migrations/0002_parallel_branch.py").write_text(textwrap.dedent("""
+        from django.db import migrations
+
+        class Migration(migrations.Migration):
+            dependencies = [("core", "0001_initial")]
+            operations = []
+    """))
+    with pytest.raises(PreflightError) as error:
+        run(project, "staging")
+    assert_refused_cleanly(fresh_databases, error.value, "Conflicting migrations", "makemigrations --merge")
+
+
+def test_models_changed_without_migrations(fresh_databases, project_copy):
+    project = project_copy("unmigrated")
+    models = project_copy.folder / "core/models.py"
+    models.write_text(models.read_text().replace(
+        "    enabled = models.BooleanField(default=False)\n",
+        "    enabled = models.BooleanField(default=False)\n    rollout_percent = models.IntegerField(default=0)\n"))
+    with pytest.raises(PreflightError) as error:
+        run(project, "staging")
+    assert_refused_cleanly(fresh_databases, error.value, "Models changed without migrations in core",
+                           "`manage.py makemigrations`")
+
+
+@pytest.mark.parametrize("to", ["core:0099_nope", "core0008", "core:"])
+def test_unknown_or_malformed_target_migration(fresh_databases, to):
+    with pytest.raises(ConfigError) as error:
+        run("tenant-backend", "staging", to)
+    assert_refused_cleanly(fresh_databases, error.value, repr(to))
+
+
+def test_missing_bucket(fresh_databases, make_target):
+    from dbpromote.config import load_target
+
+    target = make_target("staging-no-bucket", bucket="no-such-bucket")
+    with pytest.raises(PreflightError) as error:
+        run("tenant-backend", target)
+    assert_refused_cleanly(fresh_databases, error.value, "'no-such-bucket'", "does not exist",
+                           f"dbpromote target add {target} --bucket NAME")
+    assert list_backups(load_target(target).model_copy(update={"bucket": "dbpromote-backups"}), target) == []
+
+
+def test_database_untouched_means_no_backup_either(fresh_databases, project_copy):
+    from dbpromote.config import load_target
+
+    before = len(list_backups(load_target("staging"), "staging"))
+    with pytest.raises(ConfigError):
+        run(project_copy("bad-settings-2", settings_module="nope.settings"), "staging")
+    assert len(list_backups(load_target("staging"), "staging")) == before
+    with psycopg.connect(fresh_databases.database_url("staging")) as conn:
+        assert conn.execute("SELECT count(*) FROM core_tenant").fetchone()[0] == 3
