@@ -1,0 +1,59 @@
+"""Flow runs as the CLI sees them: trigger a deployment, list runs waiting for approval, resume them."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.deployments import run_deployment
+from prefect.input.run_input import keyset_from_paused_state
+from prefect.settings import PREFECT_UI_URL
+
+from dbpromote.errors import ApprovalRejected, ConfigError
+
+
+def run_url(run_id: UUID | str) -> str:
+    return f"{PREFECT_UI_URL.value()}/runs/flow-run/{run_id}"
+
+
+def trigger(deployment: str, parameters: dict, *, wait: bool = False, idempotency_key: str | None = None) -> FlowRun:
+    """Create a run of a deployment (`flow/deployment`) for the worker; with wait, until it ends."""
+    try:
+        return run_deployment(deployment, parameters=parameters, timeout=None if wait else 0,
+                              idempotency_key=idempotency_key)
+    except ValueError as error:
+        raise ConfigError(f"Deployment {deployment!r} not found ({error}); deploy with `dbpromote stack up`.") from None
+
+
+def pending_approvals() -> list[FlowRun]:
+    """Paused runs of the promote flow, oldest first."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            )
+        )
+        flows = {run.flow_id: client.read_flow(run.flow_id).name for run in runs}
+    return sorted((run for run in runs if flows[run.flow_id] == "promote"), key=lambda run: run.created)
+
+
+def answer_approval(run_id: str, decision: str, approver: str, comment: str, acknowledge_risks: bool) -> None:
+    """Resume a paused promotion with a decision; the server validates it against the run's form."""
+    run_input = {"decision": decision, "approver": approver, "comment": comment}
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(run_id))
+        except Exception:
+            raise ConfigError(f"No flow run {run_id!r}; list the runs waiting with `dbpromote pending`.") from None
+        if not (run.state and run.state.is_paused()):
+            raise ConfigError(f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
+                              "list the runs waiting with `dbpromote pending`.")
+        schema = client.read_flow_run_input(run.id, keyset_from_paused_state(run.state)["schema"])
+        if "acknowledge_risky_operations" in schema:
+            run_input["acknowledge_risky_operations"] = acknowledge_risks
+        response = client.resume_flow_run(run.id, run_input=run_input)
+    if response.status == SetStateStatus.REJECT:
+        raise ApprovalRejected(f"The server refused the answer ({response.details.reason}); correct it and try again.")

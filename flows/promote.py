@@ -1,0 +1,71 @@
+"""Promote: a release through every environment, staging first; production only after a named person approves."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from dbpromote.config import load_target
+from dbpromote.errors import ConfigError, PreflightError
+from flows.environment import migrate_environment, preflight
+from tasks.approval import Approval, record_approval, wait_for_approval
+from tasks.plan import Plan
+from tasks.report import StepReport
+
+DAY_S = 24 * 3600
+
+
+@flow(name="promote", flow_run_name="promote {project} through {through}")
+def promote(project: str, through: list[str], to: str = "", approval_timeout_s: int = DAY_S,
+            approval_poll_s: int = 10) -> list[StepReport]:
+    """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order."""
+    if not through:
+        raise ConfigError("No environments given; pass them in order, staging first, e.g. --through staging,production.")
+    plans = {target: preflight(project, target, to) for target in through}
+    vouch_for(plans, through[0])
+
+    reports = [migrate_environment(project, through[0], to, expected_plan_hash=plans[through[0]].hash)]
+    approvals: list[Approval] = []
+    for target in through[1:]:
+        if load_target(target).requires_approval:
+            approval = wait_for_approval(project, target, plans[target], reports, approval_timeout_s, approval_poll_s)
+            record_approval(load_target(target), target, approval)
+            approvals.append(approval)
+        reports.append(migrate_environment(project, target, to, expected_plan_hash=plans[target].hash))
+
+    create_markdown_artifact(summary(project, reports, approvals), key="dbpromote-promotion",
+                             description=f"Promotion of {project} through {', '.join(through)}")
+    get_run_logger().info("promoted %s through %s", project, ", ".join(through))
+    return reports
+
+
+def vouch_for(plans: dict[str, Plan], staging: str) -> None:
+    """Every later environment must run exactly what staging runs first (same migrations, same SQL)."""
+    for target, plan in plans.items():
+        if plan.hash != plans[staging].hash:
+            extra = sorted(set(plan.labels) - set(plans[staging].labels))
+            missing = sorted(set(plans[staging].labels) - set(plan.labels))
+            raise PreflightError(
+                f"{target} would run a different plan ({plan.hash}) than {staging} ({plans[staging].hash}): "
+                f"{'only on ' + target + ': ' + ', '.join(extra) if extra else ''}"
+                f"{'; ' if extra and missing else ''}"
+                f"{'only on ' + staging + ': ' + ', '.join(missing) if missing else ''}"
+                f"{'the same migrations with different SQL' if not extra and not missing else ''}; "
+                f"bring {staging} to the state of {target} first (restore its backup) so it can vouch for the plan."
+            )
+
+
+def summary(project: str, reports: list[StepReport], approvals: list[Approval]) -> str:
+    lines = [f"# Promotion of {project}", "", f"Flow run {flow_run.get_id()}", "",
+             "| environment | plan | migrations | seconds | backup |", "|---|---|---|---|---|"]
+    for report in reports:
+        seconds = sum(result.duration_s for result in report.migrations)
+        backup = report.backup.uri if report.backup else "-"
+        lines.append(f"| {report.target} | {report.plan.hash} | {len(report.migrations)} | {seconds:.1f} | {backup} |")
+    for approval in approvals:
+        lines += ["", f"Approved for **{approval.target}** by **{approval.approver}** at {approval.approved_at} "
+                      f"for plan {approval.plan_hash}: {approval.comment or '(no comment)'}"]
+    lines += ["", "## The way back", ""] + [f"- {r.target}: {r.way_back()}" for r in reports]
+    return "\n".join(lines)
+
