@@ -27,9 +27,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# The stack up, both databases back at v1, the sample release promoted on staging and waiting for approval.
 demo: install
 	$(BIN)/dbpromote stack up
+	$(BIN)/dbpromote stack reset
 	$(BIN)/dbpromote stack status
+	$(BIN)/dbpromote promote --project tenant-backend --through staging,production --until-paused
 
 stop:
 	@if [ -x $(BIN)/dbpromote ]; then $(BIN)/dbpromote stack down; fi

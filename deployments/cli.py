@@ -1,6 +1,7 @@
 """`dbpromote`: the command-line front door; commands that change a database trigger a deployment."""
 
 import json
+import os
 import sys
 
 import typer
@@ -55,7 +56,140 @@ def stack_reset() -> None:
     typer.echo("staging and production reset to v1 with seeded tenants")
 
 
+@app.command("promote")
+def promote(
+    project: str = typer.Option(..., help="The project block, e.g. tenant-backend."),
+    through: str = typer.Option(..., help="Targets in order, staging first: staging,production."),
+    to: str = typer.Option("", help="APP:MIGRATION to stop at; default: every leaf."),
+    wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
+    until_paused: bool = typer.Option(False, "--until-paused", help="Wait until the run waits for approval."),
+) -> None:
+    """Trigger the promote deployment; prints the run's UI URL."""
+    from deployments.runs import run_url, trigger, wait_until_paused
+
+    targets = [name.strip() for name in through.split(",") if name.strip()]
+    run = trigger("promote/promote", {"project": project, "through": targets, "to": to}, wait=wait)
+    typer.echo(f"{run.id} {run_url(run.id)}")
+    if until_paused:
+        state = wait_until_paused(run.id)
+        if not state.is_paused():
+            fail(f"The promotion ended {state.name} before asking for approval; see {run_url(run.id)}.")
+        typer.echo(f"waiting for approval in the UI: {run_url(run.id)}")
+        typer.echo(f"or: .venv/bin/dbpromote approve {run.id} --approver YOUR_NAME --comment TEXT --acknowledge-risks")
+    if wait:
+        typer.echo(f"finished: {run.state.name if run.state else '?'}")
+        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+
+
+@app.command("pending")
+def pending() -> None:
+    """Promotions waiting for approval: id, project, targets, UI URL."""
+    from deployments.runs import pending_approvals, run_url
+
+    for run in pending_approvals():
+        through = ",".join(run.parameters.get("through", []))
+        typer.echo(f"{run.id}  {run.parameters.get('project')}  through {through}  {run_url(run.id)}")
+
+
+@app.command("approve")
+def approve(
+    run_id: str,
+    approver: str = typer.Option(..., help="Your name, as the target's approvers list has it."),
+    comment: str = typer.Option(""),
+    acknowledge_risks: bool = typer.Option(False, "--acknowledge-risks", help="Accept the plan's risky operations."),
+) -> None:
+    """Approve a paused promotion."""
+    from deployments.runs import answer_approval
+
+    answer_approval(run_id, "approve", approver, comment, acknowledge_risks)
+    typer.echo(f"approved {run_id} as {approver}")
+
+
+@app.command("reject")
+def reject(run_id: str, approver: str = typer.Option(...), comment: str = typer.Option(...)) -> None:
+    """Reject a paused promotion; the target stays untouched."""
+    from deployments.runs import answer_approval
+
+    answer_approval(run_id, "reject", approver, comment, False)
+    typer.echo(f"rejected {run_id} as {approver}")
+
+
+@app.command("backup")
+def backup(target: str, wait: bool = typer.Option(False, help="Wait for the verified backup.")) -> None:
+    """Take a verified backup of a target now (through the backup deployment)."""
+    from deployments.runs import run_url, trigger
+
+    run = trigger("backup/backup", {"targets": [target]}, wait=wait)
+    typer.echo(f"{run.id} {run_url(run.id)}")
+    if wait:
+        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+
+
+@app.command("backups")
+def backups(target: str) -> None:
+    """The verified backups of a target, newest first: time, size, URI, migration state."""
+    from dbpromote.config import load_target
+    from tasks.backup import list_backups
+
+    for item in list_backups(load_target(target), target):
+        state = ",".join(f"{app}.{name}" for app, name in item.migration_state[-3:])
+        typer.echo(f"{item.created_at}  {item.size_bytes:>12}  {item.uri}  ...{state}")
+
+
+project_app = typer.Typer(no_args_is_help=True, help="Django projects to promote (Prefect blocks).")
+target_app = typer.Typer(no_args_is_help=True, help="Database targets (Prefect blocks; URL stored as a secret).")
+app.add_typer(project_app, name="project")
+app.add_typer(target_app, name="target")
+
+
+@project_app.command("add")
+def project_add(
+    name: str,
+    path: str = typer.Option(..., help="Folder holding manage.py."),
+    settings: str = typer.Option(..., help="DJANGO_SETTINGS_MODULE."),
+    python: str = typer.Option("", help="The project's interpreter (default: dbpromote's)."),
+    verify_dir: str = typer.Option("verify", help="Folder of SQL checks, relative to --path."),
+) -> None:
+    """Register (or replace) a Django project."""
+    from pathlib import Path
+
+    from dbpromote.config import DjangoProject
+
+    if not (Path(path) / "manage.py").is_file():
+        fail(f"{path} has no manage.py; give the folder that holds it with --path.")
+    DjangoProject(path=str(Path(path).resolve()), settings_module=settings, python=python,
+                  verify_dir=verify_dir).save(name, overwrite=True)
+    typer.echo(f"project {name} registered")
+
+
+@target_app.command("add")
+def target_add(
+    name: str,
+    url: str = typer.Option(..., help="postgresql://USER:PASSWORD@HOST:PORT/DB of the migration role."),
+    requires_approval: bool = typer.Option(False, "--requires-approval"),
+    approvers: str = typer.Option("", help="Comma-separated names allowed to approve."),
+    bucket: str = typer.Option("dbpromote-backups"),
+    prefix: str = typer.Option("backups"),
+    app_role: str = typer.Option("django_app"),
+    lock_timeout: int = typer.Option(2000, help="lock_timeout in ms."),
+) -> None:
+    """Register (or replace) a database target; the URL is stored as a secret and never printed."""
+    from dbpromote.config import DatabaseTarget
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        fail("The URL must start with postgresql://; give it as postgresql://USER:PASSWORD@HOST:PORT/DB.")
+    DatabaseTarget(url=url, requires_approval=requires_approval, bucket=bucket, prefix=prefix, app_role=app_role,
+                   approvers=[a.strip() for a in approvers.split(",") if a.strip()],
+                   lock_timeout_ms=lock_timeout).save(name, overwrite=True)
+    typer.echo(f"target {name} registered")
+
+
 def main() -> None:
+    # Prefect reads its settings at import: point it at the local stack unless told otherwise.
+    if "PREFECT_API_URL" not in os.environ:
+        stack = local_stack.Stack.load()
+        if "prefect" in stack.ports:
+            os.environ.update(stack.client_env())
     try:
         app()
     except DbpromoteError as error:

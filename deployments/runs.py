@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
 
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.deployments import run_deployment
 from prefect.input.run_input import keyset_from_paused_state
@@ -26,6 +27,17 @@ def trigger(deployment: str, parameters: dict, *, wait: bool = False, idempotenc
                               idempotency_key=idempotency_key)
     except ValueError as error:
         raise ConfigError(f"Deployment {deployment!r} not found ({error}); deploy with `dbpromote stack up`.") from None
+
+
+def wait_until_paused(run_id: UUID, timeout_s: float = 600) -> State:
+    """The run's state once it pauses or ends."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(run_id).state
+            if state and (state.is_paused() or state.is_final()) or time.monotonic() > deadline:
+                return state
+            time.sleep(2)
 
 
 def pending_approvals() -> list[FlowRun]:
@@ -53,6 +65,9 @@ def answer_approval(run_id: str, decision: str, approver: str, comment: str, ack
                               "list the runs waiting with `dbpromote pending`.")
         schema = client.read_flow_run_input(run.id, keyset_from_paused_state(run.state)["schema"])
         if "acknowledge_risky_operations" in schema:
+            if decision == "approve" and not acknowledge_risks:
+                raise ConfigError(f"The plan of run {run_id} has risky operations; read them at {run_url(run.id)} "
+                                  "and approve again with --acknowledge-risks.")
             run_input["acknowledge_risky_operations"] = acknowledge_risks
         response = client.resume_flow_run(run.id, run_input=run_input)
     if response.status == SetStateStatus.REJECT:

@@ -379,7 +379,7 @@ def deploy_flows(stack: Stack) -> None:
     if not (REPO_ROOT / "prefect.yaml").is_file():
         return
     _run([_venv_script("prefect"), "--no-prompt", "deploy", "--all"], "deploying the flows",
-         env=os.environ | _prefect_env(stack), cwd=REPO_ROOT)
+         env=os.environ | _prefect_env(stack) | {"DBPROMOTE_REPO": str(REPO_ROOT)}, cwd=REPO_ROOT)
 
 
 def _run(command: list[str], what: str, **kwargs) -> None:
