@@ -157,8 +157,9 @@ def project_add(
 
     if not (Path(path) / "manage.py").is_file():
         fail(f"{path} has no manage.py; give the folder that holds it with --path.")
-    DjangoProject(path=str(Path(path).resolve()), settings_module=settings, python=python,
-                  verify_dir=verify_dir).save(name, overwrite=True)
+    DjangoProject(path=str(Path(path).resolve()), settings_module=settings, python=python, verify_dir=verify_dir).save(
+        name, overwrite=True
+    )
     typer.echo(f"project {name} registered")
 
 
@@ -178,9 +179,15 @@ def target_add(
 
     if not url.startswith(("postgresql://", "postgres://")):
         fail("The URL must start with postgresql://; give it as postgresql://USER:PASSWORD@HOST:PORT/DB.")
-    DatabaseTarget(url=url, requires_approval=requires_approval, bucket=bucket, prefix=prefix, app_role=app_role,
-                   approvers=[a.strip() for a in approvers.split(",") if a.strip()],
-                   lock_timeout_ms=lock_timeout).save(name, overwrite=True)
+    DatabaseTarget(
+        url=url,
+        requires_approval=requires_approval,
+        bucket=bucket,
+        prefix=prefix,
+        app_role=app_role,
+        approvers=[a.strip() for a in approvers.split(",") if a.strip()],
+        lock_timeout_ms=lock_timeout,
+    ).save(name, overwrite=True)
     typer.echo(f"target {name} registered")
 
 

@@ -23,8 +23,9 @@ def run_url(run_id: UUID | str) -> str:
 def trigger(deployment: str, parameters: dict, *, wait: bool = False, idempotency_key: str | None = None) -> FlowRun:
     """Create a run of a deployment (`flow/deployment`) for the worker; with wait, until it ends."""
     try:
-        return run_deployment(deployment, parameters=parameters, timeout=None if wait else 0,
-                              idempotency_key=idempotency_key)
+        return run_deployment(
+            deployment, parameters=parameters, timeout=None if wait else 0, idempotency_key=idempotency_key
+        )
     except ValueError as error:
         raise ConfigError(f"Deployment {deployment!r} not found ({error}); deploy with `dbpromote stack up`.") from None
 
@@ -61,13 +62,17 @@ def answer_approval(run_id: str, decision: str, approver: str, comment: str, ack
         except Exception:
             raise ConfigError(f"No flow run {run_id!r}; list the runs waiting with `dbpromote pending`.") from None
         if not (run.state and run.state.is_paused()):
-            raise ConfigError(f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
-                              "list the runs waiting with `dbpromote pending`.")
+            raise ConfigError(
+                f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
+                "list the runs waiting with `dbpromote pending`."
+            )
         schema = client.read_flow_run_input(run.id, keyset_from_paused_state(run.state)["schema"])
         if "acknowledge_risky_operations" in schema:
             if decision == "approve" and not acknowledge_risks:
-                raise ConfigError(f"The plan of run {run_id} has risky operations; read them at {run_url(run.id)} "
-                                  "and approve again with --acknowledge-risks.")
+                raise ConfigError(
+                    f"The plan of run {run_id} has risky operations; read them at {run_url(run.id)} "
+                    "and approve again with --acknowledge-risks."
+                )
             run_input["acknowledge_risky_operations"] = acknowledge_risks
         response = client.resume_flow_run(run.id, run_input=run_input)
     if response.status == SetStateStatus.REJECT:

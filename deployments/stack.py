@@ -119,11 +119,11 @@ class Stack:
         pid = self.pids.get(component)
         if not pid:
             return False
+        if not _process_alive(pid):
+            return False
         try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
-                return False
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
+        except OSError:
             return False
         expected = [part.encode() for part in self.commands.get(component, [])]
         return all(part in cmdline for part in expected)
@@ -234,8 +234,18 @@ def _start_postgres(stack: Stack, server: str) -> bool:
             shutil.chown(pwfile, "postgres")
         _run(
             _as_postgres_user(
-                [str(pg_bin() / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={pwfile}",
-                 "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]
+                [
+                    str(pg_bin() / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
             ),
             f"initdb of the {server} cluster",
         )
@@ -244,12 +254,23 @@ def _start_postgres(stack: Stack, server: str) -> bool:
     (root / "postgres.log").touch()
     if os.geteuid() == 0:
         shutil.chown(root / "postgres.log", "postgres")
-    (data / "postmaster.pid").unlink(missing_ok=True)  # stale after a crash; our PID check said it is not running
+    _clear_stale_lock_files(data, run)
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={run}"
     _run(
         _as_postgres_user(
-            [str(pg_bin() / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-o", options,
-             "-w", "-t", "60", "start"]
+            [
+                str(pg_bin() / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "postgres.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
         ),
         f"start of the {server} PostgreSQL server",
     )
@@ -259,6 +280,24 @@ def _start_postgres(stack: Stack, server: str) -> bool:
     if created:
         _create_roles_and_database(stack, server)
     return created
+
+
+def _clear_stale_lock_files(data: Path, run: Path) -> None:
+    """After a crash, the lock files of a dead postmaster (or of a zombie nobody reaped) block the next start."""
+    for lock in [data / "postmaster.pid", *run.glob(".s.PGSQL.*.lock")]:
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if not _process_alive(pid):
+            lock.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
 
 
 def _create_roles_and_database(stack: Stack, server: str) -> None:
@@ -289,8 +328,13 @@ def _create_database(stack: Stack, server: str) -> None:
 def _spawn(stack: Stack, component: str, command: list[str], env: dict[str, str], cwd: Path) -> None:
     log = open(stack.home / f"{component}.log", "ab")
     process = subprocess.Popen(
-        command, env=os.environ | env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        command,
+        env=os.environ | env,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     log.close()
     stack.pids[component] = process.pid
@@ -319,8 +363,17 @@ def _start_gcs_emulator(stack: Stack) -> None:
     port = _pick_port(stack, "gcs")
     storage = stack.home / "gcs"
     storage.mkdir(exist_ok=True)
-    command = [_venv_script("gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port),
-               "--default-bucket", BUCKET, "-q"]
+    command = [
+        _venv_script("gcp-storage-emulator"),
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--default-bucket",
+        BUCKET,
+        "-q",
+    ]
     _spawn(stack, "gcs", command, {"STORAGE_BASE": str(storage)}, storage)
     _wait_until(lambda: gcs_healthy(stack), "The GCS emulator", stack.home / "gcs.log")
 
@@ -353,8 +406,17 @@ def prefect_healthy(stack: Stack) -> bool:
 
 
 def _start_worker(stack: Stack) -> None:
-    command = [_venv_script("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process",
-               "--name", f"dbpromote-{stack.ports['prefect']}"]
+    command = [
+        _venv_script("prefect"),
+        "worker",
+        "start",
+        "--pool",
+        WORK_POOL,
+        "--type",
+        "process",
+        "--name",
+        f"dbpromote-{stack.ports['prefect']}",
+    ]
     _spawn(stack, "worker", command, _prefect_env(stack), REPO_ROOT)
 
 
@@ -365,12 +427,16 @@ def register_blocks(stack: Stack) -> None:
     from dbpromote.config import DatabaseTarget, DjangoProject
 
     with temporary_settings({PREFECT_API_URL: stack.prefect_api_url}):
-        DjangoProject(path=str(SAMPLE_PROJECT), settings_module="tenant_backend.settings",
-                      python=sys.executable).save("tenant-backend", overwrite=True)
+        DjangoProject(path=str(SAMPLE_PROJECT), settings_module="tenant_backend.settings", python=sys.executable).save(
+            "tenant-backend", overwrite=True
+        )
         for server in SERVERS:
             DatabaseTarget(
-                url=stack.database_url(server), requires_approval=server == "production", bucket=BUCKET,
-                prefix="backups", app_role=APP_ROLE,
+                url=stack.database_url(server),
+                requires_approval=server == "production",
+                bucket=BUCKET,
+                prefix="backups",
+                app_role=APP_ROLE,
             ).save(server, overwrite=True)
 
 
@@ -378,8 +444,12 @@ def deploy_flows(stack: Stack) -> None:
     """Deploy prefect.yaml's deployments to the stack's work pool."""
     if not (REPO_ROOT / "prefect.yaml").is_file():
         return
-    _run([_venv_script("prefect"), "--no-prompt", "deploy", "--all"], "deploying the flows",
-         env=os.environ | _prefect_env(stack) | {"DBPROMOTE_REPO": str(REPO_ROOT)}, cwd=REPO_ROOT)
+    _run(
+        [_venv_script("prefect"), "--no-prompt", "deploy", "--all"],
+        "deploying the flows",
+        env=os.environ | _prefect_env(stack) | {"DBPROMOTE_REPO": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+    )
 
 
 def _run(command: list[str], what: str, **kwargs) -> None:

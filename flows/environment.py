@@ -54,5 +54,3 @@ def migrate_environment(project: str, target: str, to: str = "", expected_plan_h
         ) from None
     publish_report(report)
     return report
-
-

@@ -17,11 +17,14 @@ DAY_S = 24 * 3600
 
 
 @flow(name="promote", flow_run_name="promote {project} through {through}")
-def promote(project: str, through: list[str], to: str = "", approval_timeout_s: int = DAY_S,
-            approval_poll_s: int = 10) -> list[StepReport]:
+def promote(
+    project: str, through: list[str], to: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = 10
+) -> list[StepReport]:
     """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order."""
     if not through:
-        raise ConfigError("No environments given; pass them in order, staging first, e.g. --through staging,production.")
+        raise ConfigError(
+            "No environments given; pass them in order, staging first, e.g. --through staging,production."
+        )
     plans = {target: preflight(project, target, to) for target in through}
     vouch_for(plans, through[0])
 
@@ -34,8 +37,11 @@ def promote(project: str, through: list[str], to: str = "", approval_timeout_s: 
             approvals.append(approval)
         reports.append(migrate_environment(project, target, to, expected_plan_hash=plans[target].hash))
 
-    create_markdown_artifact(summary(project, reports, approvals), key="dbpromote-promotion",
-                             description=f"Promotion of {project} through {', '.join(through)}")
+    create_markdown_artifact(
+        summary(project, reports, approvals),
+        key="dbpromote-promotion",
+        description=f"Promotion of {project} through {', '.join(through)}",
+    )
     get_run_logger().info("promoted %s through %s", project, ", ".join(through))
     return reports
 
@@ -57,15 +63,23 @@ def vouch_for(plans: dict[str, Plan], staging: str) -> None:
 
 
 def summary(project: str, reports: list[StepReport], approvals: list[Approval]) -> str:
-    lines = [f"# Promotion of {project}", "", f"Flow run {flow_run.get_id()}", "",
-             "| environment | plan | migrations | seconds | backup |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Promotion of {project}",
+        "",
+        f"Flow run {flow_run.get_id()}",
+        "",
+        "| environment | plan | migrations | seconds | backup |",
+        "|---|---|---|---|---|",
+    ]
     for report in reports:
         seconds = sum(result.duration_s for result in report.migrations)
         backup = report.backup.uri if report.backup else "-"
         lines.append(f"| {report.target} | {report.plan.hash} | {len(report.migrations)} | {seconds:.1f} | {backup} |")
     for approval in approvals:
-        lines += ["", f"Approved for **{approval.target}** by **{approval.approver}** at {approval.approved_at} "
-                      f"for plan {approval.plan_hash}: {approval.comment or '(no comment)'}"]
+        lines += [
+            "",
+            f"Approved for **{approval.target}** by **{approval.approver}** at {approval.approved_at} "
+            f"for plan {approval.plan_hash}: {approval.comment or '(no comment)'}",
+        ]
     lines += ["", "## The way back", ""] + [f"- {r.target}: {r.way_back()}" for r in reports]
     return "\n".join(lines)
-

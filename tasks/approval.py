@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 
 from prefect import get_run_logger, pause_flow_run
 from prefect.exceptions import FlowPauseTimeout
@@ -20,7 +20,7 @@ from tasks.plan import Plan
 from tasks.report import StepReport
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     approve = "approve"
     reject = "reject"
 
@@ -47,14 +47,21 @@ def approval_form(plan: Plan) -> type[RunInput]:
     }
     if plan.risks:
         fields["acknowledge_risky_operations"] = (
-            bool, Field(description="I have read the risky operations listed above and accept them"))
+            bool,
+            Field(description="I have read the risky operations listed above and accept them"),
+        )
     return create_model("PromotionApproval", __base__=RunInput, **fields)
 
 
 def describe(project: str, target: str, plan: Plan, reports: list[StepReport]) -> str:
-    lines = [f"## Approve promoting **{project}** to **{target}**", "",
-             f"Plan **{plan.hash}**: {len(plan.migrations)} migration(s).", "",
-             "| migration | atomic | reversible | risks |", "|---|---|---|---|"]
+    lines = [
+        f"## Approve promoting **{project}** to **{target}**",
+        "",
+        f"Plan **{plan.hash}**: {len(plan.migrations)} migration(s).",
+        "",
+        "| migration | atomic | reversible | risks |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {m.label} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
     if plan.risks:
         lines += ["", "**Risky operations (acknowledge to approve):**", ""] + [f"- {risk}" for risk in plan.risks]
@@ -68,15 +75,20 @@ def describe(project: str, target: str, plan: Plan, reports: list[StepReport]) -
     lines += ["", "### SQL", ""]
     for m in plan.migrations:
         lines += [f"**{m.label}**", "```sql", "\n".join(m.sql) or "-- no SQL", "```"]
-    lines += ["", "### What happens next", "",
-              f"On approve: the plan is recomputed on {target} and must still be {plan.hash}; then {target} is "
-              "backed up to GCS, migrated one migration at a time, verified. On reject or timeout: nothing runs "
-              f"on {target}."]
+    lines += [
+        "",
+        "### What happens next",
+        "",
+        f"On approve: the plan is recomputed on {target} and must still be {plan.hash}; then {target} is "
+        "backed up to GCS, migrated one migration at a time, verified. On reject or timeout: nothing runs "
+        f"on {target}.",
+    ]
     return "\n".join(lines)
 
 
-def wait_for_approval(project: str, target_name: str, plan: Plan, reports: list[StepReport], timeout_s: int,
-                      poll_s: int) -> Approval:
+def wait_for_approval(
+    project: str, target_name: str, plan: Plan, reports: list[StepReport], timeout_s: int, poll_s: int
+) -> Approval:
     """Pause until a permitted approver decides; a refused answer is logged and the run keeps waiting."""
     from dbpromote.config import load_target
 
@@ -90,16 +102,21 @@ def wait_for_approval(project: str, target_name: str, plan: Plan, reports: list[
         try:
             if remaining <= 0:
                 raise FlowPauseTimeout("approval timed out")
-            answer = pause_flow_run(wait_for_input=form.with_initial_data(description=description),
-                                    timeout=remaining, poll_interval=poll_s)
+            answer = pause_flow_run(
+                wait_for_input=form.with_initial_data(description=description), timeout=remaining, poll_interval=poll_s
+            )
         except FlowPauseTimeout:
             raise ApprovalRejected(
                 f"No approval for {target_name} within {timeout_s} s, which counts as a rejection; {target_name} "
                 "is untouched: start a new promotion when someone can approve."
             ) from None
         if allowed and answer.approver not in allowed:
-            logger.warning("approval refused: %r may not approve %s (approvers: %s); still waiting",
-                           answer.approver, target_name, ", ".join(allowed))
+            logger.warning(
+                "approval refused: %r may not approve %s (approvers: %s); still waiting",
+                answer.approver,
+                target_name,
+                ", ".join(allowed),
+            )
             continue
         if answer.decision is Decision.reject:
             raise ApprovalRejected(
@@ -107,19 +124,28 @@ def wait_for_approval(project: str, target_name: str, plan: Plan, reports: list[
                 f"{target_name} is untouched: fix the release and start a new promotion."
             )
         if plan.risks and not getattr(answer, "acknowledge_risky_operations", False):
-            logger.warning("approval by %s refused: the risky operations were not acknowledged; still waiting",
-                           answer.approver)
+            logger.warning(
+                "approval by %s refused: the risky operations were not acknowledged; still waiting", answer.approver
+            )
             continue
         logger.info("%s approved plan %s for %s", answer.approver, plan.hash, target_name)
-        return Approval(target=target_name, plan_hash=plan.hash, migrations=plan.labels, approver=answer.approver,
-                        comment=answer.comment, approved_at=datetime.now(UTC).isoformat(),
-                        flow_run_id=str(flow_run.get_id() or ""), acknowledged_risks=plan.risks)
+        return Approval(
+            target=target_name,
+            plan_hash=plan.hash,
+            migrations=plan.labels,
+            approver=answer.approver,
+            comment=answer.comment,
+            approved_at=datetime.now(UTC).isoformat(),
+            flow_run_id=str(flow_run.get_id() or ""),
+            acknowledged_risks=plan.risks,
+        )
 
 
 def record_approval(target: DatabaseTarget, target_name: str, approval: Approval) -> str:
     """The audit record, as JSON in the bucket beside the target's backups; returns its URI."""
     name = f"{target.prefix}/{target_name}/approvals/{approval.approved_at}-{approval.flow_run_id[:8]}.json"
     blob = gcs_client().bucket(target.bucket).blob(name)
-    blob.upload_from_string(json.dumps(approval.model_dump(), indent=2), content_type="application/json",
-                            retry=gcs_retry())
+    blob.upload_from_string(
+        json.dumps(approval.model_dump(), indent=2), content_type="application/json", retry=gcs_retry()
+    )
     return f"gs://{target.bucket}/{name}"

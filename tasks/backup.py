@@ -75,8 +75,14 @@ class Backup(BaseModel):
 def libpq_env(target: DatabaseTarget) -> dict[str, str]:
     """The target's connection as PG* variables: a password never goes on a command line, where `ps` shows it."""
     params = conninfo_to_dict(target.url.get_secret_value())
-    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD", "dbname": "PGDATABASE",
-             "sslmode": "PGSSLMODE"}
+    names = {
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "user": "PGUSER",
+        "password": "PGPASSWORD",
+        "dbname": "PGDATABASE",
+        "sslmode": "PGSSLMODE",
+    }
     return os.environ | {names[key]: str(value) for key, value in params.items() if key in names}
 
 
@@ -144,12 +150,15 @@ def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int) -> str:
     """Run pg_dump into the object; the CRC32C (base64) of what was sent. No object remains if anything fails."""
     dump = subprocess.Popen(
         ["pg_dump", "--format=custom", "--compress=0", "--no-sync"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=libpq_env(target),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=libpq_env(target),
     )
     progress = _Progress(database_size, blob.name)
     try:
-        with blob.open("wb", chunk_size=CHUNK_SIZE, checksum="crc32c", if_generation_match=0,
-                       retry=gcs_retry()) as upload:
+        with blob.open(
+            "wb", chunk_size=CHUNK_SIZE, checksum="crc32c", if_generation_match=0, retry=gcs_retry()
+        ) as upload:
             writer = _ChecksummingWriter(upload)
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS)
             with compressor.stream_writer(writer, closefd=False) as compressed:
@@ -161,18 +170,26 @@ def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int) -> str:
             if dump.wait() != 0:
                 # Raising inside the writer cancels the resumable upload: no partial object appears.
                 stderr = dump.stderr.read().decode(errors="replace").strip()
-                raise BackupError(f"pg_dump failed: {redact(stderr, target.url.get_secret_value())}; "
-                                  "nothing was uploaded: fix the error and run again.", transient=False)
+                raise BackupError(
+                    f"pg_dump failed: {redact(stderr, target.url.get_secret_value())}; "
+                    "nothing was uploaded: fix the error and run again.",
+                    transient=False,
+                )
     except DataCorruption:
         _delete_quietly(blob)
-        raise BackupError(f"GCS stored a different checksum for {blob.name} than was uploaded; the object was "
-                          "deleted: run again.") from None
+        raise BackupError(
+            f"GCS stored a different checksum for {blob.name} than was uploaded; the object was deleted: run again."
+        ) from None
     except gcs_errors.GoogleAPIError as error:
-        raise BackupError(f"Uploading the backup to gs://{blob.bucket.name} failed ({error}); nothing was migrated: "
-                          "check the bucket and network, then run again.") from None
+        raise BackupError(
+            f"Uploading the backup to gs://{blob.bucket.name} failed ({error}); nothing was migrated: "
+            "check the bucket and network, then run again."
+        ) from None
     except OSError as error:  # requests' connection errors are OSErrors; GCS gave up retrying
-        raise BackupError(f"Uploading the backup to gs://{blob.bucket.name} failed ({type(error).__name__}); "
-                          "nothing was migrated: check the bucket and network, then run again.") from None
+        raise BackupError(
+            f"Uploading the backup to gs://{blob.bucket.name} failed ({type(error).__name__}); "
+            "nothing was migrated: check the bucket and network, then run again."
+        ) from None
     finally:
         if dump.poll() is None:
             dump.kill()
@@ -187,11 +204,13 @@ def _verify(target: DatabaseTarget, blob: Blob, crc: str) -> None:
     """The stored object has the checksum we computed, and reads back whole as a restorable dump."""
     blob.reload(retry=gcs_retry())
     if blob.crc32c != crc:
-        raise BackupError(f"The stored backup {blob.name} has CRC32C {blob.crc32c}, not {crc} as dumped; "
-                          "it was deleted: run again.")
+        raise BackupError(
+            f"The stored backup {blob.name} has CRC32C {blob.crc32c}, not {crc} as dumped; it was deleted: run again."
+        )
     # pg_restore --list accepts a truncated dump; reading every byte into /dev/null does not.
-    restore = subprocess.Popen(["pg_restore", "--file=/dev/null"], stdin=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=libpq_env(target))
+    restore = subprocess.Popen(
+        ["pg_restore", "--file=/dev/null"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=libpq_env(target)
+    )
     read_back = google_crc32c.Checksum()
     decompressor = zstandard.ZstdDecompressor().decompressobj()
     try:
@@ -204,11 +223,14 @@ def _verify(target: DatabaseTarget, blob: Blob, crc: str) -> None:
         pass  # pg_restore stopped reading or the stream is corrupt: both are reported below
     stderr = restore.stderr.read().decode(errors="replace").strip()
     if restore.wait() != 0 or not decompressor.eof:
-        raise BackupError(f"The stored backup {blob.name} does not read back as a complete dump "
-                          f"({stderr or 'truncated'}); it was deleted: run again.")
+        raise BackupError(
+            f"The stored backup {blob.name} does not read back as a complete dump "
+            f"({stderr or 'truncated'}); it was deleted: run again."
+        )
     if base64.b64encode(read_back.digest()).decode() != crc:
-        raise BackupError(f"The stored backup {blob.name} read back with a different checksum; it was deleted: "
-                          "run again.")
+        raise BackupError(
+            f"The stored backup {blob.name} read back with a different checksum; it was deleted: run again."
+        )
 
 
 def _delete_quietly(blob: Blob) -> None:

@@ -32,9 +32,7 @@ def _advisory_lock(target: DatabaseTarget, target_name: str, *, shared: bool, wa
         while not conn.execute(f"SELECT pg_try_advisory_lock{suffix}({LOCK_KEY_SQL})").fetchone()[0]:
             if time.monotonic() > deadline:
                 if shared:
-                    raise BackupError(
-                        f"A migration of target {target_name!r} is running; back up after it ends."
-                    )
+                    raise BackupError(f"A migration of target {target_name!r} is running; back up after it ends.")
                 raise MigrationError(
                     f"A backup of target {target_name!r} is still running after {wait_s:.0f} s; nothing was "
                     "migrated: wait for it to finish and run the promotion again."

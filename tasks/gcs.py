@@ -10,8 +10,9 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 def gcs_client() -> storage.Client:
     if os.environ.get("STORAGE_EMULATOR_HOST"):
-        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "dbpromote-local"),
-                              credentials=AnonymousCredentials())
+        return storage.Client(
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT", "dbpromote-local"), credentials=AnonymousCredentials()
+        )
     return storage.Client()
 
 

@@ -26,8 +26,9 @@ class MigrationResult(BaseModel):
 
 
 @task(name="apply-migration", task_run_name="apply {migration.app}.{migration.name}")
-def apply_migration(project: DjangoProject, target: DatabaseTarget, target_name: str,
-                    migration: PlannedMigration) -> MigrationResult:
+def apply_migration(
+    project: DjangoProject, target: DatabaseTarget, target_name: str, migration: PlannedMigration
+) -> MigrationResult:
     """Apply exactly one migration; retry with backoff and jitter while its locks are not granted, within a bound.
 
     Not retried by Prefect: an atomic migration that failed rolled back and is retried here only when the
@@ -41,13 +42,25 @@ def apply_migration(project: DjangoProject, target: DatabaseTarget, target_name:
         wait_for_long_transactions(target, target_name)
         with migration_running(target, target_name, wait_s=target.max_lock_wait_s):
             outcome = run_probe(
-                project, target, "migrate", "--app", migration.app, "--name", migration.name,
-                "--lock-timeout-ms", str(target.lock_timeout_ms),
-                "--statement-timeout-ms", str(target.statement_timeout_ms),
+                project,
+                target,
+                "migrate",
+                "--app",
+                migration.app,
+                "--name",
+                migration.name,
+                "--lock-timeout-ms",
+                str(target.lock_timeout_ms),
+                "--statement-timeout-ms",
+                str(target.statement_timeout_ms),
             )
         if outcome.get("ok"):
-            return MigrationResult(label=migration.label, duration_s=round(time.monotonic() - started, 3),
-                                   attempts=attempt, already_applied=outcome.get("already_applied", False))
+            return MigrationResult(
+                label=migration.label,
+                duration_s=round(time.monotonic() - started, 3),
+                attempts=attempt,
+                already_applied=outcome.get("already_applied", False),
+            )
         error = outcome.get("error") or {}
         message = redact(error.get("message", "unknown error"), target.url.get_secret_value())
         if not migration.atomic:
@@ -65,8 +78,9 @@ def apply_migration(project: DjangoProject, target: DatabaseTarget, target_name:
                 f"{target.max_lock_wait_s:.0f} s ({message}); it was rolled back: find the session holding "
                 "the lock (pg_locks, pg_stat_activity) and run again."
             )
-        logger.warning("%s: locks not granted on %s (attempt %d), retrying in %.2f s",
-                       migration.label, target_name, attempt, sleep)
+        logger.warning(
+            "%s: locks not granted on %s (attempt %d), retrying in %.2f s", migration.label, target_name, attempt, sleep
+        )
         time.sleep(sleep)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
     raise AssertionError("unreachable")
@@ -93,8 +107,10 @@ def wait_for_long_transactions(target: DatabaseTarget, target_name: str) -> None
             if not rows:
                 return
             if time.monotonic() > deadline:
-                named = "; ".join(f"pid {pid}, {age} s old, query started {start:%H:%M:%S}: {query!r}"
-                                  for pid, age, start, query in rows)
+                named = "; ".join(
+                    f"pid {pid}, {age} s old, query started {start:%H:%M:%S}: {query!r}"
+                    for pid, age, start, query in rows
+                )
                 raise MigrationError(
                     f"Long-running transactions on {target_name} would queue the migration's locks ({named}); "
                     "nothing more was migrated: end them (pg_terminate_backend) or run when they are done."

@@ -174,9 +174,7 @@ def _probe_error(error: dict, project: DjangoProject, target_name: str, to: str)
     if kind == "interpreter":
         return ConfigError(f"{message}; point the project at an interpreter with Django installed (--python).")
     if kind == "target":
-        return ConfigError(
-            f"Unknown target migration {to!r} ({message}); list them with `manage.py showmigrations`."
-        )
+        return ConfigError(f"Unknown target migration {to!r} ({message}); list them with `manage.py showmigrations`.")
     if kind == "backwards":
         return PreflightError(
             f"Target {to!r} on {target_name}: {message}; promote only moves forward, use the rollback flow instead."

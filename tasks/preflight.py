@@ -25,7 +25,9 @@ def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Conne
         else:
             fix = "check the host and port in its URL and that the server is running and reachable"
         transient = fix.startswith("check the host")
-        raise PreflightError(f"Cannot connect to target {target_name!r} ({reason}); {fix}.", transient=transient) from None
+        raise PreflightError(
+            f"Cannot connect to target {target_name!r} ({reason}); {fix}.", transient=transient
+        ) from None
     except psycopg.ProgrammingError as error:
         raise PreflightError(
             f"The URL of target {target_name!r} is not a valid PostgreSQL URL ({redact(str(error), url)}); "
@@ -52,7 +54,8 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
     except gcs_errors.GoogleAPIError as error:
         raise PreflightError(
             f"The backup bucket {target.bucket!r} of target {target_name!r} cannot be read ({error}); "
-            "check the credentials and the GCS endpoint.", transient=True
+            "check the credentials and the GCS endpoint.",
+            transient=True,
         ) from None
     if bucket is None:
         raise PreflightError(
@@ -66,5 +69,6 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
     except gcs_errors.GoogleAPIError as error:
         raise PreflightError(
             f"The backup bucket {target.bucket!r} of target {target_name!r} refuses writes ({error}); "
-            "grant the worker's service account objectCreator and objectViewer on it.", transient=True
+            "grant the worker's service account objectCreator and objectViewer on it.",
+            transient=True,
         ) from None

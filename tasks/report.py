@@ -34,9 +34,11 @@ class StepReport(BaseModel):
         return f"{applied[-1]} (nothing of this plan)" if applied else "an empty schema (nothing of this plan)"
 
     def way_back(self) -> str:
-        reverse = ", ".join(f"`manage.py migrate {app} {name}`"
-                            for app, name in self.plan.last_applied_by_app().items()
-                            if any(m.app == app for m in self.plan.migrations))
+        reverse = ", ".join(
+            f"`manage.py migrate {app} {name}`"
+            for app, name in self.plan.last_applied_by_app().items()
+            if any(m.app == app for m in self.plan.migrations)
+        )
         irreversible = [m.label for m in self.plan.migrations if not m.reversible]
         lines = []
         if reverse:
@@ -60,15 +62,22 @@ def render_markdown(report: StepReport) -> str:
         lines += ["", f"### {m.label}", "```sql", preview, "```"]
     if report.backup:
         b = report.backup
-        lines += ["", "## Backup", "", f"- {b.uri}", f"- {b.size_bytes} bytes, CRC32C {b.crc32c}",
-                  f"- {b.duration_s:.1f} s, server {b.server_version}, verified by a full read-back"]
+        lines += [
+            "",
+            "## Backup",
+            "",
+            f"- {b.uri}",
+            f"- {b.size_bytes} bytes, CRC32C {b.crc32c}",
+            f"- {b.duration_s:.1f} s, server {b.server_version}, verified by a full read-back",
+        ]
     if report.migrations:
         lines += ["", "## Migrations applied", "", "| migration | seconds | attempts |", "|---|---|---|"]
         lines += [f"| {r.label} | {r.duration_s:.2f} | {r.attempts} |" for r in report.migrations]
     if report.verification:
         lines += ["", "## Verify", "", "| check | result | detail |", "|---|---|---|"]
-        lines += [f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail or '-'} |"
-                  for c in report.verification.checks]
+        lines += [
+            f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail or '-'} |" for c in report.verification.checks
+        ]
     lines += ["", "## The way back", "", report.way_back()]
     return "\n".join(lines)
 
@@ -80,6 +89,7 @@ def publish_report(report: StepReport) -> str:
     if report.migrations:
         create_table_artifact(
             [{"migration": r.label, "seconds": r.duration_s, "attempts": r.attempts} for r in report.migrations],
-            key=f"{key}-migrations", description=f"Migrations applied on {report.target}",
+            key=f"{key}-migrations",
+            description=f"Migrations applied on {report.target}",
         )
     return render_markdown(report)

@@ -38,8 +38,11 @@ def verify_target(project: DjangoProject, target: DatabaseTarget, target_name: s
     applied = {f"{app}.{name}" for app, name in after.applied}
     checks = [
         Check(name="nothing pending", passed=not after.migrations, detail=", ".join(after.labels)),
-        Check(name="plan applied", passed=set(plan.labels) <= applied,
-              detail=", ".join(sorted(set(plan.labels) - applied))),
+        Check(
+            name="plan applied",
+            passed=set(plan.labels) <= applied,
+            detail=", ".join(sorted(set(plan.labels) - applied)),
+        ),
     ]
     checks += run_verify_scripts(project, target, target_name)
     return Verification(checks=checks)
@@ -54,8 +57,9 @@ def run_verify_scripts(project: DjangoProject, target: DatabaseTarget, target_na
             conn.execute("SET TRANSACTION READ ONLY")
             try:
                 rows = conn.execute(script.read_text()).fetchmany(3)
-                checks.append(Check(name=script.name, passed=not rows,
-                                    detail=f"returned rows, e.g. {rows}" if rows else ""))
+                checks.append(
+                    Check(name=script.name, passed=not rows, detail=f"returned rows, e.g. {rows}" if rows else "")
+                )
             except Exception as error:  # a broken check is a failed check, reported with the others
                 checks.append(Check(name=script.name, passed=False, detail=f"error: {error}".strip()))
             conn.rollback()

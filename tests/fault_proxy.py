@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FaultProxy:
-    """Forwards every request to `upstream`; the first `fail_uploads` resumable-upload requests (backups) get `mode` instead.
+    """Forwards requests to `upstream`; the first `fail_uploads` resumable uploads (backups) get `mode` instead.
 
     mode: "503" answers Service Unavailable; "reset" reads the body then resets the connection.
     fail_uploads=-1 fails every upload. Non-upload requests (bucket lookups, reads) always pass.

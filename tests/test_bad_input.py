@@ -23,8 +23,9 @@ def project_copy(tmp_path, stack):
     shutil.copytree(SAMPLE_PROJECT, folder, ignore=shutil.ignore_patterns("__pycache__"))
 
     def register(name: str, **fields) -> str:
-        DjangoProject(**({"path": str(folder), "settings_module": "tenant_backend.settings",
-                          "python": sys.executable} | fields)).save(name, overwrite=True)
+        DjangoProject(
+            **({"path": str(folder), "settings_module": "tenant_backend.settings", "python": sys.executable} | fields)
+        ).save(name, overwrite=True)
         return name
 
     register.folder = folder
@@ -50,8 +51,12 @@ def test_wrong_password(fresh_databases, make_target):
     target = make_target("staging-wrong-password", url=url)
     with pytest.raises(PreflightError) as error:
         run("tenant-backend", target)
-    assert_refused_cleanly(fresh_databases, error.value, "password authentication failed",
-                           f"correct the credentials with `dbpromote target add {target} --url URL`")
+    assert_refused_cleanly(
+        fresh_databases,
+        error.value,
+        "password authentication failed",
+        f"correct the credentials with `dbpromote target add {target} --url URL`",
+    )
     assert "Sekr1t-pw" not in str(error.value)
 
 
@@ -59,8 +64,9 @@ def test_unreachable_host(fresh_databases, make_target):
     target = make_target("staging-unreachable", url="postgresql://tenant_owner:pw@127.0.0.1:1/tenant_backend")
     with pytest.raises(PreflightError) as error:
         run("tenant-backend", target)
-    assert_refused_cleanly(fresh_databases, error.value, f"Cannot connect to target {target!r}",
-                           "check the host and port")
+    assert_refused_cleanly(
+        fresh_databases, error.value, f"Cannot connect to target {target!r}", "check the host and port"
+    )
 
 
 def test_unknown_target(fresh_databases):
@@ -85,13 +91,15 @@ def test_wrong_interpreter_path(fresh_databases, project_copy):
 
 def test_conflicting_migrations(fresh_databases, project_copy):
     project = project_copy("conflicting")
-    (project_copy.folder / "core/migrations/0002_parallel_branch.py").write_text(textwrap.dedent("""
+    (project_copy.folder / "core/migrations/0002_parallel_branch.py").write_text(
+        textwrap.dedent("""
         from django.db import migrations
 
         class Migration(migrations.Migration):
             dependencies = [("core", "0001_initial")]
             operations = []
-    """))
+    """)
+    )
     with pytest.raises(PreflightError) as error:
         run(project, "staging")
     assert_refused_cleanly(fresh_databases, error.value, "Conflicting migrations", "makemigrations --merge")
@@ -100,13 +108,17 @@ def test_conflicting_migrations(fresh_databases, project_copy):
 def test_models_changed_without_migrations(fresh_databases, project_copy):
     project = project_copy("unmigrated")
     models = project_copy.folder / "core/models.py"
-    models.write_text(models.read_text().replace(
-        "    enabled = models.BooleanField(default=False)\n",
-        "    enabled = models.BooleanField(default=False)\n    rollout_percent = models.IntegerField(default=0)\n"))
+    models.write_text(
+        models.read_text().replace(
+            "    enabled = models.BooleanField(default=False)\n",
+            "    enabled = models.BooleanField(default=False)\n    rollout_percent = models.IntegerField(default=0)\n",
+        )
+    )
     with pytest.raises(PreflightError) as error:
         run(project, "staging")
-    assert_refused_cleanly(fresh_databases, error.value, "Models changed without migrations in core",
-                           "`manage.py makemigrations`")
+    assert_refused_cleanly(
+        fresh_databases, error.value, "Models changed without migrations in core", "`manage.py makemigrations`"
+    )
 
 
 @pytest.mark.parametrize("to", ["core:0099_nope", "core0008", "core:"])
@@ -122,8 +134,13 @@ def test_missing_bucket(fresh_databases, make_target):
     target = make_target("staging-no-bucket", bucket="no-such-bucket")
     with pytest.raises(PreflightError) as error:
         run("tenant-backend", target)
-    assert_refused_cleanly(fresh_databases, error.value, "'no-such-bucket'", "does not exist",
-                           f"dbpromote target add {target} --bucket NAME")
+    assert_refused_cleanly(
+        fresh_databases,
+        error.value,
+        "'no-such-bucket'",
+        "does not exist",
+        f"dbpromote target add {target} --bucket NAME",
+    )
     assert list_backups(load_target(target).model_copy(update={"bucket": "dbpromote-backups"}), target) == []
 
 

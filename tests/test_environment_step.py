@@ -53,8 +53,9 @@ def test_backup_restores_to_the_state_before(fresh_databases, tmp_path):
         conn.execute("DROP DATABASE IF EXISTS restored")
         conn.execute("CREATE DATABASE restored OWNER tenant_owner")
     env = libpq_env(target) | {"PGDATABASE": "restored"}
-    restore = subprocess.run(f"zstd -dc {dump} | pg_restore --no-owner -d restored", shell=True, env=env,
-                             capture_output=True, text=True)
+    restore = subprocess.run(
+        f"zstd -dc {dump} | pg_restore --no-owner -d restored", shell=True, env=env, capture_output=True, text=True
+    )
     assert restore.returncode == 0, restore.stderr
     url = stack.database_url("staging").rsplit("/", 1)[0] + "/restored"
     with psycopg.connect(url) as conn:

@@ -18,8 +18,11 @@ class PromotionInBackground:
         from flows.promote import promote
 
         self.result, self.error = None, None
-        parameters = {"project": "tenant-backend", "through": ["staging", "production"],
-                      "approval_poll_s": 1} | parameters
+        parameters = {
+            "project": "tenant-backend",
+            "through": ["staging", "production"],
+            "approval_poll_s": 1,
+        } | parameters
 
         def run():
             try:
@@ -67,8 +70,11 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
     assert reports[0].plan.hash == reports[1].plan.hash
     production_backup = list_backups(load_target("production"), "production")[0]
     assert production_backup.uri == reports[1].backup.uri
-    audit = [b for b in gcs_client().list_blobs("dbpromote-backups", prefix="backups/production/approvals/")
-             if str(run.id)[:8] in b.name]
+    audit = [
+        b
+        for b in gcs_client().list_blobs("dbpromote-backups", prefix="backups/production/approvals/")
+        if str(run.id)[:8] in b.name
+    ]
     record = json.loads(audit[0].download_as_bytes())
     assert record["approver"] == "alice" and record["plan_hash"] == reports[1].plan.hash
     assert record["comment"] == "release 42" and record["migrations"] == RELEASE

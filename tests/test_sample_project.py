@@ -22,7 +22,10 @@ def empty_database(stack):
 
 def manage(url, *args):
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=SAMPLE_PROJECT, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        cwd=SAMPLE_PROJECT,
+        capture_output=True,
+        text=True,
         env=os.environ | {"DATABASE_URL": url},
     )
     assert result.returncode == 0, result.stderr
@@ -31,9 +34,10 @@ def manage(url, *args):
 
 def tables_with_tenant_column(url):
     with psycopg.connect(url) as conn:
-        return {r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.columns WHERE column_name = 'tenant_id'"
-        )}
+        return {
+            r[0]
+            for r in conn.execute("SELECT table_name FROM information_schema.columns WHERE column_name = 'tenant_id'")
+        }
 
 
 def test_migrates_from_zero_to_v1_to_head_and_back(empty_database):
@@ -46,7 +50,12 @@ def test_migrates_from_zero_to_v1_to_head_and_back(empty_database):
     shown = manage(url, "showmigrations", "core")
     assert all(f"[X] {label.split('.')[1]}" in shown for label in RELEASE)
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM core_taskstatus WHERE name IN ('To do', 'In progress', 'Done')").fetchone()[0] == 6
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM core_taskstatus WHERE name IN ('To do', 'In progress', 'Done')"
+            ).fetchone()[0]
+            == 6
+        )
     manage(url, "migrate", "core", "0001_initial")
     assert "core_featureflag" not in tables_with_tenant_column(url)
     assert "[ ] 0002_featureflag" in manage(url, "showmigrations", "core")

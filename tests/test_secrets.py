@@ -15,8 +15,10 @@ def test_promise_5_no_secret_in_logs_artifacts_exceptions_or_parameters(fresh_da
     failures = []
     migrate_environment("tenant-backend", "staging")  # a happy run: backup, migrations, verify, report
     with_bad_password = stack.database_url("production").replace(stack.passwords["tenant_owner"], "Wr0ng-S3cret")
-    for name, url in [("prod-bad-password", with_bad_password),
-                      ("prod-bad-host", stack.database_url("production").replace("127.0.0.1", "127.0.0.2"))]:
+    for name, url in [
+        ("prod-bad-password", with_bad_password),
+        ("prod-bad-host", stack.database_url("production").replace("127.0.0.1", "127.0.0.2")),
+    ]:
         target = make_target(name, server="production", url=url)
         with pytest.raises(DbpromoteError) as error:
             migrate_environment("tenant-backend", target)

@@ -21,7 +21,9 @@ DBPROMOTE = [sys.executable, "-m", "deployments.cli"]
 def cli(*args, env=None):
     return subprocess.run(
         [str(Path(sys.executable).parent / "dbpromote"), *args],
-        capture_output=True, text=True, env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+        env=os.environ | (env or {}),
     )
 
 
