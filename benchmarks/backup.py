@@ -70,8 +70,8 @@ def main() -> None:
 
     target = DatabaseTarget(url=f"{base}/{DB}", bucket=local_stack.BUCKET, prefix="benchmarks")
     env = libpq_env(target)
-    gzip_s = timed(["pg_dump", "-Fc", "-f", "/dev/stdout"], env)
-    z0_s = timed(["pg_dump", "-Fc", "-Z0", "-f", "/dev/stdout"], env)
+    gzip_s = timed(["pg_dump", "-Fc", "--no-sync"], env)
+    z0_s = timed(["pg_dump", "-Fc", "-Z0", "--no-sync"], env)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
     backup = backup_to_gcs.fn(target, "bench", [])

@@ -312,6 +312,8 @@ def _create_roles_and_database(stack: Stack, server: str) -> None:
                 sql.Identifier(APP_ROLE), sql.Literal(stack.passwords[APP_ROLE])
             )
         )
+        # Lets the migration role act as the application (SET ROLE) to prove tenant isolation.
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(APP_ROLE), sql.Identifier(MIGRATION_ROLE)))
     _create_database(stack, server)
 
 

@@ -11,6 +11,7 @@ from tasks.migrate import apply_migration
 from tasks.plan import Plan, plan_migrations
 from tasks.preflight import check_bucket, check_database
 from tasks.report import StepReport, publish_report
+from tasks.rls import apply_rls_policies, prove_tenant_isolation
 from tasks.verify import verify_target
 
 
@@ -36,6 +37,8 @@ def migrate_environment(project: str, target: str, to: str = "", expected_plan_h
     report = StepReport(target=target, plan=plan)
     if not plan.migrations:
         report.verification = verify_target(django_project, database, target, plan)
+        report.rls = apply_rls_policies(database, target)
+        report.isolation = prove_tenant_isolation(database, target)
         publish_report(report)
         return report
     try:
@@ -46,6 +49,8 @@ def migrate_environment(project: str, target: str, to: str = "", expected_plan_h
         if not report.verification.passed:
             failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)
             raise VerificationError(f"Verification failed on {target}: {failed}; fix the data or the release.")
+        report.rls = apply_rls_policies(database, target)
+        report.isolation = prove_tenant_isolation(database, target)
     except DbpromoteError as error:
         report.error = str(error)
         publish_report(report)

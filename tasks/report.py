@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from tasks.backup import Backup
 from tasks.migrate import MigrationResult
 from tasks.plan import Plan
+from tasks.rls import Coverage, Isolation
 from tasks.verify import Verification
 
 SQL_PREVIEW_LINES = 12
@@ -22,7 +23,8 @@ class StepReport(BaseModel):
     backup: Backup | None = None
     migrations: list[MigrationResult] = []
     verification: Verification | None = None
-    rls: list[dict] = []
+    rls: Coverage | None = None
+    isolation: Isolation | None = None
     error: str = ""
 
     @property
@@ -78,6 +80,14 @@ def render_markdown(report: StepReport) -> str:
         lines += [
             f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail or '-'} |" for c in report.verification.checks
         ]
+    if report.rls:
+        changed = [f"{t.table}: {t.action}" for t in report.rls.tables if t.action]
+        lines += ["", "## Row-Level Security", "", f"{len(report.rls.tables)} tenant tables; "
+                  f"{report.rls.ddl_statements} DDL statements issued; changed: {', '.join(changed) or 'nothing'}"]
+        if report.rls.orphaned_policies:
+            lines.append(f"Policies on tables without the tenant column: {', '.join(report.rls.orphaned_policies)}")
+    if report.isolation:
+        lines.append(f"Isolation proven as the application role on {len(report.isolation.tables)} tables.")
     lines += ["", "## The way back", "", report.way_back()]
     return "\n".join(lines)
 

@@ -1,0 +1,447 @@
+"""Row-Level Security: every tenant table gets its policy and grants, and isolation is proven as the application."""
+
+from __future__ import annotations
+
+import psycopg
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from psycopg import sql
+from pydantic import BaseModel, Field
+
+from dbpromote.config import DatabaseTarget
+from dbpromote.errors import ConfigError, VerificationError, retry_if_transient
+from tasks.preflight import connect
+
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+POLICY_PREFIX = "tenant_isolation_"
+
+
+class TableCoverage(BaseModel):
+    table: str
+    rls_enabled: bool
+    policy: str  # "current", "missing", "drift"
+    missing_grants: list[str] = Field(default_factory=list)
+    action: str = ""  # what apply did: "created", "replaced (drift)", "granted", "" = nothing
+
+
+class Coverage(BaseModel):
+    """The RLS state of one target's tenant tables, and what applying it issued."""
+
+    target: str
+    tables: list[TableCoverage]
+    orphaned_policies: list[str] = Field(default_factory=list)
+    ddl_statements: int = 0
+
+    @property
+    def gaps(self) -> list[str]:
+        return [t.table for t in self.tables if not t.rls_enabled or t.policy != "current" or t.missing_grants]
+
+    @property
+    def drift(self) -> list[str]:
+        return [t.table for t in self.tables if t.policy == "drift" or t.action.startswith("replaced")]
+
+
+class TableProof(BaseModel):
+    table: str
+    passed: bool
+    detail: str
+
+
+class Isolation(BaseModel):
+    target: str
+    tables: list[TableProof]
+    role_problems: list[str] = Field(default_factory=list)
+    bypassing_views: list[str] = Field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.tables) and not self.role_problems and not self.bypassing_views
+
+
+def policy_name(table: str) -> str:
+    return (POLICY_PREFIX + table)[:63]
+
+
+def tenant_predicate(column: str, setting: str, column_type: str) -> sql.Composed:
+    # An unset or empty setting must see nothing, not fail the cast: NULLIF turns '' into NULL, NULL matches no row.
+    return sql.SQL("({} = NULLIF(current_setting({}, true), '')::{})").format(
+        sql.Identifier(column), sql.Literal(setting), sql.SQL(column_type)
+    )
+
+
+def tenant_tables(conn: psycopg.Connection, schema: str, column: str) -> dict[str, str]:
+    """Ordinary and partitioned tables of the schema with the tenant column: {table: column type}."""
+    rows = conn.execute(
+        """
+        SELECT c.relname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %s AND NOT a.attisdropped
+        WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+        ORDER BY c.relname
+        """,
+        [column, schema],
+    ).fetchall()
+    return dict(rows)
+
+
+def check_app_role(conn: psycopg.Connection, target: DatabaseTarget, tables: list[str]) -> list[str]:
+    """What makes the application role see past policies: superuser, BYPASSRLS, owning a tenant table."""
+    role = conn.execute(
+        "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", [target.app_role]
+    ).fetchone()
+    if role is None:
+        return [f"the application role {target.app_role!r} does not exist: create it (LOGIN, NOSUPERUSER, "
+                "NOBYPASSRLS) or set the target's app_role"]
+    problems = []
+    if role[0]:
+        problems.append(f"{target.app_role} is a superuser, which bypasses every policy: "
+                        f"ALTER ROLE {target.app_role} NOSUPERUSER")
+    if role[1]:
+        problems.append(f"{target.app_role} has BYPASSRLS: ALTER ROLE {target.app_role} NOBYPASSRLS")
+    owned = [
+        name for (name,) in conn.execute(
+            """
+            SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = ANY(%s) AND pg_get_userbyid(c.relowner) = %s
+            """,
+            [target.schema_name, tables, target.app_role],
+        )
+    ]
+    if owned:
+        problems.append(f"{target.app_role} owns {', '.join(owned)}, and owners bypass policies: "
+                        "ALTER TABLE ... OWNER TO the migration role")
+    return problems
+
+
+def inspect_coverage(conn: psycopg.Connection, target: DatabaseTarget, target_name: str) -> Coverage:
+    tables = tenant_tables(conn, target.schema_name, target.tenant_column)
+    state = {
+        name: (enabled, forced)
+        for name, enabled, forced in conn.execute(
+            """
+            SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)
+            """,
+            [target.schema_name, list(tables)],
+        )
+    }
+    policies = {
+        (table, name): (cmd, permissive, roles, qual, check)
+        for table, name, cmd, permissive, roles, qual, check in conn.execute(
+            """
+            SELECT tablename, policyname, cmd, permissive, roles::text[], qual, with_check
+            FROM pg_policies WHERE schemaname = %s AND policyname LIKE %s
+            """,
+            [target.schema_name, POLICY_PREFIX + "%"],
+        )
+    }
+    coverage = []
+    for table, column_type in tables.items():
+        expected = _expected_expression(conn, target, column_type)
+        found = policies.get((table, policy_name(table)))
+        if found is None:
+            policy = "missing"
+        elif found == ("ALL", "PERMISSIVE", [target.app_role], expected, expected):
+            policy = "current"
+        else:
+            policy = "drift"
+        enabled, forced = state[table]
+        coverage.append(TableCoverage(table=table, rls_enabled=enabled and forced == target.force_rls, policy=policy,
+                                      missing_grants=_missing_grants(conn, target, table)))
+    orphaned = sorted(f"{name} on {table}" for table, name in policies if table not in tables)
+    return Coverage(target=target_name, tables=coverage, orphaned_policies=orphaned)
+
+
+_expression_cache: dict[tuple, str] = {}
+
+
+def _expected_expression(conn: psycopg.Connection, target: DatabaseTarget, column_type: str) -> str:
+    """The predicate as pg_policies prints it, obtained from the server itself (its normal form, not our guess)."""
+    key = (target.tenant_column, target.tenant_setting, column_type)
+    if key not in _expression_cache:
+        # A temporary table's policy in a rolled-back subtransaction: the catalog's rendering of our predicate.
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql.SQL("CREATE TEMPORARY TABLE dbpromote_policy_shape ({} {})").format(
+                sql.Identifier(target.tenant_column), sql.SQL(column_type)))
+            conn.execute(sql.SQL("CREATE POLICY shape ON dbpromote_policy_shape USING {}").format(
+                tenant_predicate(target.tenant_column, target.tenant_setting, column_type)))
+            _expression_cache[key] = conn.execute(
+                "SELECT qual FROM pg_policies WHERE tablename = 'dbpromote_policy_shape'").fetchone()[0]
+    return _expression_cache[key]
+
+
+def _missing_grants(conn: psycopg.Connection, target: DatabaseTarget, table: str) -> list[str]:
+    return [
+        privilege for privilege in TABLE_PRIVILEGES
+        if not conn.execute("SELECT has_table_privilege(%s, quote_ident(%s) || '.' || quote_ident(%s), %s)",
+                            [target.app_role, target.schema_name, table, privilege]).fetchone()[0]
+    ]
+
+
+@task(name="apply-rls-policies", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
+    """Bring every tenant table's RLS, policy and grants up to date; issue no DDL for what already matches."""
+    with connect(target, target_name) as conn:
+        tables = tenant_tables(conn, target.schema_name, target.tenant_column)
+        problems = check_app_role(conn, target, list(tables))
+        if problems:
+            raise ConfigError(f"Tenant isolation cannot hold on {target_name}: {'; '.join(problems)}.")
+        if target.force_rls:
+            _refuse_force_if_migrations_would_see_nothing(conn, target, target_name)
+        before = inspect_coverage(conn, target, target_name)
+        statements = 0
+        schema = sql.Identifier(target.schema_name)
+        role = sql.Identifier(target.app_role)
+        for table in before.tables:
+            name = sql.Identifier(target.schema_name, table.table)
+            column_type = tables[table.table]
+            actions = []
+            if not table.rls_enabled:
+                conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
+                force = "FORCE" if target.force_rls else "NO FORCE"
+                conn.execute(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(name, sql.SQL(force)))
+                statements += 2
+                actions.append("enabled")
+            if table.policy != "current":
+                policy = sql.Identifier(policy_name(table.table))
+                if table.policy == "drift":
+                    conn.execute(sql.SQL("DROP POLICY {} ON {}").format(policy, name))
+                    statements += 1
+                predicate = tenant_predicate(target.tenant_column, target.tenant_setting, column_type)
+                conn.execute(sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING {} WITH CHECK {}")
+                             .format(policy, name, role, predicate, predicate))
+                statements += 1
+                actions.append("replaced (drift)" if table.policy == "drift" else "created")
+            if table.missing_grants:
+                privileges = sql.SQL(", ").join(sql.SQL(p) for p in table.missing_grants)
+                conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(privileges, name, role))
+                statements += 1
+                actions.append("granted")
+            for sequence in _sequences_missing_grants(conn, target, table.table):
+                conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+                    sql.Identifier(target.schema_name, sequence), role))
+                statements += 1
+            table.action = ", ".join(actions)
+        if not _default_privileges_present(conn, target):
+            conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE "
+                                 "ON TABLES TO {}").format(schema, role))
+            conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}")
+                         .format(schema, role))
+            statements += 2
+        conn.commit()
+        after = inspect_coverage(conn, target, target_name)
+    for table, was in zip(after.tables, before.tables, strict=True):
+        table.action = was.action
+    after.ddl_statements = statements
+    _publish_coverage(after)
+    return after
+
+
+def _refuse_force_if_migrations_would_see_nothing(conn, target: DatabaseTarget, target_name: str) -> None:
+    bypasses = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+    if not bypasses:
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        raise ConfigError(
+            f"force_rls on {target_name} would subject the migration role {user} to the tenant policies, so data "
+            f"migrations (RunPython) would see no rows; turn force_rls off or ALTER ROLE {user} BYPASSRLS."
+        )
+
+
+def _sequences_missing_grants(conn, target: DatabaseTarget, table: str) -> list[str]:
+    return [
+        sequence for (sequence,) in conn.execute(
+            """
+            SELECT s.relname FROM pg_class s
+            JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i')
+            JOIN pg_class t ON t.oid = d.refobjid
+            JOIN pg_namespace n ON n.oid = t.relnamespace
+            WHERE s.relkind = 'S' AND n.nspname = %s AND t.relname = %s
+              AND NOT (has_sequence_privilege(%s, s.oid, 'USAGE') AND has_sequence_privilege(%s, s.oid, 'SELECT'))
+            """,
+            [target.schema_name, table, target.app_role, target.app_role],
+        )
+    ]
+
+
+def _default_privileges_present(conn, target: DatabaseTarget) -> bool:
+    return conn.execute(
+        """
+        SELECT count(*) = 2 FROM pg_default_acl d JOIN pg_namespace n ON n.oid = d.defaclnamespace
+        WHERE n.nspname = %s AND d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+          AND EXISTS (SELECT 1 FROM aclexplode(d.defaclacl) a WHERE a.grantee = (
+                      SELECT oid FROM pg_roles WHERE rolname = %s))
+        """,
+        [target.schema_name, target.app_role],
+    ).fetchone()[0]
+
+
+def _publish_coverage(coverage: Coverage) -> None:
+    try:
+        create_table_artifact(
+            [{"table": t.table, "rls": t.rls_enabled, "policy": t.policy, "missing grants": ", ".join(t.missing_grants),
+              "applied": t.action or "-"} for t in coverage.tables],
+            key=f"rls-coverage-{coverage.target}".lower().replace("_", "-"),
+            description=f"RLS coverage on {coverage.target}: {coverage.ddl_statements} DDL statements issued",
+        )
+    except Exception:  # outside a flow run there is nowhere to publish
+        pass
+
+
+@task(name="prove-tenant-isolation", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def prove_tenant_isolation(target: DatabaseTarget, target_name: str) -> Isolation:
+    """Act as the application role on every tenant table: no other tenant's row is visible or writable."""
+    with connect(target, target_name, autocommit=True) as conn:
+        tables = tenant_tables(conn, target.schema_name, target.tenant_column)
+        result = Isolation(target=target_name, tables=[], role_problems=check_app_role(conn, target, list(tables)),
+                           bypassing_views=_bypassing_views(conn, target, list(tables)))
+        member = conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [target.app_role]).fetchone()[0]
+        if not member:
+            user = conn.execute("SELECT current_user").fetchone()[0]
+            raise ConfigError(f"The migration role {user} cannot act as {target.app_role} to prove isolation on "
+                              f"{target_name}; GRANT {target.app_role} TO {user}.")
+        for table, column_type in tables.items():
+            result.tables.append(_prove_table(conn, target, table, column_type))
+    try:
+        create_table_artifact([t.model_dump() for t in result.tables],
+                              key=f"rls-proof-{target_name}".lower().replace("_", "-"),
+                              description=f"Tenant isolation proven as {target.app_role} on {target_name}")
+    except Exception:
+        pass
+    if not result.passed:
+        failed = [f"{t.table} ({t.detail})" for t in result.tables if not t.passed]
+        raise VerificationError(
+            f"Tenant isolation does not hold on {target_name}: "
+            + "; ".join(failed + result.role_problems + [f"{v} bypasses the policies" for v in result.bypassing_views])
+            + "; run the RLS step again or fix the role, then re-run."
+        )
+    return result
+
+
+def _prove_table(conn: psycopg.Connection, target: DatabaseTarget, table: str, column_type: str) -> TableProof:
+    """All inside one rolled-back transaction: probe rows for two tenants are made here when the table lacks them."""
+    name = sql.Identifier(target.schema_name, table)
+    column = sql.Identifier(target.tenant_column)
+    setting = target.tenant_setting
+    try:
+        with conn.transaction(force_rollback=True):
+            tenants = [row[0] for row in conn.execute(
+                sql.SQL("SELECT DISTINCT {} FROM {} LIMIT 2").format(column, name))]
+            if len(tenants) < 2:
+                tenants = _make_probe_rows(conn, target, table, tenants)
+            tenant_a, tenant_b = (str(t) for t in tenants[:2])
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(target.app_role)))
+            unset = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
+            conn.execute("SELECT set_config(%s, '', true)", [setting])
+            empty = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
+            conn.execute("SELECT set_config(%s, %s, true)", [setting, tenant_a])
+            own, others = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE {c}::text = %s), "
+                                               "count(*) FILTER (WHERE {c}::text <> %s) FROM {t}")
+                                       .format(c=column, t=name), [tenant_a, tenant_a]).fetchone()
+            insert_refused = _refused(conn, sql.SQL("INSERT INTO {} ({}) VALUES (%s::{})").format(
+                name, column, sql.SQL(column_type)), [tenant_b])
+            update_refused = _refused(conn, sql.SQL("UPDATE {t} SET {c} = %s::{ty} WHERE ctid = "
+                                                    "(SELECT ctid FROM {t} LIMIT 1)").format(
+                t=name, c=column, ty=sql.SQL(column_type)), [tenant_b])
+    except psycopg.Error as error:
+        return TableProof(table=table, passed=False, detail=f"probe failed: {error}".strip())
+    findings = []
+    if unset or empty:
+        findings.append(f"{unset or empty} rows visible with the tenant setting unset or empty")
+    if others:
+        findings.append(f"{others} rows of other tenants visible")
+    if not own:
+        findings.append("the tenant's own rows are not visible")
+    if not insert_refused:
+        findings.append("insert into another tenant allowed")
+    if not update_refused:
+        findings.append("update into another tenant allowed")
+    return TableProof(table=table, passed=not findings, detail="; ".join(findings) or
+                      "unset/empty sees 0 rows, other tenants invisible, cross-tenant insert and update refused")
+
+
+def _refused(conn: psycopg.Connection, statement: sql.Composable, params: list) -> bool:
+    """True when the statement is refused by a row-level security policy (SQLSTATE 42501)."""
+    try:
+        with conn.transaction():
+            conn.execute(statement, params)
+    except psycopg.errors.InsufficientPrivilege as error:
+        return "row-level security" in str(error)
+    return False
+
+
+def _make_probe_rows(conn: psycopg.Connection, target: DatabaseTarget, table: str, tenants: list) -> list:
+    """As the owner, inside the caller's rolled-back transaction: one row for each of two tenants."""
+    columns = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef OR a.attidentity <> '',
+               fk.confrelid::regclass::text, fa.attname
+        FROM pg_attribute a
+        LEFT JOIN pg_constraint fk ON fk.conrelid = a.attrelid AND fk.contype = 'f' AND fk.conkey = ARRAY[a.attnum]
+        LEFT JOIN pg_attribute fa ON fa.attrelid = fk.confrelid AND fa.attnum = fk.confkey[1]
+        WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+        [sql.Identifier(target.schema_name, table).as_string(conn)],
+    ).fetchall()
+    tenant_fk = next((c for c in columns if c[0] == target.tenant_column), None)
+    if tenant_fk and tenant_fk[4]:
+        pool = [row[0] for row in conn.execute(sql.SQL("SELECT {} FROM {} LIMIT 2").format(
+            sql.Identifier(tenant_fk[5]), sql.SQL(tenant_fk[4])))]
+    else:
+        pool = [row[0] for row in conn.execute("SELECT gen_random_uuid() FROM generate_series(1, 2)")]
+    chosen = list(dict.fromkeys([*tenants, *pool]))[:2]
+    if len(chosen) < 2:
+        raise psycopg.DataError(f"no two tenants to probe {table} with")
+    types = {column: column_type for column, column_type, *_ in columns}
+    for tenant in chosen:
+        names = [sql.Identifier(target.tenant_column)]
+        values = [sql.SQL("{}::{}").format(sql.Literal(str(tenant)), sql.SQL(types[target.tenant_column]))]
+        for column, column_type, not_null, has_default, ref_table, ref_column in columns:
+            if column == target.tenant_column or has_default or not not_null:
+                continue
+            names.append(sql.Identifier(column))
+            if ref_table:
+                values.append(sql.SQL("(SELECT {} FROM {} LIMIT 1)").format(sql.Identifier(ref_column),
+                                                                               sql.SQL(ref_table)))
+            else:
+                values.append(sql.SQL("{}::{}").format(sql.Literal(_probe_value(column_type)), sql.SQL(column_type)))
+        conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            sql.Identifier(target.schema_name, table), sql.SQL(", ").join(names), sql.SQL(", ").join(values)))
+    return chosen
+
+
+def _probe_value(column_type: str) -> str:
+    if column_type in ("integer", "bigint", "smallint", "numeric", "double precision", "real"):
+        return "0"
+    if column_type == "boolean":
+        return "false"
+    if column_type in ("json", "jsonb"):
+        return "{}"
+    if column_type == "uuid":
+        return "00000000-0000-0000-0000-000000000000"
+    if column_type.startswith("timestamp"):
+        return "2000-01-01T00:00:00Z"
+    if column_type == "date":
+        return "2000-01-01"
+    return "dbpromote-probe"
+
+
+def _bypassing_views(conn: psycopg.Connection, target: DatabaseTarget, tables: list[str]) -> list[str]:
+    """Views without security_invoker, and materialized views, that read a tenant table: they bypass policies."""
+    return [
+        f"{kind} {name}" for name, kind in conn.execute(
+            """
+            SELECT DISTINCT v.relname, CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END
+            FROM pg_rewrite r
+            JOIN pg_class v ON v.oid = r.ev_class
+            JOIN pg_depend d ON d.objid = r.oid AND d.classid = 'pg_rewrite'::regclass
+            JOIN pg_class t ON t.oid = d.refobjid
+            JOIN pg_namespace n ON n.oid = t.relnamespace
+            WHERE n.nspname = %s AND t.relname = ANY(%s) AND v.oid <> t.oid
+              AND (v.relkind = 'm' OR (v.relkind = 'v' AND NOT coalesce(
+                   'security_invoker=true' = ANY(v.reloptions) OR 'security_invoker=on' = ANY(v.reloptions), false)))
+            ORDER BY 1
+            """,
+            [target.schema_name, tables],
+        )
+    ]

@@ -1,0 +1,125 @@
+"""Row-Level Security: policies kept current for every tenant table, and isolation proven as the application."""
+
+import psycopg
+import pytest
+
+from dbpromote.errors import ConfigError, VerificationError
+
+
+@pytest.fixture(scope="module")
+def promoted_staging(stack):
+    """Staging after the environment step (which ends with the RLS apply and proof)."""
+    from deployments.stack import reset_database
+    from flows.environment import migrate_environment
+
+    reset_database(stack, "staging")
+    report = migrate_environment("tenant-backend", "staging")
+    return stack, report
+
+
+@pytest.fixture
+def superuser(promoted_staging):
+    stack, _ = promoted_staging
+    with psycopg.connect(**stack.superuser_conninfo("staging", "tenant_backend"), autocommit=True) as conn:
+        yield conn
+
+
+def staging():
+    from dbpromote.config import load_target
+
+    return load_target("staging")
+
+
+def test_the_release_new_table_gets_its_policy_in_the_same_promotion(promoted_staging):
+    _, report = promoted_staging
+    by_table = {t.table: t for t in report.rls.tables}
+    assert len(by_table) >= 27
+    assert by_table["core_featureflag"].action.startswith("enabled, created")
+    assert all(t.policy == "current" and t.rls_enabled and not t.missing_grants for t in report.rls.tables)
+    assert report.isolation.passed and {p.table for p in report.isolation.tables} == set(by_table)
+
+
+def test_cross_tenant_read_insert_update_refused_on_every_tenant_table(promoted_staging):
+    from tasks.rls import prove_tenant_isolation
+
+    proof = prove_tenant_isolation.fn(staging(), "staging")
+    assert len(proof.tables) >= 27
+    for table in proof.tables:
+        assert table.passed, (table.table, table.detail)
+        assert "cross-tenant insert and update refused" in table.detail
+
+
+def test_second_run_issues_zero_ddl(promoted_staging, superuser):
+    from tasks.rls import apply_rls_policies
+
+    superuser.execute("CREATE TABLE IF NOT EXISTS ddl_seen (tag text)")
+    superuser.execute("GRANT INSERT ON ddl_seen TO PUBLIC")
+    superuser.execute("""
+        CREATE OR REPLACE FUNCTION count_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO ddl_seen SELECT command_tag FROM pg_event_trigger_ddl_commands(); END $$""")
+    superuser.execute("DROP EVENT TRIGGER IF EXISTS count_ddl")
+    superuser.execute("CREATE EVENT TRIGGER count_ddl ON ddl_command_end EXECUTE FUNCTION count_ddl()")
+    try:
+        coverage = apply_rls_policies.fn(staging(), "staging")
+        seen = superuser.execute("SELECT tag FROM ddl_seen").fetchall()
+    finally:
+        superuser.execute("DROP EVENT TRIGGER count_ddl")
+        superuser.execute("DROP TABLE ddl_seen")
+    assert coverage.ddl_statements == 0
+    assert seen == []
+    assert not coverage.gaps and not coverage.drift
+
+
+def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted_staging, superuser):
+    from tasks.rls import apply_rls_policies, inspect_coverage, prove_tenant_isolation
+    from tasks.preflight import connect
+
+    superuser.execute("DROP POLICY tenant_isolation_core_task ON core_task")
+    superuser.execute("CREATE POLICY tenant_isolation_core_task ON core_task TO django_app USING (true)")
+    with connect(staging(), "staging") as conn:
+        assert inspect_coverage(conn, staging(), "staging").drift == ["core_task"]
+    with pytest.raises(VerificationError, match=r"Tenant isolation does not hold on staging: core_task \("):
+        prove_tenant_isolation.fn(staging(), "staging")
+
+    coverage = apply_rls_policies.fn(staging(), "staging")
+    assert {t.table: t.action for t in coverage.tables}["core_task"] == "replaced (drift)"
+    assert prove_tenant_isolation.fn(staging(), "staging").passed
+
+
+@pytest.mark.parametrize("grant, revoke, named", [
+    ("ALTER ROLE django_app BYPASSRLS", "ALTER ROLE django_app NOBYPASSRLS", "ALTER ROLE django_app NOBYPASSRLS"),
+    ("ALTER ROLE django_app SUPERUSER", "ALTER ROLE django_app NOSUPERUSER", "ALTER ROLE django_app NOSUPERUSER"),
+    ("ALTER TABLE core_label OWNER TO django_app", "ALTER TABLE core_label OWNER TO tenant_owner",
+     "django_app owns core_label"),
+])
+def test_app_role_that_bypasses_policies_is_refused_with_the_fix(promoted_staging, superuser, grant, revoke, named):
+    from tasks.rls import apply_rls_policies
+
+    superuser.execute(grant)
+    try:
+        with pytest.raises(ConfigError) as error:
+            apply_rls_policies.fn(staging(), "staging")
+    finally:
+        superuser.execute(revoke)
+    assert "Tenant isolation cannot hold on staging" in str(error.value) and named in str(error.value)
+
+
+def test_view_without_security_invoker_is_reported(promoted_staging, superuser):
+    from tasks.rls import prove_tenant_isolation
+
+    superuser.execute("CREATE VIEW open_tasks AS SELECT id, tenant_id, title FROM core_task")
+    superuser.execute("CREATE VIEW safe_tasks WITH (security_invoker = true) AS SELECT id, tenant_id FROM core_task")
+    try:
+        with pytest.raises(VerificationError, match="view open_tasks bypasses the policies"):
+            prove_tenant_isolation.fn(staging(), "staging")
+    finally:
+        superuser.execute("DROP VIEW open_tasks, safe_tasks")
+
+
+def test_force_rls_refused_when_migrations_would_see_nothing(promoted_staging, make_target):
+    from dbpromote.config import load_target
+    from tasks.rls import apply_rls_policies
+
+    name = make_target("staging-forced", force_rls=True)
+    with pytest.raises(ConfigError, match="data migrations \\(RunPython\\) would see no rows"):
+        apply_rls_policies.fn(load_target(name), name)
