@@ -445,3 +445,13 @@ def _bypassing_views(conn: psycopg.Connection, target: DatabaseTarget, tables: l
             [target.schema_name, tables],
         )
     ]
+
+
+@task(name="rls-coverage", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def rls_coverage(target: DatabaseTarget, target_name: str) -> Coverage:
+    """The RLS state of the target's tenant tables, changing nothing."""
+    with connect(target, target_name) as conn:
+        coverage = inspect_coverage(conn, target, target_name)
+        conn.rollback()
+    _publish_coverage(coverage)
+    return coverage

@@ -123,3 +123,19 @@ def test_force_rls_refused_when_migrations_would_see_nothing(promoted_staging, m
     name = make_target("staging-forced", force_rls=True)
     with pytest.raises(ConfigError, match="data migrations \\(RunPython\\) would see no rows"):
         apply_rls_policies.fn(load_target(name), name)
+
+
+def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging, superuser):
+    from flows.audit import audit_rls
+
+    assert audit_rls(["staging"])[0].gaps == []
+    superuser.execute("DROP POLICY tenant_isolation_core_label ON core_label")
+    try:
+        with pytest.raises(VerificationError, match="staging: core_label not covered"):
+            audit_rls(["staging"])
+        assert superuser.execute(
+            "SELECT count(*) FROM pg_policies WHERE tablename = 'core_label'").fetchone()[0] == 0
+    finally:
+        from tasks.rls import apply_rls_policies
+
+        apply_rls_policies.fn(staging(), "staging")
