@@ -11,13 +11,9 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.deployments import run_deployment
 from prefect.input.run_input import keyset_from_paused_state
-from prefect.settings import PREFECT_UI_URL
 
 from dbpromote.errors import ApprovalRejected, ConfigError
-
-
-def run_url(run_id: UUID | str) -> str:
-    return f"{PREFECT_UI_URL.value()}/runs/flow-run/{run_id}"
+from tasks.notify import run_url
 
 
 def trigger(deployment: str, parameters: dict, *, wait: bool = False, idempotency_key: str | None = None) -> FlowRun:

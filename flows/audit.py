@@ -10,23 +10,27 @@ from prefect.artifacts import create_markdown_artifact
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import VerificationError
 from tasks.backup import list_backups
+from tasks.notify import notify_failure
 from tasks.plan import plan_migrations
 from tasks.rls import Coverage, rls_coverage
 
 
-@flow(name="audit-rls", flow_run_name="audit RLS of {targets}")
+@flow(name="audit-rls", on_failure=[notify_failure], flow_run_name="audit RLS of {targets}")
 def audit_rls(targets: list[str]) -> list[Coverage]:
     """Apply nothing: report RLS coverage and drift of every target; fail when any tenant table is not covered."""
     coverages = [rls_coverage(load_target(name), name) for name in targets]
     problems = [f"{c.target}: {', '.join(c.gaps)} not covered" for c in coverages if c.gaps]
-    problems += [f"{c.target}: policies without a tenant column: {', '.join(c.orphaned_policies)}"
-                 for c in coverages if c.orphaned_policies]
+    problems += [
+        f"{c.target}: policies without a tenant column: {', '.join(c.orphaned_policies)}"
+        for c in coverages
+        if c.orphaned_policies
+    ]
     if problems:
         raise VerificationError(f"RLS audit: {'; '.join(problems)}; run a promotion or the RLS step to fix them.")
     return coverages
 
 
-@flow(name="audit", flow_run_name="audit {project} on {targets}")
+@flow(name="audit", on_failure=[notify_failure], flow_run_name="audit {project} on {targets}")
 def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dict:
     """Pending migrations per target against the project's code, RLS coverage, age of the newest verified backup."""
     django_project = load_project(project)
@@ -39,9 +43,13 @@ def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dic
         coverage = rls_coverage(target, name)
         backups = list_backups(target, name)
         age_h = (now - datetime.fromisoformat(backups[0].created_at)).total_seconds() / 3600 if backups else None
-        findings[name] = {"pending": plan.labels, "rls_gaps": coverage.gaps, "rls_drift": coverage.drift,
-                          "newest_backup": backups[0].uri if backups else None,
-                          "backup_age_h": round(age_h, 2) if age_h is not None else None}
+        findings[name] = {
+            "pending": plan.labels,
+            "rls_gaps": coverage.gaps,
+            "rls_drift": coverage.drift,
+            "newest_backup": backups[0].uri if backups else None,
+            "backup_age_h": round(age_h, 2) if age_h is not None else None,
+        }
         if age_h is None:
             problems.append(f"{name} has no verified backup")
         elif age_h > max_backup_age_h:
@@ -49,12 +57,17 @@ def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dic
         if coverage.gaps:
             problems.append(f"{name}: RLS missing or out of date on {', '.join(coverage.gaps)}")
     lines = ["# Audit", "", "| target | pending | RLS gaps | newest backup | age (h) |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {len(f['pending'])} | {', '.join(f['rls_gaps']) or '-'} | {f['newest_backup'] or '-'} | "
-              f"{f['backup_age_h'] if f['backup_age_h'] is not None else '-'} |" for name, f in findings.items()]
+    lines += [
+        f"| {name} | {len(f['pending'])} | {', '.join(f['rls_gaps']) or '-'} | {f['newest_backup'] or '-'} | "
+        f"{f['backup_age_h'] if f['backup_age_h'] is not None else '-'} |"
+        for name, f in findings.items()
+    ]
     if problems:
         lines += ["", "**Problems:**", ""] + [f"- {problem}" for problem in problems]
     create_markdown_artifact("\n".join(lines), key="dbpromote-audit", description=f"Audit of {project}")
     if problems:
-        raise VerificationError(f"Audit of {project}: {'; '.join(problems)}; take a backup "
-                                "(`dbpromote backup TARGET`) or run a promotion to fix them.")
+        raise VerificationError(
+            f"Audit of {project}: {'; '.join(problems)}; take a backup "
+            "(`dbpromote backup TARGET`) or run a promotion to fix them."
+        )
     return findings

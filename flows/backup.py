@@ -6,10 +6,11 @@ from prefect import flow
 
 from dbpromote.config import load_target
 from tasks.backup import Backup, backup_to_gcs
+from tasks.notify import notify_failure
 from tasks.preflight import check_bucket, check_database, connect
 
 
-@flow(name="backup", flow_run_name="backup {targets}")
+@flow(name="backup", on_failure=[notify_failure], flow_run_name="backup {targets}")
 def backup(targets: list[str]) -> list[Backup]:
     """One verified backup per target, recording the migration state it holds."""
     backups = []

@@ -10,13 +10,14 @@ from dbpromote.config import load_target
 from dbpromote.errors import ConfigError, PreflightError
 from flows.environment import migrate_environment, preflight
 from tasks.approval import Approval, record_approval, wait_for_approval
+from tasks.notify import notify_failure
 from tasks.plan import Plan
 from tasks.report import StepReport
 
 DAY_S = 24 * 3600
 
 
-@flow(name="promote", flow_run_name="promote {project} through {through}")
+@flow(name="promote", on_failure=[notify_failure], flow_run_name="promote {project} through {through}")
 def promote(
     project: str, through: list[str], to: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = 10
 ) -> list[StepReport]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, create_model
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected
 from tasks.gcs import gcs_client, gcs_retry
+from tasks.notify import notify, run_url
 from tasks.plan import Plan
 from tasks.report import StepReport
 
@@ -97,6 +98,12 @@ def wait_for_approval(
     form = approval_form(plan)
     description = describe(project, target_name, plan, reports)
     deadline = time.monotonic() + timeout_s
+    notify(
+        f"dbpromote: {project} waits for approval on {target_name}",
+        f"{project} plan {plan.hash} ({len(plan.migrations)} migrations) passed on "
+        f"{', '.join(r.target for r in reports)} and waits for approval on {target_name}: "
+        f"{run_url(flow_run.get_id())}",
+    )
     while True:
         remaining = int(deadline - time.monotonic())
         try:

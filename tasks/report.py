@@ -82,8 +82,13 @@ def render_markdown(report: StepReport) -> str:
         ]
     if report.rls:
         changed = [f"{t.table}: {t.action}" for t in report.rls.tables if t.action]
-        lines += ["", "## Row-Level Security", "", f"{len(report.rls.tables)} tenant tables; "
-                  f"{report.rls.ddl_statements} DDL statements issued; changed: {', '.join(changed) or 'nothing'}"]
+        lines += [
+            "",
+            "## Row-Level Security",
+            "",
+            f"{len(report.rls.tables)} tenant tables; "
+            f"{report.rls.ddl_statements} DDL statements issued; changed: {', '.join(changed) or 'nothing'}",
+        ]
         if report.rls.orphaned_policies:
             lines.append(f"Policies on tables without the tenant column: {', '.join(report.rls.orphaned_policies)}")
     if report.isolation:

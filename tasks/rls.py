@@ -87,20 +87,22 @@ def tenant_tables(conn: psycopg.Connection, schema: str, column: str) -> dict[st
 
 def check_app_role(conn: psycopg.Connection, target: DatabaseTarget, tables: list[str]) -> list[str]:
     """What makes the application role see past policies: superuser, BYPASSRLS, owning a tenant table."""
-    role = conn.execute(
-        "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", [target.app_role]
-    ).fetchone()
+    role = conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", [target.app_role]).fetchone()
     if role is None:
-        return [f"the application role {target.app_role!r} does not exist: create it (LOGIN, NOSUPERUSER, "
-                "NOBYPASSRLS) or set the target's app_role"]
+        return [
+            f"the application role {target.app_role!r} does not exist: create it (LOGIN, NOSUPERUSER, "
+            "NOBYPASSRLS) or set the target's app_role"
+        ]
     problems = []
     if role[0]:
-        problems.append(f"{target.app_role} is a superuser, which bypasses every policy: "
-                        f"ALTER ROLE {target.app_role} NOSUPERUSER")
+        problems.append(
+            f"{target.app_role} is a superuser, which bypasses every policy: ALTER ROLE {target.app_role} NOSUPERUSER"
+        )
     if role[1]:
         problems.append(f"{target.app_role} has BYPASSRLS: ALTER ROLE {target.app_role} NOBYPASSRLS")
     owned = [
-        name for (name,) in conn.execute(
+        name
+        for (name,) in conn.execute(
             """
             SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = %s AND c.relname = ANY(%s) AND pg_get_userbyid(c.relowner) = %s
@@ -109,8 +111,10 @@ def check_app_role(conn: psycopg.Connection, target: DatabaseTarget, tables: lis
         )
     ]
     if owned:
-        problems.append(f"{target.app_role} owns {', '.join(owned)}, and owners bypass policies: "
-                        "ALTER TABLE ... OWNER TO the migration role")
+        problems.append(
+            f"{target.app_role} owns {', '.join(owned)}, and owners bypass policies: "
+            "ALTER TABLE ... OWNER TO the migration role"
+        )
     return problems
 
 
@@ -147,8 +151,14 @@ def inspect_coverage(conn: psycopg.Connection, target: DatabaseTarget, target_na
         else:
             policy = "drift"
         enabled, forced = state[table]
-        coverage.append(TableCoverage(table=table, rls_enabled=enabled and forced == target.force_rls, policy=policy,
-                                      missing_grants=_missing_grants(conn, target, table)))
+        coverage.append(
+            TableCoverage(
+                table=table,
+                rls_enabled=enabled and forced == target.force_rls,
+                policy=policy,
+                missing_grants=_missing_grants(conn, target, table),
+            )
+        )
     orphaned = sorted(f"{name} on {table}" for table, name in policies if table not in tables)
     return Coverage(target=target_name, tables=coverage, orphaned_policies=orphaned)
 
@@ -162,20 +172,30 @@ def _expected_expression(conn: psycopg.Connection, target: DatabaseTarget, colum
     if key not in _expression_cache:
         # A temporary table's policy in a rolled-back subtransaction: the catalog's rendering of our predicate.
         with conn.transaction(force_rollback=True):
-            conn.execute(sql.SQL("CREATE TEMPORARY TABLE dbpromote_policy_shape ({} {})").format(
-                sql.Identifier(target.tenant_column), sql.SQL(column_type)))
-            conn.execute(sql.SQL("CREATE POLICY shape ON dbpromote_policy_shape USING {}").format(
-                tenant_predicate(target.tenant_column, target.tenant_setting, column_type)))
+            conn.execute(
+                sql.SQL("CREATE TEMPORARY TABLE dbpromote_policy_shape ({} {})").format(
+                    sql.Identifier(target.tenant_column), sql.SQL(column_type)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE POLICY shape ON dbpromote_policy_shape USING {}").format(
+                    tenant_predicate(target.tenant_column, target.tenant_setting, column_type)
+                )
+            )
             _expression_cache[key] = conn.execute(
-                "SELECT qual FROM pg_policies WHERE tablename = 'dbpromote_policy_shape'").fetchone()[0]
+                "SELECT qual FROM pg_policies WHERE tablename = 'dbpromote_policy_shape'"
+            ).fetchone()[0]
     return _expression_cache[key]
 
 
 def _missing_grants(conn: psycopg.Connection, target: DatabaseTarget, table: str) -> list[str]:
     return [
-        privilege for privilege in TABLE_PRIVILEGES
-        if not conn.execute("SELECT has_table_privilege(%s, quote_ident(%s) || '.' || quote_ident(%s), %s)",
-                            [target.app_role, target.schema_name, table, privilege]).fetchone()[0]
+        privilege
+        for privilege in TABLE_PRIVILEGES
+        if not conn.execute(
+            "SELECT has_table_privilege(%s, quote_ident(%s) || '.' || quote_ident(%s), %s)",
+            [target.app_role, target.schema_name, table, privilege],
+        ).fetchone()[0]
     ]
 
 
@@ -209,8 +229,11 @@ def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
                     conn.execute(sql.SQL("DROP POLICY {} ON {}").format(policy, name))
                     statements += 1
                 predicate = tenant_predicate(target.tenant_column, target.tenant_setting, column_type)
-                conn.execute(sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING {} WITH CHECK {}")
-                             .format(policy, name, role, predicate, predicate))
+                conn.execute(
+                    sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING {} WITH CHECK {}").format(
+                        policy, name, role, predicate, predicate
+                    )
+                )
                 statements += 1
                 actions.append("replaced (drift)" if table.policy == "drift" else "created")
             if table.missing_grants:
@@ -219,15 +242,24 @@ def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
                 statements += 1
                 actions.append("granted")
             for sequence in _sequences_missing_grants(conn, target, table.table):
-                conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
-                    sql.Identifier(target.schema_name, sequence), role))
+                conn.execute(
+                    sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+                        sql.Identifier(target.schema_name, sequence), role
+                    )
+                )
                 statements += 1
             table.action = ", ".join(actions)
         if not _default_privileges_present(conn, target):
-            conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE "
-                                 "ON TABLES TO {}").format(schema, role))
-            conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}")
-                         .format(schema, role))
+            conn.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
+                ).format(schema, role)
+            )
+            conn.execute(
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}").format(
+                    schema, role
+                )
+            )
             statements += 2
         conn.commit()
         after = inspect_coverage(conn, target, target_name)
@@ -250,7 +282,8 @@ def _refuse_force_if_migrations_would_see_nothing(conn, target: DatabaseTarget, 
 
 def _sequences_missing_grants(conn, target: DatabaseTarget, table: str) -> list[str]:
     return [
-        sequence for (sequence,) in conn.execute(
+        sequence
+        for (sequence,) in conn.execute(
             """
             SELECT s.relname FROM pg_class s
             JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i')
@@ -279,8 +312,16 @@ def _default_privileges_present(conn, target: DatabaseTarget) -> bool:
 def _publish_coverage(coverage: Coverage) -> None:
     try:
         create_table_artifact(
-            [{"table": t.table, "rls": t.rls_enabled, "policy": t.policy, "missing grants": ", ".join(t.missing_grants),
-              "applied": t.action or "-"} for t in coverage.tables],
+            [
+                {
+                    "table": t.table,
+                    "rls": t.rls_enabled,
+                    "policy": t.policy,
+                    "missing grants": ", ".join(t.missing_grants),
+                    "applied": t.action or "-",
+                }
+                for t in coverage.tables
+            ],
             key=f"rls-coverage-{coverage.target}".lower().replace("_", "-"),
             description=f"RLS coverage on {coverage.target}: {coverage.ddl_statements} DDL statements issued",
         )
@@ -293,19 +334,27 @@ def prove_tenant_isolation(target: DatabaseTarget, target_name: str) -> Isolatio
     """Act as the application role on every tenant table: no other tenant's row is visible or writable."""
     with connect(target, target_name, autocommit=True) as conn:
         tables = tenant_tables(conn, target.schema_name, target.tenant_column)
-        result = Isolation(target=target_name, tables=[], role_problems=check_app_role(conn, target, list(tables)),
-                           bypassing_views=_bypassing_views(conn, target, list(tables)))
+        result = Isolation(
+            target=target_name,
+            tables=[],
+            role_problems=check_app_role(conn, target, list(tables)),
+            bypassing_views=_bypassing_views(conn, target, list(tables)),
+        )
         member = conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [target.app_role]).fetchone()[0]
         if not member:
             user = conn.execute("SELECT current_user").fetchone()[0]
-            raise ConfigError(f"The migration role {user} cannot act as {target.app_role} to prove isolation on "
-                              f"{target_name}; GRANT {target.app_role} TO {user}.")
+            raise ConfigError(
+                f"The migration role {user} cannot act as {target.app_role} to prove isolation on "
+                f"{target_name}; GRANT {target.app_role} TO {user}."
+            )
         for table, column_type in tables.items():
             result.tables.append(_prove_table(conn, target, table, column_type))
     try:
-        create_table_artifact([t.model_dump() for t in result.tables],
-                              key=f"rls-proof-{target_name}".lower().replace("_", "-"),
-                              description=f"Tenant isolation proven as {target.app_role} on {target_name}")
+        create_table_artifact(
+            [t.model_dump() for t in result.tables],
+            key=f"rls-proof-{target_name}".lower().replace("_", "-"),
+            description=f"Tenant isolation proven as {target.app_role} on {target_name}",
+        )
     except Exception:
         pass
     if not result.passed:
@@ -325,8 +374,9 @@ def _prove_table(conn: psycopg.Connection, target: DatabaseTarget, table: str, c
     setting = target.tenant_setting
     try:
         with conn.transaction(force_rollback=True):
-            tenants = [row[0] for row in conn.execute(
-                sql.SQL("SELECT DISTINCT {} FROM {} LIMIT 2").format(column, name))]
+            tenants = [
+                row[0] for row in conn.execute(sql.SQL("SELECT DISTINCT {} FROM {} LIMIT 2").format(column, name))
+            ]
             if len(tenants) < 2:
                 tenants = _make_probe_rows(conn, target, table, tenants)
             tenant_a, tenant_b = (str(t) for t in tenants[:2])
@@ -335,14 +385,24 @@ def _prove_table(conn: psycopg.Connection, target: DatabaseTarget, table: str, c
             conn.execute("SELECT set_config(%s, '', true)", [setting])
             empty = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
             conn.execute("SELECT set_config(%s, %s, true)", [setting, tenant_a])
-            own, others = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE {c}::text = %s), "
-                                               "count(*) FILTER (WHERE {c}::text <> %s) FROM {t}")
-                                       .format(c=column, t=name), [tenant_a, tenant_a]).fetchone()
-            insert_refused = _refused(conn, sql.SQL("INSERT INTO {} ({}) VALUES (%s::{})").format(
-                name, column, sql.SQL(column_type)), [tenant_b])
-            update_refused = _refused(conn, sql.SQL("UPDATE {t} SET {c} = %s::{ty} WHERE ctid = "
-                                                    "(SELECT ctid FROM {t} LIMIT 1)").format(
-                t=name, c=column, ty=sql.SQL(column_type)), [tenant_b])
+            own, others = conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FILTER (WHERE {c}::text = %s), count(*) FILTER (WHERE {c}::text <> %s) FROM {t}"
+                ).format(c=column, t=name),
+                [tenant_a, tenant_a],
+            ).fetchone()
+            insert_refused = _refused(
+                conn,
+                sql.SQL("INSERT INTO {} ({}) VALUES (%s::{})").format(name, column, sql.SQL(column_type)),
+                [tenant_b],
+            )
+            update_refused = _refused(
+                conn,
+                sql.SQL("UPDATE {t} SET {c} = %s::{ty} WHERE ctid = (SELECT ctid FROM {t} LIMIT 1)").format(
+                    t=name, c=column, ty=sql.SQL(column_type)
+                ),
+                [tenant_b],
+            )
     except psycopg.Error as error:
         return TableProof(table=table, passed=False, detail=f"probe failed: {error}".strip())
     findings = []
@@ -356,8 +416,12 @@ def _prove_table(conn: psycopg.Connection, target: DatabaseTarget, table: str, c
         findings.append("insert into another tenant allowed")
     if not update_refused:
         findings.append("update into another tenant allowed")
-    return TableProof(table=table, passed=not findings, detail="; ".join(findings) or
-                      "unset/empty sees 0 rows, other tenants invisible, cross-tenant insert and update refused")
+    return TableProof(
+        table=table,
+        passed=not findings,
+        detail="; ".join(findings)
+        or "unset/empty sees 0 rows, other tenants invisible, cross-tenant insert and update refused",
+    )
 
 
 def _refused(conn: psycopg.Connection, statement: sql.Composable, params: list) -> bool:
@@ -385,8 +449,12 @@ def _make_probe_rows(conn: psycopg.Connection, target: DatabaseTarget, table: st
     ).fetchall()
     tenant_fk = next((c for c in columns if c[0] == target.tenant_column), None)
     if tenant_fk and tenant_fk[4]:
-        pool = [row[0] for row in conn.execute(sql.SQL("SELECT {} FROM {} LIMIT 2").format(
-            sql.Identifier(tenant_fk[5]), sql.SQL(tenant_fk[4])))]
+        pool = [
+            row[0]
+            for row in conn.execute(
+                sql.SQL("SELECT {} FROM {} LIMIT 2").format(sql.Identifier(tenant_fk[5]), sql.SQL(tenant_fk[4]))
+            )
+        ]
     else:
         pool = [row[0] for row in conn.execute("SELECT gen_random_uuid() FROM generate_series(1, 2)")]
     chosen = list(dict.fromkeys([*tenants, *pool]))[:2]
@@ -401,12 +469,16 @@ def _make_probe_rows(conn: psycopg.Connection, target: DatabaseTarget, table: st
                 continue
             names.append(sql.Identifier(column))
             if ref_table:
-                values.append(sql.SQL("(SELECT {} FROM {} LIMIT 1)").format(sql.Identifier(ref_column),
-                                                                               sql.SQL(ref_table)))
+                values.append(
+                    sql.SQL("(SELECT {} FROM {} LIMIT 1)").format(sql.Identifier(ref_column), sql.SQL(ref_table))
+                )
             else:
                 values.append(sql.SQL("{}::{}").format(sql.Literal(_probe_value(column_type)), sql.SQL(column_type)))
-        conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            sql.Identifier(target.schema_name, table), sql.SQL(", ").join(names), sql.SQL(", ").join(values)))
+        conn.execute(
+            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                sql.Identifier(target.schema_name, table), sql.SQL(", ").join(names), sql.SQL(", ").join(values)
+            )
+        )
     return chosen
 
 
@@ -429,7 +501,8 @@ def _probe_value(column_type: str) -> str:
 def _bypassing_views(conn: psycopg.Connection, target: DatabaseTarget, tables: list[str]) -> list[str]:
     """Views without security_invoker, and materialized views, that read a tenant table: they bypass policies."""
     return [
-        f"{kind} {name}" for name, kind in conn.execute(
+        f"{kind} {name}"
+        for name, kind in conn.execute(
             """
             SELECT DISTINCT v.relname, CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END
             FROM pg_rewrite r

@@ -20,7 +20,14 @@ os.environ["DBPROMOTE_PORT_STAGING"] = str(local_stack.free_port(55400))
 os.environ["DBPROMOTE_PORT_PRODUCTION"] = str(local_stack.free_port(55420))
 os.environ.update(
     local_stack.Stack(home=HOME, ports={"prefect": PREFECT_PORT, "gcs": GCS_PORT}).client_env()
-    | {"DBPROMOTE_GCS_RETRY_TIMEOUT_S": "20", "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3"}
+    | {
+        "DBPROMOTE_GCS_RETRY_TIMEOUT_S": "20",
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+        # The stack's server and worker inherit these: schedules and the worker react in seconds, not minutes.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    }
 )
 
 import pytest  # noqa: E402

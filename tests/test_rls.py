@@ -71,8 +71,8 @@ def test_second_run_issues_zero_ddl(promoted_staging, superuser):
 
 
 def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted_staging, superuser):
-    from tasks.rls import apply_rls_policies, inspect_coverage, prove_tenant_isolation
     from tasks.preflight import connect
+    from tasks.rls import apply_rls_policies, inspect_coverage, prove_tenant_isolation
 
     superuser.execute("DROP POLICY tenant_isolation_core_task ON core_task")
     superuser.execute("CREATE POLICY tenant_isolation_core_task ON core_task TO django_app USING (true)")
@@ -86,12 +86,18 @@ def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted
     assert prove_tenant_isolation.fn(staging(), "staging").passed
 
 
-@pytest.mark.parametrize("grant, revoke, named", [
-    ("ALTER ROLE django_app BYPASSRLS", "ALTER ROLE django_app NOBYPASSRLS", "ALTER ROLE django_app NOBYPASSRLS"),
-    ("ALTER ROLE django_app SUPERUSER", "ALTER ROLE django_app NOSUPERUSER", "ALTER ROLE django_app NOSUPERUSER"),
-    ("ALTER TABLE core_label OWNER TO django_app", "ALTER TABLE core_label OWNER TO tenant_owner",
-     "django_app owns core_label"),
-])
+@pytest.mark.parametrize(
+    "grant, revoke, named",
+    [
+        ("ALTER ROLE django_app BYPASSRLS", "ALTER ROLE django_app NOBYPASSRLS", "ALTER ROLE django_app NOBYPASSRLS"),
+        ("ALTER ROLE django_app SUPERUSER", "ALTER ROLE django_app NOSUPERUSER", "ALTER ROLE django_app NOSUPERUSER"),
+        (
+            "ALTER TABLE core_label OWNER TO django_app",
+            "ALTER TABLE core_label OWNER TO tenant_owner",
+            "django_app owns core_label",
+        ),
+    ],
+)
 def test_app_role_that_bypasses_policies_is_refused_with_the_fix(promoted_staging, superuser, grant, revoke, named):
     from tasks.rls import apply_rls_policies
 
@@ -133,8 +139,7 @@ def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging
     try:
         with pytest.raises(VerificationError, match="staging: core_label not covered"):
             audit_rls(["staging"])
-        assert superuser.execute(
-            "SELECT count(*) FROM pg_policies WHERE tablename = 'core_label'").fetchone()[0] == 0
+        assert superuser.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'core_label'").fetchone()[0] == 0
     finally:
         from tasks.rls import apply_rls_policies
 
