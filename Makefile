@@ -10,12 +10,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: system-packages $(VENV)/.installed
 
-# System packages the stack needs: PostgreSQL 15 server binaries and client tools, zstd, runuser (util-linux).
+# System packages: PostgreSQL 15 server binaries and client tools, zstd; Chromium for the browser test.
 system-packages:
 	@missing=""; \
 	[ -x "$(PG_BIN)/initdb" ] || missing="$$missing postgresql-15"; \
 	command -v pg_dump >/dev/null || missing="$$missing postgresql-client-15"; \
 	command -v zstd >/dev/null || missing="$$missing zstd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from enum import StrEnum
+from typing import Literal
 
 from prefect import get_run_logger, pause_flow_run
 from prefect.exceptions import FlowPauseTimeout
@@ -21,9 +21,8 @@ from tasks.plan import Plan
 from tasks.report import StepReport
 
 
-class Decision(StrEnum):
-    approve = "approve"
-    reject = "reject"
+# A Literal, not an Enum: the UI's form renders an inline enum as a choice, but not one behind a $ref.
+Decision = Literal["approve", "reject"]
 
 
 class Approval(BaseModel):
@@ -125,7 +124,7 @@ def wait_for_approval(
                 ", ".join(allowed),
             )
             continue
-        if answer.decision is Decision.reject:
+        if answer.decision == "reject":
             raise ApprovalRejected(
                 f"{answer.approver} rejected promoting to {target_name} ({answer.comment or 'no comment'}); "
                 f"{target_name} is untouched: fix the release and start a new promotion."
