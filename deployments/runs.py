@@ -10,6 +10,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.input.run_input import keyset_from_paused_state
 
 from dbpromote.errors import ApprovalRejected, ConfigError
@@ -49,6 +50,21 @@ def pending_approvals() -> list[FlowRun]:
     return sorted((run for run in runs if flows[run.flow_id] == "promote"), key=lambda run: run.created)
 
 
+def _paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
+    """The form of a paused run; the flow stores it just after pausing, so allow it a moment."""
+    key = keyset_from_paused_state(run.state)["schema"]
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.read_flow_run_input(run.id, key)
+        except ObjectNotFound:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"Run {run.id} is paused without an approval form; it is not a promotion waiting for approval."
+                ) from None
+            time.sleep(0.5)
+
+
 def answer_approval(run_id: str, decision: str, approver: str, comment: str, acknowledge_risks: bool) -> None:
     """Resume a paused promotion with a decision; the server validates it against the run's form."""
     run_input = {"decision": decision, "approver": approver, "comment": comment}
@@ -62,7 +78,7 @@ def answer_approval(run_id: str, decision: str, approver: str, comment: str, ack
                 f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
                 "list the runs waiting with `dbpromote pending`."
             )
-        schema = client.read_flow_run_input(run.id, keyset_from_paused_state(run.state)["schema"])
+        schema = _paused_form_schema(client, run)
         if "acknowledge_risky_operations" in schema:
             if decision == "approve" and not acknowledge_risks:
                 raise ConfigError(

@@ -20,7 +20,6 @@ from tasks.notify import notify, run_url
 from tasks.plan import Plan
 from tasks.report import StepReport
 
-
 # A Literal, not an Enum: the UI's form renders an inline enum as a choice, but not one behind a $ref.
 Decision = Literal["approve", "reject"]
 

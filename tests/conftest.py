@@ -42,9 +42,25 @@ def stack():
     shutil.rmtree(HOME, ignore_errors=True)
 
 
+def cancel_unfinished_runs() -> None:
+    """A test's paused or running promotion must not be approved, or migrate anything, during the next test."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    unfinished = [StateType.PAUSED, StateType.RUNNING, StateType.PENDING]
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)))
+        ):
+            client.set_flow_run_state(run.id, Cancelled(message="cancelled between tests"), force=True)
+
+
 @pytest.fixture
 def fresh_databases(stack):
     """Both sample databases back at v1 with seeded tenants (the state `dbpromote stack reset` gives)."""
+    cancel_unfinished_runs()
     for server in local_stack.SERVERS:
         local_stack.reset_database(stack, server)
     return stack

@@ -27,19 +27,35 @@ def wait_for_state(api: str, run_id: str, states: set[str], timeout: float = 240
 def test_rest_trigger_with_idempotency_key_then_approval_over_rest(fresh_databases):
     api = fresh_databases.prefect_api_url
     deployment = httpx.get(f"{api}/deployments/name/promote/promote").json()["id"]
-    body = {"parameters": {"project": "tenant-backend", "through": ["staging", "production"]},
-            "idempotency_key": f"ci-release-{time.time_ns()}"}
+    body = {
+        "parameters": {"project": "tenant-backend", "through": ["staging", "production"]},
+        "idempotency_key": f"ci-release-{time.time_ns()}",
+    }
     first = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json=body).json()
     again = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json=body).json()
     assert first["id"] == again["id"]
 
     wait_for_state(api, first["id"], {"PAUSED"})
+    deadline = time.monotonic() + 15  # the flow stores its form just after pausing
+    while httpx.get(f"{api}/flow_runs/{first['id']}/input/paused-1-schema").status_code != 200:
+        assert time.monotonic() < deadline, "the paused run never stored its approval form"
+        time.sleep(0.5)
     assert applied(fresh_databases, "production") == ["core.0001_initial"]
-    refused = httpx.post(f"{api}/flow_runs/{first['id']}/resume",
-                         json={"run_input": {"decision": "approve", "approver": "ci"}}).json()
+    refused = httpx.post(
+        f"{api}/flow_runs/{first['id']}/resume", json={"run_input": {"decision": "approve", "approver": "ci"}}
+    ).json()
     assert refused["status"] == "REJECT" and "acknowledge_risky_operations" in refused["details"]["reason"]
-    accepted = httpx.post(f"{api}/flow_runs/{first['id']}/resume", json={"run_input": {
-        "decision": "approve", "approver": "ci", "comment": "pipeline 7", "acknowledge_risky_operations": True}}).json()
+    accepted = httpx.post(
+        f"{api}/flow_runs/{first['id']}/resume",
+        json={
+            "run_input": {
+                "decision": "approve",
+                "approver": "ci",
+                "comment": "pipeline 7",
+                "acknowledge_risky_operations": True,
+            }
+        },
+    ).json()
     assert accepted["status"] == "ACCEPT"
     assert wait_for_state(api, first["id"], {"COMPLETED", "FAILED", "CRASHED"})["state"]["type"] == "COMPLETED"
     assert applied(fresh_databases, "production") == ["core.0001_initial", *RELEASE]
@@ -62,14 +78,18 @@ def test_scheduled_nightly_backup_produces_a_verified_backup(stack):
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("backup/nightly-backup")
         schedule = client.create_deployment_schedules(
-            deployment.id, [(IntervalSchedule(interval=timedelta(seconds=20)), True)])[0]
+            deployment.id, [(IntervalSchedule(interval=timedelta(seconds=20)), True)]
+        )[0]
         try:
             deadline = time.monotonic() + 240
             done = []
             while not done and time.monotonic() < deadline:
-                done = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))))
+                done = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]),
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+                    )
+                )
                 time.sleep(2)
         finally:
             client.delete_deployment_schedule(deployment.id, schedule.id)
@@ -131,19 +151,18 @@ def test_notifications_when_waiting_for_approval_and_when_a_run_fails(fresh_data
     from tests.test_promote import PromotionInBackground
 
     receiver = Receiver()
-    CustomWebhookNotificationBlock(name="dbpromote", url=receiver.url, allow_private_urls=True,
-                                   json_data={"text": "{{subject}} | {{body}}"}).save(NOTIFICATION_BLOCK,
-                                                                                      overwrite=True)
+    CustomWebhookNotificationBlock(
+        name="dbpromote", url=receiver.url, allow_private_urls=True, json_data={"text": "{{subject}} | {{body}}"}
+    ).save(NOTIFICATION_BLOCK, overwrite=True)
     try:
         promotion = PromotionInBackground()
         run = promotion.paused_run()
-        waiting = receiver.wait_for("waits for approval on production")
-        assert f"/runs/flow-run/{run.id}" in waiting["text"]
+        waiting = receiver.wait_for(f"/runs/flow-run/{run.id}")
+        assert "waits for approval on production" in waiting["text"]
         answer_approval(str(run.id), "reject", "dana", "bad timing", acknowledge_risks=False)
         promotion.finish()
-        failed = receiver.wait_for("failed:")
-        assert "dana rejected promoting to production" in failed["text"]
-        assert f"/runs/flow-run/{run.id}" in failed["text"]
+        failed = receiver.wait_for("dana rejected promoting to production")
+        assert "failed:" in failed["text"] and f"/runs/flow-run/{run.id}" in failed["text"]
     finally:
         with get_client(sync_client=True) as client:
             client.delete_block_document(CustomWebhookNotificationBlock.load(NOTIFICATION_BLOCK)._block_document_id)

@@ -133,7 +133,9 @@ def test_force_rls_refused_when_migrations_would_see_nothing(promoted_staging, m
 
 def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging, superuser):
     from flows.audit import audit_rls
+    from tasks.rls import apply_rls_policies
 
+    apply_rls_policies.fn(staging(), "staging")  # whatever earlier tests left, start covered
     assert audit_rls(["staging"])[0].gaps == []
     superuser.execute("DROP POLICY tenant_isolation_core_label ON core_label")
     try:
