@@ -42,9 +42,11 @@ def ours() -> float:
     from deployments.runs import answer_approval, pending_approvals
     from flows.promote import promote
 
+    already_paused = {run.id for run in pending_approvals()}
+
     def approve_when_paused():
         while True:
-            runs = pending_approvals()
+            runs = [run for run in pending_approvals() if run.id not in already_paused]
             if runs:
                 answer_approval(str(runs[-1].id), "approve", "benchmark", "", acknowledge_risks=True)
                 return

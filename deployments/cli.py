@@ -1,6 +1,7 @@
 """`dbpromote`: the command-line front door; commands that change a database trigger a deployment."""
 
 import json
+import logging
 import os
 import sys
 
@@ -66,8 +67,10 @@ def promote(
 ) -> None:
     """Trigger the promote deployment; prints the run's UI URL."""
     from deployments.runs import run_url, trigger, wait_until_paused
+    from flows.promote import check_promotion_input
 
     targets = [name.strip() for name in through.split(",") if name.strip()]
+    check_promotion_input(project, targets, to)
     run = trigger("promote/promote", {"project": project, "through": targets, "to": to}, wait=wait)
     typer.echo(f"{run.id} {run_url(run.id)}")
     if until_paused:
@@ -197,6 +200,8 @@ def main() -> None:
         stack = local_stack.Stack.load()
         if "prefect" in stack.ports:
             os.environ.update(stack.client_env())
+    # The client's event queue says "Still processing items" when a short command exits: noise for a CLI user.
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
     try:
         app()
     except DbpromoteError as error:

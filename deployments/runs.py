@@ -50,7 +50,7 @@ def pending_approvals() -> list[FlowRun]:
     return sorted((run for run in runs if flows[run.flow_id] == "promote"), key=lambda run: run.created)
 
 
-def _paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
+def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
     """The form of a paused run; the flow stores it just after pausing, so allow it a moment."""
     key = keyset_from_paused_state(run.state)["schema"]
     deadline = time.monotonic() + wait_s
@@ -78,7 +78,7 @@ def answer_approval(run_id: str, decision: str, approver: str, comment: str, ack
                 f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
                 "list the runs waiting with `dbpromote pending`."
             )
-        schema = _paused_form_schema(client, run)
+        schema = paused_form_schema(client, run)
         if "acknowledge_risky_operations" in schema:
             if decision == "approve" and not acknowledge_risks:
                 raise ConfigError(

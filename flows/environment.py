@@ -15,6 +15,13 @@ from tasks.rls import apply_rls_policies, prove_tenant_isolation
 from tasks.verify import verify_target
 
 
+def describe_change(before: Plan, after: Plan) -> str:
+    new = [label for label in after.labels if label not in before.labels]
+    gone = [label for label in before.labels if label not in after.labels]
+    parts = [f"new: {', '.join(new)}" if new else "", f"no longer pending: {', '.join(gone)}" if gone else ""]
+    return "; ".join(part for part in parts if part) or "the same migrations now produce different SQL"
+
+
 @flow(name="preflight", flow_run_name="preflight {target}")
 def preflight(project: str, target: str, to: str = "") -> Plan:
     """Refuse, before anything changes, what cannot be promoted; the plan of the target when all is well."""
@@ -25,14 +32,17 @@ def preflight(project: str, target: str, to: str = "") -> Plan:
 
 
 @flow(name="migrate-environment", flow_run_name="migrate {target}")
-def migrate_environment(project: str, target: str, to: str = "", expected_plan_hash: str = "") -> StepReport:
-    """Take one target to `to` (every leaf when empty), safely, and prove it."""
+def migrate_environment(project: str, target: str, to: str = "", expected_plan: Plan | None = None) -> StepReport:
+    """Take one target to `to` (every leaf when empty), safely, and prove it.
+
+    With expected_plan (what staging ran, what the approver saw), nothing runs unless the plan is still that one.
+    """
     django_project, database = load_project(project), load_target(target)
     plan = preflight(project, target, to)
-    if expected_plan_hash and plan.hash != expected_plan_hash:
+    if expected_plan is not None and plan.hash != expected_plan.hash:
         raise PreflightError(
-            f"The plan for {target} is now {plan.hash} ({', '.join(plan.labels) or 'nothing'}), not the "
-            f"approved/staged {expected_plan_hash}; nothing was run: start a new promotion."
+            f"The plan for {target} changed since it was staged and approved ({expected_plan.hash} -> {plan.hash}; "
+            f"{describe_change(expected_plan, plan)}); nothing was run on {target}: start a new promotion."
         )
     report = StepReport(target=target, plan=plan)
     if not plan.migrations:

@@ -6,12 +6,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from dbpromote.config import load_target
+from dbpromote.config import load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
 from flows.environment import migrate_environment, preflight
 from tasks.approval import Approval, record_approval, wait_for_approval
 from tasks.notify import notify_failure
-from tasks.plan import Plan
+from tasks.plan import Plan, parse_target_migration
 from tasks.report import StepReport
 
 DAY_S = 24 * 3600
@@ -22,21 +22,18 @@ def promote(
     project: str, through: list[str], to: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = 10
 ) -> list[StepReport]:
     """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order."""
-    if not through:
-        raise ConfigError(
-            "No environments given; pass them in order, staging first, e.g. --through staging,production."
-        )
+    check_promotion_input(project, through, to)
     plans = {target: preflight(project, target, to) for target in through}
     vouch_for(plans, through[0])
 
-    reports = [migrate_environment(project, through[0], to, expected_plan_hash=plans[through[0]].hash)]
+    reports = [migrate_environment(project, through[0], to, expected_plan=plans[through[0]])]
     approvals: list[Approval] = []
     for target in through[1:]:
         if load_target(target).requires_approval:
             approval = wait_for_approval(project, target, plans[target], reports, approval_timeout_s, approval_poll_s)
             record_approval(load_target(target), target, approval)
             approvals.append(approval)
-        reports.append(migrate_environment(project, target, to, expected_plan_hash=plans[target].hash))
+        reports.append(migrate_environment(project, target, to, expected_plan=plans[target]))
 
     create_markdown_artifact(
         summary(project, reports, approvals),
@@ -45,6 +42,26 @@ def promote(
     )
     get_run_logger().info("promoted %s through %s", project, ", ".join(through))
     return reports
+
+
+def check_promotion_input(project: str, through: list[str], to: str) -> None:
+    """Refuse, before anything runs, what cannot be a promotion: one sentence naming the fix."""
+    if not through:
+        raise ConfigError(
+            "No environments given; pass them in order, staging first, e.g. --through staging,production."
+        )
+    if len(set(through)) != len(through):
+        raise ConfigError(f"An environment appears twice in {','.join(through)}; name each once, staging first.")
+    parse_target_migration(to)
+    load_project(project)
+    first = load_target(through[0])
+    for name in through[1:]:
+        load_target(name)
+    if first.requires_approval:
+        raise ConfigError(
+            f"{through[0]} requires approval, so it cannot come first: a staging target must vouch for the plan "
+            f"before it; put one first, e.g. --through staging,{through[0]}."
+        )
 
 
 def vouch_for(plans: dict[str, Plan], staging: str) -> None:

@@ -143,9 +143,18 @@ def plan_migrations(project: DjangoProject, target: DatabaseTarget, target_name:
     return compute_plan(project, target, target_name, to)
 
 
-def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: str, to: str = "") -> Plan:
-    if to and (to.count(":") != 1 or not all(to.split(":"))):
+def parse_target_migration(to: str) -> tuple[str, str] | None:
+    """APP:MIGRATION as a pair; None for "every leaf"; a ConfigError for anything else."""
+    if not to:
+        return None
+    app, sep, name = to.partition(":")
+    if not (sep and app and name) or ":" in name:
         raise ConfigError(f"Target migration {to!r} is malformed; write it as APP:MIGRATION, e.g. core:0008_default.")
+    return app, name
+
+
+def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: str, to: str = "") -> Plan:
+    parse_target_migration(to)
     probe = ProbeResult.model_validate(run_probe(project, target, "plan", "--to", to))
     if probe.error:
         raise _probe_error(probe.error, project, target_name, to)

@@ -1,13 +1,14 @@
 """The promotion: staging first, approval, then production (promises 1 and 2)."""
 
 import json
+import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from dbpromote.errors import ApprovalRejected, PreflightError
+from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
 from tests.test_environment_step import RELEASE, applied
 
 
@@ -82,24 +83,172 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
     assert record["comment"] == "release 42" and record["migrations"] == RELEASE
 
 
-def test_promise_2_rejection_leaves_production_untouched(fresh_databases):
+def catalog_snapshot(stack, server: str) -> tuple[str, list]:
+    """The schema as pg_dump prints it (minus 15.18's random \\restrict keys) and the migration table's rows."""
+    from dbpromote.config import load_target
+    from tasks.backup import libpq_env
+
+    schema = subprocess.run(
+        ["pg_dump", "--schema-only"], env=libpq_env(load_target(server)), capture_output=True, text=True, check=True
+    ).stdout
+    schema = "\n".join(line for line in schema.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+    with psycopg.connect(stack.database_url(server)) as conn:
+        rows = conn.execute("SELECT id, app, name, applied FROM django_migrations ORDER BY id").fetchall()
+    return schema, rows
+
+
+def production_backups() -> list[str]:
+    from dbpromote.config import load_target
+    from tasks.backup import list_backups
+
+    return [backup.uri for backup in list_backups(load_target("production"), "production")]
+
+
+@pytest.mark.parametrize("how", ["rejection", "timeout"])
+def test_promise_2_rejection_or_timeout_leaves_production_byte_identical(fresh_databases, how):
     from deployments.runs import answer_approval
+
+    before, backups_before = catalog_snapshot(fresh_databases, "production"), production_backups()
+    if how == "rejection":
+        promotion = PromotionInBackground()
+        run = promotion.paused_run()
+        answer_approval(str(run.id), "reject", "bob", "not today", acknowledge_risks=False)
+        promotion.finish()
+        expected = "bob rejected promoting to production (not today); production is untouched"
+    else:
+        promotion = PromotionInBackground(approval_timeout_s=3)
+        promotion.finish()
+        expected = "counts as a rejection; production is untouched"
+    assert isinstance(promotion.error, ApprovalRejected)
+    assert expected in str(promotion.error)
+    assert catalog_snapshot(fresh_databases, "production") == before
+    assert production_backups() == backups_before
+    assert applied(fresh_databases, "staging")[-1] == RELEASE[-1]
+
+
+def test_staging_failure_means_production_never_paused_nor_touched(fresh_databases):
+    from dbpromote.errors import MigrationError
+    from deployments.runs import pending_approvals
+
+    with psycopg.connect(fresh_databases.database_url("staging")) as conn:
+        conn.execute("ALTER TABLE core_project ADD COLUMN slug text")  # 0005 fails on staging
+    before, backups_before = catalog_snapshot(fresh_databases, "production"), production_backups()
+    paused_before = {run.id for run in pending_approvals()}
+    promotion = PromotionInBackground()
+    promotion.finish()
+    assert isinstance(promotion.error, MigrationError)
+    assert "core.0005_project_slug failed on staging" in str(promotion.error)
+    assert {run.id for run in pending_approvals()} == paused_before
+    assert catalog_snapshot(fresh_databases, "production") == before
+    assert production_backups() == backups_before
+
+
+def test_a_migration_added_after_staging_and_before_approval_stops_everything(fresh_databases, tmp_path):
+    import shutil
+    import sys
+    import textwrap
+
+    from dbpromote.config import DjangoProject
+    from deployments.runs import answer_approval
+    from deployments.stack import SAMPLE_PROJECT
+
+    copy = tmp_path / "project"
+    shutil.copytree(SAMPLE_PROJECT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    DjangoProject(path=str(copy), settings_module="tenant_backend.settings", python=sys.executable).save(
+        "release-in-flux", overwrite=True
+    )
+    promotion = PromotionInBackground(project="release-in-flux")
+    run = promotion.paused_run()
+    (copy / "core/migrations/0009_hotfix.py").write_text(
+        textwrap.dedent("""
+        from django.db import migrations
+
+        class Migration(migrations.Migration):
+            dependencies = [("core", "0008_default_task_statuses")]
+            operations = [migrations.RunSQL("UPDATE core_task SET priority = 1", migrations.RunSQL.noop)]
+    """)
+    )
+    before = catalog_snapshot(fresh_databases, "production")
+    answer_approval(str(run.id), "approve", "alice", "ok", acknowledge_risks=True)
+    promotion.finish()
+    assert isinstance(promotion.error, PreflightError)
+    assert "The plan for production changed since it was staged and approved" in str(promotion.error)
+    assert "new: core.0009_hotfix" in str(promotion.error) and "nothing was run on production" in str(promotion.error)
+    assert catalog_snapshot(fresh_databases, "production") == before
+
+
+def test_form_refuses_a_missing_approver_or_acknowledgement_and_keeps_waiting(fresh_databases):
+    from prefect import get_client
+
+    from deployments.runs import paused_form_schema, answer_approval
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()
-    answer_approval(str(run.id), "reject", "bob", "not today", acknowledge_risks=False)
-    promotion.finish()
-    assert isinstance(promotion.error, ApprovalRejected)
-    assert "bob rejected promoting to production (not today); production is untouched" in str(promotion.error)
-    assert applied(fresh_databases, "production") == ["core.0001_initial"]
+    with get_client(sync_client=True) as client:
+        paused_form_schema(client, client.read_flow_run(run.id))  # the flow stores its form just after pausing
+    with get_client(sync_client=True) as client:
+        no_approver = client.resume_flow_run(
+            run.id, run_input={"decision": "approve", "acknowledge_risky_operations": True}
+        )
+        no_acknowledgement = client.resume_flow_run(run.id, run_input={"decision": "approve", "approver": "x"})
+    assert no_approver.status.value == "REJECT" and "'approver' is a required property" in no_approver.details.reason
+    assert no_acknowledgement.status.value == "REJECT"
+    assert "'acknowledge_risky_operations' is a required property" in no_acknowledgement.details.reason
+    assert promotion.paused_run().id == run.id
+    with pytest.raises(ConfigError, match="has risky operations; read them at .* --acknowledge-risks"):
+        answer_approval(str(run.id), "approve", "alice", "ok", acknowledge_risks=False)
 
 
-def test_promise_2_timeout_counts_as_rejection(fresh_databases):
-    promotion = PromotionInBackground(approval_timeout_s=3)
+def test_cli_approves_a_paused_promotion(fresh_databases):
+    import os
+    import sys
+    from pathlib import Path
+
+    promotion = PromotionInBackground()
+    run = promotion.paused_run()
+    dbpromote = str(Path(sys.executable).parent / "dbpromote")
+    pending = subprocess.run([dbpromote, "pending"], capture_output=True, text=True, env=os.environ)
+    assert str(run.id) in pending.stdout and "tenant-backend" in pending.stdout
+    result = subprocess.run(
+        [dbpromote, "approve", str(run.id), "--approver", "frank", "--comment", "cli", "--acknowledge-risks"],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
+    assert result.returncode == 0, result.stderr
     promotion.finish()
-    assert isinstance(promotion.error, ApprovalRejected)
-    assert "counts as a rejection; production is untouched" in str(promotion.error)
-    assert applied(fresh_databases, "production") == ["core.0001_initial"]
+    assert promotion.error is None, promotion.error
+    assert applied(fresh_databases, "production")[-1] == RELEASE[-1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--project", "nope", "--through", "staging,production"], "Unknown project 'nope'"),
+        (["--project", "tenant-backend", "--through", "staging,nowhere"], "Unknown target 'nowhere'"),
+        (["--project", "tenant-backend", "--through", ","], "No environments given"),
+        (
+            ["--project", "tenant-backend", "--through", "production,staging"],
+            "production requires approval, so it cannot come first",
+        ),
+        (["--project", "tenant-backend", "--through", "staging,production", "--to", "core"], "'core' is malformed"),
+    ],
+)
+def test_cli_bad_promotion_input_is_one_sentence_and_changes_nothing(fresh_databases, args, message):
+    import os
+    import sys
+    from pathlib import Path
+
+    before = catalog_snapshot(fresh_databases, "staging")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dbpromote"), "promote", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
+    assert result.returncode == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert catalog_snapshot(fresh_databases, "staging") == before
 
 
 def test_approval_from_someone_not_listed_is_refused_and_the_run_keeps_waiting(fresh_databases, make_target):
@@ -133,7 +282,8 @@ def test_promise_1_plan_changed_after_approval_runs_nothing(fresh_databases):
     answer_approval(str(run.id), "approve", "alice", "ok", acknowledge_risks=True)
     promotion.finish()
     assert isinstance(promotion.error, PreflightError)
-    assert "not the approved/staged" in str(promotion.error) and "nothing was run" in str(promotion.error)
+    assert "no longer pending: core.0002_featureflag" in str(promotion.error)
+    assert "nothing was run on production" in str(promotion.error)
     assert applied(fresh_databases, "production") == ["core.0001_initial", "core.0002_featureflag"]
 
 
