@@ -26,6 +26,7 @@ from dbpromote.errors import BackupError, redact, retry_if_transient
 from tasks.exclusion import backup_running
 from tasks.gcs import gcs_client, gcs_retry
 from tasks.preflight import connect
+from tasks.run_context import in_a_run
 
 # The emulator rewrites the whole object on every resumable chunk: large chunks keep that linear enough, and
 # one chunk is what the writer holds in memory.
@@ -245,10 +246,7 @@ class _Progress:
 
     def __init__(self, total: int, name: str):
         self.total, self.last = max(total, 1), 0.0
-        try:
-            self.artifact = create_progress_artifact(0.0, description=f"Backup {name}")
-        except Exception:  # outside a flow run (a direct call) there is nowhere to show progress
-            self.artifact = None
+        self.artifact = create_progress_artifact(0.0, description=f"Backup {name}") if in_a_run() else None
 
     def update(self, dumped: int) -> None:
         if self.artifact and time.monotonic() - self.last > 2:

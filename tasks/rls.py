@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, VerificationError, retry_if_transient
 from tasks.preflight import connect
+from tasks.run_context import in_a_run
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 POLICY_PREFIX = "tenant_isolation_"
@@ -310,7 +311,7 @@ def _default_privileges_present(conn, target: DatabaseTarget) -> bool:
 
 
 def _publish_coverage(coverage: Coverage) -> None:
-    try:
+    if in_a_run():
         create_table_artifact(
             [
                 {
@@ -325,8 +326,6 @@ def _publish_coverage(coverage: Coverage) -> None:
             key=f"rls-coverage-{coverage.target}".lower().replace("_", "-"),
             description=f"RLS coverage on {coverage.target}: {coverage.ddl_statements} DDL statements issued",
         )
-    except Exception:  # outside a flow run there is nowhere to publish
-        pass
 
 
 @task(name="prove-tenant-isolation", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
@@ -349,14 +348,12 @@ def prove_tenant_isolation(target: DatabaseTarget, target_name: str) -> Isolatio
             )
         for table, column_type in tables.items():
             result.tables.append(_prove_table(conn, target, table, column_type))
-    try:
+    if in_a_run():
         create_table_artifact(
             [t.model_dump() for t in result.tables],
             key=f"rls-proof-{target_name}".lower().replace("_", "-"),
             description=f"Tenant isolation proven as {target.app_role} on {target_name}",
         )
-    except Exception:
-        pass
     if not result.passed:
         failed = [f"{t.table} ({t.detail})" for t in result.tables if not t.passed]
         raise VerificationError(

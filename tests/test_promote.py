@@ -180,7 +180,7 @@ def test_a_migration_added_after_staging_and_before_approval_stops_everything(fr
 def test_form_refuses_a_missing_approver_or_acknowledgement_and_keeps_waiting(fresh_databases):
     from prefect import get_client
 
-    from deployments.runs import paused_form_schema, answer_approval
+    from deployments.runs import answer_approval, paused_form_schema
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()
