@@ -1,10 +1,14 @@
 """Benchmark: the sample release promoted over staging and production (approval given at once) against the bare
 commands it replaces run by hand on identical databases: pg_dump, migrate, showmigrations per environment.
 
-Usage: .venv/bin/python benchmarks/promotion_overhead.py   (local stack up first; resets both databases)
+Usage: .venv/bin/python benchmarks/promotion_overhead.py [--tenants N --rows R --text-bytes B]
+(local stack up first; replaces both sample databases). Without sizes: the sample's 3 small tenants, where fixed
+costs dominate. With sizes (e.g. --tenants 20 --rows 1000 --text-bytes 3000, ~0.5 GB): a template database is
+seeded once per server and both runs start from a copy of it.
 Goal: <= 1.5x the bare commands' wall time.
 """
 
+import argparse
 import os
 import subprocess
 import sys
@@ -18,6 +22,55 @@ from deployments import stack as local_stack  # noqa: E402
 
 stack = local_stack.Stack.load()
 os.environ.update(stack.client_env())
+
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+TEMPLATE = "tenant_backend_bench"
+
+
+def seed_templates(tenants: int, rows: int, text_bytes: int) -> None:
+    for server in local_stack.SERVERS:
+        local_stack.reset_database(stack, server, tenants=0)
+        env = os.environ | {"DATABASE_URL": stack.database_url(server)}
+        subprocess.run(
+            [
+                sys.executable,
+                "manage.py",
+                "seed_tenants",
+                "--tenants",
+                str(tenants),
+                "--rows",
+                str(rows),
+                "--text-bytes",
+                str(text_bytes),
+            ],
+            cwd=local_stack.SAMPLE_PROJECT,
+            env=env,
+            check=True,
+        )
+        with psycopg.connect(**stack.superuser_conninfo(server), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE)))
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(local_stack.DATABASE), sql.Identifier(TEMPLATE)
+                )
+            )
+
+
+def from_template() -> None:
+    for server in local_stack.SERVERS:
+        with psycopg.connect(**stack.superuser_conninfo(server), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(local_stack.DATABASE))
+            )
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                    sql.Identifier(local_stack.DATABASE),
+                    sql.Identifier(TEMPLATE),
+                    sql.Identifier(local_stack.MIGRATION_ROLE),
+                )
+            )
 
 
 def bare() -> float:
@@ -60,12 +113,28 @@ def ours() -> float:
 
 
 def main() -> None:
-    for server in local_stack.SERVERS:
-        local_stack.reset_database(stack, server)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tenants", type=int, default=0)
+    parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--text-bytes", type=int, default=200)
+    args = parser.parse_args()
+
+    def fresh() -> None:
+        if args.tenants:
+            from_template()
+        else:
+            for server in local_stack.SERVERS:
+                local_stack.reset_database(stack, server)
+
+    if args.tenants:
+        seed_templates(args.tenants, args.rows, args.text_bytes)
+    fresh()
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     bare_s = bare()
-    for server in local_stack.SERVERS:
-        local_stack.reset_database(stack, server)
+    fresh()
     ours_s = ours()
+    print(f"database size {size / 1e9:.2f} GB per environment")
     print(f"bare pg_dump + migrate + showmigrations x2  {bare_s:6.1f} s  (baseline)")
     print(
         f"dbpromote promote (approval given at once)  {ours_s:6.1f} s  {ours_s / bare_s:5.2f}x baseline (goal <= 1.5)"

@@ -10,7 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FaultProxy:
     """Forwards requests to `upstream`; the first `fail_uploads` resumable uploads (backups) get `mode` instead.
 
-    mode: "503" answers Service Unavailable; "reset" reads the body then resets the connection.
+    mode: "503" answers Service Unavailable; "reset" reads the body then resets the connection; "corrupt" flips
+    one byte of the upload body and drops the client's X-Goog-Hash, so the server stores bytes that differ from
+    what the client sent (the client must notice from the checksum the server reports back).
     fail_uploads=-1 fails every upload. Non-upload requests (bucket lookups, reads) always pass.
     """
 
@@ -29,7 +31,12 @@ class FaultProxy:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                if "uploadType=resumable" in self.path and proxy._should_fail():
+                headers = dict(self.headers)
+                data_chunk = self.command == "PUT" and "upload_id=" in self.path and body
+                if proxy.mode == "corrupt" and data_chunk and proxy._should_fail():
+                    body = body[:-1] + bytes([body[-1] ^ 0x01])
+                    headers = {k: v for k, v in headers.items() if k.lower() != "x-goog-hash"}
+                elif "uploadType=resumable" in self.path and proxy.mode != "corrupt" and proxy._should_fail():
                     if proxy.mode == "reset":
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         self.connection.close()
@@ -41,7 +48,7 @@ class FaultProxy:
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
                 # Keep the Host header: upload URLs the emulator hands out must route back through us.
-                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
                 self.send_response(response.status)

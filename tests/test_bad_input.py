@@ -46,7 +46,7 @@ def run(project: str, target: str, to: str = ""):
     return migrate_environment(project, target, to)
 
 
-def test_wrong_password(fresh_databases, make_target):
+def test_promise_6_wrong_password(fresh_databases, make_target):
     url = fresh_databases.database_url("staging").replace(fresh_databases.passwords["tenant_owner"], "Sekr1t-pw")
     target = make_target("staging-wrong-password", url=url)
     with pytest.raises(PreflightError) as error:
@@ -60,7 +60,7 @@ def test_wrong_password(fresh_databases, make_target):
     assert "Sekr1t-pw" not in str(error.value)
 
 
-def test_unreachable_host(fresh_databases, make_target):
+def test_promise_6_unreachable_host(fresh_databases, make_target):
     target = make_target("staging-unreachable", url="postgresql://tenant_owner:pw@127.0.0.1:1/tenant_backend")
     with pytest.raises(PreflightError) as error:
         run("tenant-backend", target)
@@ -69,27 +69,27 @@ def test_unreachable_host(fresh_databases, make_target):
     )
 
 
-def test_unknown_target(fresh_databases):
+def test_promise_6_unknown_target(fresh_databases):
     with pytest.raises(ConfigError) as error:
         run("tenant-backend", "no-such-target")
     assert_refused_cleanly(fresh_databases, error.value, "Unknown target 'no-such-target'", "dbpromote target add")
 
 
-def test_unknown_settings_module(fresh_databases, project_copy):
+def test_promise_6_unknown_settings_module(fresh_databases, project_copy):
     project = project_copy("bad-settings", settings_module="tenant_backend.nope")
     with pytest.raises(ConfigError) as error:
         run(project, "staging")
     assert_refused_cleanly(fresh_databases, error.value, "'tenant_backend.nope' does not load", "--settings")
 
 
-def test_wrong_interpreter_path(fresh_databases, project_copy):
+def test_promise_6_wrong_interpreter_path(fresh_databases, project_copy):
     project = project_copy("bad-python", python="/nonexistent/python")
     with pytest.raises(ConfigError) as error:
         run(project, "staging")
     assert_refused_cleanly(fresh_databases, error.value, "/nonexistent/python", "--python PATH")
 
 
-def test_conflicting_migrations(fresh_databases, project_copy):
+def test_promise_6_conflicting_migrations(fresh_databases, project_copy):
     project = project_copy("conflicting")
     (project_copy.folder / "core/migrations/0002_parallel_branch.py").write_text(
         textwrap.dedent("""
@@ -105,7 +105,7 @@ def test_conflicting_migrations(fresh_databases, project_copy):
     assert_refused_cleanly(fresh_databases, error.value, "Conflicting migrations", "makemigrations --merge")
 
 
-def test_models_changed_without_migrations(fresh_databases, project_copy):
+def test_promise_6_models_changed_without_migrations(fresh_databases, project_copy):
     project = project_copy("unmigrated")
     models = project_copy.folder / "core/models.py"
     models.write_text(
@@ -122,13 +122,13 @@ def test_models_changed_without_migrations(fresh_databases, project_copy):
 
 
 @pytest.mark.parametrize("to", ["core:0099_nope", "core0008", "core:"])
-def test_unknown_or_malformed_target_migration(fresh_databases, to):
+def test_promise_6_unknown_or_malformed_target_migration(fresh_databases, to):
     with pytest.raises(ConfigError) as error:
         run("tenant-backend", "staging", to)
     assert_refused_cleanly(fresh_databases, error.value, repr(to))
 
 
-def test_missing_bucket(fresh_databases, make_target):
+def test_promise_6_missing_bucket(fresh_databases, make_target):
     from dbpromote.config import load_target
 
     target = make_target("staging-no-bucket", bucket="no-such-bucket")

@@ -81,7 +81,7 @@ def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatc
     assert report.backup and [m.label for m in report.migrations] == RELEASE
 
 
-def test_persistent_gcs_fault_runs_no_migration_and_reports_no_backup(fresh_databases, monkeypatch):
+def test_promise_4_persistent_gcs_fault_runs_no_migration_and_reports_no_backup(fresh_databases, monkeypatch):
     from dbpromote.config import load_target
     from flows.environment import migrate_environment
 
@@ -99,7 +99,7 @@ def test_persistent_gcs_fault_runs_no_migration_and_reports_no_backup(fresh_data
     assert {b.uri for b in list_backups(load_target("staging"), "staging")} == before
 
 
-def test_failing_migration_names_last_applied_and_the_way_back_then_rerun_completes(fresh_databases):
+def test_promise_3_and_7_failing_migration_names_last_applied_and_the_way_back_then_rerun_completes(fresh_databases):
     from flows.environment import migrate_environment
 
     url = fresh_databases.database_url("staging")
@@ -140,3 +140,64 @@ def test_backup_rerun_in_the_same_flow_run_reuses_the_verified_backup(fresh_data
     first, second = backup_twice()
     assert first.uri == second.uri
     assert sum(b.flow_run_id == first.flow_run_id for b in list_backups(load_target("staging"), "staging")) == 1
+
+
+def test_promise_4_an_upload_corrupted_on_the_way_is_deleted_and_never_reported(fresh_databases, monkeypatch):
+    from dbpromote.config import load_target
+    from flows.environment import migrate_environment
+    from tasks.gcs import gcs_client
+
+    proxy = FaultProxy(fresh_databases.ports["gcs"], mode="corrupt", fail_uploads=-1)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    names_before = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
+    try:
+        with pytest.raises(BackupError, match="different checksum .* the object was deleted"):
+            migrate_environment("tenant-backend", "staging")
+    finally:
+        proxy.close()
+    monkeypatch.undo()
+    assert proxy.faults_injected >= 1
+    names_after = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
+    assert names_after == names_before  # nothing left that could look like a backup
+    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
+    assert len(list_backups(load_target("staging"), "staging")) == len(
+        [n for n in names_before if n.endswith(".dump.zst")]
+    )
+
+
+def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_target):
+    from dbpromote.config import load_target
+    from flows.environment import migrate_environment
+    from tasks.exclusion import backup_running
+
+    target = make_target("staging-busy", max_lock_wait_s=2)
+    started, release = threading.Event(), threading.Event()
+
+    def hold_backup_lock():
+        with backup_running(load_target(target), target, wait_s=5):
+            started.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_backup_lock, daemon=True)
+    holder.start()
+    started.wait(10)
+    try:
+        with pytest.raises(MigrationError, match=f"A backup of target '{target}' is still running"):
+            migrate_environment("tenant-backend", target, to="core:0002_featureflag")
+    finally:
+        release.set()
+        holder.join()
+    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
+
+
+def test_non_atomic_migration_failing_part_way_is_reported_and_not_retried(fresh_databases):
+    from flows.environment import migrate_environment
+
+    with psycopg.connect(fresh_databases.database_url("staging")) as conn:
+        conn.execute("CREATE INDEX task_tenant_created_idx ON core_task (id)")  # 0004's index name, taken
+    with pytest.raises(MigrationError) as failure:
+        migrate_environment("tenant-backend", "staging")
+    message = str(failure.value)
+    assert "core.0004_task_tenant_created_idx is not atomic and failed part-way on staging" in message
+    assert "INVALID index" in message and "at the state after core.0003_task_priority" in message
+    assert applied(fresh_databases, "staging")[-1] == "core.0003_task_priority"

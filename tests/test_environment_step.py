@@ -3,7 +3,6 @@
 import subprocess
 
 import psycopg
-import pytest
 
 from tasks.backup import libpq_env, list_backups
 
@@ -64,8 +63,7 @@ def test_backup_restores_to_the_state_before(fresh_databases, tmp_path):
         assert conn.execute("SELECT count(*) FROM core_task").fetchone()[0] == 60
 
 
-@pytest.mark.parametrize("rerun", [True])
-def test_rerun_applies_nothing_twice(fresh_databases, rerun):
+def test_promise_7_rerun_applies_nothing_twice(fresh_databases):
     from flows.environment import migrate_environment
 
     migrate_environment("tenant-backend", "staging")
