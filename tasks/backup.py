@@ -31,6 +31,7 @@ from tasks.run_context import in_a_run
 # The emulator rewrites the whole object on every resumable chunk: large chunks keep that linear enough, and
 # one chunk is what the writer holds in memory.
 CHUNK_SIZE = 32 * 1024 * 1024
+DOWNLOAD_CHUNK_SIZE = 8 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 # pg_dump's own gzip is CPU-bound (19 s for 1 GB here); -Z0 piped through multi-threaded zstd is ~3x faster.
 ZSTD_LEVEL = 3
@@ -147,6 +148,18 @@ class _ChecksummingWriter:
         return self.inner.write(data)
 
 
+class _ChecksummingReader:
+    """Reads the downloaded object while computing its CRC32C."""
+
+    def __init__(self, inner):
+        self.inner, self.crc = inner, google_crc32c.Checksum()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
+        self.crc.update(data)
+        return data
+
+
 def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int) -> str:
     """Run pg_dump into the object; the CRC32C (base64) of what was sent. No object remains if anything fails."""
     dump = subprocess.Popen(
@@ -212,23 +225,27 @@ def _verify(target: DatabaseTarget, blob: Blob, crc: str) -> None:
     restore = subprocess.Popen(
         ["pg_restore", "--file=/dev/null"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=libpq_env(target)
     )
-    read_back = google_crc32c.Checksum()
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        with blob.open("rb", chunk_size=CHUNK_SIZE, retry=gcs_retry()) as download:
-            while chunk := download.read(READ_SIZE):
-                read_back.update(chunk)
-                restore.stdin.write(decompressor.decompress(chunk))
-        restore.stdin.close()
-    except (BrokenPipeError, zstandard.ZstdError):
-        pass  # pg_restore stopped reading or the stream is corrupt: both are reported below
+    complete = False
+    with blob.open("rb", chunk_size=DOWNLOAD_CHUNK_SIZE, retry=gcs_retry()) as download:
+        read_back = _ChecksummingReader(download)
+        try:
+            # A stream reader bounds the output per read: a highly compressible dump must not inflate in memory.
+            with zstandard.ZstdDecompressor().stream_reader(read_back, read_size=READ_SIZE) as dump:
+                while chunk := dump.read(READ_SIZE):
+                    restore.stdin.write(chunk)
+            complete = True
+            restore.stdin.close()
+        except (BrokenPipeError, zstandard.ZstdError):
+            pass  # pg_restore stopped reading or the stream is corrupt: both are reported below
+        while read_back.read(READ_SIZE):  # the checksum covers every stored byte, even past the frame
+            pass
     stderr = restore.stderr.read().decode(errors="replace").strip()
-    if restore.wait() != 0 or not decompressor.eof:
+    if restore.wait() != 0 or not complete:
         raise BackupError(
             f"The stored backup {blob.name} does not read back as a complete dump "
             f"({stderr or 'truncated'}); it was deleted: run again."
         )
-    if base64.b64encode(read_back.digest()).decode() != crc:
+    if base64.b64encode(read_back.crc.digest()).decode() != crc:
         raise BackupError(
             f"The stored backup {blob.name} read back with a different checksum; it was deleted: run again."
         )
