@@ -49,7 +49,8 @@ class Command(BaseCommand):
                 values[field.name] = created[field.related_model][i % len(created[field.related_model])]
             elif isinstance(field, models.TextField):
                 # Half random: real text does not compress 50:1 like repeated lorem ipsum, and benchmarks care.
-                values[field.name] = f"{model.__name__} {i}: {secrets.token_hex(len(body) // 4)} {body[: len(body) // 2]}"
+                noise = secrets.token_hex(len(body) // 4)
+                values[field.name] = f"{model.__name__} {i}: {noise} {body[: len(body) // 2]}"
             elif isinstance(field, models.EmailField):
                 values[field.name] = f"user{i}@{tenant.slug}.example.com"
             elif isinstance(field, models.URLField):
