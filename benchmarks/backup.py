@@ -65,8 +65,20 @@ def main() -> None:
             )
         size = conn.execute("SELECT pg_database_size(%s)", [DB]).fetchone()[0]
 
+    import tasks.backup
     from dbpromote.config import DatabaseTarget
     from tasks.backup import backup_to_gcs, libpq_env
+
+    # Split our time into the stream (dump, compress, upload) and the read-back verification.
+    verify_s = []
+    verify = tasks.backup._verify
+
+    def timed_verify(*args):
+        started = time.monotonic()
+        verify(*args)
+        verify_s.append(time.monotonic() - started)
+
+    tasks.backup._verify = timed_verify
 
     target = DatabaseTarget(url=f"{base}/{DB}", bucket=local_stack.BUCKET, prefix="benchmarks")
     env = libpq_env(target)
@@ -81,10 +93,16 @@ def main() -> None:
     print(f"database {size / 1e9:.2f} GB; backup object {backup.size_bytes / 1e6:.0f} MB")
     print(f"bare pg_dump -Fc      {gzip_s:7.1f} s  (baseline)")
     print(f"bare pg_dump -Fc -Z0  {z0_s:7.1f} s  {z0_s / gzip_s:5.2f}x baseline")
+    stream_s = ours_s - verify_s[0]
     print(
         f"dbpromote backup      {ours_s:7.1f} s  {ours_s / gzip_s:5.2f}x baseline (goal <= 0.50), "
-        f"{ours_s / z0_s:5.2f}x the -Z0 limit (goal <= 1.50); includes the full read-back verification"
+        f"{ours_s / z0_s:5.2f}x the -Z0 limit (goal <= 1.50), all included"
     )
+    print(
+        f"  of which stream     {stream_s:7.1f} s  {stream_s / gzip_s:5.2f}x baseline, {stream_s / z0_s:5.2f}x the "
+        "-Z0 limit (dump, zstd, upload into the emulator)"
+    )
+    print(f"  and verification    {verify_s[0]:7.1f} s  (download, decompress, full pg_restore read)")
     print(f"peak RSS of our process {peak_mb:.0f} MB (before the backup: {rss_before / 1024:.0f} MB; goal <= 150)")
 
 
