@@ -1,6 +1,6 @@
 """Where dbpromote's configuration lives: Prefect blocks for Django projects and database targets."""
 
-import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def load_project(name: str) -> DjangoProject:
             f"Project {name!r} points at {project.path}, which has no manage.py; "
             f"fix it with `dbpromote project add {name} --path DIR` (DIR holding manage.py)."
         )
-    if not os.access(project.interpreter(), os.X_OK):
+    if shutil.which(project.interpreter()) is None:  # a path, or a name found on PATH
         raise ConfigError(
             f"The interpreter {project.interpreter()} of project {name!r} does not exist or is not executable; "
             f"give the project's Python with `dbpromote project add {name} --python PATH`."
