@@ -564,7 +564,10 @@ def _stop(stack: Stack, components) -> list[str]:
             else:
                 os.killpg(pid, signal.SIGTERM)
             if not _wait_gone(pid, 30):
-                os.killpg(pid, signal.SIGKILL) if component not in SERVERS else os.kill(pid, signal.SIGQUIT)
+                if component in SERVERS:
+                    os.kill(pid, signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+                else:
+                    os.killpg(pid, signal.SIGKILL)
                 _wait_gone(pid, 10)
             stopped.append(component)
         stack.pids.pop(component, None)

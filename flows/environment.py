@@ -45,14 +45,9 @@ def migrate_environment(project: str, target: str, to: str = "", expected_plan: 
             f"{describe_change(expected_plan, plan)}); nothing was run on {target}: start a new promotion."
         )
     report = StepReport(target=target, plan=plan)
-    if not plan.migrations:
-        report.verification = verify_target(django_project, database, target, plan)
-        report.rls = apply_rls_policies(database, target)
-        report.isolation = prove_tenant_isolation(database, target)
-        publish_report(report)
-        return report
     try:
-        report.backup = backup_to_gcs(database, target, plan.applied)
+        if plan.migrations:
+            report.backup = backup_to_gcs(database, target, plan.applied)
         for migration in plan.migrations:
             report.migrations.append(apply_migration(django_project, database, target, migration))
         report.verification = verify_target(django_project, database, target, plan)

@@ -29,9 +29,10 @@ def promote(
     reports = [migrate_environment(project, through[0], to, expected_plan=plans[through[0]])]
     approvals: list[Approval] = []
     for target in through[1:]:
-        if load_target(target).requires_approval:
+        database = load_target(target)
+        if database.requires_approval:
             approval = wait_for_approval(project, target, plans[target], reports, approval_timeout_s, approval_poll_s)
-            record_approval(load_target(target), target, approval)
+            record_approval(database, target, approval)
             approvals.append(approval)
         reports.append(migrate_environment(project, target, to, expected_plan=plans[target]))
 

@@ -25,7 +25,7 @@ from dbpromote.config import DatabaseTarget
 from dbpromote.errors import BackupError, redact, retry_if_transient
 from tasks.exclusion import backup_running
 from tasks.gcs import gcs_client, gcs_retry
-from tasks.preflight import connect
+from tasks.preflight import database_facts
 from tasks.run_context import in_a_run
 
 # The emulator rewrites the whole object on every resumable chunk: large chunks keep that linear enough, and
@@ -104,10 +104,8 @@ def backup_to_gcs(target: DatabaseTarget, target_name: str, migration_state: lis
         for existing in list_backups(target, target_name):
             if existing.flow_run_id == run_id and [list(p) for p in existing.migration_state] == state:
                 return existing
-    with connect(target, target_name) as conn:
-        server_version, database, size = conn.execute(
-            "SELECT current_setting('server_version'), current_database(), pg_database_size(current_database())"
-        ).fetchone()
+    facts = database_facts(target, target_name)
+    database = facts["database"]
     started = time.monotonic()
     created_at = datetime.now(UTC)
     object_name = (
@@ -117,7 +115,7 @@ def backup_to_gcs(target: DatabaseTarget, target_name: str, migration_state: lis
     blob.metadata = {
         "environment": target_name,
         "database": database,
-        "server_version": server_version,
+        "server_version": facts["server_version"],
         "dbpromote_version": dbpromote.__version__,
         "flow_run_id": run_id,
         "migration_state": json.dumps(state),
@@ -125,7 +123,7 @@ def backup_to_gcs(target: DatabaseTarget, target_name: str, migration_state: lis
         "format": FORMAT,
     }
     with backup_running(target, target_name, wait_s=target.max_lock_wait_s):
-        crc = _stream_dump(target, blob, size)
+        crc = _stream_dump(target, blob, facts["size_bytes"])
     try:
         _verify(target, blob, crc)
     except BaseException:

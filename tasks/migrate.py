@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -38,7 +39,7 @@ def apply_migration(
     deadline = time.monotonic() + target.max_lock_wait_s
     backoff = FIRST_BACKOFF_S
     started = time.monotonic()
-    for attempt in range(1, 10_000):
+    for attempt in itertools.count(1):
         wait_for_long_transactions(target, target_name)
         with migration_running(target, target_name, wait_s=target.max_lock_wait_s):
             outcome = run_probe(
@@ -83,7 +84,6 @@ def apply_migration(
         )
         time.sleep(sleep)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
-    raise AssertionError("unreachable")
 
 
 def wait_for_long_transactions(target: DatabaseTarget, target_name: str) -> None:

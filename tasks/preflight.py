@@ -38,6 +38,10 @@ def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Conne
 @task(name="check-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def check_database(target: DatabaseTarget, target_name: str) -> dict:
     """The server answers with the given credentials; returns its version and the database's size."""
+    return database_facts(target, target_name)
+
+
+def database_facts(target: DatabaseTarget, target_name: str) -> dict:
     with connect(target, target_name) as conn:
         version, database, size = conn.execute(
             "SELECT current_setting('server_version'), current_database(), pg_database_size(current_database())"

@@ -100,11 +100,12 @@ def render_markdown(report: StepReport) -> str:
 @task(name="report")
 def publish_report(report: StepReport) -> str:
     key = "".join(ch if ch.isalnum() else "-" for ch in f"dbpromote-{report.target}".lower())
-    create_markdown_artifact(render_markdown(report), key=key, description=f"Promotion step on {report.target}")
+    markdown = render_markdown(report)
+    create_markdown_artifact(markdown, key=key, description=f"Promotion step on {report.target}")
     if report.migrations:
         create_table_artifact(
             [{"migration": r.label, "seconds": r.duration_s, "attempts": r.attempts} for r in report.migrations],
             key=f"{key}-migrations",
             description=f"Migrations applied on {report.target}",
         )
-    return render_markdown(report)
+    return markdown
