@@ -1,30 +1,42 @@
-"""Backup: a verified backup of targets now (`dbpromote backup`) or every night (the nightly-backup deployment)."""
+"""Backup: a verified backup of targets now (`dbpromote backup`) or every night with retention (nightly-backup)."""
 
 from __future__ import annotations
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from dbpromote.config import load_target
 from tasks.backup import Backup, backup_to_gcs
 from tasks.notify import notify_failure
-from tasks.preflight import check_bucket, check_database, connect
+from tasks.preflight import check_bucket, check_database
+from tasks.retention import Retained, apply_retention, check_retention
 
 
 @flow(name="backup", on_failure=[notify_failure], flow_run_name="backup {targets}")
-def backup(targets: list[str]) -> list[Backup]:
-    """One verified backup per target, recording the migration state it holds."""
+def backup(targets: list[str], keep_last: int = 0, keep_days: float = 14) -> list[Backup]:
+    """One verified backup per target; with keep_last, then old backups are deleted by the retention rules.
+
+    Retention keeps the newest keep_last backups, every one younger than keep_days, the newest successful
+    promotion's and every one a rollback record names; it runs only after every new backup was verified.
+    """
+    if keep_last:
+        check_retention(keep_last, keep_days)
+    resolved = {name: load_target(name) for name in targets}
     backups = []
-    for name in targets:
-        target = load_target(name)
+    for name, target in resolved.items():
         check_database(target, name)
         check_bucket(target, name)
-        backups.append(backup_to_gcs(target, name, migration_state(target, name)))
+        backups.append(backup_to_gcs(target, name))
+    if keep_last:
+        retained = [apply_retention(target, name, keep_last, keep_days) for name, target in resolved.items()]
+        create_markdown_artifact(retention_report(retained), key="dbpromote-retention", description="Backup retention")
     return backups
 
 
-def migration_state(target, name: str) -> list[tuple[str, str]]:
-    with connect(target, name) as conn:
-        exists = conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]
-        if not exists:
-            return []
-        return [tuple(row) for row in conn.execute("SELECT app, name FROM django_migrations ORDER BY app, name")]
+def retention_report(retained: list[Retained]) -> str:
+    lines = ["# Backup retention", ""]
+    for result in retained:
+        lines += [f"## {result.target}", "", f"Deleted {len(result.deleted)}:", ""]
+        lines += [f"- {uri}" for uri in result.deleted] or ["- nothing"]
+        lines += ["", "Kept:", ""] + [f"- {uri}: {why}" for uri, why in result.kept.items()] + [""]
+    return "\n".join(lines)

@@ -47,7 +47,7 @@ def migrate_environment(project: str, target: str, to: str = "", expected_plan: 
     report = StepReport(target=target, plan=plan)
     try:
         if plan.migrations:
-            report.backup = backup_to_gcs(database, target, plan.applied)
+            report.backup = backup_to_gcs(database, target)
         for migration in plan.migrations:
             report.migrations.append(apply_migration(django_project, database, target, migration))
         report.verification = verify_target(django_project, database, target, plan)

@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
 from flows.environment import migrate_environment, preflight
-from tasks.approval import Approval, record_approval, wait_for_approval
+from tasks.approval import Approval, promotion_request, record_approval, wait_for_approval
 from tasks.notify import notify_failure
 from tasks.plan import Plan, parse_target_migration
 from tasks.report import StepReport
@@ -31,7 +31,8 @@ def promote(
     for target in through[1:]:
         database = load_target(target)
         if database.requires_approval:
-            approval = wait_for_approval(project, target, plans[target], reports, approval_timeout_s, approval_poll_s)
+            request = promotion_request(project, target, plans[target], reports)
+            approval = wait_for_approval(request, approval_timeout_s, approval_poll_s)
             record_approval(database, target, approval)
             approvals.append(approval)
         reports.append(migrate_environment(project, target, to, expected_plan=plans[target]))
@@ -98,7 +99,7 @@ def summary(project: str, reports: list[StepReport], approvals: list[Approval]) 
         lines += [
             "",
             f"Approved for **{approval.target}** by **{approval.approver}** at {approval.approved_at} "
-            f"for plan {approval.plan_hash}: {approval.comment or '(no comment)'}",
+            f"for plan {approval.subject}: {approval.comment or '(no comment)'}",
         ]
     lines += ["", "## The way back", ""] + [f"- {r.target}: {r.way_back()}" for r in reports]
     return "\n".join(lines)

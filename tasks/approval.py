@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Literal
@@ -15,21 +14,35 @@ from pydantic import BaseModel, Field, create_model
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected
-from tasks.gcs import gcs_client, gcs_retry
 from tasks.notify import notify, run_url
 from tasks.plan import Plan
+from tasks.records import write_record
 from tasks.report import StepReport
 
 # A Literal, not an Enum: the UI's form renders an inline enum as a choice, but not one behind a $ref.
 Decision = Literal["approve", "reject"]
 
 
+class ApprovalRequest(BaseModel):
+    """What a person is asked to approve on one target: a promotion's plan, a restore, a rollback."""
+
+    action: str = Field(description="What runs on approval, as a verb phrase: 'promoting to production'")
+    target: str
+    subject: str = Field(description="Exactly what is approved: a plan hash or a backup URI")
+    items: list[str] = Field(description="The migrations (or objects) the approval covers")
+    risks: list[str] = Field(default_factory=list, description="Each must be acknowledged")
+    description: str = Field(description="Markdown shown above the form")
+    notice: str = Field(description="One line for the notification")
+    on_reject: str = "start a new run when it is ready"
+
+
 class Approval(BaseModel):
     """Who approved what, when: recorded in the run's report and in the bucket beside the backups."""
 
     target: str
-    plan_hash: str
-    migrations: list[str]
+    action: str
+    subject: str
+    items: list[str]
     approver: str
     comment: str
     approved_at: str
@@ -37,22 +50,22 @@ class Approval(BaseModel):
     acknowledged_risks: list[str]
 
 
-def approval_form(plan: Plan) -> type[RunInput]:
+def approval_form(risky: bool) -> type[RunInput]:
     """The form the UI renders: a decision with no default forces a choice; risky plans need an acknowledgement."""
     fields: dict = {
-        "decision": (Decision, Field(description="approve runs the plan on this environment; reject stops here")),
+        "decision": (Decision, Field(description="approve runs it on this environment; reject stops here")),
         "approver": (str, Field(min_length=1, description="Your name, as the target's approvers list has it")),
         "comment": (str, Field(default="", description="Why; shown in the report and the audit record")),
     }
-    if plan.risks:
+    if risky:
         fields["acknowledge_risky_operations"] = (
             bool,
             Field(description="I have read the risky operations listed above and accept them"),
         )
-    return create_model("PromotionApproval", __base__=RunInput, **fields)
+    return create_model("Approval", __base__=RunInput, **fields)
 
 
-def describe(project: str, target: str, plan: Plan, reports: list[StepReport]) -> str:
+def describe_promotion(project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal=None) -> str:
     lines = [
         f"## Approve promoting **{project}** to **{target}**",
         "",
@@ -64,6 +77,8 @@ def describe(project: str, target: str, plan: Plan, reports: list[StepReport]) -
     lines += [f"| {m.label} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
     if plan.risks:
         lines += ["", "**Risky operations (acknowledge to approve):**", ""] + [f"- {risk}" for risk in plan.risks]
+    if rehearsal is not None:
+        lines += ["", *rehearsal.markdown_lines()]
     for report in reports:
         lines += ["", f"### Already done on {report.target}", "", "| migration | seconds | attempts |", "|---|---|---|"]
         lines += [f"| {r.label} | {r.duration_s:.2f} | {r.attempts} |" for r in report.migrations]
@@ -85,35 +100,44 @@ def describe(project: str, target: str, plan: Plan, reports: list[StepReport]) -
     return "\n".join(lines)
 
 
-def wait_for_approval(
-    project: str, target_name: str, plan: Plan, reports: list[StepReport], timeout_s: int, poll_s: int
-) -> Approval:
+def promotion_request(project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal=None):
+    return ApprovalRequest(
+        action=f"promoting to {target}",
+        target=target,
+        subject=plan.hash,
+        items=plan.labels,
+        risks=plan.risks,
+        description=describe_promotion(project, target, plan, reports, rehearsal),
+        notice=f"{project} plan {plan.hash} ({len(plan.migrations)} migrations) passed on "
+        f"{', '.join(r.target for r in reports)} and waits for approval on {target}",
+        on_reject="fix the release and start a new promotion",
+    )
+
+
+def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:
     """Pause until a permitted approver decides; a refused answer is logged and the run keeps waiting."""
     from dbpromote.config import load_target
 
     logger = get_run_logger()
+    target_name = request.target
     allowed = load_target(target_name).approvers
-    form = approval_form(plan)
-    description = describe(project, target_name, plan, reports)
+    form = approval_form(bool(request.risks))
     deadline = time.monotonic() + timeout_s
-    notify(
-        f"dbpromote: {project} waits for approval on {target_name}",
-        f"{project} plan {plan.hash} ({len(plan.migrations)} migrations) passed on "
-        f"{', '.join(r.target for r in reports)} and waits for approval on {target_name}: "
-        f"{run_url(flow_run.get_id())}",
-    )
+    notify(f"dbpromote: {request.action} waits for approval", f"{request.notice}: {run_url(flow_run.get_id())}")
     while True:
         remaining = int(deadline - time.monotonic())
         try:
             if remaining <= 0:
                 raise FlowPauseTimeout("approval timed out")
             answer = pause_flow_run(
-                wait_for_input=form.with_initial_data(description=description), timeout=remaining, poll_interval=poll_s
+                wait_for_input=form.with_initial_data(description=request.description),
+                timeout=remaining,
+                poll_interval=poll_s,
             )
         except FlowPauseTimeout:
             raise ApprovalRejected(
-                f"No approval for {target_name} within {timeout_s} s, which counts as a rejection; {target_name} "
-                "is untouched: start a new promotion when someone can approve."
+                f"No approval for {request.action} within {timeout_s} s, which counts as a rejection; "
+                f"{target_name} is untouched: {request.on_reject}."
             ) from None
         if allowed and answer.approver not in allowed:
             logger.warning(
@@ -125,32 +149,28 @@ def wait_for_approval(
             continue
         if answer.decision == "reject":
             raise ApprovalRejected(
-                f"{answer.approver} rejected promoting to {target_name} ({answer.comment or 'no comment'}); "
-                f"{target_name} is untouched: fix the release and start a new promotion."
+                f"{answer.approver} rejected {request.action} ({answer.comment or 'no comment'}); "
+                f"{target_name} is untouched: {request.on_reject}."
             )
-        if plan.risks and not getattr(answer, "acknowledge_risky_operations", False):
+        if request.risks and not getattr(answer, "acknowledge_risky_operations", False):
             logger.warning(
                 "approval by %s refused: the risky operations were not acknowledged; still waiting", answer.approver
             )
             continue
-        logger.info("%s approved plan %s for %s", answer.approver, plan.hash, target_name)
+        logger.info("%s approved %s (%s)", answer.approver, request.action, request.subject)
         return Approval(
             target=target_name,
-            plan_hash=plan.hash,
-            migrations=plan.labels,
+            action=request.action,
+            subject=request.subject,
+            items=request.items,
             approver=answer.approver,
             comment=answer.comment,
             approved_at=datetime.now(UTC).isoformat(),
             flow_run_id=str(flow_run.get_id() or ""),
-            acknowledged_risks=plan.risks,
+            acknowledged_risks=request.risks,
         )
 
 
 def record_approval(target: DatabaseTarget, target_name: str, approval: Approval) -> str:
     """The audit record, as JSON in the bucket beside the target's backups; returns its URI."""
-    name = f"{target.prefix}/{target_name}/approvals/{approval.approved_at}-{approval.flow_run_id[:8]}.json"
-    blob = gcs_client().bucket(target.bucket).blob(name)
-    blob.upload_from_string(
-        json.dumps(approval.model_dump(), indent=2), content_type="application/json", retry=gcs_retry()
-    )
-    return f"gs://{target.bucket}/{name}"
+    return write_record(target, target_name, "approvals", approval.flow_run_id, approval.model_dump())

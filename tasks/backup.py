@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import google_crc32c
+import psycopg
 import zstandard
 from google.api_core import exceptions as gcs_errors
 from google.cloud.storage import Blob
@@ -17,6 +21,7 @@ from google.resumable_media import DataCorruption
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel
 
@@ -25,7 +30,7 @@ from dbpromote.config import DatabaseTarget
 from dbpromote.errors import BackupError, redact, retry_if_transient
 from tasks.exclusion import backup_running
 from tasks.gcs import gcs_client, gcs_retry
-from tasks.preflight import database_facts
+from tasks.preflight import connect, database_facts
 from tasks.run_context import in_a_run
 
 # The emulator rewrites the whole object on every resumable chunk: large chunks keep that linear enough, and
@@ -37,6 +42,20 @@ READ_SIZE = 1024 * 1024
 ZSTD_LEVEL = 3
 ZSTD_THREADS = 2
 FORMAT = "pg_dump-custom+zstd"
+
+
+class Manifest(BaseModel):
+    """What a backup holds, read in the dump's own snapshot: a restore is checked against it."""
+
+    object_name: str
+    crc32c: str
+    size_bytes: int
+    migration_state: list[tuple[str, str]]
+    row_counts: dict[str, int]
+
+
+def manifest_name(object_name: str) -> str:
+    return f"{object_name}.manifest.json"
 
 
 class Backup(BaseModel):
@@ -54,6 +73,10 @@ class Backup(BaseModel):
     created_at: str
     flow_run_id: str
     migration_state: list[tuple[str, str]]
+
+    @property
+    def manifest_name(self) -> str:
+        return manifest_name(self.object_name)
 
     @classmethod
     def from_blob(cls, blob: Blob) -> Backup:
@@ -95,14 +118,51 @@ def list_backups(target: DatabaseTarget, target_name: str) -> list[Backup]:
     return sorted(verified, key=lambda backup: backup.created_at, reverse=True)
 
 
+def migration_state(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """The applied migrations, as Django records them; empty before the first migrate."""
+    if not conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]:
+        return []
+    return [tuple(row) for row in conn.execute("SELECT app, name FROM django_migrations ORDER BY app, name")]
+
+
+def row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every table a dump holds (ordinary tables outside the system schemas and extensions)."""
+    tables = conn.execute(
+        """
+        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                          AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    query = sql.SQL("SELECT count(*) FROM {}.{}")
+    return {
+        f"{schema}.{table}": conn.execute(query.format(sql.Identifier(schema), sql.Identifier(table))).fetchone()[0]
+        for schema, table in tables
+    }
+
+
+@contextlib.contextmanager
+def exported_snapshot(target: DatabaseTarget, target_name: str) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A read-only repeatable-read transaction whose snapshot pg_dump shares: counts and state match the dump."""
+    with connect(target, target_name) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        yield conn, snapshot
+
+
 @task(name="backup-to-gcs", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
-def backup_to_gcs(target: DatabaseTarget, target_name: str, migration_state: list[tuple[str, str]]) -> Backup:
+def backup_to_gcs(target: DatabaseTarget, target_name: str) -> Backup:
     """pg_dump of the target streamed to GCS and verified; a re-run of the same flow run reuses its backup."""
     run_id = str(flow_run.get_id() or "")
-    state = [list(pair) for pair in sorted(migration_state)]
     if run_id:
+        with connect(target, target_name) as conn:
+            state = migration_state(conn)
         for existing in list_backups(target, target_name):
-            if existing.flow_run_id == run_id and [list(p) for p in existing.migration_state] == state:
+            if existing.flow_run_id == run_id and existing.migration_state == state:
                 return existing
     facts = database_facts(target, target_name)
     database = facts["database"]
@@ -111,27 +171,78 @@ def backup_to_gcs(target: DatabaseTarget, target_name: str, migration_state: lis
     object_name = (
         f"{target.prefix}/{target_name}/{database}/{created_at:%Y%m%dT%H%M%S.%fZ}-{run_id[:8] or 'adhoc'}.dump.zst"
     )
-    blob = gcs_client().bucket(target.bucket).blob(object_name)
-    blob.metadata = {
-        "environment": target_name,
-        "database": database,
-        "server_version": facts["server_version"],
-        "dbpromote_version": dbpromote.__version__,
-        "flow_run_id": run_id,
-        "migration_state": json.dumps(state),
-        "created_at": created_at.isoformat(),
-        "format": FORMAT,
-    }
+    bucket = gcs_client().bucket(target.bucket)
+    blob = bucket.blob(object_name)
     with backup_running(target, target_name, wait_s=target.max_lock_wait_s):
-        crc = _stream_dump(target, blob, facts["size_bytes"])
+        with exported_snapshot(target, target_name) as (conn, snapshot), ThreadPoolExecutor(1) as counter:
+            state = migration_state(conn)
+            counted = counter.submit(row_counts, conn)  # while pg_dump streams: both read the same snapshot
+            blob.metadata = {
+                "environment": target_name,
+                "database": database,
+                "server_version": facts["server_version"],
+                "dbpromote_version": dbpromote.__version__,
+                "flow_run_id": run_id,
+                "migration_state": json.dumps(state),
+                "created_at": created_at.isoformat(),
+                "format": FORMAT,
+            }
+            crc, size = _stream_dump(target, blob, facts["size_bytes"], snapshot)
+            counts = counted.result()
+    manifest = Manifest(object_name=object_name, crc32c=crc, size_bytes=size, migration_state=state, row_counts=counts)
     try:
         _verify(target, blob, crc)
+        bucket.blob(manifest_name(object_name)).upload_from_string(
+            manifest.model_dump_json(indent=1),
+            content_type="application/json",
+            if_generation_match=0,
+            retry=gcs_retry(),
+        )
     except BaseException:
-        _delete_quietly(blob)
+        delete_backup(bucket, object_name)
         raise
     blob.metadata = blob.metadata | {"verified": "true", "duration_s": f"{time.monotonic() - started:.3f}"}
     blob.patch(retry=gcs_retry())
     return Backup.from_blob(blob)
+
+
+def read_manifest(backup: Backup) -> Manifest:
+    blob = gcs_client().bucket(backup.bucket).blob(backup.manifest_name)
+    try:
+        return Manifest.model_validate_json(blob.download_as_bytes(retry=gcs_retry()))
+    except gcs_errors.NotFound:
+        raise BackupError(
+            f"The backup {backup.uri} has no manifest ({backup.manifest_name}), so a restore of it cannot be "
+            "checked; restore another backup or take a new one with `dbpromote backup TARGET`.",
+            transient=False,
+        ) from None
+
+
+def find_backup(target: DatabaseTarget, target_name: str, name: str = "") -> Backup:
+    """The named verified backup of a target (object name or gs:// URI), or its newest when name is empty."""
+    backups = list_backups(target, target_name)
+    if not name:
+        if not backups:
+            raise BackupError(
+                f"Target {target_name!r} has no verified backup under "
+                f"gs://{target.bucket}/{target.prefix}/{target_name}/; take one with `dbpromote backup {target_name}`.",
+                transient=False,
+            )
+        return backups[0]
+    for backup in backups:
+        if name in (backup.uri, backup.object_name):
+            return backup
+    raise BackupError(
+        f"{name} is not a verified backup of target {target_name!r}; list them with `dbpromote backups {target_name}`.",
+        transient=False,
+    )
+
+
+def delete_backup(bucket, object_name: str) -> None:
+    """A backup and its manifest; what is already gone is fine."""
+    for name in (object_name, manifest_name(object_name)):
+        with contextlib.suppress(gcs_errors.NotFound):
+            bucket.blob(name).delete(retry=gcs_retry())
 
 
 class _ChecksummingWriter:
@@ -150,18 +261,19 @@ class _ChecksummingReader:
     """Reads the downloaded object while computing its CRC32C."""
 
     def __init__(self, inner):
-        self.inner, self.crc = inner, google_crc32c.Checksum()
+        self.inner, self.crc, self.size = inner, google_crc32c.Checksum(), 0
 
     def read(self, size: int = -1) -> bytes:
         data = self.inner.read(size)
         self.crc.update(data)
+        self.size += len(data)
         return data
 
 
-def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int) -> str:
-    """Run pg_dump into the object; the CRC32C (base64) of what was sent. No object remains if anything fails."""
+def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int, snapshot: str) -> tuple[str, int]:
+    """Run pg_dump into the object; the CRC32C (base64) and size of what was sent. No object remains on failure."""
     dump = subprocess.Popen(
-        ["pg_dump", "--format=custom", "--compress=0", "--no-sync"],
+        ["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={snapshot}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=libpq_env(target),
@@ -188,7 +300,7 @@ def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int) -> str:
                     transient=False,
                 )
     except DataCorruption:
-        _delete_quietly(blob)
+        delete_backup(blob.bucket, blob.name)
         raise BackupError(
             f"GCS stored a different checksum for {blob.name} than was uploaded; the object was deleted: run again."
         ) from None
@@ -209,7 +321,54 @@ def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int) -> str:
         dump.stdout.close()
         dump.stderr.close()
     progress.done()
-    return base64.b64encode(writer.crc.digest()).decode()
+    return base64.b64encode(writer.crc.digest()).decode(), writer.size
+
+
+class Readback(BaseModel):
+    """A stored backup streamed, decompressed, into a pg_restore: what pg_restore said and what was read."""
+
+    returncode: int
+    stderr: str
+    complete: bool
+    crc32c: str
+    size_bytes: int
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.complete
+
+
+def read_back_into(blob: Blob, restore_args: list[str], env: dict[str, str]) -> Readback:
+    """Stream the stored object through zstd into `pg_restore RESTORE_ARGS`, reading (and checksumming) every byte."""
+    restore = subprocess.Popen(["pg_restore", *restore_args], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    complete = False
+    try:
+        with blob.open("rb", chunk_size=DOWNLOAD_CHUNK_SIZE, retry=gcs_retry()) as download:
+            read_back = _ChecksummingReader(download)
+            try:
+                # A stream reader bounds the output per read: a highly compressible dump must not inflate in memory.
+                with zstandard.ZstdDecompressor().stream_reader(read_back, read_size=READ_SIZE) as dump:
+                    while chunk := dump.read(READ_SIZE):
+                        restore.stdin.write(chunk)
+                complete = True
+                restore.stdin.close()
+            except (BrokenPipeError, zstandard.ZstdError):
+                pass  # pg_restore stopped reading or the stream is corrupt: both are reported
+            while read_back.read(READ_SIZE):  # the checksum covers every stored byte, even past the frame
+                pass
+    finally:
+        if not restore.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                restore.stdin.close()
+        stderr = restore.stderr.read().decode(errors="replace").strip()
+        returncode = restore.wait()
+    return Readback(
+        returncode=returncode,
+        stderr=stderr,
+        complete=complete,
+        crc32c=base64.b64encode(read_back.crc.digest()).decode(),
+        size_bytes=read_back.size,
+    )
 
 
 def _verify(target: DatabaseTarget, blob: Blob, crc: str) -> None:
@@ -220,40 +379,16 @@ def _verify(target: DatabaseTarget, blob: Blob, crc: str) -> None:
             f"The stored backup {blob.name} has CRC32C {blob.crc32c}, not {crc} as dumped; it was deleted: run again."
         )
     # pg_restore --list accepts a truncated dump; reading every byte into /dev/null does not.
-    restore = subprocess.Popen(
-        ["pg_restore", "--file=/dev/null"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=libpq_env(target)
-    )
-    complete = False
-    with blob.open("rb", chunk_size=DOWNLOAD_CHUNK_SIZE, retry=gcs_retry()) as download:
-        read_back = _ChecksummingReader(download)
-        try:
-            # A stream reader bounds the output per read: a highly compressible dump must not inflate in memory.
-            with zstandard.ZstdDecompressor().stream_reader(read_back, read_size=READ_SIZE) as dump:
-                while chunk := dump.read(READ_SIZE):
-                    restore.stdin.write(chunk)
-            complete = True
-            restore.stdin.close()
-        except (BrokenPipeError, zstandard.ZstdError):
-            pass  # pg_restore stopped reading or the stream is corrupt: both are reported below
-        while read_back.read(READ_SIZE):  # the checksum covers every stored byte, even past the frame
-            pass
-    stderr = restore.stderr.read().decode(errors="replace").strip()
-    if restore.wait() != 0 or not complete:
+    result = read_back_into(blob, ["--file=/dev/null"], libpq_env(target))
+    if not result.ok:
         raise BackupError(
             f"The stored backup {blob.name} does not read back as a complete dump "
-            f"({stderr or 'truncated'}); it was deleted: run again."
+            f"({result.stderr or 'truncated'}); it was deleted: run again."
         )
-    if base64.b64encode(read_back.crc.digest()).decode() != crc:
+    if result.crc32c != crc:
         raise BackupError(
             f"The stored backup {blob.name} read back with a different checksum; it was deleted: run again."
         )
-
-
-def _delete_quietly(blob: Blob) -> None:
-    try:
-        blob.delete(retry=gcs_retry())
-    except gcs_errors.NotFound:
-        pass
 
 
 class _Progress:

@@ -133,9 +133,7 @@ def test_backup_rerun_in_the_same_flow_run_reuses_the_verified_backup(fresh_data
     @flow
     def backup_twice():
         target = load_target("staging")
-        return backup_to_gcs(target, "staging", [("core", "0001_initial")]), backup_to_gcs(
-            target, "staging", [("core", "0001_initial")]
-        )
+        return backup_to_gcs(target, "staging"), backup_to_gcs(target, "staging")
 
     first, second = backup_twice()
     assert first.uri == second.uri

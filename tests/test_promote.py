@@ -79,7 +79,7 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
         if str(run.id)[:8] in b.name
     ]
     record = json.loads(audit[0].download_as_bytes())
-    assert record["approver"] == "alice" and record["plan_hash"] == reports[1].plan.hash
+    assert record["approver"] == "alice" and record["subject"] == reports[1].plan.hash
     assert record["comment"] == "release 42" and record["migrations"] == RELEASE
 
 

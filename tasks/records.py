@@ -1,0 +1,30 @@
+"""Audit records: JSON documents beside a target's backups in the bucket (approvals, promotions, rollbacks)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from dbpromote.config import DatabaseTarget
+from tasks.gcs import gcs_client, gcs_retry
+
+KINDS = ("approvals", "promotions", "rollbacks")
+
+
+def write_record(target: DatabaseTarget, target_name: str, kind: str, flow_run_id: str, record: dict) -> str:
+    """Store one record under PREFIX/TARGET/KIND/; its URI. Names sort by time, so the newest is the last."""
+    assert kind in KINDS, kind
+    name = (
+        f"{target.prefix}/{target_name}/{kind}/{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{flow_run_id[:8] or 'adhoc'}.json"
+    )
+    blob = gcs_client().bucket(target.bucket).blob(name)
+    blob.upload_from_string(json.dumps(record, indent=2), content_type="application/json", retry=gcs_retry())
+    return f"gs://{target.bucket}/{name}"
+
+
+def read_records(target: DatabaseTarget, target_name: str, kind: str) -> list[dict]:
+    """Every record of a kind for a target, newest first."""
+    assert kind in KINDS, kind
+    blobs = gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/{kind}/", retry=gcs_retry())
+    ordered = sorted(blobs, key=lambda blob: blob.name, reverse=True)
+    return [json.loads(blob.download_as_bytes(retry=gcs_retry())) for blob in ordered]

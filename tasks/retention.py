@@ -1,0 +1,64 @@
+"""Retention: delete old backups by the rules, never one a promotion or a rollback may need."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prefect import task
+from pydantic import BaseModel
+
+from dbpromote.config import DatabaseTarget
+from dbpromote.errors import ConfigError, retry_if_transient
+from tasks.backup import delete_backup, list_backups
+from tasks.gcs import gcs_client
+from tasks.records import read_records
+
+
+class Retained(BaseModel):
+    """What retention decided for one target: every backup kept, with why, and every one deleted."""
+
+    target: str
+    kept: dict[str, str]
+    deleted: list[str]
+
+
+def check_retention(keep_last: int, keep_days: float) -> None:
+    if keep_last < 1 or keep_days < 0:
+        raise ConfigError(
+            f"Retention keep_last={keep_last}, keep_days={keep_days} would keep no backup; "
+            "keep at least the newest one (keep_last >= 1) and a non-negative number of days."
+        )
+
+
+def referenced_backups(target: DatabaseTarget, target_name: str) -> dict[str, str]:
+    """Backups the way back may need: the newest successful promotion's and every rollback record's."""
+    referenced: dict[str, str] = {}
+    promotions = read_records(target, target_name, "promotions")
+    if promotions and promotions[0].get("backup"):
+        referenced[promotions[0]["backup"]] = f"taken by the newest promotion (flow run {promotions[0]['flow_run_id']})"
+    for rollback in read_records(target, target_name, "rollbacks"):
+        if rollback.get("backup"):
+            referenced.setdefault(rollback["backup"], f"referenced by rollback {rollback['flow_run_id']}")
+    return referenced
+
+
+@task(name="retention", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, keep_days: float) -> Retained:
+    """Keep the newest keep_last backups, those younger than keep_days and every referenced one; delete the rest."""
+    check_retention(keep_last, keep_days)
+    cutoff = datetime.now(UTC) - timedelta(days=keep_days)
+    referenced = referenced_backups(target, target_name)
+    kept: dict[str, str] = {}
+    deleted: list[str] = []
+    bucket = gcs_client().bucket(target.bucket)
+    for index, backup in enumerate(list_backups(target, target_name)):  # newest first
+        if index < keep_last:
+            kept[backup.uri] = f"one of the newest {keep_last}"
+        elif datetime.fromisoformat(backup.created_at) >= cutoff:
+            kept[backup.uri] = f"younger than {keep_days:g} days"
+        elif backup.object_name in referenced:
+            kept[backup.uri] = referenced[backup.object_name]
+        else:
+            delete_backup(bucket, backup.object_name)
+            deleted.append(backup.uri)
+    return Retained(target=target_name, kept=kept, deleted=deleted)
