@@ -3,8 +3,10 @@
 import shutil
 import sys
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr
 
 from dbpromote.errors import ConfigError
@@ -48,6 +50,16 @@ class DatabaseTarget(Block):
     app_role: str = Field(default="django_app", description="The role the application connects as.")
     force_rls: bool = Field(default=False, description="FORCE ROW LEVEL SECURITY (applies to table owners too).")
     schema_name: str = Field(default="public", description="Schema of the project's tables.")
+
+    @property
+    def database(self) -> str:
+        return conninfo_to_dict(self.url.get_secret_value()).get("dbname", "")
+
+    def on_database(self, database: str) -> "DatabaseTarget":
+        """The same server and role, another database (a restore's new database, a rehearsal's scratch copy)."""
+        parts = urlsplit(self.url.get_secret_value())
+        url = urlunsplit(parts._replace(path="/" + quote(database)))
+        return self.model_copy(update={"url": SecretStr(url)})
 
 
 def load_project(name: str) -> DjangoProject:

@@ -314,6 +314,8 @@ def _create_roles_and_database(stack: Stack, server: str) -> None:
         )
         # Lets the migration role act as the application (SET ROLE) to prove tenant isolation.
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(APP_ROLE), sql.Identifier(MIGRATION_ROLE)))
+        # Lets a restore end the application's sessions before it swaps the restored database in.
+        conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(MIGRATION_ROLE)))
     _create_database(stack, server)
 
 

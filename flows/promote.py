@@ -12,6 +12,7 @@ from flows.environment import migrate_environment, preflight
 from tasks.approval import Approval, promotion_request, record_approval, wait_for_approval
 from tasks.notify import notify_failure
 from tasks.plan import Plan, parse_target_migration
+from tasks.records import write_record
 from tasks.report import StepReport
 
 DAY_S = 24 * 3600
@@ -37,6 +38,10 @@ def promote(
             approvals.append(approval)
         reports.append(migrate_environment(project, target, to, expected_plan=plans[target]))
 
+    for report in reports:  # what retention keeps, and a rollback finds, for each target
+        record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": report.plan.hash}
+        record["backup"] = report.backup.object_name if report.backup else None
+        write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
     create_markdown_artifact(
         summary(project, reports, approvals),
         key="dbpromote-promotion",

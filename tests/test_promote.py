@@ -12,24 +12,18 @@ from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
 from tests.test_environment_step import RELEASE, applied
 
 
-class PromotionInBackground:
-    """Runs the promote flow in a thread of this process, as a worker would, so the test can act as the approver."""
+class InBackground:
+    """Runs a flow in a thread of this process, as a worker would, so the test can act as the approver."""
 
-    def __init__(self, **parameters):
+    def __init__(self, flow, **parameters):
         from deployments.runs import pending_approvals
-        from flows.promote import promote
 
         self.already_paused = {run.id for run in pending_approvals()}
         self.result, self.error = None, None
-        parameters = {
-            "project": "tenant-backend",
-            "through": ["staging", "production"],
-            "approval_poll_s": 1,
-        } | parameters
 
         def run():
             try:
-                self.result = promote(**parameters)
+                self.result = flow(**parameters)
             except BaseException as error:  # handed to the test
                 self.error = error
 
@@ -46,7 +40,7 @@ class PromotionInBackground:
             if runs:
                 return runs[-1]
             time.sleep(0.5)
-        raise AssertionError("no promotion paused for approval")
+        raise AssertionError("no run paused for approval")
 
     def finish(self, timeout=180):
         self.thread.join(timeout)
@@ -54,11 +48,20 @@ class PromotionInBackground:
         return self.result
 
 
+class PromotionInBackground(InBackground):
+    def __init__(self, **parameters):
+        from flows.promote import promote
+
+        defaults = {"project": "tenant-backend", "through": ["staging", "production"], "approval_poll_s": 1}
+        super().__init__(promote, **(defaults | parameters))
+
+
 def test_promise_1_production_migrated_only_after_staging_backup_and_named_approval(fresh_databases):
     from dbpromote.config import load_target
     from deployments.runs import answer_approval
     from tasks.backup import list_backups
     from tasks.gcs import gcs_client
+    from tasks.records import read_records
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()
@@ -80,7 +83,9 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
     ]
     record = json.loads(audit[0].download_as_bytes())
     assert record["approver"] == "alice" and record["subject"] == reports[1].plan.hash
-    assert record["comment"] == "release 42" and record["migrations"] == RELEASE
+    assert record["comment"] == "release 42" and record["items"] == RELEASE
+    promotions = read_records(load_target("production"), "production", "promotions")
+    assert promotions[0]["flow_run_id"] == str(run.id) and promotions[0]["backup"] == production_backup.object_name
 
 
 def catalog_snapshot(stack, server: str) -> tuple[str, list]:

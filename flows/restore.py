@@ -1,0 +1,125 @@
+"""Restore a backup over a target (approval first where required), and the weekly proof that backups restore."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from dbpromote.config import load_target
+from dbpromote.errors import VerificationError
+from tasks.approval import ApprovalRequest, record_approval, wait_for_approval
+from tasks.backup import Backup, find_backup, read_manifest
+from tasks.notify import notify_failure
+from tasks.preflight import check_bucket, check_database
+from tasks.restore import (
+    Restored,
+    drop_scratch,
+    restore_into_new_database,
+    restored_by_this_run,
+    scratch_name,
+    server_connection,
+    swap_in,
+)
+
+DAY_S = 24 * 3600
+
+
+@flow(name="restore", on_failure=[notify_failure], flow_run_name="restore {target}")
+def restore(
+    target: str,
+    backup: str = "",
+    swap: bool = True,
+    disconnect_wait_s: float = 30,
+    approval_timeout_s: int = DAY_S,
+    approval_poll_s: int = 10,
+) -> Restored:
+    """Restore a verified backup of the target (the newest when none is named) and make it the target's database.
+
+    The backup goes into a new database first and is checked against what it recorded (row counts of every table,
+    migration state); only then is the target's database renamed aside (kept, never dropped) and the new one
+    renamed into its place, in one transaction. With swap=false the restored database is left beside the target.
+    """
+    database = load_target(target)
+    check_database(database, target)
+    check_bucket(database, target)
+    chosen = find_backup(database, target, backup)
+    if swap and (kept := restored_by_this_run(database, target, chosen)):
+        return _report(Restored(**read_back(chosen, target, kept)))
+    if swap and database.requires_approval:
+        approval = wait_for_approval(restore_request(target, chosen), approval_timeout_s, approval_poll_s)
+        record_approval(database, target, approval)
+    restored = restore_into_new_database(database, target, chosen, scratch_name(database.database, "restore"))
+    if swap:
+        restored.replaced = swap_in(database, target, chosen, restored.database, disconnect_wait_s)
+        restored.database = database.database
+    return _report(restored)
+
+
+def read_back(backup: Backup, target: str, kept: str) -> dict:
+    """A restore this flow run already completed, described from the backup's manifest."""
+    manifest = read_manifest(backup)
+    return {
+        "backup": backup,
+        "target": target,
+        "database": backup.database,
+        "tables": len(manifest.row_counts),
+        "rows": sum(manifest.row_counts.values()),
+        "migration_state": manifest.migration_state,
+        "duration_s": 0.0,
+        "replaced": kept,
+    }
+
+
+def restore_request(target: str, backup: Backup) -> ApprovalRequest:
+    state = ", ".join(f"{app}.{name}" for app, name in backup.migration_state) or "no migrations"
+    return ApprovalRequest(
+        action=f"restoring {target} from a backup",
+        target=target,
+        subject=backup.uri,
+        items=[backup.uri],
+        description="\n".join(
+            [
+                f"## Approve restoring **{target}** from a backup",
+                "",
+                f"- backup: {backup.uri}",
+                f"- taken {backup.created_at} ({backup.size_bytes} bytes), flow run {backup.flow_run_id or '-'}",
+                f"- its migration state: {state}",
+                "",
+                "### What happens next",
+                "",
+                f"On approve: the backup is restored into a new database and checked against its manifest; then "
+                f"{target}'s sessions are ended and its database is renamed aside (kept) and replaced by the "
+                f"restored one. Every change made to {target} since the backup is then only in the kept database. "
+                f"On reject or timeout: nothing changes.",
+            ]
+        ),
+        notice=f"restoring {target} from {backup.uri} waits for approval",
+    )
+
+
+def _report(restored: Restored) -> Restored:
+    create_markdown_artifact(restored.markdown(), key="dbpromote-restore", description=f"Restore of {restored.target}")
+    return restored
+
+
+@flow(name="verify-backups", on_failure=[notify_failure], flow_run_name="verify backups of {targets}")
+def verify_backups(targets: list[str]) -> list[Restored]:
+    """Restore the newest backup of every target into a scratch database beside it, check it, drop it; report."""
+    results, problems = [], []
+    for name in targets:
+        database = load_target(name)
+        try:
+            newest = find_backup(database, name)
+            scratch = scratch_name(database.database, "verify")
+            results.append(restore_into_new_database(database, name, newest, scratch))
+            with server_connection(database, name) as conn:
+                drop_scratch(conn, scratch)
+        except Exception as error:  # every target is checked; each failure is reported
+            problems.append(f"{name}: {error}")
+    lines = ["# Backup verification", "", "| target | backup | tables | rows | seconds |", "|---|---|---|---|---|"]
+    lines += [f"| {r.target} | {r.backup.uri} | {r.tables} | {r.rows} | {r.duration_s:.1f} |" for r in results]
+    lines += [f"\n**FAILED** {problem}" for problem in problems]
+    create_markdown_artifact("\n".join(lines), key="dbpromote-backup-verification", description="Backups restored")
+    if problems:
+        raise VerificationError(f"Backup verification failed: {'; '.join(problems)}")
+    return results
