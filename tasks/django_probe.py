@@ -25,20 +25,29 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "migrate"])
+    parser.add_argument("command", choices=["plan", "plan-back", "migrate"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
     parser.add_argument("--app", default="")
     parser.add_argument("--name", default="")
     parser.add_argument("--lock-timeout-ms", type=int, default=0)
     parser.add_argument("--statement-timeout-ms", type=int, default=0)
+    parser.add_argument(
+        "--state", default="[]", help="plan-back: JSON [[app, name], ...], the applied set to return to"
+    )
+    parser.add_argument("--backwards", action="store_true", help="migrate: reverse the migration instead")
     args = parser.parse_args()
     out = sys.stdout
     # Everything Django or a migration prints goes to stderr: stdout carries only our JSON.
     sys.stdout = sys.stderr
     try:
         setup_django(args)
-        result = plan(args.to) if args.command == "plan" else migrate_one(args)
+        if args.command == "plan":
+            result = plan(args.to)
+        elif args.command == "plan-back":
+            result = plan_back(json.loads(args.state))
+        else:
+            result = reverse_one(args) if args.backwards else migrate_one(args)
     except ProbeError as error:
         result = {"ok": False, "error": {"kind": error.kind, "message": str(error)}}
     except Exception as error:  # reported to the worker, which decides what it means
@@ -123,7 +132,34 @@ def plan(to: str) -> dict:
     return result
 
 
-def describe_migration(executor, migration) -> dict:
+def plan_back(state: list) -> dict:
+    """The migrations to reverse, in order, to return to the applied set `state` (e.g. recorded by a backup)."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    loader, graph = executor.loader, executor.loader.graph
+    wanted = {tuple(pair) for pair in state}
+    unknown = sorted(f"{app}.{name}" for app, name in wanted - set(graph.nodes))
+    if unknown:
+        raise ProbeError("state", f"the state to return to holds migrations this project does not have: {unknown}")
+    targets = []
+    for app in sorted({app for app, _ in graph.nodes}):
+        mine = [key for key in wanted if key[0] == app]
+        latest = [key for key in mine if set(mine) <= set(graph.forwards_plan(key))]
+        if mine and not latest:
+            raise ProbeError("state", f"the state to return to has several branches of {app}: {sorted(mine)}")
+        targets.append(latest[0] if mine else (app, None))
+    steps = executor.migration_plan(targets)
+    forwards = [f"{m.app_label}.{m.name}" for m, backwards in steps if not backwards]
+    if forwards:
+        raise ProbeError("state", f"returning to that state would apply {forwards}, which are not applied here")
+    applied = sorted([app, name] for app, name in loader.applied_migrations)
+    migrations = [describe_migration(executor, migration, backwards=True) for migration, _ in steps]
+    return {"applied": applied, "conflicts": {}, "changes_without_migrations": [], "migrations": migrations}
+
+
+def describe_migration(executor, migration, backwards: bool = False) -> dict:
     operations = []
     for operation in migration.operations:
         entry = {"kind": type(operation).__name__, "description": operation.describe()}
@@ -135,18 +171,20 @@ def describe_migration(executor, migration) -> dict:
             entry["null"] = bool(field.null)
             entry["has_default"] = field.has_default() or getattr(field, "db_default", None) is not None
         operations.append(entry)
-    sql = executor.loader.collect_sql([(migration, False)])
+    reversible = all(operation.reversible for operation in migration.operations)
+    sql = executor.loader.collect_sql([(migration, backwards)]) if reversible or not backwards else []
     return {
         "app": migration.app_label,
         "name": migration.name,
         "atomic": migration.atomic,
-        "reversible": all(operation.reversible for operation in migration.operations),
+        "reversible": reversible,
         "operations": operations,
         "sql": sql,
     }
 
 
 def migrate_one(args) -> dict:
+    """Apply exactly one migration, the next one its dependencies allow."""
     from django.core.management import call_command
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
@@ -161,10 +199,41 @@ def migrate_one(args) -> dict:
     if steps != [(args.app, args.name, False)]:
         raise ProbeError("order", f"{args.app}.{args.name} is not the next migration to apply; the plan is {steps}")
     migration = executor.loader.graph.nodes[key]
-    MigrationExecutor.apply_migration = locks_first(MigrationExecutor.apply_migration, args.lock_timeout_ms)
+    return run_locked(
+        migration,
+        args,
+        lambda: call_command("migrate", args.app, args.name, interactive=False, verbosity=1, stdout=io.StringIO()),
+    )
+
+
+def reverse_one(args) -> dict:
+    """Reverse exactly one applied migration, which no applied migration may depend on."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    key = (args.app, args.name)
+    executor = MigrationExecutor(connection)
+    graph, applied = executor.loader.graph, executor.loader.applied_migrations
+    if key not in graph.nodes:
+        raise ProbeError("target", f"{args.app}.{args.name} is not a migration of this project")
+    if key not in applied:
+        return {"ok": True, "already_applied": True, "duration_s": 0.0}
+    dependents = sorted(f"{app}.{name}" for app, name in graph.node_map[key].children if (app, name) in applied)
+    if dependents:
+        raise ProbeError("order", f"{args.app}.{args.name} cannot be reversed before {dependents}")
+    migration = graph.nodes[key]
+    return run_locked(migration, args, lambda: executor.migrate([], plan=[(migration, True)]))
+
+
+def run_locked(migration, args, run) -> dict:
+    """Run one migration step with locks taken first; the outcome as the worker reads it."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    for method in ("apply_migration", "unapply_migration"):
+        setattr(MigrationExecutor, method, locks_first(getattr(MigrationExecutor, method), args.lock_timeout_ms))
     started = time.monotonic()
     try:
-        call_command("migrate", args.app, args.name, interactive=False, verbosity=1, stdout=io.StringIO())
+        run()
     except LockNotGranted as error:
         return {"ok": False, "atomic": True, "error": {"kind": "lock", "sqlstate": "55P03", "message": str(error)}}
     except Exception as error:
@@ -172,47 +241,45 @@ def migrate_one(args) -> dict:
     return {"ok": True, "already_applied": False, "duration_s": round(time.monotonic() - started, 3)}
 
 
-def locks_first(apply_migration, lock_timeout_ms: int):
-    """Wrap apply_migration so an atomic migration takes every table lock it needs in one statement first.
+def locks_first(step, lock_timeout_ms: int):
+    """Wrap apply/unapply_migration so an atomic migration takes every table lock it needs in one statement first.
 
     Otherwise a migration that alters two tables holds the first lock (queueing the application's queries behind
-    it) while waiting for the second; lock_timeout bounds each wait, not their sum.
+    it) while waiting for the second; lock_timeout bounds each wait, not their sum. Reversing also records the
+    migration as unapplied in the same transaction.
     """
     from django.db import transaction
 
-    def apply_with_locks_first(self, state, migration, fake=False, fake_initial=False):
+    def step_with_locks_first(self, state, migration, *args, fake=False, **kwargs):
         if fake or not migration.atomic:
-            return apply_migration(self, state, migration, fake, fake_initial)
+            return step(self, state, migration, *args, fake=fake, **kwargs)
         with transaction.atomic(using=self.connection.alias):
             tables = tables_to_lock(self.connection, state, migration)
             if tables:
                 lock_tables(self.connection, tables, lock_timeout_ms)
-            return apply_migration(self, state, migration, fake, fake_initial)
+            return step(self, state, migration, *args, fake=fake, **kwargs)
 
-    return apply_with_locks_first
+    return step_with_locks_first
 
 
 def tables_to_lock(connection, state, migration) -> list[str]:
-    """Existing tables the migration's schema operations alter, or reference through a new foreign key."""
+    """Existing tables the migration's operations touch (before or after it), or reference by a new foreign key."""
     existing = set(connection.introspection.table_names())
+    states = (state, migration.mutate_state(state, preserve=True))
     tables = set()
     for operation in migration.operations:
-        if type(operation).__name__ == "CreateModel":
-            names = []
-        else:
-            names = [getattr(operation, "model_name_lower", None) or getattr(operation, "name_lower", None)]
+        models = [(migration.app_label, getattr(operation, attribute, None)) for attribute in MODEL_ATTRIBUTES]
         field = getattr(operation, "field", None)
         remote = getattr(getattr(field, "remote_field", None), "model", None)
-        for name in filter(None, names):
-            model_state = state.models.get((migration.app_label, name))
-            if model_state is not None:
-                tables.add(model_state.options.get("db_table") or f"{migration.app_label}_{name}")
         if isinstance(remote, str) and "." in remote:
-            app_label, model = remote.lower().split(".", 1)
-            model_state = state.models.get((app_label, model))
-            if model_state is not None:
-                tables.add(model_state.options.get("db_table") or f"{app_label}_{model}")
+            models.append(tuple(remote.lower().split(".", 1)))
+        for app_label, name in models:
+            for model_state in filter(None, (each.models.get((app_label, name)) for each in states if name)):
+                tables.add(model_state.options.get("db_table") or f"{app_label}_{name}")
     return sorted(tables & existing)
+
+
+MODEL_ATTRIBUTES = ("model_name_lower", "name_lower", "old_name_lower", "new_name_lower")
 
 
 def lock_tables(connection, tables: list[str], lock_timeout_ms: int) -> None:
