@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import flow
 
-from dbpromote.config import load_project, load_target
+from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
 from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
 from tasks.backup import backup_to_gcs
 from tasks.migrate import apply_migration
@@ -12,7 +14,7 @@ from tasks.plan import Plan, plan_migrations
 from tasks.preflight import check_bucket, check_database
 from tasks.report import StepReport, publish_report
 from tasks.rls import apply_rls_policies, prove_tenant_isolation
-from tasks.verify import verify_target
+from tasks.verify import Verification, verify_target
 
 
 def describe_change(before: Plan, after: Plan) -> str:
@@ -45,12 +47,21 @@ def migrate_environment(project: str, target: str, to: str = "", expected_plan: 
             f"{describe_change(expected_plan, plan)}); nothing was run on {target}: start a new promotion."
         )
     report = StepReport(target=target, plan=plan)
+    return carry_out(django_project, database, report, lambda: verify_target(django_project, database, target, plan))
+
+
+def carry_out(
+    django_project: DjangoProject, database: DatabaseTarget, report: StepReport, verify: Callable[[], Verification]
+) -> StepReport:
+    """Back up when anything will change, run the plan one migration at a time, verify, bring RLS up to date and
+    prove it. On any failure the report says where the database is and the way back."""
+    target, plan = report.target, report.plan
     try:
         if plan.migrations:
             report.backup = backup_to_gcs(database, target)
         for migration in plan.migrations:
             report.migrations.append(apply_migration(django_project, database, target, migration))
-        report.verification = verify_target(django_project, database, target, plan)
+        report.verification = verify()
         if not report.verification.passed:
             failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)
             raise VerificationError(f"Verification failed on {target}: {failed}; fix the data or the release.")

@@ -26,7 +26,7 @@ class MigrationResult(BaseModel):
     already_applied: bool = False
 
 
-@task(name="apply-migration", task_run_name="apply {migration.app}.{migration.name}")
+@task(name="apply-migration", task_run_name="{migration.label}{migration.direction}")
 def apply_migration(
     project: DjangoProject, target: DatabaseTarget, target_name: str, migration: PlannedMigration
 ) -> MigrationResult:
@@ -54,6 +54,7 @@ def apply_migration(
                 str(target.lock_timeout_ms),
                 "--statement-timeout-ms",
                 str(target.statement_timeout_ms),
+                *(["--backwards"] if migration.backwards else []),
             )
         if outcome.get("ok"):
             return MigrationResult(

@@ -49,10 +49,15 @@ class PlannedMigration(BaseModel):
     operations: list[Operation]
     sql: list[str]
     risks: list[str] = Field(default_factory=list)
+    backwards: bool = False
 
     @property
     def label(self) -> str:
         return f"{self.app}.{self.name}"
+
+    @property
+    def direction(self) -> str:
+        return " (reverse)" if self.backwards else ""
 
 
 class Plan(BaseModel):
@@ -65,8 +70,8 @@ class Plan(BaseModel):
 
     @property
     def hash(self) -> str:
-        """Stable over what would run: the migrations, in order, with their SQL and atomicity."""
-        payload = [(m.app, m.name, m.atomic, m.sql) for m in self.migrations]
+        """Stable over what would run: the migrations, in order and direction, with their SQL and atomicity."""
+        payload = [(m.app, m.name, m.atomic, m.sql, m.backwards) for m in self.migrations]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -116,11 +121,27 @@ def run_probe(project: DjangoProject, target: DatabaseTarget, *args: str, timeou
         ) from None
 
 
+# What reversing an operation loses or runs.
+RISKY_REVERSALS = {
+    "CreateModel": "reversing drops the table and every row in it",
+    "AddField": "reversing drops the column and every value in it",
+    "RunPython": "reversing runs Python code (not reviewable as SQL)",
+    "RunSQL": "reversing runs hand-written SQL",
+}
+
+
 def classify_risks(migrations: list[PlannedMigration]) -> None:
     """Attach the risks of each migration; building an index on a table made in the same plan is not one."""
     created = set()
     for migration in migrations:
         migration.risks = []
+        if migration.backwards:
+            migration.risks = [
+                f"{operation.description}: {RISKY_REVERSALS[operation.kind]}"
+                for operation in migration.operations
+                if operation.kind in RISKY_REVERSALS
+            ]
+            continue
         for operation in migration.operations:
             if operation.kind == "CreateModel" and operation.model:
                 created.add((migration.app, operation.model))
@@ -173,6 +194,20 @@ def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: st
     return Plan(target=target_name, to=to, applied=probe.applied, migrations=probe.migrations)
 
 
+@task(name="plan-rollback", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
+def plan_rollback(
+    project: DjangoProject, target: DatabaseTarget, target_name: str, state: list[tuple[str, str]]
+) -> Plan:
+    """The migrations to reverse, in order, to bring a target back to an applied state (a backup's)."""
+    probe = ProbeResult.model_validate(run_probe(project, target, "plan-back", "--state", json.dumps(state)))
+    if probe.error:
+        raise _probe_error(probe.error, project, target_name, "")
+    for migration in probe.migrations:
+        migration.backwards = True
+    classify_risks(probe.migrations)
+    return Plan(target=target_name, applied=probe.applied, migrations=probe.migrations)
+
+
 def _probe_error(error: dict, project: DjangoProject, target_name: str, to: str) -> Exception:
     kind, message = error.get("kind"), redact(error.get("message", ""))
     if kind == "settings":
@@ -184,6 +219,10 @@ def _probe_error(error: dict, project: DjangoProject, target_name: str, to: str)
         return ConfigError(f"{message}; point the project at an interpreter with Django installed (--python).")
     if kind == "target":
         return ConfigError(f"Unknown target migration {to!r} ({message}); list them with `manage.py showmigrations`.")
+    if kind == "state":
+        return PreflightError(
+            f"{target_name} cannot return to that migration state: {message}; restore the backup instead."
+        )
     if kind == "backwards":
         return PreflightError(
             f"Target {to!r} on {target_name}: {message}; promote only moves forward, use the rollback flow instead."

@@ -28,3 +28,11 @@ def read_records(target: DatabaseTarget, target_name: str, kind: str) -> list[di
     blobs = gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/{kind}/", retry=gcs_retry())
     ordered = sorted(blobs, key=lambda blob: blob.name, reverse=True)
     return [json.loads(blob.download_as_bytes(retry=gcs_retry())) for blob in ordered]
+
+
+def newest_promotion_backup(target: DatabaseTarget, target_name: str) -> str:
+    """The backup the newest successful promotion of a target took before changing it ('' when there is none)."""
+    for record in read_records(target, target_name, "promotions"):
+        if record.get("backup"):
+            return record["backup"]
+    return ""

@@ -36,6 +36,13 @@ class StepReport(BaseModel):
         return f"{applied[-1]} (nothing of this plan)" if applied else "an empty schema (nothing of this plan)"
 
     def way_back(self) -> str:
+        if any(m.backwards for m in self.plan.migrations):
+            done = [result.label for result in self.migrations]
+            again = ", ".join(done) if done else "nothing (none was reversed)"
+            lines = [f"apply again what was reversed, with a promotion: {again}"]
+            if self.backup:
+                lines.append(f"or restore {self.backup.uri} (taken before the rollback)")
+            return "; ".join(lines)
         reverse = ", ".join(
             f"`manage.py migrate {app} {name}`"
             for app, name in self.plan.last_applied_by_app().items()

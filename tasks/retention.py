@@ -11,7 +11,7 @@ from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, retry_if_transient
 from tasks.backup import delete_backup, list_backups
 from tasks.gcs import gcs_client
-from tasks.records import read_records
+from tasks.records import newest_promotion_backup, read_records
 
 
 class Retained(BaseModel):
@@ -33,9 +33,9 @@ def check_retention(keep_last: int, keep_days: float) -> None:
 def referenced_backups(target: DatabaseTarget, target_name: str) -> dict[str, str]:
     """Backups the way back may need: the newest successful promotion's and every rollback record's."""
     referenced: dict[str, str] = {}
-    promotions = read_records(target, target_name, "promotions")
-    if promotions and promotions[0].get("backup"):
-        referenced[promotions[0]["backup"]] = f"taken by the newest promotion (flow run {promotions[0]['flow_run_id']})"
+    newest = newest_promotion_backup(target, target_name)
+    if newest:
+        referenced[newest] = "taken by the newest promotion"
     for rollback in read_records(target, target_name, "rollbacks"):
         if rollback.get("backup"):
             referenced.setdefault(rollback["backup"], f"referenced by rollback {rollback['flow_run_id']}")

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import retry_if_transient
+from tasks.backup import migration_state
 from tasks.plan import Plan, compute_plan
 from tasks.preflight import connect
 
@@ -46,6 +47,23 @@ def verify_target(project: DjangoProject, target: DatabaseTarget, target_name: s
     ]
     checks += run_verify_scripts(project, target, target_name)
     return Verification(checks=checks)
+
+
+@task(name="verify-state", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def verify_state(target: DatabaseTarget, target_name: str, expected: list[tuple[str, str]]) -> Verification:
+    """The applied migrations are exactly `expected` (a rollback's goal, the state a backup recorded)."""
+    with connect(target, target_name) as conn:
+        state = set(migration_state(conn))
+    missing, extra = sorted(set(expected) - state), sorted(state - set(expected))
+    detail = "; ".join(
+        part
+        for part in (
+            f"still applied: {', '.join(f'{app}.{name}' for app, name in extra)}" if extra else "",
+            f"not applied: {', '.join(f'{app}.{name}' for app, name in missing)}" if missing else "",
+        )
+        if part
+    )
+    return Verification(checks=[Check(name="migration state", passed=not detail, detail=detail)])
 
 
 def run_verify_scripts(project: DjangoProject, target: DatabaseTarget, target_name: str) -> list[Check]:

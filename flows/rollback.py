@@ -1,0 +1,87 @@
+"""Rollback: a target back to the migration state a backup recorded, reversing one migration at a time."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from dbpromote.config import load_project, load_target
+from dbpromote.errors import PreflightError
+from flows.environment import carry_out
+from tasks.approval import ApprovalRequest, record_approval, wait_for_approval
+from tasks.backup import Backup, find_backup
+from tasks.notify import notify_failure
+from tasks.plan import Plan, plan_rollback
+from tasks.preflight import check_bucket, check_database
+from tasks.records import newest_promotion_backup, write_record
+from tasks.report import StepReport
+from tasks.verify import verify_state
+
+DAY_S = 24 * 3600
+
+
+@flow(name="rollback", on_failure=[notify_failure], flow_run_name="roll back {target}")
+def rollback(
+    project: str, target: str, backup: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = 10
+) -> StepReport:
+    """Return a target to the migration state recorded by a backup (when none is named, the one the newest
+    promotion took: the state before it), reversing migrations one at a time with the same lock safety as migrate.
+
+    Refused before anything changes when a migration on the way cannot be reversed; the restore is offered then.
+    A fresh backup is taken first (reversing drops what the migrations added); RLS is brought up to date after.
+    """
+    django_project, database = load_project(project), load_target(target)
+    check_database(database, target)
+    check_bucket(database, target)
+    chosen = find_backup(database, target, backup or newest_promotion_backup(database, target))
+    plan = plan_rollback(django_project, database, target, chosen.migration_state)
+    irreversible = [m.label for m in plan.migrations if not m.reversible]
+    if irreversible:
+        raise PreflightError(
+            f"{', '.join(irreversible)} cannot be reversed, so {target} cannot be rolled back to the state of "
+            f"{chosen.uri}; nothing was changed: restore that backup instead with "
+            f"`dbpromote restore {target} --backup {chosen.uri}`."
+        )
+    run_id = str(flow_run.get_id() or "")
+    write_record(  # retention keeps the backup this rollback returns to
+        database, target, "rollbacks", run_id, {"flow_run_id": run_id, "backup": chosen.object_name, "plan": plan.hash}
+    )
+    if plan.migrations and database.requires_approval:
+        approval = wait_for_approval(
+            rollback_request(project, target, plan, chosen), approval_timeout_s, approval_poll_s
+        )
+        record_approval(database, target, approval)
+    report = StepReport(target=target, plan=plan)
+    return carry_out(django_project, database, report, lambda: verify_state(database, target, chosen.migration_state))
+
+
+def rollback_request(project: str, target: str, plan: Plan, backup: Backup) -> ApprovalRequest:
+    lines = [
+        f"## Approve rolling back **{project}** on **{target}**",
+        "",
+        f"Back to the migration state of {backup.uri} (taken {backup.created_at}); "
+        f"{len(plan.migrations)} migration(s) reversed, in this order:",
+        "",
+        "| migration | atomic | risks |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {m.label} | {m.atomic} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
+    lines += ["", "### SQL", ""]
+    for m in plan.migrations:
+        lines += [f"**{m.label}** (reverse)", "```sql", "\n".join(m.sql) or "-- no SQL", "```"]
+    lines += [
+        "",
+        "### What happens next",
+        "",
+        f"On approve: {target} is backed up to GCS, then each migration is reversed under lock_timeout, the "
+        f"state checked and RLS brought up to date. On reject or timeout: nothing changes.",
+    ]
+    return ApprovalRequest(
+        action=f"rolling back {target}",
+        target=target,
+        subject=plan.hash,
+        items=plan.labels,
+        risks=plan.risks,
+        description="\n".join(lines),
+        notice=f"rolling back {project} on {target} ({len(plan.migrations)} migrations) waits for approval",
+    )
