@@ -86,12 +86,11 @@ def promote(
 
 @app.command("pending")
 def pending() -> None:
-    """Promotions waiting for approval: id, project, targets, UI URL."""
+    """Runs waiting for approval (promotions, restores, rollbacks): id, what waits, UI URL."""
     from deployments.runs import pending_approvals, run_url
 
     for run in pending_approvals():
-        through = ",".join(run.parameters.get("through", []))
-        typer.echo(f"{run.id}  {run.parameters.get('project')}  through {through}  {run_url(run.id)}")
+        typer.echo(f"{run.id}  {run.name}  {run_url(run.id)}")
 
 
 @app.command("approve")
@@ -101,7 +100,7 @@ def approve(
     comment: str = typer.Option(""),
     acknowledge_risks: bool = typer.Option(False, "--acknowledge-risks", help="Accept the plan's risky operations."),
 ) -> None:
-    """Approve a paused promotion."""
+    """Approve a paused promotion, restore or rollback."""
     from deployments.runs import answer_approval
 
     answer_approval(run_id, "approve", approver, comment, acknowledge_risks)
@@ -110,7 +109,7 @@ def approve(
 
 @app.command("reject")
 def reject(run_id: str, approver: str = typer.Option(...), comment: str = typer.Option(...)) -> None:
-    """Reject a paused promotion; the target stays untouched."""
+    """Reject a paused promotion, restore or rollback; the target stays untouched."""
     from deployments.runs import answer_approval
 
     answer_approval(run_id, "reject", approver, comment, False)

@@ -38,8 +38,12 @@ def wait_until_paused(run_id: UUID, timeout_s: float = 600) -> State:
             time.sleep(2)
 
 
+# The flows that pause for a person's approval.
+APPROVAL_FLOWS = ("promote", "restore", "rollback")
+
+
 def pending_approvals() -> list[FlowRun]:
-    """Paused runs of the promote flow, oldest first."""
+    """Runs paused for approval (promotions, restores, rollbacks), oldest first."""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -47,7 +51,7 @@ def pending_approvals() -> list[FlowRun]:
             )
         )
         flows = {run.flow_id: client.read_flow(run.flow_id).name for run in runs}
-    return sorted((run for run in runs if flows[run.flow_id] == "promote"), key=lambda run: run.created)
+    return sorted((run for run in runs if flows[run.flow_id] in APPROVAL_FLOWS), key=lambda run: run.created)
 
 
 def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:

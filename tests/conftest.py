@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,3 +89,22 @@ def make_target(stack):
         return name
 
     yield make
+
+
+@pytest.fixture
+def project_copy(tmp_path, stack):
+    """A copy of the sample project registered as its own block, for breaking it."""
+    from dbpromote.config import DjangoProject
+    from deployments.stack import SAMPLE_PROJECT
+
+    folder = tmp_path / "project"
+    shutil.copytree(SAMPLE_PROJECT, folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def register(name: str, **fields) -> str:
+        DjangoProject(
+            **({"path": str(folder), "settings_module": "tenant_backend.settings", "python": sys.executable} | fields)
+        ).save(name, overwrite=True)
+        return name
+
+    register.folder = folder
+    return register

@@ -1,35 +1,13 @@
 """Bad input gets one sentence naming the problem and the fix, before anything is changed."""
 
-import shutil
 import textwrap
 
 import psycopg
 import pytest
 
 from dbpromote.errors import ConfigError, DbpromoteError, PreflightError
-from deployments.stack import SAMPLE_PROJECT
 from tasks.backup import list_backups
 from tests.test_environment_step import applied
-
-
-@pytest.fixture
-def project_copy(tmp_path, stack):
-    """A copy of the sample project registered as its own block, for breaking it."""
-    import sys
-
-    from dbpromote.config import DjangoProject
-
-    folder = tmp_path / "project"
-    shutil.copytree(SAMPLE_PROJECT, folder, ignore=shutil.ignore_patterns("__pycache__"))
-
-    def register(name: str, **fields) -> str:
-        DjangoProject(
-            **({"path": str(folder), "settings_module": "tenant_backend.settings", "python": sys.executable} | fields)
-        ).save(name, overwrite=True)
-        return name
-
-    register.folder = folder
-    return register
 
 
 def assert_refused_cleanly(stack, error: DbpromoteError, *expected: str):

@@ -1,0 +1,251 @@
+"""The way back: restore, rollback, backup verification and retention, against the real stack."""
+
+import json
+import textwrap
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from dbpromote.errors import ApprovalRejected, BackupError, PreflightError
+from tests.test_environment_step import RELEASE, applied
+from tests.test_promote import InBackground
+
+
+def tenant_table_checksums(stack, server: str) -> dict[str, tuple[int, str]]:
+    """Per tenant-scoped table (and the tenants): row count and an md5 over every row in key order."""
+    with psycopg.connect(stack.database_url(server)) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                """
+                SELECT table_name FROM information_schema.columns
+                WHERE table_schema = 'public' AND column_name = 'tenant_id'
+                UNION SELECT 'core_tenant' ORDER BY 1
+                """
+            )
+        ]
+        checksum = "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t.id)), '') FROM {} t"
+        return {table: conn.execute(checksum.format(table)).fetchone() for table in tables}
+
+
+def change_data(stack, server: str) -> None:
+    with psycopg.connect(stack.database_url(server)) as conn:
+        conn.execute(
+            "DELETE FROM core_taskcomment WHERE tenant_id = (SELECT id FROM core_tenant ORDER BY slug LIMIT 1)"
+        )
+        conn.execute("UPDATE core_task SET title = 'changed after the backup'")
+        conn.execute(
+            "INSERT INTO core_tenant (id, name, slug, created_at) VALUES (gen_random_uuid(), 'late', 'late', now())"
+        )
+
+
+def databases(stack, server: str) -> set[str]:
+    with psycopg.connect(**stack.superuser_conninfo(server)) as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}
+
+
+def schema_shape(stack, server: str) -> tuple[set, set]:
+    """Columns (type, nullability) and index names: what a rollback must give back, whatever the column order."""
+    with psycopg.connect(stack.database_url(server)) as conn:
+        columns = set(
+            conn.execute(
+                "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+                "WHERE table_schema = 'public'"
+            ).fetchall()
+        )
+        indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    return columns, indexes
+
+
+def test_restore_round_trip_gives_back_every_tenant_row_and_keeps_the_replaced_database(fresh_databases):
+    from flows.backup import backup
+    from flows.restore import restore
+
+    stack = fresh_databases
+    taken = backup(["staging"])[0]
+    before = tenant_table_checksums(stack, "staging")
+    change_data(stack, "staging")
+    changed = tenant_table_checksums(stack, "staging")
+    assert changed != before
+    app_session = psycopg.connect(stack.database_url("staging", role="django_app"), autocommit=True)
+
+    restored = restore("staging", backup=taken.uri, disconnect_wait_s=1)
+
+    assert tenant_table_checksums(stack, "staging") == before
+    assert restored.tables >= 28 and restored.migration_state == [("core", "0001_initial")]
+    with pytest.raises(psycopg.OperationalError):  # the application's session was ended, not left on the old data
+        app_session.execute("SELECT 1")
+    assert restored.replaced in databases(stack, "staging")  # nothing is lost: the replaced database is kept
+    kept_url = stack.database_url("staging").rsplit("/", 1)[0] + "/" + restored.replaced
+    with psycopg.connect(kept_url) as conn:
+        assert conn.execute("SELECT count(*) FROM core_tenant WHERE slug = 'late'").fetchone()[0] == 1
+    with psycopg.connect(stack.database_url("staging", role="django_app")) as conn:  # the app may connect again
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(fresh_databases):
+    from dbpromote.config import load_target
+    from flows.backup import backup
+    from flows.restore import restore
+    from tasks.backup import list_backups
+    from tasks.gcs import gcs_client
+
+    stack = fresh_databases
+    taken = backup(["staging"])[0]
+    # The fault, at the real boundary: the stored object loses its second half (same name, same metadata).
+    blob = gcs_client().bucket(taken.bucket).get_blob(taken.object_name)
+    whole = blob.download_as_bytes()
+    blob.metadata = blob.metadata  # sent with the upload: it stays listed as a verified backup
+    blob.upload_from_string(whole[: len(whole) // 2])
+    assert taken.uri in {b.uri for b in list_backups(load_target("staging"), "staging")}
+    change_data(stack, "staging")
+    before, names = tenant_table_checksums(stack, "staging"), databases(stack, "staging")
+
+    with pytest.raises(BackupError) as error:
+        restore("staging", backup=taken.uri, disconnect_wait_s=1)
+
+    message = str(error.value)
+    assert "the new database was dropped and staging is as it was" in message, message
+    assert tenant_table_checksums(stack, "staging") == before
+    assert databases(stack, "staging") == names  # no half-restored database left behind
+
+
+def test_restore_over_a_target_requiring_approval_waits_and_a_rejection_changes_nothing(fresh_databases):
+    from deployments.runs import answer_approval
+    from flows.backup import backup
+    from flows.restore import restore
+
+    stack = fresh_databases
+    taken = backup(["production"])[0]
+    change_data(stack, "production")
+    before, names = tenant_table_checksums(stack, "production"), databases(stack, "production")
+
+    restoring = InBackground(restore, target="production", backup=taken.uri, approval_poll_s=1)
+    run = restoring.paused_run()
+    assert databases(stack, "production") == names  # nothing restored while it waits
+    answer_approval(str(run.id), "reject", "carol", "wrong backup", acknowledge_risks=False)
+    restoring.finish()
+
+    assert isinstance(restoring.error, ApprovalRejected), restoring.error
+    assert "carol rejected restoring production from a backup (wrong backup)" in str(restoring.error)
+    assert tenant_table_checksums(stack, "production") == before
+    assert databases(stack, "production") == names
+
+
+def test_rollback_of_the_sample_release_returns_to_v1(fresh_databases):
+    from flows.environment import migrate_environment
+    from flows.rollback import rollback
+
+    stack = fresh_databases
+    v1_shape = schema_shape(stack, "staging")
+    release = migrate_environment("tenant-backend", "staging")
+    tenants = tenant_table_checksums(stack, "staging")["core_tenant"]
+
+    report = rollback("tenant-backend", "staging", backup=release.backup.uri)
+
+    assert [m.label for m in report.migrations] == list(reversed(RELEASE))
+    assert applied(stack, "staging") == ["core.0001_initial"]
+    assert schema_shape(stack, "staging") == v1_shape
+    assert tenant_table_checksums(stack, "staging")["core_tenant"] == tenants
+    assert report.verification.passed and report.isolation is not None
+    assert report.backup is not None and report.backup.migration_state[-1] == ("core", RELEASE[-1].split(".")[1])
+
+
+def test_rollback_is_refused_before_anything_when_a_migration_cannot_be_reversed(fresh_databases, project_copy):
+    from flows.environment import migrate_environment
+    from flows.rollback import rollback
+
+    stack = fresh_databases
+    project = project_copy("one-way")
+    (project_copy.folder / "core/migrations/0009_one_way.py").write_text(
+        textwrap.dedent("""
+        from django.db import migrations
+
+        def forwards(apps, schema_editor):
+            pass
+
+        class Migration(migrations.Migration):
+            dependencies = [("core", "0008_default_task_statuses")]
+            operations = [migrations.RunPython(forwards)]
+    """)
+    )
+    release = migrate_environment(project, "staging")
+    state = applied(stack, "staging")
+
+    with pytest.raises(PreflightError) as error:
+        rollback(project, "staging", backup=release.backup.uri)
+
+    message = str(error.value)
+    assert "core.0009_one_way cannot be reversed" in message, message
+    assert f"dbpromote restore staging --backup {release.backup.uri}" in message
+    assert applied(stack, "staging") == state
+
+
+def test_verify_backups_restores_the_newest_of_each_target_and_leaves_nothing_behind(fresh_databases):
+    from flows.backup import backup
+    from flows.restore import verify_backups
+
+    stack = fresh_databases
+    taken = backup(["staging", "production"])
+    names = {server: databases(stack, server) for server in ("staging", "production")}
+
+    results = verify_backups(["staging", "production"])
+
+    assert [r.backup.uri for r in results] == [b.uri for b in taken]
+    assert all(r.rows > 0 and r.migration_state == [("core", "0001_initial")] for r in results)
+    assert {server: databases(stack, server) for server in ("staging", "production")} == names
+
+
+def test_retention_keeps_referenced_and_recent_backups_and_deletes_only_what_the_rules_allow(
+    fresh_databases, make_target
+):
+    from dbpromote.config import load_target
+    from flows.backup import backup
+    from tasks.backup import list_backups
+    from tasks.gcs import gcs_client
+    from tasks.records import write_record
+
+    name = make_target("retention-staging", prefix=f"retention-{datetime.now(UTC):%H%M%S%f}")
+    target = load_target(name)
+    b1, b2, b3, b4 = (backup([name])[0] for _ in range(4))
+    bucket = gcs_client().bucket(target.bucket)
+    for old, days in ((b1, 40), (b2, 30), (b3, 20)):  # taken long ago, as far as retention can tell
+        blob = bucket.get_blob(old.object_name)
+        blob.metadata = blob.metadata | {"created_at": (datetime.now(UTC) - timedelta(days=days)).isoformat()}
+        blob.patch()
+    write_record(target, name, "promotions", "older-run", {"flow_run_id": "older-run", "backup": b2.object_name})
+    write_record(target, name, "promotions", "newest-run", {"flow_run_id": "newest-run", "backup": b1.object_name})
+    write_record(target, name, "rollbacks", "rollback-run", {"flow_run_id": "rollback-run", "backup": b3.object_name})
+    b2_manifest = b2.manifest_name
+
+    b5 = backup([name], keep_last=2, keep_days=10)[0]
+
+    remaining = {b.uri for b in list_backups(target, name)}
+    assert remaining == {b5.uri, b4.uri, b3.uri, b1.uri}  # newest two, the rollback's, the newest promotion's
+    assert bucket.get_blob(b2.object_name) is None and bucket.get_blob(b2_manifest) is None
+    # Young backups stay whatever keep_last says: b4 and b5 are no longer the newest, but younger than 10 days.
+    b6 = backup([name], keep_last=1, keep_days=10)[0]
+    assert {b.uri for b in list_backups(target, name)} == {b6.uri, b5.uri, b4.uri, b3.uri, b1.uri}
+
+
+def test_retention_refuses_rules_that_keep_nothing(fresh_databases):
+    from dbpromote.errors import ConfigError
+    from flows.backup import backup
+
+    with pytest.raises(ConfigError) as error:
+        backup(["staging"], keep_last=-1)
+    assert "would keep no backup" in str(error.value)
+
+
+def test_the_backup_manifest_holds_the_rows_and_state_of_the_dump(fresh_databases):
+    from flows.backup import backup
+    from tasks.backup import read_manifest
+
+    stack = fresh_databases
+    taken = backup(["staging"])[0]
+    manifest = read_manifest(taken)
+    counts = tenant_table_checksums(stack, "staging")
+    assert {table: manifest.row_counts[f"public.{table}"] for table in counts} == {t: c[0] for t, c in counts.items()}
+    assert manifest.migration_state == [("core", "0001_initial")] and manifest.crc32c == taken.crc32c
+    assert json.loads(json.dumps(manifest.model_dump()))["size_bytes"] == taken.size_bytes
