@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dbpromote.errors import ApprovalRejected, BackupError, PreflightError
 from tests.test_environment_step import RELEASE, applied
@@ -25,8 +26,8 @@ def tenant_table_checksums(stack, server: str) -> dict[str, tuple[int, str]]:
                 """
             )
         ]
-        checksum = "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t.id)), '') FROM {} t"
-        return {table: conn.execute(checksum.format(table)).fetchone() for table in tables}
+        checksum = sql.SQL("SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t.id)), '') FROM {} t")
+        return {table: conn.execute(checksum.format(sql.Identifier(table))).fetchone() for table in tables}
 
 
 def change_data(stack, server: str) -> None:
