@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
 from flows.environment import migrate_environment, preflight
+from flows.rehearsal import rehearse_plan
 from tasks.approval import Approval, promotion_request, record_approval, wait_for_approval
 from tasks.notify import notify_failure
 from tasks.plan import Plan, parse_target_migration
@@ -20,9 +21,20 @@ DAY_S = 24 * 3600
 
 @flow(name="promote", on_failure=[notify_failure], flow_run_name="promote {project} through {through}")
 def promote(
-    project: str, through: list[str], to: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = 10
+    project: str,
+    through: list[str],
+    to: str = "",
+    approval_timeout_s: int = DAY_S,
+    approval_poll_s: int = 10,
+    rehearse: bool = False,
+    rehearsal_slow_s: float = 60,
 ) -> list[StepReport]:
-    """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order."""
+    """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order.
+
+    With rehearse, each later environment's plan first runs on a copy of its newest backup restored on the staging
+    server; the durations show in the approval form and a migration slower than rehearsal_slow_s must be
+    acknowledged as a risk.
+    """
     check_promotion_input(project, through, to)
     plans = {target: preflight(project, target, to) for target in through}
     vouch_for(plans, through[0])
@@ -31,8 +43,9 @@ def promote(
     approvals: list[Approval] = []
     for target in through[1:]:
         database = load_target(target)
+        rehearsal = rehearse_plan(project, target, through[0], plans[target], rehearsal_slow_s) if rehearse else None
         if database.requires_approval:
-            request = promotion_request(project, target, plans[target], reports)
+            request = promotion_request(project, target, plans[target], reports, rehearsal)
             approval = wait_for_approval(request, approval_timeout_s, approval_poll_s)
             record_approval(database, target, approval)
             approvals.append(approval)

@@ -13,11 +13,10 @@ from tasks.notify import notify_failure
 from tasks.preflight import check_bucket, check_database
 from tasks.restore import (
     Restored,
-    drop_scratch,
+    drop_restored,
     restore_into_new_database,
     restored_by_this_run,
     scratch_name,
-    server_connection,
     swap_in,
 )
 
@@ -112,8 +111,7 @@ def verify_backups(targets: list[str]) -> list[Restored]:
             newest = find_backup(database, name)
             scratch = scratch_name(database.database, "verify")
             results.append(restore_into_new_database(database, name, newest, scratch))
-            with server_connection(database, name) as conn:
-                drop_scratch(conn, scratch)
+            drop_restored(database, name, scratch)
         except Exception as error:  # every target is checked; each failure is reported
             problems.append(f"{name}: {error}")
     lines = ["# Backup verification", "", "| target | backup | tables | rows | seconds |", "|---|---|---|---|---|"]

@@ -17,7 +17,7 @@ from dbpromote.errors import ApprovalRejected
 from tasks.notify import notify, run_url
 from tasks.plan import Plan
 from tasks.records import write_record
-from tasks.report import StepReport
+from tasks.report import Rehearsal, StepReport
 
 # A Literal, not an Enum: the UI's form renders an inline enum as a choice, but not one behind a $ref.
 Decision = Literal["approve", "reject"]
@@ -65,7 +65,9 @@ def approval_form(risky: bool) -> type[RunInput]:
     return create_model("Approval", __base__=RunInput, **fields)
 
 
-def describe_promotion(project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal=None) -> str:
+def describe_promotion(
+    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None
+) -> str:
     lines = [
         f"## Approve promoting **{project}** to **{target}**",
         "",
@@ -100,7 +102,15 @@ def describe_promotion(project: str, target: str, plan: Plan, reports: list[Step
     return "\n".join(lines)
 
 
-def promotion_request(project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal=None):
+def promotion_request(
+    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None = None
+) -> ApprovalRequest:
+    """A promotion's approval: a migration the rehearsal found slow becomes a risk to acknowledge."""
+    if rehearsal is not None:
+        plan = plan.model_copy(deep=True)
+        for migration in plan.migrations:
+            if risk := rehearsal.risk(migration.label):
+                migration.risks.append(risk)
     return ApprovalRequest(
         action=f"promoting to {target}",
         target=target,

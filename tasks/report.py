@@ -58,6 +58,45 @@ class StepReport(BaseModel):
         return "; ".join(lines) or "nothing to undo"
 
 
+class Rehearsal(BaseModel):
+    """A plan run first on a copy of a target's newest backup: durations on production-sized data."""
+
+    target: str
+    backup_uri: str
+    slow_s: float
+    migrations: list[MigrationResult]
+
+    @property
+    def slow(self) -> list[MigrationResult]:
+        return [result for result in self.migrations if result.duration_s > self.slow_s]
+
+    def risk(self, label: str) -> str:
+        """The risk a slow migration carries, or '' when it ran within the bound."""
+        for result in self.slow:
+            if result.label == label:
+                return (
+                    f"took {result.duration_s:.1f} s on a rehearsal with {self.target}'s data (bound "
+                    f"{self.slow_s:g} s): expect its locks to be held about that long on {self.target}"
+                )
+        return ""
+
+    def markdown_lines(self) -> list[str]:
+        lines = [
+            f"### Rehearsal on {self.target}'s data",
+            "",
+            f"Restored {self.backup_uri} into a scratch database and ran the plan there first.",
+            "",
+            "| migration | seconds | attempts | slower than " + f"{self.slow_s:g} s |",
+            "|---|---|---|---|",
+        ]
+        slow = {result.label for result in self.slow}
+        lines += [
+            f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {'**yes**' if r.label in slow else '-'} |"
+            for r in self.migrations
+        ]
+        return lines
+
+
 def render_markdown(report: StepReport) -> str:
     plan = report.plan
     lines = [f"# {report.target}: plan {plan.hash}", ""]

@@ -90,6 +90,13 @@ def drop_scratch(conn: psycopg.Connection, database: str) -> None:
     conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
+@task(name="drop-restored-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def drop_restored(target: DatabaseTarget, target_name: str, database: str) -> None:
+    """Drop a database a restore of this tool made on the target's server (a rehearsal's, a verification's)."""
+    with server_connection(target, target_name) as conn:
+        drop_scratch(conn, database)
+
+
 @task(name="restore-into-new-database", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: Backup, database: str) -> Restored:
     """The backup in a new database on the target's server, checked against its manifest; dropped on any failure."""

@@ -250,3 +250,47 @@ def test_the_backup_manifest_holds_the_rows_and_state_of_the_dump(fresh_database
     assert {table: manifest.row_counts[f"public.{table}"] for table in counts} == {t: c[0] for t, c in counts.items()}
     assert manifest.migration_state == [("core", "0001_initial")] and manifest.crc32c == taken.crc32c
     assert json.loads(json.dumps(manifest.model_dump()))["size_bytes"] == taken.size_bytes
+
+
+def test_rehearsal_durations_show_in_the_approval_form_and_a_slow_migration_is_flagged(fresh_databases, project_copy):
+    from prefect import get_client
+    from prefect.input.run_input import keyset_from_paused_state
+
+    from deployments.runs import answer_approval
+    from tests.test_promote import PromotionInBackground
+
+    stack = fresh_databases
+    project = project_copy("slow-release")
+    (project_copy.folder / "core/migrations/0009_slow_backfill.py").write_text(
+        textwrap.dedent("""
+        from django.db import migrations
+
+        class Migration(migrations.Migration):
+            dependencies = [("core", "0008_default_task_statuses")]
+            operations = [migrations.RunSQL("SELECT pg_sleep(3)", migrations.RunSQL.noop)]
+    """)
+    )
+    servers_before = databases(stack, "staging")
+
+    promotion = PromotionInBackground(project=project, rehearse=True, rehearsal_slow_s=2)
+    run = promotion.paused_run()
+    with get_client(sync_client=True) as client:
+        paused = client.read_flow_run(run.id)
+        description = json.loads(
+            client.read_flow_run_input(run.id, keyset_from_paused_state(paused.state)["description"])
+        )
+
+    section = description.split("### Rehearsal on production's data")[1].split("###")[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| core.")]
+    assert [row[1].strip() for row in rows] == [*RELEASE, "core.0009_slow_backfill"]
+    assert all(float(row[2]) > 0 for row in rows)
+    assert [row[1].strip() for row in rows if row[4].strip() == "**yes**"] == ["core.0009_slow_backfill"]
+    risk = "core.0009_slow_backfill: took "
+    assert risk in description and "on a rehearsal with production's data (bound 2 s)" in description
+    assert applied(stack, "production") == ["core.0001_initial"]  # the rehearsal ran on a copy
+    assert databases(stack, "staging") == servers_before  # and dropped it
+
+    answer_approval(str(run.id), "reject", "dana", "too slow", acknowledge_risks=False)
+    promotion.finish()
+    assert isinstance(promotion.error, ApprovalRejected)
+    assert applied(stack, "production") == ["core.0001_initial"]

@@ -1,0 +1,33 @@
+"""Rehearsal: a target's plan run first on a copy of its newest backup, restored on the staging server."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from dbpromote.config import load_project, load_target
+from tasks.backup import backup_to_gcs, list_backups
+from tasks.migrate import apply_migration
+from tasks.plan import Plan
+from tasks.report import Rehearsal
+from tasks.restore import drop_restored, restore_into_new_database, scratch_name
+
+
+@flow(name="rehearse", flow_run_name="rehearse {target} on {scratch_server}")
+def rehearse_plan(project: str, target: str, scratch_server: str, plan: Plan, slow_s: float) -> Rehearsal:
+    """Restore the target's newest backup holding its current state (taking one if there is none) into a scratch
+    database on scratch_server's server, apply the plan there one migration at a time, drop the copy.
+
+    Durations are those of production-sized data; a migration slower than slow_s is a risk to acknowledge.
+    """
+    django_project, database, server = load_project(project), load_target(target), load_target(scratch_server)
+    current = [tuple(pair) for pair in sorted(plan.applied)]
+    backups = [b for b in list_backups(database, target) if sorted(b.migration_state) == current]
+    backup = backups[0] if backups else backup_to_gcs(database, target)
+    scratch = scratch_name(database.database, "rehearsal")
+    restore_into_new_database(server, scratch_server, backup, scratch)
+    try:
+        copy = server.on_database(scratch)
+        results = [apply_migration(django_project, copy, f"{target} rehearsal", m) for m in plan.migrations]
+    finally:
+        drop_restored(server, scratch_server, scratch)
+    return Rehearsal(target=target, backup_uri=backup.uri, slow_s=slow_s, migrations=results)
