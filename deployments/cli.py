@@ -64,6 +64,10 @@ def promote(
     to: str = typer.Option("", help="APP:MIGRATION to stop at; default: every leaf."),
     wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
     until_paused: bool = typer.Option(False, "--until-paused", help="Wait until the run waits for approval."),
+    rehearse: bool = typer.Option(
+        False, help="Run each later environment's plan first on a copy of its newest backup (on staging's server)."
+    ),
+    rehearsal_slow_s: float = typer.Option(60, help="A migration slower than this on the rehearsal is a risk."),
 ) -> None:
     """Trigger the promote deployment; prints the run's UI URL."""
     from deployments.runs import run_url, trigger, wait_until_paused
@@ -71,7 +75,10 @@ def promote(
 
     targets = [name.strip() for name in through.split(",") if name.strip()]
     check_promotion_input(project, targets, to)
-    run = trigger("promote/promote", {"project": project, "through": targets, "to": to}, wait=wait)
+    parameters = {"project": project, "through": targets, "to": to}
+    if rehearse:
+        parameters |= {"rehearse": True, "rehearsal_slow_s": rehearsal_slow_s}
+    run = trigger("promote/promote", parameters, wait=wait)
     typer.echo(f"{run.id} {run_url(run.id)}")
     if until_paused:
         state = wait_until_paused(run.id)
@@ -122,6 +129,44 @@ def backup(target: str, wait: bool = typer.Option(False, help="Wait for the veri
     from deployments.runs import run_url, trigger
 
     run = trigger("backup/backup", {"targets": [target]}, wait=wait)
+    typer.echo(f"{run.id} {run_url(run.id)}")
+    if wait:
+        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+
+
+@app.command("restore")
+def restore(
+    target: str,
+    backup: str = typer.Option("", help="gs:// URI or object name from `dbpromote backups TARGET`; default: newest."),
+    swap: bool = typer.Option(True, help="--no-swap leaves the restored database beside the target's."),
+    wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
+) -> None:
+    """Restore a verified backup over a target: into a new database, checked, then swapped in (old one kept)."""
+    from dbpromote.config import load_target
+    from deployments.runs import run_url, trigger
+    from tasks.backup import find_backup
+
+    chosen = find_backup(load_target(target), target, backup)
+    run = trigger("restore/restore", {"target": target, "backup": chosen.uri, "swap": swap}, wait=wait)
+    typer.echo(f"{run.id} {run_url(run.id)}  restoring {chosen.uri}")
+    if wait:
+        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+
+
+@app.command("rollback")
+def rollback(
+    target: str,
+    project: str = typer.Option(..., help="The project block, e.g. tenant-backend."),
+    backup: str = typer.Option("", help="Return to this backup's migration state; default: the newest promotion's."),
+    wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
+) -> None:
+    """Reverse migrations one at a time until the target is at a backup's migration state."""
+    from dbpromote.config import load_project, load_target
+    from deployments.runs import run_url, trigger
+
+    load_project(project)
+    load_target(target)
+    run = trigger("rollback/rollback", {"project": project, "target": target, "backup": backup}, wait=wait)
     typer.echo(f"{run.id} {run_url(run.id)}")
     if wait:
         raise typer.Exit(0 if run.state and run.state.is_completed() else 1)

@@ -294,3 +294,29 @@ def test_rehearsal_durations_show_in_the_approval_form_and_a_slow_migration_is_f
     promotion.finish()
     assert isinstance(promotion.error, ApprovalRejected)
     assert applied(stack, "production") == ["core.0001_initial"]
+
+
+def test_cli_restore_runs_the_restore_deployment_on_the_worker(fresh_databases):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flows.backup import backup
+
+    stack = fresh_databases
+    taken = backup(["staging"])[0]
+    before = tenant_table_checksums(stack, "staging")
+    change_data(stack, "staging")
+    dbpromote = str(Path(sys.executable).parent / "dbpromote")
+
+    done = subprocess.run([dbpromote, "restore", "staging", "--wait"], capture_output=True, text=True, env=os.environ)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"restoring {taken.uri}" in done.stdout
+    assert tenant_table_checksums(stack, "staging") == before
+    unknown = subprocess.run(
+        [dbpromote, "restore", "staging", "--backup", "gs://nowhere/x"], capture_output=True, text=True, env=os.environ
+    )
+    assert unknown.returncode == 1
+    assert "gs://nowhere/x is not a verified backup of target 'staging'; list them with" in unknown.stderr
