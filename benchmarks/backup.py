@@ -6,20 +6,11 @@ Goals: ours <= 0.5x bare `pg_dump -Fc`, <= 1.5x bare `pg_dump -Fc -Z0`, peak RSS
 """
 
 import argparse
-import os
 import resource
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deployments import stack as local_stack  # noqa: E402
-
-stack = local_stack.Stack.load()
-os.environ.update(stack.client_env())
-
-import psycopg  # noqa: E402
+from common import local_stack, seeded_database
 
 DB = "bench_backup"
 
@@ -37,33 +28,7 @@ def main() -> None:
     parser.add_argument("--text-bytes", type=int, default=600)
     parser.add_argument("--keep", action="store_true", help="reuse the seeded database if it exists")
     args = parser.parse_args()
-
-    base = stack.database_url("staging").rsplit("/", 1)[0]
-    with psycopg.connect(**stack.superuser_conninfo("staging"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
-        if not (exists and args.keep):
-            conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DB} OWNER tenant_owner")
-            env = os.environ | {"DATABASE_URL": f"{base}/{DB}"}
-            manage = [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py")]
-            subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
-            print(f"seeding {args.tenants} tenants x {args.rows} rows ...", flush=True)
-            subprocess.run(
-                [
-                    *manage,
-                    "seed_tenants",
-                    "--tenants",
-                    str(args.tenants),
-                    "--rows",
-                    str(args.rows),
-                    "--text-bytes",
-                    str(args.text_bytes),
-                ],
-                env=env,
-                check=True,
-                cwd=local_stack.SAMPLE_PROJECT,
-            )
-        size = conn.execute("SELECT pg_database_size(%s)", [DB]).fetchone()[0]
+    url, size = seeded_database(DB, args.tenants, args.rows, args.text_bytes, args.keep)
 
     import tasks.backup
     from dbpromote.config import DatabaseTarget
@@ -80,13 +45,13 @@ def main() -> None:
 
     tasks.backup._verify = timed_verify
 
-    target = DatabaseTarget(url=f"{base}/{DB}", bucket=local_stack.BUCKET, prefix="benchmarks")
+    target = DatabaseTarget(url=url, bucket=local_stack.BUCKET, prefix="benchmarks")
     env = libpq_env(target)
     gzip_s = timed(["pg_dump", "-Fc", "--no-sync"], env)
     z0_s = timed(["pg_dump", "-Fc", "-Z0", "--no-sync"], env)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
-    backup = backup_to_gcs.fn(target, "bench", [])
+    backup = backup_to_gcs.fn(target, "bench")
     ours_s = time.monotonic() - started
     # ru_maxrss of this process (the upload and compression run here; pg_dump is a child, counted apart)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -36,7 +36,6 @@ from tasks.run_context import in_a_run
 # The emulator rewrites the whole object on every resumable chunk: large chunks keep that linear enough, and
 # one chunk is what the writer holds in memory.
 CHUNK_SIZE = 32 * 1024 * 1024
-DOWNLOAD_CHUNK_SIZE = 8 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 # pg_dump's own gzip is CPU-bound (19 s for 1 GB here); -Z0 piped through multi-threaded zstd is ~3x faster.
 ZSTD_LEVEL = 3
@@ -257,19 +256,6 @@ class _ChecksummingWriter:
         return self.inner.write(data)
 
 
-class _ChecksummingReader:
-    """Reads the downloaded object while computing its CRC32C."""
-
-    def __init__(self, inner):
-        self.inner, self.crc, self.size = inner, google_crc32c.Checksum(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.inner.read(size)
-        self.crc.update(data)
-        self.size += len(data)
-        return data
-
-
 def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int, snapshot: str) -> tuple[str, int]:
     """Run pg_dump into the object; the CRC32C (base64) and size of what was sent. No object remains on failure."""
     dump = subprocess.Popen(
@@ -338,36 +324,49 @@ class Readback(BaseModel):
         return self.returncode == 0 and self.complete
 
 
-def read_back_into(blob: Blob, restore_args: list[str], env: dict[str, str]) -> Readback:
-    """Stream the stored object through zstd into `pg_restore RESTORE_ARGS`, reading (and checksumming) every byte."""
-    restore = subprocess.Popen(["pg_restore", *restore_args], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    complete = False
-    try:
-        with blob.open("rb", chunk_size=DOWNLOAD_CHUNK_SIZE, retry=gcs_retry()) as download:
-            read_back = _ChecksummingReader(download)
+class _RestoreFeed:
+    """Where the download writes: checksums every stored byte and decompresses it into pg_restore's stdin."""
+
+    def __init__(self, stdin):
+        self.crc, self.size, self.corrupt, self.stopped = google_crc32c.Checksum(), 0, False, False
+        # The writer passes output on in pieces of READ_SIZE: a highly compressible dump never inflates in memory.
+        self.decompress = zstandard.ZstdDecompressor().stream_writer(stdin, write_size=READ_SIZE, closefd=False)
+
+    def write(self, data: bytes) -> int:
+        self.crc.update(data)
+        self.size += len(data)
+        if not (self.corrupt or self.stopped):
             try:
-                # A stream reader bounds the output per read: a highly compressible dump must not inflate in memory.
-                with zstandard.ZstdDecompressor().stream_reader(read_back, read_size=READ_SIZE) as dump:
-                    while chunk := dump.read(READ_SIZE):
-                        restore.stdin.write(chunk)
-                complete = True
-                restore.stdin.close()
-            except (BrokenPipeError, zstandard.ZstdError):
-                pass  # pg_restore stopped reading or the stream is corrupt: both are reported
-            while read_back.read(READ_SIZE):  # the checksum covers every stored byte, even past the frame
-                pass
+                self.decompress.write(data)
+            except zstandard.ZstdError:
+                self.corrupt = True
+            except BrokenPipeError:
+                self.stopped = True  # pg_restore stopped reading; its exit status says why
+        return len(data)
+
+
+def read_back_into(blob: Blob, restore_args: list[str], env: dict[str, str]) -> Readback:
+    """Stream the stored object through zstd into `pg_restore RESTORE_ARGS`, reading (and checksumming) every byte.
+
+    One streamed GET (resumed from the last byte received if the connection breaks) rather than ranged chunks:
+    a request per chunk costs a round trip each on GCS, and the emulator re-reads the whole object for each.
+    """
+    restore = subprocess.Popen(["pg_restore", *restore_args], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    feed = _RestoreFeed(restore.stdin)
+    try:
+        # Our own CRC32C is compared with the recorded one by the caller: no second checksum here.
+        blob.download_to_file(feed, raw_download=True, checksum=None, retry=gcs_retry())
     finally:
-        if not restore.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                restore.stdin.close()
+        with contextlib.suppress(BrokenPipeError):
+            restore.stdin.close()
         stderr = restore.stderr.read().decode(errors="replace").strip()
         returncode = restore.wait()
     return Readback(
         returncode=returncode,
         stderr=stderr,
-        complete=complete,
-        crc32c=base64.b64encode(read_back.crc.digest()).decode(),
-        size_bytes=read_back.size,
+        complete=not feed.corrupt,
+        crc32c=base64.b64encode(feed.crc.digest()).decode(),
+        size_bytes=feed.size,
     )
 
 

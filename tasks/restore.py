@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import psycopg
@@ -146,10 +147,16 @@ def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: 
 
 def check_restored(database_target: DatabaseTarget, target_name: str, backup: Backup, manifest) -> Restored:
     """Row counts per table and the migration state equal what the backup recorded in its own snapshot."""
-    with connect(database_target, target_name, autocommit=True) as conn:
-        conn.execute("ANALYZE")  # a restored database has no planner statistics until autovacuum comes by
+
+    def analyze() -> None:  # a restored database has no planner statistics until autovacuum comes by
+        with connect(database_target, target_name, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+
+    with ThreadPoolExecutor(1) as background, connect(database_target, target_name) as conn:
+        analyzed = background.submit(analyze)  # on its own connection, while this one counts
         counts = row_counts(conn)
         state = migration_state(conn)
+        analyzed.result()
     if counts != manifest.row_counts:
         differ = sorted(
             f"{table} {manifest.row_counts.get(table, 'absent')} -> {counts.get(table, 'absent')}"

@@ -1,0 +1,35 @@
+"""What the benchmarks share: the local stack's client environment and a seeded copy of the sample project."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deployments import stack as local_stack  # noqa: E402
+
+stack = local_stack.Stack.load()
+os.environ.update(stack.client_env())
+
+import psycopg  # noqa: E402
+
+
+def seeded_database(name: str, tenants: int, rows: int, text_bytes: int, keep: bool) -> tuple[str, int]:
+    """The sample project at head in database `name` on the staging server, seeded; its URL and size in bytes.
+
+    With keep, an existing database of that name is reused as it is (seeding 1 GB takes minutes).
+    """
+    base = stack.database_url("staging").rsplit("/", 1)[0]
+    with psycopg.connect(**stack.superuser_conninfo("staging"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not (exists and keep):
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name} OWNER tenant_owner")
+            env = os.environ | {"DATABASE_URL": f"{base}/{name}"}
+            manage = [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py")]
+            subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
+            print(f"seeding {tenants} tenants x {rows} rows ...", flush=True)
+            seed = ["seed_tenants", "--tenants", str(tenants), "--rows", str(rows), "--text-bytes", str(text_bytes)]
+            subprocess.run([*manage, *seed], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
+        size = conn.execute("SELECT pg_database_size(%s)", [name]).fetchone()[0]
+    return f"{base}/{name}", size
