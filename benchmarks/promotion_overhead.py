@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=0)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--text-bytes", type=int, default=200)
+    parser.add_argument("--keep", action="store_true", help="reuse the seeded template databases")
     args = parser.parse_args()
 
     def fresh() -> None:
@@ -126,7 +127,7 @@ def main() -> None:
             for server in local_stack.SERVERS:
                 local_stack.reset_database(stack, server)
 
-    if args.tenants:
+    if args.tenants and not args.keep:
         seed_templates(args.tenants, args.rows, args.text_bytes)
     fresh()
     with psycopg.connect(stack.database_url("staging")) as conn:
