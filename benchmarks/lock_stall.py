@@ -113,9 +113,13 @@ def run_scenario(url: str, migrate) -> dict:
 def migrate_in_flow(project, target, migration) -> None:
     from prefect import flow
 
-    from tasks.migrate import apply_migration
+    from tasks.migrate import ProbeSession, apply_migration
 
-    flow(name="lock-stall-benchmark")(lambda: apply_migration(project, target, "bench", migration))()
+    def migrate_step():
+        with ProbeSession(project, target) as probe:
+            return apply_migration(probe, target, "bench", migration)
+
+    flow(name="lock-stall-benchmark")(migrate_step)()
 
 
 def main() -> None:

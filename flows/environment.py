@@ -9,7 +9,7 @@ from prefect import flow
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
 from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
 from tasks.backup import backup_to_gcs
-from tasks.migrate import apply_migration
+from tasks.migrate import ProbeSession, apply_migration
 from tasks.plan import Plan, plan_migrations
 from tasks.preflight import check_bucket, check_database
 from tasks.report import StepReport, publish_report
@@ -59,8 +59,9 @@ def carry_out(
     try:
         if plan.migrations:
             report.backup = backup_to_gcs(database, target)
-        for migration in plan.migrations:
-            report.migrations.append(apply_migration(django_project, database, target, migration))
+        with ProbeSession(django_project, database) as probe:
+            for migration in plan.migrations:
+                report.migrations.append(apply_migration(probe, database, target, migration))
         report.verification = verify()
         if not report.verification.passed:
             failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)

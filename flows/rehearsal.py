@@ -6,7 +6,7 @@ from prefect import flow
 
 from dbpromote.config import load_project, load_target
 from tasks.backup import backup_to_gcs, list_backups
-from tasks.migrate import apply_migration
+from tasks.migrate import ProbeSession, apply_migration
 from tasks.plan import Plan
 from tasks.report import Rehearsal
 from tasks.restore import drop_restored, restore_into_new_database, scratch_name
@@ -27,7 +27,8 @@ def rehearse_plan(project: str, target: str, scratch_server: str, plan: Plan, sl
     restore_into_new_database(server, scratch_server, backup, scratch)
     try:
         copy = server.on_database(scratch)
-        results = [apply_migration(django_project, copy, f"{target} rehearsal", m) for m in plan.migrations]
+        with ProbeSession(django_project, copy) as probe:
+            results = [apply_migration(probe, copy, f"{target} rehearsal", m) for m in plan.migrations]
     finally:
         drop_restored(server, scratch_server, scratch)
     return Rehearsal(target=target, backup_uri=backup.uri, slow_s=slow_s, migrations=results)

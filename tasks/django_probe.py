@@ -25,7 +25,7 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "plan-back", "migrate"])
+    parser.add_argument("command", choices=["plan", "plan-back", "migrate", "serve"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
     parser.add_argument("--app", default="")
@@ -42,6 +42,8 @@ def main() -> int:
     sys.stdout = sys.stderr
     try:
         setup_django(args)
+        if args.command == "serve":
+            return serve(args, out)
         if args.command == "plan":
             result = plan(args.to)
         elif args.command == "plan-back":
@@ -225,12 +227,38 @@ def reverse_one(args) -> dict:
     return run_locked(migration, args, lambda: executor.migrate([], plan=[(migration, True)]))
 
 
+def serve(args, out) -> int:
+    """Apply or reverse one migration per request line (JSON: app, name, backwards) until stdin closes.
+
+    Django starts once for a whole environment step instead of once per migration; each request still runs in
+    its own database session (closed after it), so a failed migration leaves nothing behind for the next.
+    """
+    from django.db import connection
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        step = argparse.Namespace(**vars(args) | {"app": request["app"], "name": request["name"]})
+        try:
+            result = reverse_one(step) if request.get("backwards") else migrate_one(step)
+        except ProbeError as error:
+            result = {"ok": False, "error": {"kind": error.kind, "message": str(error)}}
+        except Exception as error:  # reported to the worker, which decides what it means
+            result = {"ok": False, "error": describe_exception(error)}
+        finally:
+            connection.close()
+        out.write(json.dumps(result) + "\n")
+        out.flush()
+    return 0
+
+
 def run_locked(migration, args, run) -> dict:
     """Run one migration step with locks taken first; the outcome as the worker reads it."""
     from django.db.migrations.executor import MigrationExecutor
 
-    for method in ("apply_migration", "unapply_migration"):
-        setattr(MigrationExecutor, method, locks_first(getattr(MigrationExecutor, method), args.lock_timeout_ms))
+    if not getattr(MigrationExecutor, "dbpromote_locks_first", False):
+        for method in ("apply_migration", "unapply_migration"):
+            setattr(MigrationExecutor, method, locks_first(getattr(MigrationExecutor, method), args.lock_timeout_ms))
+        MigrationExecutor.dbpromote_locks_first = True
     started = time.monotonic()
     try:
         run()

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
+import select
+import subprocess
+import tempfile
 import time
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import MigrationError, redact
 from tasks.exclusion import migration_running
-from tasks.plan import PlannedMigration, run_probe
+from tasks.plan import PROBE_TIMEOUT_S, PlannedMigration, start_probe
 from tasks.preflight import connect
 
 FIRST_BACKOFF_S = 0.25
@@ -26,9 +31,66 @@ class MigrationResult(BaseModel):
     already_applied: bool = False
 
 
-@task(name="apply-migration", task_run_name="{migration.label}{migration.direction}")
+class ProbeSession:
+    """One probe process in the project's interpreter that applies (or reverses) migrations on request.
+
+    Django starts once for a whole environment step, not once per migration (~0.4 s each); the process starts at
+    the first request and ends with the session.
+    """
+
+    def __init__(self, project: DjangoProject, target: DatabaseTarget):
+        self.project, self.target, self.process = project, target, None
+        self.stderr = tempfile.TemporaryFile()
+
+    def __enter__(self) -> ProbeSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.stderr.close()
+
+    def request(self, migration: PlannedMigration) -> dict:
+        """The probe's outcome of one migration step, as `migrate_one`/`reverse_one` report it."""
+        if self.process is None:
+            arguments = [
+                "serve",
+                "--lock-timeout-ms",
+                str(self.target.lock_timeout_ms),
+                "--statement-timeout-ms",
+                str(self.target.statement_timeout_ms),
+            ]
+            self.process = start_probe(self.project, self.target, *arguments, stderr=self.stderr)
+        line = json.dumps({"app": migration.app, "name": migration.name, "backwards": migration.backwards})
+        try:
+            self.process.stdin.write(line.encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died; reported below from what it wrote
+        ready, _, _ = select.select([self.process.stdout], [], [], PROBE_TIMEOUT_S)
+        answer = self.process.stdout.readline() if ready else b""
+        try:
+            return json.loads(answer)
+        except json.JSONDecodeError:
+            self.stderr.seek(0)
+            tail = redact(
+                self.stderr.read().decode(errors="replace").strip()[-500:], self.target.url.get_secret_value()
+            )
+            return {"ok": False, "error": {"kind": "probe", "message": f"the probe process ended or hung: {tail}"}}
+
+
+@task(
+    name="apply-migration",
+    task_run_name="{migration.label}{migration.direction}",
+    cache_policy=NO_CACHE,
+)
 def apply_migration(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, migration: PlannedMigration
+    probe: ProbeSession, target: DatabaseTarget, target_name: str, migration: PlannedMigration
 ) -> MigrationResult:
     """Apply exactly one migration; retry with backoff and jitter while its locks are not granted, within a bound.
 
@@ -42,20 +104,7 @@ def apply_migration(
     for attempt in itertools.count(1):
         wait_for_long_transactions(target, target_name)
         with migration_running(target, target_name, wait_s=target.max_lock_wait_s):
-            outcome = run_probe(
-                project,
-                target,
-                "migrate",
-                "--app",
-                migration.app,
-                "--name",
-                migration.name,
-                "--lock-timeout-ms",
-                str(target.lock_timeout_ms),
-                "--statement-timeout-ms",
-                str(target.statement_timeout_ms),
-                *(["--backwards"] if migration.backwards else []),
-            )
+            outcome = probe.request(migration)
         if outcome.get("ok"):
             return MigrationResult(
                 label=migration.label,

@@ -99,25 +99,37 @@ class ProbeResult(BaseModel):
     error: dict | None = None
 
 
-def run_probe(project: DjangoProject, target: DatabaseTarget, *args: str, timeout: float = PROBE_TIMEOUT_S) -> dict:
-    """Run the probe in the project's interpreter against the target; its JSON, or a ConfigError naming the fix."""
-    url = target.url.get_secret_value()
-    env = os.environ | {"DBPROMOTE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+def start_probe(project: DjangoProject, target: DatabaseTarget, *args: str, **popen) -> subprocess.Popen:
+    """The probe in the project's interpreter against the target (its URL in the environment, never argv)."""
+    env = os.environ | {"DBPROMOTE_DATABASE_URL": target.url.get_secret_value(), "PYTHONUNBUFFERED": "1"}
     command = [project.interpreter(), str(PROBE), *args, "--settings", project.settings_module]
     try:
-        result = subprocess.run(command, cwd=project.path, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(
+            command, cwd=project.path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **popen
+        )
     except FileNotFoundError:
         raise ConfigError(
             f"The project's interpreter {project.interpreter()} does not exist; set the right one with "
             "`dbpromote project add NAME --python PATH`."
         ) from None
-    lines = result.stdout.strip().splitlines()
+
+
+def run_probe(project: DjangoProject, target: DatabaseTarget, *args: str, timeout: float = PROBE_TIMEOUT_S) -> dict:
+    """Run the probe once; its JSON, or a ConfigError naming the fix."""
+    process = start_probe(project, target, *args, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    lines = stdout.decode(errors="replace").strip().splitlines()
     try:
         return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
+        tail = redact(stderr.decode(errors="replace").strip()[-500:], target.url.get_secret_value())
         raise ConfigError(
-            f"The project's interpreter {project.interpreter()} could not run the probe (exit {result.returncode}): "
-            f"{redact(result.stderr.strip()[-500:], url)}; check that it is the project's Python with Django installed."
+            f"The project's interpreter {project.interpreter()} could not run the probe (exit {process.returncode}): "
+            f"{tail}; check that it is the project's Python with Django installed."
         ) from None
 
 
