@@ -10,6 +10,7 @@ Goal: <= 1.5x the bare commands' wall time.
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--text-bytes", type=int, default=200)
     parser.add_argument("--keep", action="store_true", help="reuse the seeded template databases")
+    parser.add_argument("--rounds", type=int, default=3, help="bare and ours alternate; medians are compared")
     args = parser.parse_args()
 
     def fresh() -> None:
@@ -132,10 +134,15 @@ def main() -> None:
     fresh()
     with psycopg.connect(stack.database_url("staging")) as conn:
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    bare_s = bare()
-    fresh()
-    ours_s = ours()
-    print(f"database size {size / 1e9:.2f} GB per environment")
+    bares, ourses = [], []
+    for _ in range(args.rounds):
+        fresh()
+        bares.append(bare())
+        fresh()
+        ourses.append(ours())
+        print(f"round: bare {bares[-1]:.1f} s, ours {ourses[-1]:.1f} s", flush=True)
+    bare_s, ours_s = statistics.median(bares), statistics.median(ourses)
+    print(f"database size {size / 1e9:.2f} GB per environment; medians of {args.rounds} rounds")
     print(f"bare pg_dump + migrate + showmigrations x2  {bare_s:6.1f} s  (baseline)")
     print(
         f"dbpromote promote (approval given at once)  {ours_s:6.1f} s  {ours_s / bare_s:5.2f}x baseline (goal <= 1.5)"
