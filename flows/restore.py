@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from dbpromote.config import load_target
 from dbpromote.errors import VerificationError
 from tasks.approval import ApprovalRequest, record_approval, wait_for_approval
-from tasks.backup import Backup, find_backup, read_manifest
+from tasks.backup import Backup, find_backup
 from tasks.notify import notify_failure
 from tasks.preflight import check_bucket, check_database
 from tasks.restore import (
@@ -42,8 +42,8 @@ def restore(
     check_database(database, target)
     check_bucket(database, target)
     chosen = find_backup(database, target, backup)
-    if swap and (kept := restored_by_this_run(database, target, chosen)):
-        return _report(Restored(**read_back(chosen, target, kept)))
+    if swap and (done := restored_by_this_run(database, target, chosen)):
+        return _report(done)
     if swap and database.requires_approval:
         approval = wait_for_approval(restore_request(target, chosen), approval_timeout_s, approval_poll_s)
         record_approval(database, target, approval)
@@ -52,21 +52,6 @@ def restore(
         restored.replaced = swap_in(database, target, chosen, restored.database, disconnect_wait_s)
         restored.database = database.database
     return _report(restored)
-
-
-def read_back(backup: Backup, target: str, kept: str) -> dict:
-    """A restore this flow run already completed, described from the backup's manifest."""
-    manifest = read_manifest(backup)
-    return {
-        "backup": backup,
-        "target": target,
-        "database": backup.database,
-        "tables": len(manifest.row_counts),
-        "rows": sum(manifest.row_counts.values()),
-        "migration_state": manifest.migration_state,
-        "duration_s": 0.0,
-        "replaced": kept,
-    }
 
 
 def restore_request(target: str, backup: Backup) -> ApprovalRequest:

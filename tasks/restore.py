@@ -185,12 +185,24 @@ def check_restored(database_target: DatabaseTarget, target_name: str, backup: Ba
     )
 
 
-def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backup) -> str:
-    """The name the replaced database was kept under, if this flow run already swapped this backup in; else ''."""
+def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backup) -> Restored | None:
+    """The restore this flow run already swapped in (a re-run after a crash), described from the manifest."""
     with server_connection(target, target_name) as conn:
         comment = _comment(conn, target.database) or ""
     prefix = f"{RESTORED_MARK}: {backup.uri} by flow run {flow_run.get_id()}; previous database kept as "
-    return comment.removeprefix(prefix) if comment.startswith(prefix) else ""
+    if not comment.startswith(prefix):
+        return None
+    manifest = read_manifest(backup)
+    return Restored(
+        backup=backup,
+        target=target_name,
+        database=target.database,
+        tables=len(manifest.row_counts),
+        rows=sum(manifest.row_counts.values()),
+        migration_state=manifest.migration_state,
+        duration_s=0.0,
+        replaced=comment.removeprefix(prefix),
+    )
 
 
 @task(name="swap-in-restored-database")

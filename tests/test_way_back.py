@@ -85,6 +85,27 @@ def test_restore_round_trip_gives_back_every_tenant_row_and_keeps_the_replaced_d
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_promise_7_a_restore_run_again_after_its_swap_swaps_nothing_twice(fresh_databases):
+    from prefect import flow
+
+    from flows.backup import backup
+    from flows.restore import restore
+
+    stack = fresh_databases
+    taken = backup(["staging"])[0]
+    change_data(stack, "staging")
+    before = databases(stack, "staging")
+
+    @flow
+    def restore_then_run_again():  # the same flow run, as when a crashed run is retried
+        return [restore.fn("staging", backup=taken.uri, disconnect_wait_s=1) for _ in range(2)]
+
+    first, again = restore_then_run_again()
+
+    assert again.replaced == first.replaced
+    assert databases(stack, "staging") - before == {first.replaced}  # one swap, one kept database
+
+
 def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(fresh_databases):
     from dbpromote.config import load_target
     from flows.backup import backup
