@@ -37,9 +37,12 @@ from tasks.run_context import in_a_run
 # one chunk is what the writer holds in memory.
 CHUNK_SIZE = 32 * 1024 * 1024
 READ_SIZE = 1024 * 1024
-# pg_dump's own gzip is CPU-bound (19 s for 1 GB here); -Z0 piped through multi-threaded zstd is ~3x faster.
-ZSTD_LEVEL = 3
-ZSTD_THREADS = 2
+# pg_dump's own gzip is CPU-bound (14 s for 1 GB here); -Z0 piped through zstd level 1 is ~2x faster end to end.
+# Measured on the 1 GB sample (benchmarks/backup.py): level 1 in this thread 8.0 s, +72 MB RSS, 257 MB object;
+# level 3 on two worker threads 10.7 s, +130 MB, 268 MB: pg_dump and its server keep the other core busy. A
+# thread compressing one upload chunk ahead of the upload gained nothing measurable here, so there is none.
+ZSTD_LEVEL = 1
+ZSTD_THREADS = 0
 FORMAT = "pg_dump-custom+zstd"
 
 
