@@ -5,7 +5,8 @@ Load: 4 clients doing autocommit SELECT / UPDATE by id on core_task; a blocker h
 20 s from t=5 s; the release's 0003 (ADD COLUMN ... NOT NULL DEFAULT 0 on core_task) starts at t=7 s.
 Baseline: bare `manage.py migrate core 0003_task_priority` (no lock_timeout), in the same run.
 Goals for our migrate step: worst app statement <= 1.2x lock_timeout, total stall <= 25% of the blocker's 20 s
-window, and completion within one backoff step (4 s) after the blocker ends.
+window, and completion within one backoff step after the blocker ends (steps start at 3x lock_timeout and double
+up to max(4 s, 6x lock_timeout), +-25% jitter).
 """
 
 import argparse
