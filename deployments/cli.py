@@ -123,15 +123,21 @@ def reject(run_id: str, approver: str = typer.Option(...), comment: str = typer.
     typer.echo(f"rejected {run_id} as {approver}")
 
 
+def run_deployment(deployment: str, parameters: dict, wait: bool) -> None:
+    """Start a run of a deployment and print its URL; with wait, its final state, exiting 1 unless completed."""
+    from deployments.runs import run_url, trigger
+
+    run = trigger(deployment, parameters, wait=wait)
+    typer.echo(f"{run.id} {run_url(run.id)}")
+    if wait:
+        typer.echo(f"finished: {run.state.name if run.state else '?'}")
+        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+
+
 @app.command("backup")
 def backup(target: str, wait: bool = typer.Option(False, help="Wait for the verified backup.")) -> None:
     """Take a verified backup of a target now (through the backup deployment)."""
-    from deployments.runs import run_url, trigger
-
-    run = trigger("backup/backup", {"targets": [target]}, wait=wait)
-    typer.echo(f"{run.id} {run_url(run.id)}")
-    if wait:
-        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+    run_deployment("backup/backup", {"targets": [target]}, wait)
 
 
 @app.command("restore")
@@ -143,14 +149,11 @@ def restore(
 ) -> None:
     """Restore a verified backup over a target: into a new database, checked, then swapped in (old one kept)."""
     from dbpromote.config import load_target
-    from deployments.runs import run_url, trigger
     from tasks.backup import find_backup
 
     chosen = find_backup(load_target(target), target, backup)
-    run = trigger("restore/restore", {"target": target, "backup": chosen.uri, "swap": swap}, wait=wait)
-    typer.echo(f"{run.id} {run_url(run.id)}  restoring {chosen.uri}")
-    if wait:
-        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+    typer.echo(f"restoring {chosen.uri}")
+    run_deployment("restore/restore", {"target": target, "backup": chosen.uri, "swap": swap}, wait)
 
 
 @app.command("rollback")
@@ -162,14 +165,10 @@ def rollback(
 ) -> None:
     """Reverse migrations one at a time until the target is at a backup's migration state."""
     from dbpromote.config import load_project, load_target
-    from deployments.runs import run_url, trigger
 
     load_project(project)
     load_target(target)
-    run = trigger("rollback/rollback", {"project": project, "target": target, "backup": backup}, wait=wait)
-    typer.echo(f"{run.id} {run_url(run.id)}")
-    if wait:
-        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+    run_deployment("rollback/rollback", {"project": project, "target": target, "backup": backup}, wait)
 
 
 @app.command("backups")

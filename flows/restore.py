@@ -7,8 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from dbpromote.config import load_target
 from dbpromote.errors import VerificationError
-from tasks.approval import ApprovalRequest, record_approval, wait_for_approval
-from tasks.backup import Backup, find_backup
+from tasks.approval import record_approval, restore_request, wait_for_approval
+from tasks.backup import find_backup
 from tasks.notify import notify_failure
 from tasks.preflight import check_bucket, check_database
 from tasks.restore import (
@@ -52,33 +52,6 @@ def restore(
         restored.replaced = swap_in(database, target, chosen, restored.database, disconnect_wait_s)
         restored.database = database.database
     return _report(restored)
-
-
-def restore_request(target: str, backup: Backup) -> ApprovalRequest:
-    state = ", ".join(f"{app}.{name}" for app, name in backup.migration_state) or "no migrations"
-    return ApprovalRequest(
-        action=f"restoring {target} from a backup",
-        target=target,
-        subject=backup.uri,
-        items=[backup.uri],
-        description="\n".join(
-            [
-                f"## Approve restoring **{target}** from a backup",
-                "",
-                f"- backup: {backup.uri}",
-                f"- taken {backup.created_at} ({backup.size_bytes} bytes), flow run {backup.flow_run_id or '-'}",
-                f"- its migration state: {state}",
-                "",
-                "### What happens next",
-                "",
-                f"On approve: the backup is restored into a new database and checked against its manifest; then "
-                f"{target}'s sessions are ended and its database is renamed aside (kept) and replaced by the "
-                f"restored one. Every change made to {target} since the backup is then only in the kept database. "
-                f"On reject or timeout: nothing changes.",
-            ]
-        ),
-        notice=f"restoring {target} from {backup.uri} waits for approval",
-    )
 
 
 def _report(restored: Restored) -> Restored:

@@ -8,10 +8,10 @@ from prefect.runtime import flow_run
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import PreflightError
 from flows.environment import carry_out
-from tasks.approval import ApprovalRequest, record_approval, wait_for_approval
-from tasks.backup import Backup, find_backup
+from tasks.approval import record_approval, rollback_request, wait_for_approval
+from tasks.backup import find_backup
 from tasks.notify import notify_failure
-from tasks.plan import Plan, plan_rollback
+from tasks.plan import plan_rollback
 from tasks.preflight import check_bucket, check_database
 from tasks.records import newest_promotion_backup, write_record
 from tasks.report import StepReport
@@ -53,35 +53,3 @@ def rollback(
         record_approval(database, target, approval)
     report = StepReport(target=target, plan=plan)
     return carry_out(django_project, database, report, lambda: verify_state(database, target, chosen.migration_state))
-
-
-def rollback_request(project: str, target: str, plan: Plan, backup: Backup) -> ApprovalRequest:
-    lines = [
-        f"## Approve rolling back **{project}** on **{target}**",
-        "",
-        f"Back to the migration state of {backup.uri} (taken {backup.created_at}); "
-        f"{len(plan.migrations)} migration(s) reversed, in this order:",
-        "",
-        "| migration | atomic | risks |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {m.label} | {m.atomic} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
-    lines += ["", "### SQL", ""]
-    for m in plan.migrations:
-        lines += [f"**{m.label}** (reverse)", "```sql", "\n".join(m.sql) or "-- no SQL", "```"]
-    lines += [
-        "",
-        "### What happens next",
-        "",
-        f"On approve: {target} is backed up to GCS, then each migration is reversed under lock_timeout, the "
-        f"state checked and RLS brought up to date. On reject or timeout: nothing changes.",
-    ]
-    return ApprovalRequest(
-        action=f"rolling back {target}",
-        target=target,
-        subject=plan.hash,
-        items=plan.labels,
-        risks=plan.risks,
-        description="\n".join(lines),
-        notice=f"rolling back {project} on {target} ({len(plan.migrations)} migrations) waits for approval",
-    )

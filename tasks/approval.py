@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, create_model
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected
+from tasks.backup import Backup
 from tasks.notify import notify, run_url
 from tasks.plan import Plan
 from tasks.records import write_record
@@ -88,9 +89,7 @@ def describe_promotion(
             lines += ["", f"Backup: {report.backup.uri}"]
         if report.verification:
             lines += ["", f"Verify: {'all checks passed' if report.verification.passed else 'FAILED'}"]
-    lines += ["", "### SQL", ""]
-    for m in plan.migrations:
-        lines += [f"**{m.label}**", "```sql", "\n".join(m.sql) or "-- no SQL", "```"]
+    lines += sql_section(plan)
     lines += [
         "",
         "### What happens next",
@@ -100,6 +99,13 @@ def describe_promotion(
         f"on {target}.",
     ]
     return "\n".join(lines)
+
+
+def sql_section(plan: Plan) -> list[str]:
+    lines = ["", "### SQL", ""]
+    for m in plan.migrations:
+        lines += [f"**{m.label}**{m.direction}", "```sql", "\n".join(m.sql) or "-- no SQL", "```"]
+    return lines
 
 
 def promotion_request(
@@ -121,6 +127,63 @@ def promotion_request(
         notice=f"{project} plan {plan.hash} ({len(plan.migrations)} migrations) passed on "
         f"{', '.join(r.target for r in reports)} and waits for approval on {target}",
         on_reject="fix the release and start a new promotion",
+    )
+
+
+def rollback_request(project: str, target: str, plan: Plan, backup: Backup) -> ApprovalRequest:
+    lines = [
+        f"## Approve rolling back **{project}** on **{target}**",
+        "",
+        f"Back to the migration state of {backup.uri} (taken {backup.created_at}); "
+        f"{len(plan.migrations)} migration(s) reversed, in this order:",
+        "",
+        "| migration | atomic | risks |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {m.label} | {m.atomic} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
+    lines += sql_section(plan)
+    lines += [
+        "",
+        "### What happens next",
+        "",
+        f"On approve: {target} is backed up to GCS, then each migration is reversed under lock_timeout, the "
+        f"state checked and RLS brought up to date. On reject or timeout: nothing changes.",
+    ]
+    return ApprovalRequest(
+        action=f"rolling back {target}",
+        target=target,
+        subject=plan.hash,
+        items=plan.labels,
+        risks=plan.risks,
+        description="\n".join(lines),
+        notice=f"rolling back {project} on {target} ({len(plan.migrations)} migrations) waits for approval",
+    )
+
+
+def restore_request(target: str, backup: Backup) -> ApprovalRequest:
+    state = ", ".join(f"{app}.{name}" for app, name in backup.migration_state) or "no migrations"
+    return ApprovalRequest(
+        action=f"restoring {target} from a backup",
+        target=target,
+        subject=backup.uri,
+        items=[backup.uri],
+        description="\n".join(
+            [
+                f"## Approve restoring **{target}** from a backup",
+                "",
+                f"- backup: {backup.uri}",
+                f"- taken {backup.created_at} ({backup.size_bytes} bytes), flow run {backup.flow_run_id or '-'}",
+                f"- its migration state: {state}",
+                "",
+                "### What happens next",
+                "",
+                f"On approve: the backup is restored into a new database and checked against its manifest; then "
+                f"{target}'s sessions are ended and its database is renamed aside (kept) and replaced by the "
+                f"restored one. Every change made to {target} since the backup is then only in the kept database. "
+                f"On reject or timeout: nothing changes.",
+            ]
+        ),
+        notice=f"restoring {target} from {backup.uri} waits for approval",
     )
 
 
