@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -341,3 +342,41 @@ def test_cli_restore_runs_the_restore_deployment_on_the_worker(fresh_databases):
     )
     assert unknown.returncode == 1
     assert "gs://nowhere/x is not a verified backup of target 'staging'; list them with" in unknown.stderr
+
+
+def test_rollback_waits_for_a_held_lock_with_the_same_safety_as_migrate(fresh_databases, make_target):
+    from flows.environment import migrate_environment
+    from flows.rollback import rollback
+    from tests.test_environment_faults import hold_lock
+
+    stack = fresh_databases
+    target = make_target("staging-rollback-locks", lock_timeout_ms=300, max_lock_wait_s=60)
+    release = migrate_environment("tenant-backend", target, to="core:0003_task_priority")
+    blocker = hold_lock(stack.database_url("staging"), "core_task", 3, threading.Event())
+
+    report = rollback("tenant-backend", target, backup=release.backup.uri)
+
+    blocker.join()
+    by_label = {result.label: result for result in report.migrations}
+    assert by_label["core.0003_task_priority"].attempts > 1  # its lock was refused, then retried
+    assert applied(stack, "staging") == ["core.0001_initial"]
+
+
+def test_cli_rollback_runs_the_rollback_deployment_on_the_worker(fresh_databases):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flows.environment import migrate_environment
+
+    stack = fresh_databases
+    release = migrate_environment("tenant-backend", "staging")
+    dbpromote = str(Path(sys.executable).parent / "dbpromote")
+    command = [dbpromote, "rollback", "staging", "--project", "tenant-backend", "--backup", release.backup.uri]
+
+    done = subprocess.run([*command, "--wait"], capture_output=True, text=True, env=os.environ)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "finished: Completed" in done.stdout
+    assert applied(stack, "staging") == ["core.0001_initial"]
