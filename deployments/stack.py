@@ -147,6 +147,8 @@ def up(home: Path | None = None, *, deploy: bool = True) -> Stack:
                 if _start_postgres(stack, server):
                     fresh_servers.append(server)
                 started.append(server)
+        for server in SERVERS:
+            _grant_roles(stack, server)
         if not stack.running("gcs"):
             _start_gcs_emulator(stack)
             started.append("gcs")
@@ -312,11 +314,17 @@ def _create_roles_and_database(stack: Stack, server: str) -> None:
                 sql.Identifier(APP_ROLE), sql.Literal(stack.passwords[APP_ROLE])
             )
         )
+    _create_database(stack, server)
+
+
+def _grant_roles(stack: Stack, server: str) -> None:
+    """What the migration role needs besides owning the schema; repeated on every `up` (a stack made before a
+    grant was added gets it too)."""
+    with psycopg.connect(**stack.superuser_conninfo(server), autocommit=True) as conn:
         # Lets the migration role act as the application (SET ROLE) to prove tenant isolation.
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(APP_ROLE), sql.Identifier(MIGRATION_ROLE)))
         # Lets a restore end the application's sessions before it swaps the restored database in.
         conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(MIGRATION_ROLE)))
-    _create_database(stack, server)
 
 
 def _create_database(stack: Stack, server: str) -> None:
