@@ -7,17 +7,18 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import google_crc32c
 import psycopg
 import zstandard
 from google.api_core import exceptions as gcs_errors
 from google.cloud.storage import Blob
-from google.resumable_media import DataCorruption
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
@@ -33,16 +34,16 @@ from tasks.gcs import gcs_client, gcs_retry
 from tasks.preflight import connect, database_facts
 from tasks.run_context import in_a_run
 
+STREAMER = Path(__file__).with_name("backup_stream.py")
 # The emulator rewrites the whole object on every resumable chunk: large chunks keep that linear enough, and
-# one chunk is what the writer holds in memory.
+# one chunk is what the streaming process holds in memory.
 CHUNK_SIZE = 32 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 # pg_dump's own gzip is CPU-bound (14 s for 1 GB here); -Z0 piped through zstd level 1 is ~2x faster end to end.
-# Measured on the 1 GB sample (benchmarks/backup.py): level 1 in this thread 8.0 s, +72 MB RSS, 257 MB object;
-# level 3 on two worker threads 10.7 s, +130 MB, 268 MB: pg_dump and its server keep the other core busy. A
-# thread compressing one upload chunk ahead of the upload gained nothing measurable here, so there is none.
+# Measured on the 1 GB sample (benchmarks/backup.py): level 1 in the streaming thread 8.0 s, +72 MB RSS, 257 MB
+# object; level 3 on two worker threads 10.7 s, +130 MB, 268 MB: pg_dump and its server keep the other core busy.
+# A thread compressing one upload chunk ahead of the upload gained nothing measurable here, so there is none.
 ZSTD_LEVEL = 1
-ZSTD_THREADS = 0
 FORMAT = "pg_dump-custom+zstd"
 
 
@@ -247,70 +248,65 @@ def delete_backup(bucket, object_name: str) -> None:
             bucket.blob(name).delete(retry=gcs_retry())
 
 
-class _ChecksummingWriter:
-    """Passes bytes to the upload while computing the CRC32C GCS will be compared against."""
-
-    def __init__(self, inner):
-        self.inner, self.crc, self.size = inner, google_crc32c.Checksum(), 0
-
-    def write(self, data: bytes) -> int:
-        self.crc.update(data)
-        self.size += len(data)
-        return self.inner.write(data)
-
-
 def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int, snapshot: str) -> tuple[str, int]:
-    """Run pg_dump into the object; the CRC32C (base64) and size of what was sent. No object remains on failure."""
-    dump = subprocess.Popen(
-        ["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={snapshot}"],
+    """pg_dump into the object, in tasks/backup_stream.py's own process; the CRC32C (base64) and size of what
+    was sent. No object remains on failure."""
+    request = {
+        "bucket": blob.bucket.name,
+        "object_name": blob.name,
+        "metadata": blob.metadata,
+        "snapshot": snapshot,
+        "chunk_size": CHUNK_SIZE,
+        "zstd_level": ZSTD_LEVEL,
+    }
+    progress = _Progress(database_size, blob.name)
+    streamer = subprocess.Popen(
+        [sys.executable, str(STREAMER)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=libpq_env(target),
+        text=True,
     )
-    progress = _Progress(database_size, blob.name)
+    outcome: dict = {}
     try:
-        with blob.open(
-            "wb", chunk_size=CHUNK_SIZE, checksum="crc32c", if_generation_match=0, retry=gcs_retry()
-        ) as upload:
-            writer = _ChecksummingWriter(upload)
-            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=ZSTD_THREADS)
-            with compressor.stream_writer(writer, closefd=False) as compressed:
-                dumped = 0
-                while chunk := dump.stdout.read(READ_SIZE):
-                    compressed.write(chunk)
-                    dumped += len(chunk)
-                    progress.update(dumped)
-            if dump.wait() != 0:
-                # Raising inside the writer cancels the resumable upload: no partial object appears.
-                stderr = dump.stderr.read().decode(errors="replace").strip()
-                raise BackupError(
-                    f"pg_dump failed: {redact(stderr, target.url.get_secret_value())}; "
-                    "nothing was uploaded: fix the error and run again.",
-                    transient=False,
-                )
-    except DataCorruption:
+        streamer.stdin.write(json.dumps(request))
+        streamer.stdin.close()
+        for line in streamer.stdout:
+            message = json.loads(line)
+            if "dumped" in message:
+                progress.update(message["dumped"])
+            else:
+                outcome = message
+        stderr = streamer.stderr.read()
+    finally:
+        if streamer.poll() is None:
+            streamer.kill()
+        streamer.wait()
+    url = target.url.get_secret_value()
+    if outcome.get("ok"):
+        progress.done()
+        return outcome["crc32c"], outcome["size"]
+    where = f"gs://{blob.bucket.name}"
+    kind, message = outcome.get("kind"), redact(outcome.get("message", ""), url)
+    if kind == "pg_dump":
+        raise BackupError(
+            f"pg_dump failed: {message}; nothing was uploaded: fix the error and run again.", transient=False
+        )
+    if kind == "corruption":
         delete_backup(blob.bucket, blob.name)
         raise BackupError(
             f"GCS stored a different checksum for {blob.name} than was uploaded; the object was deleted: run again."
-        ) from None
-    except gcs_errors.GoogleAPIError as error:
+        )
+    if kind == "gcs":
         raise BackupError(
-            f"Uploading the backup to gs://{blob.bucket.name} failed ({error}); nothing was migrated: "
+            f"Uploading the backup to {where} failed ({message}); nothing was migrated: "
             "check the bucket and network, then run again."
-        ) from None
-    except OSError as error:  # requests' connection errors are OSErrors; GCS gave up retrying
-        raise BackupError(
-            f"Uploading the backup to gs://{blob.bucket.name} failed ({type(error).__name__}); "
-            "nothing was migrated: check the bucket and network, then run again."
-        ) from None
-    finally:
-        if dump.poll() is None:
-            dump.kill()
-            dump.wait()
-        dump.stdout.close()
-        dump.stderr.close()
-    progress.done()
-    return base64.b64encode(writer.crc.digest()).decode(), writer.size
+        )
+    raise BackupError(
+        f"The backup stream to {where} stopped unexpectedly (exit {streamer.returncode}: "
+        f"{redact(stderr.strip()[-300:], url) or 'no output'}); nothing was migrated: run again."
+    )
 
 
 class Readback(BaseModel):
