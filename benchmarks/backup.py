@@ -10,7 +10,7 @@ import resource
 import subprocess
 import time
 
-from common import local_stack, seeded_database
+from common import add_seed_arguments, local_stack, seeded_database
 
 DB = "bench_backup"
 
@@ -23,10 +23,7 @@ def timed(command: list[str], env: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tenants", type=int, default=20)
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--text-bytes", type=int, default=600)
-    parser.add_argument("--keep", action="store_true", help="reuse the seeded database if it exists")
+    add_seed_arguments(parser, 20, 2000, 600, "reuse the seeded database if it exists")
     args = parser.parse_args()
     url, size = seeded_database(DB, args.tenants, args.rows, args.text_bytes, args.keep)
 

@@ -14,6 +14,14 @@ os.environ.update(stack.client_env())
 import psycopg  # noqa: E402
 
 
+def add_seed_arguments(parser, tenants: int, rows: int, text_bytes: int, keep_help: str) -> None:
+    """The sizes of the seeded sample (seed_tenants' options) and --keep to reuse what an earlier run seeded."""
+    parser.add_argument("--tenants", type=int, default=tenants)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--text-bytes", type=int, default=text_bytes)
+    parser.add_argument("--keep", action="store_true", help=keep_help)
+
+
 def seeded_database(name: str, tenants: int, rows: int, text_bytes: int, keep: bool) -> tuple[str, int]:
     """The sample project at head in database `name` on the staging server, seeded; its URL and size in bytes.
 

@@ -16,15 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deployments import stack as local_stack  # noqa: E402
-
-stack = local_stack.Stack.load()
-os.environ.update(stack.client_env())
-
-import psycopg  # noqa: E402
+import psycopg
+from common import local_stack, stack  # points this process at the local stack
 
 DB = "bench_lock_stall"
 BLOCK_AT, BLOCK_FOR, MIGRATE_AT = 5.0, 20.0, 7.0

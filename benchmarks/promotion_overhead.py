@@ -16,16 +16,10 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deployments import stack as local_stack  # noqa: E402
-
-stack = local_stack.Stack.load()
-os.environ.update(stack.client_env())
-
-import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
+import psycopg
+from common import add_seed_arguments, local_stack, stack  # points this process at the local stack
+from psycopg import sql
 
 TEMPLATE = "tenant_backend_bench"
 
@@ -115,10 +109,7 @@ def ours() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tenants", type=int, default=0)
-    parser.add_argument("--rows", type=int, default=20)
-    parser.add_argument("--text-bytes", type=int, default=200)
-    parser.add_argument("--keep", action="store_true", help="reuse the seeded template databases")
+    add_seed_arguments(parser, 0, 20, 200, "reuse the seeded template databases")
     parser.add_argument("--rounds", type=int, default=3, help="bare and ours alternate; medians are compared")
     args = parser.parse_args()
 

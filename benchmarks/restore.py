@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import zstandard
-from common import local_stack, seeded_database
+from common import add_seed_arguments, local_stack, seeded_database, stack
 
 DB = "bench_backup"
 BASELINE_DB = "bench_restore_baseline"
@@ -25,10 +25,7 @@ BASELINE_DB = "bench_restore_baseline"
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tenants", type=int, default=40)
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--text-bytes", type=int, default=600)
-    parser.add_argument("--keep", action="store_true", help="reuse the seeded database and its newest backup")
+    add_seed_arguments(parser, 40, 2000, 600, "reuse the seeded database and its newest backup")
     parser.add_argument("--rounds", type=int, default=3, help="baseline and ours alternate; medians are compared")
     args = parser.parse_args()
     url, size = seeded_database(DB, args.tenants, args.rows, args.text_bytes, args.keep)
@@ -45,7 +42,7 @@ def main() -> None:
     print(f"database {size / 1e9:.2f} GB; backup {backup.uri} ({backup.size_bytes / 1e6:.0f} MB)", flush=True)
 
     env = libpq_env(target)
-    emulator = Path(f"/proc/{local_stack.Stack.load().pids['gcs']}/stat")
+    emulator = Path(f"/proc/{stack.pids['gcs']}/stat")
     bare, ours, emulator_cpu = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         dump = Path(folder) / "bench.dump"

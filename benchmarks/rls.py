@@ -6,19 +6,11 @@ Goals: first apply <= 5 s; the re-run issues zero DDL statements.
 """
 
 import argparse
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deployments import stack as local_stack  # noqa: E402
-
-stack = local_stack.Stack.load()
-os.environ.update(stack.client_env())
-
-import psycopg  # noqa: E402
+import psycopg
+from common import stack  # points this process at the local stack
 
 DB = "bench_rls"
 

@@ -20,8 +20,7 @@ def rehearse_plan(project: str, target: str, scratch_server: str, plan: Plan, sl
     Durations are those of production-sized data; a migration slower than slow_s is a risk to acknowledge.
     """
     django_project, database, server = load_project(project), load_target(target), load_target(scratch_server)
-    current = [tuple(pair) for pair in sorted(plan.applied)]
-    backups = [b for b in list_backups(database, target) if sorted(b.migration_state) == current]
+    backups = [b for b in list_backups(database, target) if sorted(b.migration_state) == sorted(plan.applied)]
     backup = backups[0] if backups else backup_to_gcs(database, target)
     scratch = scratch_name(database.database, "rehearsal")
     restore_into_new_database(server, scratch_server, backup, scratch)

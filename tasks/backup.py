@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -14,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-import google_crc32c
 import psycopg
 import zstandard
 from google.api_core import exceptions as gcs_errors
@@ -30,7 +28,7 @@ import dbpromote
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import BackupError, redact, retry_if_transient
 from tasks.exclusion import backup_running
-from tasks.gcs import gcs_client, gcs_retry
+from tasks.gcs import ChecksummingWriter, gcs_client, gcs_retry
 from tasks.preflight import connect, database_facts
 from tasks.run_context import in_a_run
 
@@ -161,28 +159,25 @@ def exported_snapshot(target: DatabaseTarget, target_name: str) -> Iterator[tupl
 def backup_to_gcs(target: DatabaseTarget, target_name: str) -> Backup:
     """pg_dump of the target streamed to GCS and verified; a re-run of the same flow run reuses its backup."""
     run_id = str(flow_run.get_id() or "")
-    if run_id:
-        with connect(target, target_name) as conn:
-            state = migration_state(conn)
-        for existing in list_backups(target, target_name):
-            if existing.flow_run_id == run_id and existing.migration_state == state:
-                return existing
-    facts = database_facts(target, target_name)
-    database = facts["database"]
     started = time.monotonic()
-    created_at = datetime.now(UTC)
-    object_name = (
-        f"{target.prefix}/{target_name}/{database}/{created_at:%Y%m%dT%H%M%S.%fZ}-{run_id[:8] or 'adhoc'}.dump.zst"
-    )
     bucket = gcs_client().bucket(target.bucket)
-    blob = bucket.blob(object_name)
     with backup_running(target, target_name, wait_s=target.max_lock_wait_s):
         with exported_snapshot(target, target_name) as (conn, snapshot), ThreadPoolExecutor(1) as counter:
             state = migration_state(conn)
+            for existing in list_backups(target, target_name) if run_id else []:
+                if existing.flow_run_id == run_id and existing.migration_state == state:
+                    return existing  # this flow run's backup of this very state: a re-run after a crash
+            facts = database_facts(conn)
             counted = counter.submit(row_counts, conn)  # while pg_dump streams: both read the same snapshot
+            created_at = datetime.now(UTC)
+            object_name = (
+                f"{target.prefix}/{target_name}/{facts['database']}/{created_at:%Y%m%dT%H%M%S.%fZ}-"
+                f"{run_id[:8] or 'adhoc'}.dump.zst"
+            )
+            blob = bucket.blob(object_name)
             blob.metadata = {
                 "environment": target_name,
-                "database": database,
+                "database": facts["database"],
                 "server_version": facts["server_version"],
                 "dbpromote_version": dbpromote.__version__,
                 "flow_run_id": run_id,
@@ -323,25 +318,23 @@ class Readback(BaseModel):
         return self.returncode == 0 and self.complete
 
 
-class _RestoreFeed:
-    """Where the download writes: checksums every stored byte and decompresses it into pg_restore's stdin."""
+class _Decompressing:
+    """Decompresses what it is given into pg_restore's stdin, until the stream is corrupt or pg_restore stops."""
 
     def __init__(self, stdin):
-        self.crc, self.size, self.corrupt, self.stopped = google_crc32c.Checksum(), 0, False, False
+        self.corrupt, self.stopped = False, False
         # The writer passes output on in pieces of READ_SIZE: a highly compressible dump never inflates in memory.
         self.decompress = zstandard.ZstdDecompressor().stream_writer(stdin, write_size=READ_SIZE, closefd=False)
 
-    def write(self, data: bytes) -> int:
-        self.crc.update(data)
-        self.size += len(data)
-        if not (self.corrupt or self.stopped):
-            try:
-                self.decompress.write(data)
-            except zstandard.ZstdError:
-                self.corrupt = True
-            except BrokenPipeError:
-                self.stopped = True  # pg_restore stopped reading; its exit status says why
-        return len(data)
+    def write(self, data: bytes) -> None:
+        if self.corrupt or self.stopped:
+            return  # the checksum still covers every stored byte
+        try:
+            self.decompress.write(data)
+        except zstandard.ZstdError:
+            self.corrupt = True
+        except BrokenPipeError:
+            self.stopped = True  # pg_restore stopped reading; its exit status says why
 
 
 def read_back_into(blob: Blob, restore_args: list[str], env: dict[str, str]) -> Readback:
@@ -351,7 +344,8 @@ def read_back_into(blob: Blob, restore_args: list[str], env: dict[str, str]) -> 
     a request per chunk costs a round trip each on GCS, and the emulator re-reads the whole object for each.
     """
     restore = subprocess.Popen(["pg_restore", *restore_args], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    feed = _RestoreFeed(restore.stdin)
+    decompressing = _Decompressing(restore.stdin)
+    feed = ChecksummingWriter(decompressing)
     try:
         # Our own CRC32C is compared with the recorded one by the caller: no second checksum here.
         blob.download_to_file(feed, raw_download=True, checksum=None, retry=gcs_retry())
@@ -363,8 +357,8 @@ def read_back_into(blob: Blob, restore_args: list[str], env: dict[str, str]) -> 
     return Readback(
         returncode=returncode,
         stderr=stderr,
-        complete=not feed.corrupt,
-        crc32c=base64.b64encode(feed.crc.digest()).decode(),
+        complete=not decompressing.corrupt,
+        crc32c=feed.crc32c,
         size_bytes=feed.size,
     )
 

@@ -6,7 +6,6 @@ progress step ({"dumped": bytes}) and one final line: {"ok": true, "crc32c", "si
 "message"}. Imports only the GCS client and zstandard (no Prefect): about 50 MB before the upload chunk.
 """
 
-import base64
 import json
 import subprocess
 import sys
@@ -15,12 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import google_crc32c  # noqa: E402
 import zstandard  # noqa: E402
 from google.api_core import exceptions as gcs_errors  # noqa: E402
 from google.resumable_media import DataCorruption  # noqa: E402
 
-from tasks.gcs import gcs_client, gcs_retry  # noqa: E402
+from tasks.gcs import ChecksummingWriter, gcs_client, gcs_retry  # noqa: E402
 
 READ_SIZE = 1024 * 1024
 PROGRESS_EVERY_S = 2.0
@@ -28,18 +26,6 @@ PROGRESS_EVERY_S = 2.0
 
 class PgDumpFailed(Exception):
     pass
-
-
-class ChecksummingWriter:
-    """Passes bytes to the upload while computing the CRC32C GCS will be compared against."""
-
-    def __init__(self, inner):
-        self.inner, self.crc, self.size = inner, google_crc32c.Checksum(), 0
-
-    def write(self, data: bytes) -> int:
-        self.crc.update(data)
-        self.size += len(data)
-        return self.inner.write(data)
 
 
 def say(message: dict) -> None:
@@ -85,7 +71,7 @@ def stream(request: dict) -> dict:
         if dump.poll() is None:
             dump.kill()
             dump.wait()
-    return {"ok": True, "crc32c": base64.b64encode(writer.crc.digest()).decode(), "size": writer.size}
+    return {"ok": True, "crc32c": writer.crc32c, "size": writer.size}
 
 
 if __name__ == "__main__":

@@ -25,37 +25,35 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "plan-back", "migrate", "serve"])
+    parser.add_argument("command", choices=["plan", "plan-back", "serve"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
-    parser.add_argument("--app", default="")
-    parser.add_argument("--name", default="")
     parser.add_argument("--lock-timeout-ms", type=int, default=0)
     parser.add_argument("--statement-timeout-ms", type=int, default=0)
     parser.add_argument(
         "--state", default="[]", help="plan-back: JSON [[app, name], ...], the applied set to return to"
     )
-    parser.add_argument("--backwards", action="store_true", help="migrate: reverse the migration instead")
     args = parser.parse_args()
     out = sys.stdout
     # Everything Django or a migration prints goes to stderr: stdout carries only our JSON.
     sys.stdout = sys.stderr
-    try:
-        setup_django(args)
-        if args.command == "serve":
-            return serve(args, out)
-        if args.command == "plan":
-            result = plan(args.to)
-        elif args.command == "plan-back":
-            result = plan_back(json.loads(args.state))
-        else:
-            result = reverse_one(args) if args.backwards else migrate_one(args)
-    except ProbeError as error:
-        result = {"ok": False, "error": {"kind": error.kind, "message": str(error)}}
-    except Exception as error:  # reported to the worker, which decides what it means
-        result = {"ok": False, "error": describe_exception(error)}
+    result = answer(lambda: setup_django(args))  # None when Django is set up
+    if result is None and args.command == "serve":
+        return serve(args, out)
+    if result is None:
+        result = answer(lambda: plan(args.to) if args.command == "plan" else plan_back(json.loads(args.state)))
     out.write(json.dumps(result) + "\n")
     return 0 if result.get("ok", True) else 1
+
+
+def answer(step):
+    """What a step returns, or its failure as the JSON the worker reads."""
+    try:
+        return step()
+    except ProbeError as error:
+        return {"ok": False, "error": {"kind": error.kind, "message": str(error)}}
+    except Exception as error:  # reported to the worker, which decides what it means
+        return {"ok": False, "error": describe_exception(error)}
 
 
 class ProbeError(Exception):
@@ -238,14 +236,10 @@ def serve(args, out) -> int:
     for line in sys.stdin:
         request = json.loads(line)
         step = argparse.Namespace(**vars(args) | {"app": request["app"], "name": request["name"]})
-        try:
-            result = reverse_one(step) if request.get("backwards") else migrate_one(step)
-        except ProbeError as error:
-            result = {"ok": False, "error": {"kind": error.kind, "message": str(error)}}
-        except Exception as error:  # reported to the worker, which decides what it means
-            result = {"ok": False, "error": describe_exception(error)}
-        finally:
-            connection.close()
+        result = answer(
+            lambda step=step, request=request: (reverse_one if request.get("backwards") else migrate_one)(step)
+        )
+        connection.close()
         out.write(json.dumps(result) + "\n")
         out.flush()
     return 0

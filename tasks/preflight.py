@@ -38,14 +38,14 @@ def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Conne
 @task(name="check-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def check_database(target: DatabaseTarget, target_name: str) -> dict:
     """The server answers with the given credentials; returns its version and the database's size."""
-    return database_facts(target, target_name)
-
-
-def database_facts(target: DatabaseTarget, target_name: str) -> dict:
     with connect(target, target_name) as conn:
-        version, database, size = conn.execute(
-            "SELECT current_setting('server_version'), current_database(), pg_database_size(current_database())"
-        ).fetchone()
+        return database_facts(conn)
+
+
+def database_facts(conn: psycopg.Connection) -> dict:
+    version, database, size = conn.execute(
+        "SELECT current_setting('server_version'), current_database(), pg_database_size(current_database())"
+    ).fetchone()
     return {"server_version": version, "database": database, "size_bytes": size}
 
 

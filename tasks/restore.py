@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import BackupError, DbpromoteError, redact, retry_if_transient
-from tasks.backup import Backup, libpq_env, migration_state, read_back_into, read_manifest, row_counts
+from tasks.backup import Backup, Manifest, libpq_env, migration_state, read_back_into, read_manifest, row_counts
 from tasks.gcs import gcs_client
 from tasks.preflight import connect
 
@@ -38,6 +38,19 @@ class Restored(BaseModel):
     migration_state: list[tuple[str, str]]
     duration_s: float
     replaced: str = ""
+
+    @classmethod
+    def from_manifest(cls, backup: Backup, manifest: Manifest, target: str, database: str, **fields) -> Restored:
+        """A restore whose rows and migration state were found equal to what the backup recorded."""
+        return cls(
+            backup=backup,
+            target=target,
+            database=database,
+            tables=len(manifest.row_counts),
+            rows=sum(manifest.row_counts.values()),
+            migration_state=manifest.migration_state,
+            **fields,
+        )
 
     def markdown(self) -> str:
         lines = [
@@ -138,14 +151,15 @@ def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: 
                     "restore another backup.",
                     transient=False,
                 )
-            restored = check_restored(target.on_database(database), target_name, backup, manifest)
+            check_restored(target.on_database(database), target_name, backup, manifest)
         except BaseException:
             drop_scratch(conn, database)
             raise
-    return restored.model_copy(update={"database": database, "duration_s": round(time.monotonic() - started, 3)})
+    duration_s = round(time.monotonic() - started, 3)
+    return Restored.from_manifest(backup, manifest, target_name, database, duration_s=duration_s)
 
 
-def check_restored(database_target: DatabaseTarget, target_name: str, backup: Backup, manifest) -> Restored:
+def check_restored(database_target: DatabaseTarget, target_name: str, backup: Backup, manifest: Manifest) -> None:
     """Row counts per table and the migration state equal what the backup recorded in its own snapshot."""
 
     def analyze() -> None:  # a restored database has no planner statistics until autovacuum comes by
@@ -168,21 +182,12 @@ def check_restored(database_target: DatabaseTarget, target_name: str, backup: Ba
             "it was dropped: restore another backup.",
             transient=False,
         )
-    if state != [tuple(pair) for pair in manifest.migration_state]:
+    if state != manifest.migration_state:
         raise BackupError(
             f"The restore of {backup.uri} does not hold the migration state the backup recorded; it was dropped: "
             "restore another backup.",
             transient=False,
         )
-    return Restored(
-        backup=backup,
-        target=target_name,
-        database=database_target.database,
-        tables=len(counts),
-        rows=sum(counts.values()),
-        migration_state=state,
-        duration_s=0.0,
-    )
 
 
 def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backup) -> Restored | None:
@@ -192,14 +197,11 @@ def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backu
     prefix = f"{RESTORED_MARK}: {backup.uri} by flow run {flow_run.get_id()}; previous database kept as "
     if not comment.startswith(prefix):
         return None
-    manifest = read_manifest(backup)
-    return Restored(
-        backup=backup,
-        target=target_name,
-        database=target.database,
-        tables=len(manifest.row_counts),
-        rows=sum(manifest.row_counts.values()),
-        migration_state=manifest.migration_state,
+    return Restored.from_manifest(
+        backup,
+        read_manifest(backup),
+        target_name,
+        target.database,
         duration_s=0.0,
         replaced=comment.removeprefix(prefix),
     )
@@ -278,25 +280,20 @@ def copy_database_properties(conn: psycopg.Connection, source: str, destination:
                 f"The database setting {name} of {source} cannot be given to the restored database ({error}); "
                 "nothing was swapped: set it on the restored database as a superuser, or remove it, then run again."
             ) from None
+    (acl,) = conn.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", [source]).fetchone()
+    if not acl:
+        return  # the defaults, as the new database has them
     grants = conn.execute(
         """
-        SELECT a.grantee, a.privilege_type FROM pg_database d, aclexplode(d.datacl) a
-        WHERE d.datname = %s AND a.grantee <> d.datdba
+        SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, a.privilege_type
+        FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s AND a.grantee <> d.datdba
         """,
         [source],
     ).fetchall()
-    has_acl = conn.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", [source]).fetchone()[0]
-    if not has_acl:
-        return  # the defaults, as the new database has them
     conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(destination)))
-    for grantee, privilege in grants:
-        role = (
-            sql.SQL("PUBLIC")
-            if grantee == 0
-            else sql.SQL("{}").format(
-                sql.Identifier(conn.execute("SELECT rolname FROM pg_roles WHERE oid = %s", [grantee]).fetchone()[0])
-            )
-        )
+    for grantee, privilege in grants:  # regrole::text is already quoted as an identifier
         conn.execute(
-            sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(privilege), sql.Identifier(destination), role)
+            sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+                sql.SQL(privilege), sql.Identifier(destination), sql.SQL(grantee)
+            )
         )
