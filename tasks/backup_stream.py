@@ -3,12 +3,20 @@
 Run by tasks/backup.py as `python backup_stream.py` with the libpq connection in PG* variables (never argv) and
 a JSON request on stdin: bucket, object_name, metadata, snapshot, chunk_size, zstd_level. Prints one JSON line per
 progress step ({"dumped": bytes}) and one final line: {"ok": true, "crc32c", "size"} or {"ok": false, "kind",
-"message"}. Imports only the GCS client and zstandard (no Prefect): about 50 MB before the upload chunk.
+"message"}. Imports only the GCS client and zstandard (no Prefect): about 50 MB before the upload chunks.
+
+The dump is compressed in this thread while the previous chunk uploads in another one, so pg_dump never waits for
+a request to finish (on GCS a chunk is a network round trip; on the emulator, a rewrite of the object so far). At
+most two chunks are in memory: the one uploading and the next, complete, waiting for it.
 """
 
+import contextlib
+import io
 import json
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zstandard  # noqa: E402
 from google.api_core import exceptions as gcs_errors  # noqa: E402
-from google.resumable_media import DataCorruption  # noqa: E402
+from google.cloud.storage.exceptions import DataCorruption  # noqa: E402
 
 from tasks.gcs import ChecksummingWriter, gcs_client, gcs_retry  # noqa: E402
 
@@ -28,45 +36,133 @@ class PgDumpFailed(Exception):
     pass
 
 
+class Cancelled(Exception):
+    """Raised into the upload when the dump side gave up: the object is never finalised."""
+
+
 def say(message: dict) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
 
 
+class Chunks:
+    """Compressed bytes cut into chunks of exactly `size`, handed one at a time from the writer to the upload.
+
+    The writing side is a file-like `write`; the reading side is the stream a resumable upload reads (`tell`,
+    `read(size)`), in another thread. A chunk is handed over whole and never copied (a BytesIO gives up its own
+    buffer), and the writer blocks while the previous chunk still waits: two chunks in memory at most.
+    """
+
+    def __init__(self, size: int):
+        self.size, self.sent = size, 0
+        self.filling = io.BytesIO()
+        self.ready: queue.Queue = queue.Queue(maxsize=1)
+        self.failed: BaseException | None = None  # the upload's error: the writer raises it at its next chunk
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            room = self.size - self.filling.tell()
+            self.filling.write(view[:room])
+            view = view[room:]
+            if self.filling.tell() == self.size:
+                self._hand_over()
+        return len(data)
+
+    def finish(self) -> None:
+        """What remains, possibly nothing, is the last chunk: shorter than `size`, it ends the upload."""
+        self._hand_over()
+
+    def cancel(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            self.ready.get_nowait()
+        self.ready.put(Cancelled())
+
+    def _hand_over(self) -> None:
+        chunk, self.filling = self.filling.getvalue(), io.BytesIO()
+        while True:
+            if self.failed:
+                raise self.failed
+            with contextlib.suppress(queue.Full):
+                return self.ready.put(chunk, timeout=0.2)
+
+    def tell(self) -> int:
+        return self.sent
+
+    def read(self, size: int) -> bytes:
+        assert size == self.size, "the upload reads whole chunks"
+        chunk = self.ready.get()
+        if isinstance(chunk, Cancelled):
+            raise chunk
+        self.sent += len(chunk)
+        return chunk
+
+
+def upload_chunks(upload, transport, chunks: Chunks) -> None:
+    """The resumable upload's loop (each chunk retried on transient errors by the client); runs in its own thread."""
+    try:
+        while not upload.finished:
+            upload.transmit_next_chunk(transport)
+    except BaseException as error:  # handed to the writer, which raises it
+        chunks.failed = error
+
+
 def stream(request: dict) -> dict:
-    blob = gcs_client().bucket(request["bucket"]).blob(request["object_name"])
+    client = gcs_client()
+    blob = client.bucket(request["bucket"]).blob(request["object_name"])
     blob.metadata = request["metadata"]
+    chunks = Chunks(request["chunk_size"])
+    writer = ChecksummingWriter(chunks)
     dump = subprocess.Popen(
         ["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={request['snapshot']}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    upload = None
     try:
-        with blob.open(
-            "wb", chunk_size=request["chunk_size"], checksum="crc32c", if_generation_match=0, retry=gcs_retry()
-        ) as upload:
-            writer = ChecksummingWriter(upload)
-            # Level 1 in this thread: pg_dump and its server keep the other cores busy (see tasks/backup.py).
-            compressor = zstandard.ZstdCompressor(level=request["zstd_level"])
-            with compressor.stream_writer(writer, closefd=False) as compressed:
-                dumped, said = 0, time.monotonic()
-                while chunk := dump.stdout.read(READ_SIZE):
-                    compressed.write(chunk)
-                    dumped += len(chunk)
-                    if time.monotonic() - said > PROGRESS_EVERY_S:
-                        said = time.monotonic()
-                        say({"dumped": dumped})
-            if dump.wait() != 0:
-                # Raising inside the writer cancels the resumable upload: no partial object appears.
-                raise PgDumpFailed(dump.stderr.read().decode(errors="replace").strip())
-    except PgDumpFailed as error:
-        return {"ok": False, "kind": "pg_dump", "message": str(error)}
-    except DataCorruption:
-        return {"ok": False, "kind": "corruption", "message": ""}
-    except gcs_errors.GoogleAPIError as error:
-        return {"ok": False, "kind": "gcs", "message": str(error)}
-    except OSError as error:  # requests' connection errors are OSErrors; GCS gave up retrying
-        return {"ok": False, "kind": "gcs", "message": type(error).__name__}
+        # The client's own resumable upload (what `blob.open("wb")` runs), fed by `chunks` from another thread.
+        upload, transport = blob._initiate_resumable_upload(
+            client,
+            chunks,
+            None,
+            None,
+            chunk_size=request["chunk_size"],
+            if_generation_match=0,
+            checksum="crc32c",
+            retry=gcs_retry(),
+        )
+        uploader = threading.Thread(target=upload_chunks, args=(upload, transport, chunks), daemon=True)
+        uploader.start()
+        # Level 1 in this thread: pg_dump and its server keep the other core busy (see tasks/backup.py).
+        with zstandard.ZstdCompressor(level=request["zstd_level"]).stream_writer(writer, closefd=False) as compressed:
+            dumped, said = 0, time.monotonic()
+            while chunk := dump.stdout.read(READ_SIZE):
+                compressed.write(chunk)
+                dumped += len(chunk)
+                if time.monotonic() - said > PROGRESS_EVERY_S:
+                    said = time.monotonic()
+                    say({"dumped": dumped})
+        if dump.wait() != 0:  # before the last chunk: a failed dump never becomes an object
+            raise PgDumpFailed(dump.stderr.read().decode(errors="replace").strip())
+        chunks.finish()
+        uploader.join()
+        if chunks.failed:
+            raise chunks.failed
+    except BaseException as error:
+        if upload is not None and not upload.finished:
+            chunks.cancel()
+            uploader.join()
+            with contextlib.suppress(Exception):
+                transport.delete(upload.upload_url)  # as `blob.open("wb")` does: the session is dropped
+        if isinstance(error, PgDumpFailed):
+            return {"ok": False, "kind": "pg_dump", "message": str(error)}
+        if isinstance(error, DataCorruption):
+            return {"ok": False, "kind": "corruption", "message": ""}
+        if isinstance(error, gcs_errors.GoogleAPIError):
+            return {"ok": False, "kind": "gcs", "message": str(error)}
+        if isinstance(error, OSError):  # requests' connection errors are OSErrors; GCS gave up retrying
+            return {"ok": False, "kind": "gcs", "message": type(error).__name__}
+        raise
     finally:
         if dump.poll() is None:
             dump.kill()

@@ -20,6 +20,7 @@ class FaultProxy:
         self.upstream_port, self.mode, self.fail_uploads = upstream_port, mode, fail_uploads
         self.uploads_seen = 0
         self.faults_injected = 0
+        self.chunks_passed = 0  # upload chunks forwarded to the emulator unharmed
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +47,8 @@ class FaultProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if data_chunk:
+                    proxy.chunks_passed += 1
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
                 # Keep the Host header: upload URLs the emulator hands out must route back through us.
                 upstream.request(self.command, self.path, body=body, headers=headers)

@@ -1,6 +1,8 @@
 """The environment step under faults injected at the real boundaries: locks, GCS, a failing migration."""
 
 import contextlib
+import os
+import shutil
 import threading
 import time
 
@@ -163,6 +165,37 @@ def test_promise_4_an_upload_corrupted_on_the_way_is_deleted_and_never_reported(
     assert len(list_backups(load_target("staging"), "staging")) == len(
         [n for n in names_before if n.endswith(".dump.zst")]
     )
+
+
+def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(fresh_databases, monkeypatch, tmp_path):
+    """pg_dump dies after writing its whole output: chunks already went up, the last one must never be sent."""
+    from flows.environment import migrate_environment
+    from tasks.gcs import gcs_client
+
+    with psycopg.connect(fresh_databases.database_url("staging")) as conn:  # ~2.6 MB that compresses poorly
+        conn.execute(
+            "CREATE TABLE filler AS SELECT md5(random()::text) || md5(random()::text) AS t "
+            "FROM generate_series(1, 40000)"
+        )
+    real = shutil.which("pg_dump")
+    fake = tmp_path / "pg_dump"  # the fault: pg_dump exits 1 at the end of its output, as on a lost connection
+    fake.write_text(f'#!/bin/sh\n"{real}" "$@" || exit\necho "pg_dump: error: connection lost" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr("tasks.backup.CHUNK_SIZE", 256 * 1024)
+    proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)  # counts what passes
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    names_before = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
+    try:
+        with pytest.raises(BackupError, match="pg_dump failed: pg_dump: error: connection lost; nothing was uploaded"):
+            migrate_environment("tenant-backend", "staging")
+    finally:
+        proxy.close()
+    monkeypatch.undo()
+    assert proxy.chunks_passed >= 3  # the failure came while the upload was well under way
+    names_after = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
+    assert names_after == names_before
+    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
 
 
 def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_target):
