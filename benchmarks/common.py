@@ -41,3 +41,9 @@ def seeded_database(name: str, tenants: int, rows: int, text_bytes: int, keep: b
             subprocess.run([*manage, *seed], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
         size = conn.execute("SELECT pg_database_size(%s)", [name]).fetchone()[0]
     return f"{base}/{name}", size
+
+
+def emulator_cpu_seconds() -> float:
+    """CPU time the GCS emulator's server has used so far: on this machine it competes with what is measured."""
+    fields = Path(f"/proc/{stack.pids['gcs']}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -8,7 +8,6 @@ table's row count and the migration state against the backup's manifest.
 """
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import zstandard
-from common import add_seed_arguments, local_stack, seeded_database, stack
+from common import add_seed_arguments, emulator_cpu_seconds, local_stack, seeded_database
 
 DB = "bench_backup"
 BASELINE_DB = "bench_restore_baseline"
@@ -42,7 +41,6 @@ def main() -> None:
     print(f"database {size / 1e9:.2f} GB; backup {backup.uri} ({backup.size_bytes / 1e6:.0f} MB)", flush=True)
 
     env = libpq_env(target)
-    emulator = Path(f"/proc/{stack.pids['gcs']}/stat")
     bare, ours, emulator_cpu = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         dump = Path(folder) / "bench.dump"
@@ -62,11 +60,11 @@ def main() -> None:
             with server_connection(target, "bench") as conn:
                 conn.execute(f"DROP DATABASE {BASELINE_DB}")
 
-            cpu_before = cpu_seconds(emulator)
+            cpu_before = emulator_cpu_seconds()
             started = time.monotonic()
             restored = restore_into_new_database.fn(target, "bench", backup, "bench_restore_ours")
             ours.append(time.monotonic() - started)
-            emulator_cpu.append(cpu_seconds(emulator) - cpu_before)
+            emulator_cpu.append(emulator_cpu_seconds() - cpu_before)
             drop_restored.fn(target, "bench", restored.database)
             print(f"round: bare {bare[-1]:.1f} s, ours {ours[-1]:.1f} s", flush=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -83,11 +81,6 @@ def main() -> None:
         "during ours (real GCS serves from elsewhere)"
     )
     print(f"peak RSS of this process {peak_mb:.0f} MB (includes the backup taken when none was kept)")
-
-
-def cpu_seconds(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
