@@ -331,7 +331,7 @@ class _Decompressing:
         self.decompress = zstandard.ZstdDecompressor().stream_writer(stdin, write_size=READ_SIZE, closefd=False)
         self.pending: list[bytes] = []
         self.pending_size = 0
-        self.queue: queue.Queue = queue.Queue(maxsize=8)  # pieces of READ_SIZE: at most 8 MiB ahead
+        self.queue: queue.Queue = queue.Queue(maxsize=4)  # pieces of READ_SIZE: at most 4 MiB ahead
         self.thread = threading.Thread(target=self._decompress, daemon=True)
         self.thread.start()
 
