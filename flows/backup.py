@@ -39,4 +39,7 @@ def retention_report(retained: list[Retained]) -> str:
         lines += [f"## {result.target}", "", f"Deleted {len(result.deleted)}:", ""]
         lines += [f"- {uri}" for uri in result.deleted] or ["- nothing"]
         lines += ["", "Kept:", ""] + [f"- {uri}: {why}" for uri, why in result.kept.items()] + [""]
+        if result.swept:
+            lines += ["Swept (never verified: left by a backup that stopped before its verification):", ""]
+            lines += [f"- {uri}" for uri in result.swept] + [""]
     return "\n".join(lines)

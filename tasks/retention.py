@@ -10,16 +10,22 @@ from pydantic import BaseModel
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, retry_if_transient
 from tasks.backup import delete_backup, list_backups
-from tasks.gcs import gcs_client
+from tasks.gcs import gcs_client, gcs_retry
 from tasks.records import newest_promotion_backup, read_records
+
+# A backup is verified minutes after its object appears. An unverified dump this old was left by a backup that
+# stopped in between (a killed worker): never listed as a backup, nothing refers to it, so retention deletes it.
+UNVERIFIED_AFTER = timedelta(days=1)
 
 
 class Retained(BaseModel):
-    """What retention decided for one target: every backup kept, with why, and every one deleted."""
+    """What retention decided for one target: every backup kept, with why, every one deleted, and every unverified
+    leftover swept."""
 
     target: str
     kept: dict[str, str]
     deleted: list[str]
+    swept: list[str] = []
 
 
 def check_retention(keep_last: int, keep_days: float) -> None:
@@ -46,7 +52,8 @@ def referenced_backups(target: DatabaseTarget, target_name: str) -> dict[str, st
 def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, keep_days: float) -> Retained:
     """Keep the newest keep_last backups, those younger than keep_days and every referenced one; delete the rest."""
     check_retention(keep_last, keep_days)
-    cutoff = datetime.now(UTC) - timedelta(days=keep_days)
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(days=keep_days)
     referenced = referenced_backups(target, target_name)
     kept: dict[str, str] = {}
     deleted: list[str] = []
@@ -61,4 +68,11 @@ def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, ke
         else:
             delete_backup(bucket, backup.object_name)
             deleted.append(backup.uri)
-    return Retained(target=target_name, kept=kept, deleted=deleted)
+    swept = []
+    for blob in gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/", retry=gcs_retry()):
+        meta = blob.metadata or {}
+        created = datetime.fromisoformat(meta["created_at"]) if "created_at" in meta else blob.time_created
+        if blob.name.endswith(".dump.zst") and meta.get("verified") != "true" and created < now - UNVERIFIED_AFTER:
+            delete_backup(bucket, blob.name)
+            swept.append(f"gs://{target.bucket}/{blob.name}")
+    return Retained(target=target_name, kept=kept, deleted=deleted, swept=swept)

@@ -237,6 +237,11 @@ def test_retention_keeps_referenced_and_recent_backups_and_deletes_only_what_the
         blob = bucket.get_blob(old.object_name)
         blob.metadata = blob.metadata | {"created_at": (datetime.now(UTC) - timedelta(days=days)).isoformat()}
         blob.patch()
+    # Two dumps whose backup stopped before verification (a killed worker): one from yesterday, one in progress.
+    stopped, in_progress = (bucket.blob(f"{target.prefix}/{name}/db/{when}-stopped.dump.zst") for when in (1, 2))
+    for blob, hours in ((stopped, 25), (in_progress, 0)):
+        blob.metadata = {"created_at": (datetime.now(UTC) - timedelta(hours=hours)).isoformat()}
+        blob.upload_from_string(b"part of a dump")
     write_record(target, name, "promotions", "older-run", {"flow_run_id": "older-run", "backup": b2.object_name})
     write_record(target, name, "promotions", "newest-run", {"flow_run_id": "newest-run", "backup": b1.object_name})
     write_record(target, name, "rollbacks", "rollback-run", {"flow_run_id": "rollback-run", "backup": b3.object_name})
@@ -247,6 +252,7 @@ def test_retention_keeps_referenced_and_recent_backups_and_deletes_only_what_the
     remaining = {b.uri for b in list_backups(target, name)}
     assert remaining == {b5.uri, b4.uri, b3.uri, b1.uri}  # newest two, the rollback's, the newest promotion's
     assert bucket.get_blob(b2.object_name) is None and bucket.get_blob(b2_manifest) is None
+    assert bucket.get_blob(stopped.name) is None and bucket.get_blob(in_progress.name) is not None
     # Young backups stay whatever keep_last says: b4 and b5 are no longer the newest, but younger than 10 days.
     b6 = backup([name], keep_last=1, keep_days=10)[0]
     assert {b.uri for b in list_backups(target, name)} == {b6.uri, b5.uri, b4.uri, b3.uri, b1.uri}
