@@ -29,6 +29,25 @@ def hold_lock(url: str, table: str, seconds: float, ready: threading.Event) -> t
     return thread
 
 
+@contextlib.contextmanager
+def backup_fails_leaving_nothing(stack, monkeypatch, proxy: FaultProxy):
+    """Uploads go through `proxy` in the body; after it no new object is in the bucket and staging is still at v1."""
+    from tasks.gcs import gcs_client
+
+    def names() -> set[str]:
+        return {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    before = names()
+    try:
+        yield
+    finally:
+        proxy.close()
+        monkeypatch.undo()
+    assert names() == before  # nothing left that could look like a backup
+    assert applied(stack, "staging") == ["core.0001_initial"]
+
+
 def test_lock_held_by_another_session_is_waited_for_and_retried(fresh_databases, make_target):
     from flows.environment import migrate_environment
 
@@ -86,21 +105,13 @@ def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatc
 
 
 def test_promise_4_persistent_gcs_fault_runs_no_migration_and_reports_no_backup(fresh_databases, monkeypatch):
-    from dbpromote.config import load_target
     from flows.environment import migrate_environment
 
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=-1)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
     monkeypatch.setenv("DBPROMOTE_GCS_RETRY_TIMEOUT_S", "2")
-    before = {b.uri for b in list_backups(load_target("staging"), "staging")}
-    try:
+    with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
         with pytest.raises(BackupError, match="Uploading the backup to gs://dbpromote-backups failed"):
             migrate_environment("tenant-backend", "staging")
-    finally:
-        proxy.close()
-    monkeypatch.undo()
-    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
-    assert {b.uri for b in list_backups(load_target("staging"), "staging")} == before
 
 
 def test_promise_3_and_7_failing_migration_names_last_applied_and_the_way_back_then_rerun_completes(fresh_databases):
@@ -145,32 +156,18 @@ def test_backup_rerun_in_the_same_flow_run_reuses_the_verified_backup(fresh_data
 
 
 def test_promise_4_an_upload_corrupted_on_the_way_is_deleted_and_never_reported(fresh_databases, monkeypatch):
-    from dbpromote.config import load_target
     from flows.environment import migrate_environment
-    from tasks.gcs import gcs_client
 
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="corrupt", fail_uploads=-1)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
-    names_before = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
-    try:
+    with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
         with pytest.raises(BackupError, match="different checksum .* the object was deleted"):
             migrate_environment("tenant-backend", "staging")
-    finally:
-        proxy.close()
-    monkeypatch.undo()
     assert proxy.faults_injected >= 1
-    names_after = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
-    assert names_after == names_before  # nothing left that could look like a backup
-    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
-    assert len(list_backups(load_target("staging"), "staging")) == len(
-        [n for n in names_before if n.endswith(".dump.zst")]
-    )
 
 
 def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(fresh_databases, monkeypatch, tmp_path):
     """pg_dump dies after writing its whole output: chunks already went up, the last one must never be sent."""
     from flows.environment import migrate_environment
-    from tasks.gcs import gcs_client
 
     with psycopg.connect(fresh_databases.database_url("staging")) as conn:  # ~2.6 MB that compresses poorly
         conn.execute(
@@ -184,18 +181,10 @@ def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(f
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr("tasks.backup.CHUNK_SIZE", 256 * 1024)
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)  # counts what passes
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
-    names_before = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
-    try:
+    with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
         with pytest.raises(BackupError, match="pg_dump failed: pg_dump: error: connection lost; nothing was uploaded"):
             migrate_environment("tenant-backend", "staging")
-    finally:
-        proxy.close()
-    monkeypatch.undo()
     assert proxy.chunks_passed >= 3  # the failure came while the upload was well under way
-    names_after = {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
-    assert names_after == names_before
-    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
 
 
 def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_target):
