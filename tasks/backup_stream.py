@@ -50,13 +50,15 @@ class Chunks:
 
     The writing side is a file-like `write`; the reading side is the stream a resumable upload reads (`tell`,
     `read(size)`), in another thread. A chunk is handed over whole and never copied (a BytesIO gives up its own
-    buffer), and the writer blocks while the previous chunk still waits: two chunks in memory at most.
+    buffer), and the writer waits until the upload has taken it before filling the next: two chunks in memory at
+    most, the one uploading and the next.
     """
 
     def __init__(self, size: int):
         self.size, self.sent = size, 0
         self.filling = io.BytesIO()
         self.ready: queue.Queue = queue.Queue(maxsize=1)
+        self.taken = threading.Semaphore(0)
         self.failed: BaseException | None = None  # the upload's error: the writer raises it at its next chunk
 
     def write(self, data: bytes) -> int:
@@ -80,11 +82,11 @@ class Chunks:
 
     def _hand_over(self) -> None:
         chunk, self.filling = self.filling.getvalue(), io.BytesIO()
-        while True:
+        self.ready.put(chunk)  # the slot is free: the previous chunk was taken before this one was filled
+        del chunk
+        while not self.taken.acquire(timeout=0.2):
             if self.failed:
                 raise self.failed
-            with contextlib.suppress(queue.Full):
-                return self.ready.put(chunk, timeout=0.2)
 
     def tell(self) -> int:
         return self.sent
@@ -94,6 +96,7 @@ class Chunks:
         chunk = self.ready.get()
         if isinstance(chunk, Cancelled):
             raise chunk
+        self.taken.release()
         self.sent += len(chunk)
         return chunk
 

@@ -1,9 +1,11 @@
-"""An HTTP proxy in front of the GCS emulator that injects faults into uploads: 503 answers or reset connections."""
+"""An HTTP proxy in front of the GCS emulator that injects faults into uploads: 503 answers or reset connections,
+or a slow link."""
 
 import http.client
 import socket
 import struct
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -14,10 +16,12 @@ class FaultProxy:
     one byte of the upload body and drops the client's X-Goog-Hash, so the server stores bytes that differ from
     what the client sent (the client must notice from the checksum the server reports back).
     fail_uploads=-1 fails every upload. Non-upload requests (bucket lookups, reads) always pass.
+    upload_mb_per_s: each upload chunk that passes is held as long as a link of that speed would take to carry it.
     """
 
-    def __init__(self, upstream_port: int, mode: str = "503", fail_uploads: int = 0):
+    def __init__(self, upstream_port: int, mode: str = "503", fail_uploads: int = 0, upload_mb_per_s: float = 0):
         self.upstream_port, self.mode, self.fail_uploads = upstream_port, mode, fail_uploads
+        self.upload_mb_per_s = upload_mb_per_s
         self.uploads_seen = 0
         self.faults_injected = 0
         self.chunks_passed = 0  # upload chunks forwarded to the emulator unharmed
@@ -49,6 +53,8 @@ class FaultProxy:
                     return
                 if data_chunk:
                     proxy.chunks_passed += 1
+                    if proxy.upload_mb_per_s:
+                        time.sleep(len(body) / (proxy.upload_mb_per_s * 1e6))
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
                 # Keep the Host header: upload URLs the emulator hands out must route back through us.
                 upstream.request(self.command, self.path, body=body, headers=headers)
