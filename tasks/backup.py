@@ -36,8 +36,9 @@ from tasks.run_context import in_a_run
 
 STREAMER = Path(__file__).with_name("backup_stream.py")
 # The emulator rewrites the whole object on every resumable chunk: large chunks keep that linear enough. The
-# streaming process holds two (one uploading, the next filled meanwhile): 116-130 MB peak with 32 MiB; 48 MiB
-# reached 138 MB for no measurable gain.
+# streaming process holds two (one uploading, the next filled meanwhile) beside ~50 MB of libraries: with 32 MiB
+# its peak is 116 MB, over a slow link too (benchmarks/backup.py --upload-mb-per-s 40). 64 MiB streams the 1 GB
+# sample into the emulator in 4.7 s instead of 5.6 s, but peaks at 180 MB over a slow link: over the 150 MB goal.
 CHUNK_SIZE = 32 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 # pg_dump's own gzip is CPU-bound (14 s for 1 GB here); -Z0 piped through zstd level 1 is ~2x faster end to end.
