@@ -15,12 +15,20 @@ class FaultProxy:
     mode: "503" answers Service Unavailable; "reset" reads the body then resets the connection; "corrupt" flips
     one byte of the upload body and drops the client's X-Goog-Hash, so the server stores bytes that differ from
     what the client sent (the client must notice from the checksum the server reports back).
-    fail_uploads=-1 fails every upload. Non-upload requests (bucket lookups, reads) always pass.
+    fail_uploads=-1 fails every upload. Non-upload requests (bucket lookups, reads) always pass. pass_first lets
+    that many upload requests (the session's start, then its chunks) through before the faults begin.
     upload_mb_per_s: each upload chunk that passes is held as long as a link of that speed would take to carry it.
     """
 
-    def __init__(self, upstream_port: int, mode: str = "503", fail_uploads: int = 0, upload_mb_per_s: float = 0):
-        self.upstream_port, self.mode, self.fail_uploads = upstream_port, mode, fail_uploads
+    def __init__(
+        self, upstream_port: int, mode: str = "503", fail_uploads: int = 0, upload_mb_per_s: float = 0, pass_first=0
+    ):
+        self.upstream_port, self.mode, self.fail_uploads, self.pass_first = (
+            upstream_port,
+            mode,
+            fail_uploads,
+            pass_first,
+        )
         self.upload_mb_per_s = upload_mb_per_s
         self.uploads_seen = 0
         self.faults_injected = 0
@@ -77,6 +85,8 @@ class FaultProxy:
 
     def _should_fail(self) -> bool:
         self.uploads_seen += 1
+        if self.uploads_seen <= self.pass_first:
+            return False
         if self.fail_uploads == -1 or self.faults_injected < self.fail_uploads:
             self.faults_injected += 1
             return True

@@ -90,17 +90,32 @@ def test_long_running_transaction_is_named_before_migrating(fresh_databases, mak
     assert applied(fresh_databases, "staging") == ["core.0001_initial"]
 
 
+def add_poorly_compressible_rows(stack) -> None:
+    """~2.6 MB that zstd shrinks only by half: with 256 KiB chunks, a backup of several chunks."""
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        conn.execute(
+            "CREATE TABLE filler AS SELECT md5(random()::text) || md5(random()::text) AS t "
+            "FROM generate_series(1, 40000)"
+        )
+
+
 @pytest.mark.parametrize("mode", ["503", "reset"])
-def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatch, mode):
+@pytest.mark.parametrize("where", ["starting the upload", "mid-stream"])
+def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatch, mode, where):
     from flows.environment import migrate_environment
 
-    proxy = FaultProxy(fresh_databases.ports["gcs"], mode=mode, fail_uploads=2)
+    add_poorly_compressible_rows(fresh_databases)
+    monkeypatch.setattr("tasks.backup.CHUNK_SIZE", 256 * 1024)
+    # Mid-stream: the session's start and two chunks pass, then the third chunk fails twice and is sent again.
+    pass_first = 3 if where == "mid-stream" else 0
+    proxy = FaultProxy(fresh_databases.ports["gcs"], mode=mode, fail_uploads=2, pass_first=pass_first)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
     try:
         report = migrate_environment("tenant-backend", "staging")
     finally:
         proxy.close()
-    assert proxy.faults_injected == 2
+    assert proxy.faults_injected == 2 and proxy.chunks_passed >= 4
+    # Reported only after the stored object's CRC32C matched what was dumped and it read back whole.
     assert report.backup and [m.label for m in report.migrations] == RELEASE
 
 
@@ -169,11 +184,7 @@ def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(f
     """pg_dump dies after writing its whole output: chunks already went up, the last one must never be sent."""
     from flows.environment import migrate_environment
 
-    with psycopg.connect(fresh_databases.database_url("staging")) as conn:  # ~2.6 MB that compresses poorly
-        conn.execute(
-            "CREATE TABLE filler AS SELECT md5(random()::text) || md5(random()::text) AS t "
-            "FROM generate_series(1, 40000)"
-        )
+    add_poorly_compressible_rows(fresh_databases)
     real = shutil.which("pg_dump")
     fake = tmp_path / "pg_dump"  # the fault: pg_dump exits 1 at the end of its output, as on a lost connection
     fake.write_text(f'#!/bin/sh\n"{real}" "$@" || exit\necho "pg_dump: error: connection lost" >&2\nexit 1\n')
