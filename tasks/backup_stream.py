@@ -7,12 +7,14 @@ progress step ({"dumped": bytes}) and one final line: {"ok": true, "crc32c", "si
 
 The dump is compressed in this thread while the previous chunk uploads in another one, so pg_dump never waits for
 a request to finish (on GCS a chunk is a network round trip; on the emulator, a rewrite of the object so far). At
-most two chunks are in memory: the one uploading and the next, complete, waiting for it.
+most two chunks are in memory: the one uploading and the next, complete, waiting for it. If the process that
+started it dies (an out-of-memory kill, say), the upload is cancelled at the next MiB of dump.
 """
 
 import contextlib
 import io
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -38,6 +40,10 @@ class PgDumpFailed(Exception):
 
 class Cancelled(Exception):
     """Raised into the upload when the dump side gave up: the object is never finalised."""
+
+
+class Orphaned(Exception):
+    """The process that started this backup is gone (killed): nobody would verify the object, so none is made."""
 
 
 def say(message: dict) -> None:
@@ -121,7 +127,7 @@ def stream(request: dict) -> dict:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    upload = None
+    upload, parent = None, os.getppid()
     try:
         # The client's own resumable upload (what `blob.open("wb")` runs), fed by `chunks` from another thread.
         upload, transport = blob._initiate_resumable_upload(
@@ -140,6 +146,8 @@ def stream(request: dict) -> dict:
         with zstandard.ZstdCompressor(level=request["zstd_level"]).stream_writer(writer, closefd=False) as compressed:
             dumped, said = 0, time.monotonic()
             while chunk := dump.stdout.read(READ_SIZE):
+                if os.getppid() != parent:
+                    raise Orphaned()
                 compressed.write(chunk)
                 dumped += len(chunk)
                 if time.monotonic() - said > PROGRESS_EVERY_S:
@@ -157,6 +165,8 @@ def stream(request: dict) -> dict:
             uploader.join()
             with contextlib.suppress(Exception):
                 transport.delete(upload.upload_url)  # as `blob.open("wb")` does: the session is dropped
+        if isinstance(error, Orphaned):
+            return {"ok": False, "kind": "orphaned", "message": ""}
         if isinstance(error, PgDumpFailed):
             return {"ok": False, "kind": "pg_dump", "message": str(error)}
         if isinstance(error, DataCorruption):
@@ -174,4 +184,6 @@ def stream(request: dict) -> dict:
 
 
 if __name__ == "__main__":
-    say(stream(json.loads(sys.stdin.read())))
+    outcome = stream(json.loads(sys.stdin.read()))
+    with contextlib.suppress(BrokenPipeError):  # orphaned: nobody reads it
+        say(outcome)

@@ -3,8 +3,11 @@
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -196,6 +199,54 @@ def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(f
         with pytest.raises(BackupError, match="pg_dump failed: pg_dump: error: connection lost; nothing was uploaded"):
             migrate_environment("tenant-backend", "staging")
     assert proxy.chunks_passed >= 3  # the failure came while the upload was well under way
+
+
+def streamer_pids() -> list[int]:
+    """The backup streaming processes running on this machine (`python tasks/backup_stream.py`)."""
+    from tasks.backup import STREAMER
+
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # the process ended meanwhile
+            if str(STREAMER).encode() in cmdline.read_bytes().split(b"\0"):
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def test_promise_4_a_worker_killed_mid_backup_leaves_no_object(fresh_databases, make_target, tmp_path):
+    """The process running the backup is SIGKILLed (an out-of-memory kill, a preempted node) while the dump streams:
+    the streaming process it started must not finish the upload on its own."""
+    from dbpromote.config import load_target
+    from tasks.gcs import gcs_client
+
+    add_poorly_compressible_rows(fresh_databases)
+    name = make_target("staging-killed", prefix=f"killed-{time.time_ns()}")
+    real = shutil.which("pg_dump")
+    slow = tmp_path / "pg_dump"  # a dump that pauses after 2 MB, as a large table would take its time
+    slow.write_text(
+        f'#!/bin/sh\n"{real}" "$@" > "{tmp_path}/out" || exit\n'
+        f'head -c 2000000 "{tmp_path}/out"\nsleep 4\ntail -c +2000001 "{tmp_path}/out"\n'
+    )
+    slow.chmod(0o755)
+    code = (
+        "from dbpromote.config import load_target; from tasks.backup import backup_to_gcs; "
+        f"backup_to_gcs.fn(load_target({name!r}), {name!r})"
+    )
+    env = os.environ | {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    worker = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 60
+    while not streamer_pids() and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.05)
+    assert streamer_pids(), "the backup never started streaming"
+    time.sleep(1)
+    worker.kill()  # SIGKILL: no cleanup runs in the worker
+    worker.wait()
+    deadline = time.monotonic() + 60
+    while streamer_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not streamer_pids(), "the orphaned streaming process went on"
+    target = load_target(name)
+    assert [blob.name for blob in gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/")] == []
 
 
 def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_target):
