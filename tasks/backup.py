@@ -116,11 +116,21 @@ def libpq_env(target: DatabaseTarget) -> dict[str, str]:
     return os.environ | {names[key]: str(value) for key, value in params.items() if key in names}
 
 
+def backup_objects(target: DatabaseTarget, target_name: str) -> tuple[list[Backup], list[Blob]]:
+    """The verified backups of a target, newest first, and its dumps never marked verified."""
+    blobs = gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/", retry=gcs_retry())
+    verified, unverified = [], []
+    for blob in blobs:
+        if (blob.metadata or {}).get("verified") == "true":
+            verified.append(Backup.from_blob(blob))
+        elif blob.name.endswith(".dump.zst"):
+            unverified.append(blob)
+    return sorted(verified, key=lambda backup: backup.created_at, reverse=True), unverified
+
+
 def list_backups(target: DatabaseTarget, target_name: str) -> list[Backup]:
     """The verified backups of a target, newest first; objects not marked verified are never listed."""
-    blobs = gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/", retry=gcs_retry())
-    verified = [Backup.from_blob(blob) for blob in blobs if (blob.metadata or {}).get("verified") == "true"]
-    return sorted(verified, key=lambda backup: backup.created_at, reverse=True)
+    return backup_objects(target, target_name)[0]
 
 
 def migration_state(conn: psycopg.Connection) -> list[tuple[str, str]]:

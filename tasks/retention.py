@@ -9,8 +9,8 @@ from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, retry_if_transient
-from tasks.backup import delete_backup, list_backups
-from tasks.gcs import gcs_client, gcs_retry
+from tasks.backup import backup_objects, delete_backup
+from tasks.gcs import gcs_client
 from tasks.records import newest_promotion_backup, read_records
 
 # A backup is verified minutes after its object appears. An unverified dump this old was left by a backup that
@@ -58,7 +58,8 @@ def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, ke
     kept: dict[str, str] = {}
     deleted: list[str] = []
     bucket = gcs_client().bucket(target.bucket)
-    for index, backup in enumerate(list_backups(target, target_name)):  # newest first
+    backups, unverified = backup_objects(target, target_name)
+    for index, backup in enumerate(backups):  # newest first
         if index < keep_last:
             kept[backup.uri] = f"one of the newest {keep_last}"
         elif datetime.fromisoformat(backup.created_at) >= cutoff:
@@ -69,10 +70,10 @@ def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, ke
             delete_backup(bucket, backup.object_name)
             deleted.append(backup.uri)
     swept = []
-    for blob in gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/", retry=gcs_retry()):
+    for blob in unverified:
         meta = blob.metadata or {}
         created = datetime.fromisoformat(meta["created_at"]) if "created_at" in meta else blob.time_created
-        if blob.name.endswith(".dump.zst") and meta.get("verified") != "true" and created < now - UNVERIFIED_AFTER:
+        if created < now - UNVERIFIED_AFTER:
             delete_backup(bucket, blob.name)
             swept.append(f"gs://{target.bucket}/{blob.name}")
     return Retained(target=target_name, kept=kept, deleted=deleted, swept=swept)

@@ -21,15 +21,15 @@ class FaultProxy:
     """
 
     def __init__(
-        self, upstream_port: int, mode: str = "503", fail_uploads: int = 0, upload_mb_per_s: float = 0, pass_first=0
+        self,
+        upstream_port: int,
+        mode: str = "503",
+        fail_uploads: int = 0,
+        upload_mb_per_s: float = 0,
+        pass_first: int = 0,
     ):
-        self.upstream_port, self.mode, self.fail_uploads, self.pass_first = (
-            upstream_port,
-            mode,
-            fail_uploads,
-            pass_first,
-        )
-        self.upload_mb_per_s = upload_mb_per_s
+        self.upstream_port, self.mode = upstream_port, mode
+        self.fail_uploads, self.pass_first, self.upload_mb_per_s = fail_uploads, pass_first, upload_mb_per_s
         self.uploads_seen = 0
         self.faults_injected = 0
         self.chunks_passed = 0  # upload chunks forwarded to the emulator unharmed

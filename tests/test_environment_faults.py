@@ -183,16 +183,24 @@ def test_promise_4_an_upload_corrupted_on_the_way_is_deleted_and_never_reported(
     assert proxy.faults_injected >= 1
 
 
+def pg_dump_wrapped(folder: Path, then: str) -> str:
+    """A PATH whose `pg_dump` runs the real one, its output in `$OUT`, then `then` (the fault); exit status is
+    the wrapper's. Returns the PATH to run with."""
+    real = shutil.which("pg_dump")
+    wrapper = folder / "pg_dump"
+    wrapper.write_text(f'#!/bin/sh\nOUT="{folder}/out"\n"{real}" "$@" > "$OUT" || exit\n{then}\n')
+    wrapper.chmod(0o755)
+    return f"{folder}:{os.environ['PATH']}"
+
+
 def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(fresh_databases, monkeypatch, tmp_path):
     """pg_dump dies after writing its whole output: chunks already went up, the last one must never be sent."""
     from flows.environment import migrate_environment
 
     add_poorly_compressible_rows(fresh_databases)
-    real = shutil.which("pg_dump")
-    fake = tmp_path / "pg_dump"  # the fault: pg_dump exits 1 at the end of its output, as on a lost connection
-    fake.write_text(f'#!/bin/sh\n"{real}" "$@" || exit\necho "pg_dump: error: connection lost" >&2\nexit 1\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    # The fault: pg_dump exits 1 at the end of its output, as on a lost connection.
+    failing = 'cat "$OUT"; echo "pg_dump: error: connection lost" >&2; exit 1'
+    monkeypatch.setenv("PATH", pg_dump_wrapped(tmp_path, failing))
     monkeypatch.setattr("tasks.backup.CHUNK_SIZE", 256 * 1024)
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)  # counts what passes
     with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
@@ -221,18 +229,13 @@ def test_promise_4_a_worker_killed_mid_backup_leaves_no_object(fresh_databases, 
 
     add_poorly_compressible_rows(fresh_databases)
     name = make_target("staging-killed", prefix=f"killed-{time.time_ns()}")
-    real = shutil.which("pg_dump")
-    slow = tmp_path / "pg_dump"  # a dump that pauses after 2 MB, as a large table would take its time
-    slow.write_text(
-        f'#!/bin/sh\n"{real}" "$@" > "{tmp_path}/out" || exit\n'
-        f'head -c 2000000 "{tmp_path}/out"\nsleep 4\ntail -c +2000001 "{tmp_path}/out"\n'
-    )
-    slow.chmod(0o755)
+    # A dump that pauses after 2 MB, as a large table would take its time.
+    slow = 'head -c 2000000 "$OUT"; sleep 4; tail -c +2000001 "$OUT"'
     code = (
         "from dbpromote.config import load_target; from tasks.backup import backup_to_gcs; "
         f"backup_to_gcs.fn(load_target({name!r}), {name!r})"
     )
-    env = os.environ | {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    env = os.environ | {"PATH": pg_dump_wrapped(tmp_path, slow)}
     worker = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 60
     while not streamer_pids() and time.monotonic() < deadline and worker.poll() is None:
