@@ -75,10 +75,13 @@ def main() -> None:
     args = parser.parse_args()
     url, size = seeded_database(DB, args.tenants, args.rows, args.text_bytes, args.keep)
 
+    from dbpromote.tasks.backup import backup_to_gcs
+
     import tasks.backup
+    from dbpromote.backups import delete_backup
     from dbpromote.config import DatabaseTarget
-    from tasks.backup import backup_to_gcs, delete_backup, libpq_env
-    from tasks.gcs import gcs_client
+    from dbpromote.gcs import gcs_client
+    from dbpromote.postgres import libpq_env
 
     # Our time splits into the stream (dump, compress, upload) and the read-back verification.
     verify_s = []

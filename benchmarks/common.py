@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deployments import stack as local_stack  # noqa: E402
+from dbpromote import localstack as local_stack  # noqa: E402
 
 stack = local_stack.Stack.load()
 os.environ.update(stack.client_env())

@@ -106,9 +106,10 @@ def run_scenario(url: str, migrate) -> dict:
 
 
 def migrate_in_flow(project, target, migration) -> None:
+    from dbpromote.tasks.migrate import apply_migration
     from prefect import flow
 
-    from tasks.migrate import ProbeSession, apply_migration
+    from dbpromote.probe import ProbeSession
 
     def migrate_step():
         with ProbeSession(project, target) as probe:
@@ -121,8 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     args = parser.parse_args()
+    from dbpromote.tasks.plan import compute_plan
+
     from dbpromote.config import DatabaseTarget, DjangoProject
-    from tasks.plan import compute_plan
 
     url = stack.database_url("staging").rsplit("/", 1)[0] + f"/{DB}"
     project = DjangoProject(

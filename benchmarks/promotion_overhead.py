@@ -87,8 +87,9 @@ def bare() -> float:
 
 
 def ours() -> float:
-    from deployments.runs import answer_approval, pending_approvals
-    from flows.promote import promote
+    from dbpromote.flows.promote import promote
+
+    from dbpromote.runs import answer_approval, pending_approvals
 
     already_paused = {run.id for run in pending_approvals()}
 

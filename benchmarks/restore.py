@@ -29,10 +29,13 @@ def main() -> None:
     args = parser.parse_args()
     url, size = seeded_database(DB, args.tenants, args.rows, args.text_bytes, args.keep)
 
+    from dbpromote.tasks.backup import backup_to_gcs
+    from dbpromote.tasks.restore import drop_restored, restore_into_new_database
+
+    from dbpromote.backups import list_backups
     from dbpromote.config import DatabaseTarget
-    from tasks.backup import backup_to_gcs, libpq_env, list_backups
-    from tasks.gcs import gcs_client
-    from tasks.restore import drop_restored, restore_into_new_database, server_connection
+    from dbpromote.gcs import gcs_client
+    from dbpromote.postgres import libpq_env, server_connection
 
     target = DatabaseTarget(url=url, bucket=local_stack.BUCKET, prefix="benchmarks")
     bucket = gcs_client().bucket(local_stack.BUCKET)

@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--tables", type=int, default=1000)
     args = parser.parse_args()
 
+    from dbpromote.tasks.rls import apply_rls_policies
+
     from dbpromote.config import DatabaseTarget
-    from tasks.rls import apply_rls_policies
 
     url = make_schema(args.tables)
     script = "\n".join(

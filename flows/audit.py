@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from dbpromote.tasks.plan import plan_migrations
+from dbpromote.tasks.rls import rls_coverage
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from dbpromote.backups import list_backups
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import VerificationError
-from tasks.backup import list_backups
-from tasks.notify import notify_failure
-from tasks.plan import plan_migrations
-from tasks.rls import Coverage, rls_coverage
+from dbpromote.models.report import Coverage
+from dbpromote.notify import notify_failure
 
 
 @flow(name="audit-rls", on_failure=[notify_failure], flow_run_name="audit RLS of {targets}")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dbpromote.tasks.backup import backup_to_gcs
+from dbpromote.tasks.preflight import check_bucket, check_database
+from dbpromote.tasks.retention import apply_retention, check_retention
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from dbpromote.config import load_target
-from tasks.backup import Backup, backup_to_gcs
-from tasks.notify import notify_failure
-from tasks.preflight import check_bucket, check_database
-from tasks.retention import Retained, apply_retention, check_retention
+from dbpromote.models.backup import Backup, Retained
+from dbpromote.notify import notify_failure
 
 
 @flow(name="backup", on_failure=[notify_failure], flow_run_name="backup {targets}")

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dbpromote.tasks.backup import backup_to_gcs
+from dbpromote.tasks.migrate import apply_migration
+from dbpromote.tasks.plan import plan_migrations
+from dbpromote.tasks.preflight import check_bucket, check_database
+from dbpromote.tasks.report import publish_report
+from dbpromote.tasks.rls import apply_rls_policies, prove_tenant_isolation
+from dbpromote.tasks.verify import verify_target
 from prefect import flow
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
 from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
-from tasks.backup import backup_to_gcs
-from tasks.migrate import ProbeSession, apply_migration
-from tasks.plan import Plan, plan_migrations
-from tasks.preflight import check_bucket, check_database
-from tasks.report import StepReport, publish_report
-from tasks.rls import apply_rls_policies, prove_tenant_isolation
-from tasks.verify import Verification, verify_target
-
-
-def describe_change(before: Plan, after: Plan) -> str:
-    new = [label for label in after.labels if label not in before.labels]
-    gone = [label for label in before.labels if label not in after.labels]
-    parts = [f"new: {', '.join(new)}" if new else "", f"no longer pending: {', '.join(gone)}" if gone else ""]
-    return "; ".join(part for part in parts if part) or "the same migrations now produce different SQL"
+from dbpromote.models.plan import Plan, describe_change
+from dbpromote.models.report import StepReport, Verification
+from dbpromote.probe import ProbeSession
 
 
 def preflight(project: str, target: str, to: str = "") -> Plan:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from dbpromote.flows.environment import migrate_environment, preflight
+from dbpromote.flows.rehearsal import rehearse_plan
+from dbpromote.tasks.approval import record_approval, wait_for_approval
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
-from flows.environment import migrate_environment, preflight
-from flows.rehearsal import rehearse_plan
-from tasks.approval import Approval, promotion_request, record_approval, wait_for_approval
-from tasks.notify import notify_failure
-from tasks.plan import Plan, parse_target_migration
-from tasks.records import write_record
-from tasks.report import StepReport
+from dbpromote.models.approval import Approval, promotion_request
+from dbpromote.models.plan import Plan, parse_target_migration
+from dbpromote.models.report import StepReport
+from dbpromote.notify import notify_failure
+from dbpromote.records import write_record
 
 DAY_S = 24 * 3600
 

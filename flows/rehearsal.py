@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dbpromote.tasks.backup import backup_to_gcs
+from dbpromote.tasks.migrate import apply_migration
+from dbpromote.tasks.restore import drop_restored, restore_into_new_database, scratch_name
 from prefect import flow
 
+from dbpromote.backups import list_backups
 from dbpromote.config import load_project, load_target
-from tasks.backup import backup_to_gcs, list_backups
-from tasks.migrate import ProbeSession, apply_migration
-from tasks.plan import Plan
-from tasks.report import Rehearsal
-from tasks.restore import drop_restored, restore_into_new_database, scratch_name
+from dbpromote.models.plan import Plan
+from dbpromote.models.report import Rehearsal
+from dbpromote.probe import ProbeSession
 
 
 @flow(name="rehearse", flow_run_name="rehearse {target} on {scratch_server}")

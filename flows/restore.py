@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from prefect import flow
-from prefect.artifacts import create_markdown_artifact
-
-from dbpromote.config import load_target
-from dbpromote.errors import VerificationError
-from tasks.approval import record_approval, restore_request, wait_for_approval
-from tasks.backup import find_backup
-from tasks.notify import notify_failure
-from tasks.preflight import check_bucket, check_database
-from tasks.restore import (
-    Restored,
+from dbpromote.tasks.approval import record_approval, wait_for_approval
+from dbpromote.tasks.preflight import check_bucket, check_database
+from dbpromote.tasks.restore import (
     drop_restored,
     restore_into_new_database,
     restored_by_this_run,
     scratch_name,
     swap_in,
 )
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from dbpromote.backups import find_backup
+from dbpromote.config import load_target
+from dbpromote.errors import VerificationError
+from dbpromote.models.approval import restore_request
+from dbpromote.models.backup import Restored
+from dbpromote.notify import notify_failure
 
 DAY_S = 24 * 3600
 

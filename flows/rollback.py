@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from dbpromote.flows.environment import carry_out
+from dbpromote.tasks.approval import record_approval, wait_for_approval
+from dbpromote.tasks.plan import plan_rollback
+from dbpromote.tasks.preflight import check_bucket, check_database
+from dbpromote.tasks.verify import verify_state
 from prefect import flow
 from prefect.runtime import flow_run
 
+from dbpromote.backups import find_backup
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import PreflightError
-from flows.environment import carry_out
-from tasks.approval import record_approval, rollback_request, wait_for_approval
-from tasks.backup import find_backup
-from tasks.notify import notify_failure
-from tasks.plan import plan_rollback
-from tasks.preflight import check_bucket, check_database
-from tasks.records import newest_promotion_backup, write_record
-from tasks.report import StepReport
-from tasks.verify import verify_state
+from dbpromote.models.approval import rollback_request
+from dbpromote.models.report import StepReport
+from dbpromote.notify import notify_failure
+from dbpromote.records import newest_promotion_backup, write_record
 
 DAY_S = 24 * 3600
 

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import itertools
-import json
 import random
-import select
-import subprocess
-import tempfile
 import time
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
 
-from dbpromote.config import DatabaseTarget, DjangoProject
+from dbpromote.config import DatabaseTarget
 from dbpromote.errors import MigrationError, redact
-from tasks.exclusion import migration_running
-from tasks.plan import PROBE_TIMEOUT_S, PlannedMigration, start_probe
-from tasks.preflight import connect
+from dbpromote.exclusion import migration_running
+from dbpromote.models.plan import PlannedMigration
+from dbpromote.models.report import MigrationResult
+from dbpromote.postgres import connect
+from dbpromote.probe import ProbeSession, StepAnswer
 
 # Every attempt that waits for a lock stalls the application for up to lock_timeout: its queries queue behind the
 # waiting DDL. Sleeping at least three lock_timeouts before the next attempt keeps it running 3/4 of the time
@@ -26,66 +23,6 @@ from tasks.preflight import connect
 STALL_BACKOFF_FACTOR = 3
 FIRST_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 4.0
-
-
-class MigrationResult(BaseModel):
-    label: str
-    duration_s: float
-    attempts: int
-    already_applied: bool = False
-
-
-class ProbeSession:
-    """One probe process in the project's interpreter that applies (or reverses) migrations on request.
-
-    Django starts once for a whole environment step, not once per migration (~0.4 s each); the process starts at
-    the first request and ends with the session.
-    """
-
-    def __init__(self, project: DjangoProject, target: DatabaseTarget):
-        self.project, self.target, self.process = project, target, None
-        self.stderr = tempfile.TemporaryFile()
-
-    def __enter__(self) -> ProbeSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.process is not None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.stderr.close()
-
-    def request(self, migration: PlannedMigration) -> dict:
-        """The probe's outcome of one migration step, as `migrate_one`/`reverse_one` report it."""
-        if self.process is None:
-            arguments = [
-                "serve",
-                "--lock-timeout-ms",
-                str(self.target.lock_timeout_ms),
-                "--statement-timeout-ms",
-                str(self.target.statement_timeout_ms),
-            ]
-            self.process = start_probe(self.project, self.target, *arguments, stderr=self.stderr)
-        line = json.dumps({"app": migration.app, "name": migration.name, "backwards": migration.backwards})
-        try:
-            self.process.stdin.write(line.encode() + b"\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            pass  # it died; reported below from what it wrote
-        ready, _, _ = select.select([self.process.stdout], [], [], PROBE_TIMEOUT_S)
-        answer = self.process.stdout.readline() if ready else b""
-        try:
-            return json.loads(answer)
-        except json.JSONDecodeError:
-            self.stderr.seek(0)
-            tail = redact(
-                self.stderr.read().decode(errors="replace").strip()[-500:], self.target.url.get_secret_value()
-            )
-            return {"ok": False, "error": {"kind": "probe", "message": f"the probe process ended or hung: {tail}"}}
 
 
 @task(
@@ -109,23 +46,22 @@ def apply_migration(
     for attempt in itertools.count(1):
         wait_for_long_transactions(target, target_name)
         with migration_running(target, target_name, wait_s=target.max_lock_wait_s):
-            outcome = probe.request(migration)
-        if outcome.get("ok"):
+            outcome = probe.request(migration.app, migration.name, migration.backwards)
+        if isinstance(outcome, StepAnswer):
             return MigrationResult(
                 label=migration.label,
                 duration_s=round(time.monotonic() - started, 3),
                 attempts=attempt,
-                already_applied=outcome.get("already_applied", False),
+                already_applied=outcome.already_applied,
             )
-        error = outcome.get("error") or {}
-        message = redact(error.get("message", "unknown error"), target.url.get_secret_value())
+        message = redact(outcome.message or "unknown error", target.url.get_secret_value())
         if not migration.atomic:
             raise MigrationError(
                 f"{migration.label} is not atomic and failed part-way on {target_name} ({message}); operations "
                 "before the failing one may have been applied and it is not recorded as applied: inspect it "
                 "(e.g. an INVALID index left by CREATE INDEX CONCURRENTLY), repair, then run again."
             )
-        if error.get("kind") != "lock":
+        if outcome.reason != "lock":
             raise MigrationError(f"{migration.label} failed on {target_name} and was rolled back ({message}).")
         sleep = backoff * random.uniform(0.75, 1.25)
         if time.monotonic() + sleep > deadline:

@@ -2,37 +2,13 @@
 
 import uuid
 
-import psycopg
 from google.api_core import exceptions as gcs_errors
 from prefect import task
 
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import PreflightError, redact, retry_if_transient
-from tasks.gcs import gcs_client, gcs_retry
-
-
-def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Connection:
-    """A connection as the target's migration role, or a PreflightError naming what to fix."""
-    url = target.url.get_secret_value()
-    try:
-        return psycopg.connect(url, connect_timeout=10, **kwargs)
-    except psycopg.OperationalError as error:
-        reason = redact(str(error).strip().splitlines()[-1] if str(error).strip() else repr(error), url)
-        if "password authentication failed" in reason or "no password supplied" in reason:
-            fix = f"correct the credentials with `dbpromote target add {target_name} --url URL`"
-        elif "does not exist" in reason:
-            fix = f"create the database or correct its name with `dbpromote target add {target_name} --url URL`"
-        else:
-            fix = "check the host and port in its URL and that the server is running and reachable"
-        transient = fix.startswith("check the host")
-        raise PreflightError(
-            f"Cannot connect to target {target_name!r} ({reason}); {fix}.", transient=transient
-        ) from None
-    except psycopg.ProgrammingError as error:
-        raise PreflightError(
-            f"The URL of target {target_name!r} is not a valid PostgreSQL URL ({redact(str(error), url)}); "
-            f"fix it with `dbpromote target add {target_name} --url postgresql://USER:PASSWORD@HOST:PORT/DB`."
-        ) from None
+from dbpromote.errors import PreflightError, retry_if_transient
+from dbpromote.gcs import gcs_client, gcs_retry
+from dbpromote.postgres import connect, database_facts
 
 
 @task(name="check-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
@@ -40,13 +16,6 @@ def check_database(target: DatabaseTarget, target_name: str) -> dict:
     """The server answers with the given credentials; returns its version and the database's size."""
     with connect(target, target_name) as conn:
         return database_facts(conn)
-
-
-def database_facts(conn: psycopg.Connection) -> dict:
-    version, database, size = conn.execute(
-        "SELECT current_setting('server_version'), current_database(), pg_database_size(current_database())"
-    ).fetchone()
-    return {"server_version": version, "database": database, "size_bytes": size}
 
 
 @task(name="check-bucket", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)

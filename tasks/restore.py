@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -12,13 +11,13 @@ import psycopg
 from prefect import task
 from prefect.runtime import flow_run
 from psycopg import sql
-from pydantic import BaseModel
 
+from dbpromote.backups import read_back_into, read_manifest
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import BackupError, DbpromoteError, redact, retry_if_transient
-from tasks.backup import Backup, Manifest, libpq_env, migration_state, read_back_into, read_manifest, row_counts
-from tasks.gcs import gcs_client
-from tasks.preflight import connect
+from dbpromote.gcs import gcs_client
+from dbpromote.models.backup import Backup, Manifest, Restored
+from dbpromote.postgres import connect, libpq_env, migration_state, row_counts, server_connection
 
 # Every database dbpromote creates carries this comment; it drops no database without it.
 SCRATCH_MARK = "dbpromote scratch"
@@ -27,60 +26,11 @@ IDENTIFIER_MAX = 63
 LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
 
 
-class Restored(BaseModel):
-    """A backup restored into a database and checked against what the backup recorded."""
-
-    backup: Backup
-    target: str
-    database: str
-    tables: int
-    rows: int
-    migration_state: list[tuple[str, str]]
-    duration_s: float
-    replaced: str = ""
-
-    @classmethod
-    def from_manifest(cls, backup: Backup, manifest: Manifest, target: str, database: str, **fields) -> Restored:
-        """A restore whose rows and migration state were found equal to what the backup recorded."""
-        return cls(
-            backup=backup,
-            target=target,
-            database=database,
-            tables=len(manifest.row_counts),
-            rows=sum(manifest.row_counts.values()),
-            migration_state=manifest.migration_state,
-            **fields,
-        )
-
-    def markdown(self) -> str:
-        lines = [
-            f"# Restore of {self.target}",
-            "",
-            f"- backup: {self.backup.uri} (taken {self.backup.created_at})",
-            f"- restored into database `{self.database}` in {self.duration_s:.1f} s",
-            f"- checked: {self.tables} tables, {self.rows} rows match the backup's manifest; migration state "
-            f"{len(self.migration_state)} migrations matches",
-        ]
-        if self.replaced:
-            lines += [
-                f"- `{self.database}` is now the target's database; the previous one is kept as `{self.replaced}` "
-                f"(drop it with `DROP DATABASE {self.replaced}` once you no longer need it)",
-            ]
-        return "\n".join(lines)
-
-
 def scratch_name(database: str, purpose: str) -> str:
     """A name for a database this run creates: stable within a flow run, so a re-run finds (and replaces) it."""
     run = str(flow_run.get_id() or "")[:8] or datetime.now(UTC).strftime("%H%M%S%f")
     suffix = f"_{purpose}_{run}"
     return database[: IDENTIFIER_MAX - len(suffix)] + suffix
-
-
-@contextlib.contextmanager
-def server_connection(target: DatabaseTarget, target_name: str) -> Iterator[psycopg.Connection]:
-    """A connection to the target's server outside its database (CREATE, DROP and RENAME DATABASE run there)."""
-    with connect(target.on_database("postgres"), target_name, autocommit=True) as conn:
-        yield conn
 
 
 def _comment(conn: psycopg.Connection, database: str) -> str | None:

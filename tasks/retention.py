@@ -5,27 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from prefect import task
-from pydantic import BaseModel
 
+from dbpromote.backups import backup_objects, delete_backup
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, retry_if_transient
-from tasks.backup import backup_objects, delete_backup
-from tasks.gcs import gcs_client
-from tasks.records import newest_promotion_backup, read_records
+from dbpromote.gcs import gcs_client
+from dbpromote.models.backup import Retained
+from dbpromote.records import newest_promotion_backup, read_records
 
 # A backup is verified minutes after its object appears. An unverified dump this old was left by a backup that
 # stopped in between (a killed worker): never listed as a backup, nothing refers to it, so retention deletes it.
 UNVERIFIED_AFTER = timedelta(days=1)
-
-
-class Retained(BaseModel):
-    """What retention decided for one target: every backup kept, with why, every one deleted, and every unverified
-    leftover swept."""
-
-    target: str
-    kept: dict[str, str]
-    deleted: list[str]
-    swept: list[str] = []
 
 
 def check_retention(keep_last: int, keep_days: float) -> None:

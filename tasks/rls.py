@@ -6,57 +6,15 @@ import psycopg
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from psycopg import sql
-from pydantic import BaseModel, Field
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, VerificationError, retry_if_transient
-from tasks.preflight import connect
-from tasks.run_context import in_a_run
+from dbpromote.models.report import Coverage, Isolation, TableCoverage, TableProof
+from dbpromote.postgres import connect
+from dbpromote.run_context import in_a_run
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 POLICY_PREFIX = "tenant_isolation_"
-
-
-class TableCoverage(BaseModel):
-    table: str
-    rls_enabled: bool
-    policy: str  # "current", "missing", "drift"
-    missing_grants: list[str] = Field(default_factory=list)
-    action: str = ""  # what apply did: "created", "replaced (drift)", "granted", "" = nothing
-
-
-class Coverage(BaseModel):
-    """The RLS state of one target's tenant tables, and what applying it issued."""
-
-    target: str
-    tables: list[TableCoverage]
-    orphaned_policies: list[str] = Field(default_factory=list)
-    ddl_statements: int = 0
-
-    @property
-    def gaps(self) -> list[str]:
-        return [t.table for t in self.tables if not t.rls_enabled or t.policy != "current" or t.missing_grants]
-
-    @property
-    def drift(self) -> list[str]:
-        return [t.table for t in self.tables if t.policy == "drift" or t.action.startswith("replaced")]
-
-
-class TableProof(BaseModel):
-    table: str
-    passed: bool
-    detail: str
-
-
-class Isolation(BaseModel):
-    target: str
-    tables: list[TableProof]
-    role_problems: list[str] = Field(default_factory=list)
-    bypassing_views: list[str] = Field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(t.passed for t in self.tables) and not self.role_problems and not self.bypassing_views
 
 
 def policy_name(table: str) -> str:

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dbpromote.tasks.plan import compute_plan
 from prefect import task
-from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import retry_if_transient
-from tasks.backup import migration_state
-from tasks.plan import Plan, compute_plan
-from tasks.preflight import connect
-
-
-class Check(BaseModel):
-    name: str
-    passed: bool
-    detail: str = ""
-
-
-class Verification(BaseModel):
-    checks: list[Check]
-
-    @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [check for check in self.checks if not check.passed]
+from dbpromote.models.plan import Plan
+from dbpromote.models.report import Check, Verification
+from dbpromote.postgres import connect, migration_state
 
 
 @task(name="verify", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)

@@ -11,7 +11,7 @@ HOME = Path(tempfile.mkdtemp(prefix="dbpromote-test-"))
 HOME.chmod(0o755)  # the postgres system user must reach the clusters inside
 os.environ["DBPROMOTE_HOME"] = str(HOME)
 
-from deployments import stack as local_stack  # noqa: E402
+from dbpromote import localstack as local_stack  # noqa: E402
 
 PREFECT_PORT = local_stack.free_port(4300)
 GCS_PORT = local_stack.free_port(9100)
@@ -95,7 +95,7 @@ def make_target(stack):
 def project_copy(tmp_path, stack):
     """A copy of the sample project registered as its own block, for breaking it."""
     from dbpromote.config import DjangoProject
-    from deployments.stack import SAMPLE_PROJECT
+    from dbpromote.localstack import SAMPLE_PROJECT
 
     folder = tmp_path / "project"
     shutil.copytree(SAMPLE_PROJECT, folder, ignore=shutil.ignore_patterns("__pycache__"))

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from tasks.backup_stream import Cancelled, Chunks
+from dbpromote.backup_stream import Cancelled, Chunks
 
 
 def in_thread(work) -> threading.Event:

@@ -5,8 +5,8 @@ import textwrap
 import psycopg
 import pytest
 
+from dbpromote.backups import list_backups
 from dbpromote.errors import ConfigError, DbpromoteError, PreflightError
-from tasks.backup import list_backups
 from tests.test_environment_step import applied
 
 
@@ -19,7 +19,7 @@ def assert_refused_cleanly(stack, error: DbpromoteError, *expected: str):
 
 
 def run(project: str, target: str, to: str = ""):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     return migrate_environment(project, target, to)
 

@@ -72,8 +72,8 @@ def test_scheduled_nightly_backup_produces_a_verified_backup(stack):
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.schedules import IntervalSchedule
 
+    from dbpromote.backups import list_backups
     from dbpromote.config import load_target
-    from tasks.backup import list_backups
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("backup/nightly-backup")
@@ -100,8 +100,8 @@ def test_scheduled_nightly_backup_produces_a_verified_backup(stack):
 
 
 def test_audit_flags_an_old_backup_and_a_missing_policy(fresh_databases):
-    from flows.audit import audit
-    from flows.backup import backup
+    from dbpromote.flows.audit import audit
+    from dbpromote.flows.backup import backup
 
     backup(["production"])
     with pytest.raises(VerificationError, match=r"production's newest backup is [\d.]+ h old \(allowed 1e-06 h\)"):
@@ -146,8 +146,8 @@ def test_notifications_when_waiting_for_approval_and_when_a_run_fails(fresh_data
     from prefect import get_client
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from deployments.runs import answer_approval
-    from tasks.notify import NOTIFICATION_BLOCK
+    from dbpromote.notify import NOTIFICATION_BLOCK
+    from dbpromote.runs import answer_approval
     from tests.test_promote import PromotionInBackground
 
     receiver = Receiver()

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dbpromote.backups import list_backups
 from dbpromote.errors import BackupError, MigrationError
-from tasks.backup import list_backups
 from tests.fault_proxy import FaultProxy
 from tests.test_environment_step import RELEASE, applied
 
@@ -35,7 +35,7 @@ def hold_lock(url: str, table: str, seconds: float, ready: threading.Event) -> t
 @contextlib.contextmanager
 def backup_fails_leaving_nothing(stack, monkeypatch, proxy: FaultProxy):
     """Uploads go through `proxy` in the body; after it no new object is in the bucket and staging is still at v1."""
-    from tasks.gcs import gcs_client
+    from dbpromote.gcs import gcs_client
 
     def names() -> set[str]:
         return {blob.name for blob in gcs_client().list_blobs("dbpromote-backups", prefix="backups/staging/")}
@@ -52,7 +52,7 @@ def backup_fails_leaving_nothing(stack, monkeypatch, proxy: FaultProxy):
 
 
 def test_lock_held_by_another_session_is_waited_for_and_retried(fresh_databases, make_target):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     target = make_target("staging-short-locks", lock_timeout_ms=300, max_lock_wait_s=60)
     blocker = hold_lock(fresh_databases.database_url("staging"), "core_task", 4, threading.Event())
@@ -64,7 +64,7 @@ def test_lock_held_by_another_session_is_waited_for_and_retried(fresh_databases,
 
 
 def test_lock_never_released_stops_after_the_bound_at_a_known_state(fresh_databases, make_target):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     target = make_target("staging-bounded-locks", lock_timeout_ms=200, max_lock_wait_s=3)
     done = threading.Event()
@@ -81,7 +81,7 @@ def test_lock_never_released_stops_after_the_bound_at_a_known_state(fresh_databa
 
 
 def test_long_running_transaction_is_named_before_migrating(fresh_databases, make_target):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     target = make_target("staging-no-long-tx", long_transaction_s=0.5, long_transaction_wait_s=1)
     with psycopg.connect(fresh_databases.database_url("staging")) as conn:
@@ -105,7 +105,7 @@ def add_poorly_compressible_rows(stack) -> None:
 @pytest.mark.parametrize("mode", ["503", "reset"])
 @pytest.mark.parametrize("where", ["starting the upload", "mid-stream"])
 def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatch, mode, where):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     add_poorly_compressible_rows(fresh_databases)
     monkeypatch.setattr("tasks.backup.CHUNK_SIZE", 256 * 1024)
@@ -123,7 +123,7 @@ def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatc
 
 
 def test_promise_4_persistent_gcs_fault_runs_no_migration_and_reports_no_backup(fresh_databases, monkeypatch):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=-1)
     monkeypatch.setenv("DBPROMOTE_GCS_RETRY_TIMEOUT_S", "2")
@@ -133,7 +133,7 @@ def test_promise_4_persistent_gcs_fault_runs_no_migration_and_reports_no_backup(
 
 
 def test_promise_3_and_7_failing_migration_names_last_applied_and_the_way_back_then_rerun_completes(fresh_databases):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     url = fresh_databases.database_url("staging")
     with psycopg.connect(url) as conn:  # the fault: 0005's column already exists
@@ -158,10 +158,10 @@ def test_promise_3_and_7_failing_migration_names_last_applied_and_the_way_back_t
 
 
 def test_backup_rerun_in_the_same_flow_run_reuses_the_verified_backup(fresh_databases):
+    from dbpromote.tasks.backup import backup_to_gcs
     from prefect import flow
 
     from dbpromote.config import load_target
-    from tasks.backup import backup_to_gcs
 
     @flow
     def backup_twice():
@@ -174,7 +174,7 @@ def test_backup_rerun_in_the_same_flow_run_reuses_the_verified_backup(fresh_data
 
 
 def test_promise_4_an_upload_corrupted_on_the_way_is_deleted_and_never_reported(fresh_databases, monkeypatch):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="corrupt", fail_uploads=-1)
     with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
@@ -195,7 +195,7 @@ def pg_dump_wrapped(folder: Path, then: str) -> str:
 
 def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(fresh_databases, monkeypatch, tmp_path):
     """pg_dump dies after writing its whole output: chunks already went up, the last one must never be sent."""
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     add_poorly_compressible_rows(fresh_databases)
     # The fault: pg_dump exits 1 at the end of its output, as on a lost connection.
@@ -210,8 +210,8 @@ def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(f
 
 
 def streamer_pids() -> list[int]:
-    """The backup streaming processes running on this machine (`python tasks/backup_stream.py`)."""
-    from tasks.backup import STREAMER
+    """The backup streaming processes running on this machine (`python -m dbpromote.backup_stream`)."""
+    from dbpromote.tasks.backup import STREAMER
 
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -225,14 +225,14 @@ def test_promise_4_a_worker_killed_mid_backup_leaves_no_object(fresh_databases, 
     """The process running the backup is SIGKILLed (an out-of-memory kill, a preempted node) while the dump streams:
     the streaming process it started must not finish the upload on its own."""
     from dbpromote.config import load_target
-    from tasks.gcs import gcs_client
+    from dbpromote.gcs import gcs_client
 
     add_poorly_compressible_rows(fresh_databases)
     name = make_target("staging-killed", prefix=f"killed-{time.time_ns()}")
     # A dump that pauses after 2 MB, as a large table would take its time.
     slow = 'head -c 2000000 "$OUT"; sleep 4; tail -c +2000001 "$OUT"'
     code = (
-        "from dbpromote.config import load_target; from tasks.backup import backup_to_gcs; "
+        "from dbpromote.config import load_target; from dbpromote.tasks.backup import backup_to_gcs; "
         f"backup_to_gcs.fn(load_target({name!r}), {name!r})"
     )
     env = os.environ | {"PATH": pg_dump_wrapped(tmp_path, slow)}
@@ -253,9 +253,10 @@ def test_promise_4_a_worker_killed_mid_backup_leaves_no_object(fresh_databases, 
 
 
 def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_target):
+    from dbpromote.flows.environment import migrate_environment
+
     from dbpromote.config import load_target
-    from flows.environment import migrate_environment
-    from tasks.exclusion import backup_running
+    from dbpromote.exclusion import backup_running
 
     target = make_target("staging-busy", max_lock_wait_s=2)
     started, release = threading.Event(), threading.Event()
@@ -278,7 +279,7 @@ def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_
 
 
 def test_non_atomic_migration_failing_part_way_is_reported_and_not_retried(fresh_databases):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     with psycopg.connect(fresh_databases.database_url("staging")) as conn:
         conn.execute("CREATE INDEX task_tenant_created_idx ON core_task (id)")  # 0004's index name, taken

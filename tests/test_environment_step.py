@@ -4,7 +4,8 @@ import subprocess
 
 import psycopg
 
-from tasks.backup import libpq_env, list_backups
+from dbpromote.backups import list_backups
+from dbpromote.postgres import libpq_env
 
 RELEASE = [
     "core.0002_featureflag",
@@ -23,8 +24,9 @@ def applied(stack, server):
 
 
 def test_happy_path_backs_up_migrates_and_verifies(fresh_databases):
+    from dbpromote.flows.environment import migrate_environment
+
     from dbpromote.config import load_target
-    from flows.environment import migrate_environment
 
     stack = fresh_databases
     report = migrate_environment("tenant-backend", "staging")
@@ -39,9 +41,10 @@ def test_happy_path_backs_up_migrates_and_verifies(fresh_databases):
 
 
 def test_backup_restores_to_the_state_before(fresh_databases, tmp_path):
+    from dbpromote.flows.environment import migrate_environment
+
     from dbpromote.config import load_target
-    from flows.environment import migrate_environment
-    from tasks.gcs import gcs_client
+    from dbpromote.gcs import gcs_client
 
     stack = fresh_databases
     report = migrate_environment("tenant-backend", "staging")
@@ -64,7 +67,7 @@ def test_backup_restores_to_the_state_before(fresh_databases, tmp_path):
 
 
 def test_promise_7_rerun_applies_nothing_twice(fresh_databases):
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     migrate_environment("tenant-backend", "staging")
     again = migrate_environment("tenant-backend", "staging")

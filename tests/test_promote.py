@@ -16,7 +16,7 @@ class InBackground:
     """Runs a flow in a thread of this process, as a worker would, so the test can act as the approver."""
 
     def __init__(self, flow, **parameters):
-        from deployments.runs import pending_approvals
+        from dbpromote.runs import pending_approvals
 
         self.already_paused = {run.id for run in pending_approvals()}
         self.result, self.error = None, None
@@ -31,7 +31,7 @@ class InBackground:
         self.thread.start()
 
     def paused_run(self, timeout=120):
-        from deployments.runs import pending_approvals
+        from dbpromote.runs import pending_approvals
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -50,18 +50,18 @@ class InBackground:
 
 class PromotionInBackground(InBackground):
     def __init__(self, **parameters):
-        from flows.promote import promote
+        from dbpromote.flows.promote import promote
 
         defaults = {"project": "tenant-backend", "through": ["staging", "production"], "approval_poll_s": 1}
         super().__init__(promote, **(defaults | parameters))
 
 
 def test_promise_1_production_migrated_only_after_staging_backup_and_named_approval(fresh_databases):
+    from dbpromote.backups import list_backups
     from dbpromote.config import load_target
-    from deployments.runs import answer_approval
-    from tasks.backup import list_backups
-    from tasks.gcs import gcs_client
-    from tasks.records import read_records
+    from dbpromote.gcs import gcs_client
+    from dbpromote.records import read_records
+    from dbpromote.runs import answer_approval
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()
@@ -91,7 +91,7 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
 def catalog_snapshot(stack, server: str) -> tuple[str, list]:
     """The schema as pg_dump prints it (minus 15.18's random \\restrict keys) and the migration table's rows."""
     from dbpromote.config import load_target
-    from tasks.backup import libpq_env
+    from dbpromote.postgres import libpq_env
 
     schema = subprocess.run(
         ["pg_dump", "--schema-only"], env=libpq_env(load_target(server)), capture_output=True, text=True, check=True
@@ -103,15 +103,15 @@ def catalog_snapshot(stack, server: str) -> tuple[str, list]:
 
 
 def production_backups() -> list[str]:
+    from dbpromote.backups import list_backups
     from dbpromote.config import load_target
-    from tasks.backup import list_backups
 
     return [backup.uri for backup in list_backups(load_target("production"), "production")]
 
 
 @pytest.mark.parametrize("how", ["rejection", "timeout"])
 def test_promise_2_rejection_or_timeout_leaves_production_byte_identical(fresh_databases, how):
-    from deployments.runs import answer_approval
+    from dbpromote.runs import answer_approval
 
     before, backups_before = catalog_snapshot(fresh_databases, "production"), production_backups()
     if how == "rejection":
@@ -133,7 +133,7 @@ def test_promise_2_rejection_or_timeout_leaves_production_byte_identical(fresh_d
 
 def test_staging_failure_means_production_never_paused_nor_touched(fresh_databases):
     from dbpromote.errors import MigrationError
-    from deployments.runs import pending_approvals
+    from dbpromote.runs import pending_approvals
 
     with psycopg.connect(fresh_databases.database_url("staging")) as conn:
         conn.execute("ALTER TABLE core_project ADD COLUMN slug text")  # 0005 fails on staging
@@ -154,8 +154,8 @@ def test_a_migration_added_after_staging_and_before_approval_stops_everything(fr
     import textwrap
 
     from dbpromote.config import DjangoProject
-    from deployments.runs import answer_approval
-    from deployments.stack import SAMPLE_PROJECT
+    from dbpromote.localstack import SAMPLE_PROJECT
+    from dbpromote.runs import answer_approval
 
     copy = tmp_path / "project"
     shutil.copytree(SAMPLE_PROJECT, copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -185,7 +185,7 @@ def test_a_migration_added_after_staging_and_before_approval_stops_everything(fr
 def test_form_refuses_a_missing_approver_or_acknowledgement_and_keeps_waiting(fresh_databases):
     from prefect import get_client
 
-    from deployments.runs import answer_approval, paused_form_schema
+    from dbpromote.runs import answer_approval, paused_form_schema
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()
@@ -257,7 +257,7 @@ def test_cli_bad_promotion_input_is_one_sentence_and_changes_nothing(fresh_datab
 
 
 def test_approval_from_someone_not_listed_is_refused_and_the_run_keeps_waiting(fresh_databases, make_target):
-    from deployments.runs import answer_approval, pending_approvals
+    from dbpromote.runs import answer_approval, pending_approvals
 
     make_target("production-guarded", server="production", requires_approval=True, approvers=["carol"])
     promotion = PromotionInBackground(through=["staging", "production-guarded"])
@@ -277,7 +277,7 @@ def test_approval_from_someone_not_listed_is_refused_and_the_run_keeps_waiting(f
 
 
 def test_promise_1_plan_changed_after_approval_runs_nothing(fresh_databases):
-    from deployments.runs import answer_approval
+    from dbpromote.runs import answer_approval
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()
@@ -293,7 +293,7 @@ def test_promise_1_plan_changed_after_approval_runs_nothing(fresh_databases):
 
 
 def test_production_that_staging_cannot_vouch_for_is_refused_before_anything(fresh_databases):
-    from flows.promote import promote
+    from dbpromote.flows.promote import promote
 
     with psycopg.connect(fresh_databases.database_url("staging")) as conn:
         conn.execute("INSERT INTO django_migrations (app, name, applied) VALUES ('core', '0002_featureflag', now())")

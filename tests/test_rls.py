@@ -9,8 +9,9 @@ from dbpromote.errors import ConfigError, VerificationError
 @pytest.fixture(scope="module")
 def promoted_staging(stack):
     """Staging after the environment step (which ends with the RLS apply and proof)."""
-    from deployments.stack import reset_database
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
+
+    from dbpromote.localstack import reset_database
 
     reset_database(stack, "staging")
     report = migrate_environment("tenant-backend", "staging")
@@ -40,7 +41,7 @@ def test_the_release_new_table_gets_its_policy_in_the_same_promotion(promoted_st
 
 
 def test_cross_tenant_read_insert_update_refused_on_every_tenant_table(promoted_staging):
-    from tasks.rls import prove_tenant_isolation
+    from dbpromote.tasks.rls import prove_tenant_isolation
 
     proof = prove_tenant_isolation.fn(staging(), "staging")
     assert len(proof.tables) >= 27
@@ -50,7 +51,7 @@ def test_cross_tenant_read_insert_update_refused_on_every_tenant_table(promoted_
 
 
 def test_second_run_issues_zero_ddl(promoted_staging, superuser):
-    from tasks.rls import apply_rls_policies
+    from dbpromote.tasks.rls import apply_rls_policies
 
     superuser.execute("CREATE TABLE IF NOT EXISTS ddl_seen (tag text)")
     superuser.execute("GRANT INSERT ON ddl_seen TO PUBLIC")
@@ -71,8 +72,9 @@ def test_second_run_issues_zero_ddl(promoted_staging, superuser):
 
 
 def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted_staging, superuser):
-    from tasks.preflight import connect
-    from tasks.rls import apply_rls_policies, inspect_coverage, prove_tenant_isolation
+    from dbpromote.tasks.rls import apply_rls_policies, inspect_coverage, prove_tenant_isolation
+
+    from dbpromote.postgres import connect
 
     superuser.execute("DROP POLICY tenant_isolation_core_task ON core_task")
     superuser.execute("CREATE POLICY tenant_isolation_core_task ON core_task TO django_app USING (true)")
@@ -99,7 +101,7 @@ def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted
     ],
 )
 def test_app_role_that_bypasses_policies_is_refused_with_the_fix(promoted_staging, superuser, grant, revoke, named):
-    from tasks.rls import apply_rls_policies
+    from dbpromote.tasks.rls import apply_rls_policies
 
     superuser.execute(grant)
     try:
@@ -111,7 +113,7 @@ def test_app_role_that_bypasses_policies_is_refused_with_the_fix(promoted_stagin
 
 
 def test_view_without_security_invoker_is_reported(promoted_staging, superuser):
-    from tasks.rls import prove_tenant_isolation
+    from dbpromote.tasks.rls import prove_tenant_isolation
 
     superuser.execute("CREATE VIEW open_tasks AS SELECT id, tenant_id, title FROM core_task")
     superuser.execute("CREATE VIEW safe_tasks WITH (security_invoker = true) AS SELECT id, tenant_id FROM core_task")
@@ -123,8 +125,9 @@ def test_view_without_security_invoker_is_reported(promoted_staging, superuser):
 
 
 def test_force_rls_refused_when_migrations_would_see_nothing(promoted_staging, make_target):
+    from dbpromote.tasks.rls import apply_rls_policies
+
     from dbpromote.config import load_target
-    from tasks.rls import apply_rls_policies
 
     name = make_target("staging-forced", force_rls=True)
     with pytest.raises(ConfigError, match="data migrations \\(RunPython\\) would see no rows"):
@@ -132,8 +135,8 @@ def test_force_rls_refused_when_migrations_would_see_nothing(promoted_staging, m
 
 
 def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging, superuser):
-    from flows.audit import audit_rls
-    from tasks.rls import apply_rls_policies
+    from dbpromote.flows.audit import audit_rls
+    from dbpromote.tasks.rls import apply_rls_policies
 
     apply_rls_policies.fn(staging(), "staging")  # whatever earlier tests left, start covered
     assert audit_rls(["staging"])[0].gaps == []
@@ -143,6 +146,6 @@ def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging
             audit_rls(["staging"])
         assert superuser.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'core_label'").fetchone()[0] == 0
     finally:
-        from tasks.rls import apply_rls_policies
+        from dbpromote.tasks.rls import apply_rls_policies
 
         apply_rls_policies.fn(staging(), "staging")

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from deployments.stack import SAMPLE_PROJECT
+from dbpromote.localstack import SAMPLE_PROJECT
 from tests.test_environment_step import RELEASE
 
 

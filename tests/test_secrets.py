@@ -6,9 +6,8 @@ from dbpromote.errors import DbpromoteError
 
 
 def test_promise_5_no_secret_in_logs_artifacts_exceptions_or_parameters(fresh_databases, make_target):
+    from dbpromote.flows.environment import migrate_environment
     from prefect import get_client
-
-    from flows.environment import migrate_environment
 
     stack = fresh_databases
     secrets = [stack.passwords[role] for role in ("tenant_owner", "django_app", "postgres")]

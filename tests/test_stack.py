@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from deployments import stack as local_stack
+from dbpromote import localstack as local_stack
 
 DBPROMOTE = [sys.executable, "-m", "deployments.cli"]
 

@@ -61,8 +61,8 @@ def schema_shape(stack, server: str) -> tuple[set, set]:
 
 
 def test_restore_round_trip_gives_back_every_tenant_row_and_keeps_the_replaced_database(fresh_databases):
-    from flows.backup import backup
-    from flows.restore import restore
+    from dbpromote.flows.backup import backup
+    from dbpromote.flows.restore import restore
 
     stack = fresh_databases
     taken = backup(["staging"])[0]
@@ -87,10 +87,9 @@ def test_restore_round_trip_gives_back_every_tenant_row_and_keeps_the_replaced_d
 
 
 def test_promise_7_a_restore_run_again_after_its_swap_swaps_nothing_twice(fresh_databases):
+    from dbpromote.flows.backup import backup
+    from dbpromote.flows.restore import restore
     from prefect import flow
-
-    from flows.backup import backup
-    from flows.restore import restore
 
     stack = fresh_databases
     taken = backup(["staging"])[0]
@@ -108,11 +107,12 @@ def test_promise_7_a_restore_run_again_after_its_swap_swaps_nothing_twice(fresh_
 
 
 def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(fresh_databases):
+    from dbpromote.flows.backup import backup
+    from dbpromote.flows.restore import restore
+
+    from dbpromote.backups import list_backups
     from dbpromote.config import load_target
-    from flows.backup import backup
-    from flows.restore import restore
-    from tasks.backup import list_backups
-    from tasks.gcs import gcs_client
+    from dbpromote.gcs import gcs_client
 
     stack = fresh_databases
     taken = backup(["staging"])[0]
@@ -135,9 +135,10 @@ def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(fresh_databas
 
 
 def test_restore_over_a_target_requiring_approval_waits_and_a_rejection_changes_nothing(fresh_databases):
-    from deployments.runs import answer_approval
-    from flows.backup import backup
-    from flows.restore import restore
+    from dbpromote.flows.backup import backup
+    from dbpromote.flows.restore import restore
+
+    from dbpromote.runs import answer_approval
 
     stack = fresh_databases
     taken = backup(["production"])[0]
@@ -157,8 +158,8 @@ def test_restore_over_a_target_requiring_approval_waits_and_a_rejection_changes_
 
 
 def test_rollback_of_the_sample_release_returns_to_v1(fresh_databases):
-    from flows.environment import migrate_environment
-    from flows.rollback import rollback
+    from dbpromote.flows.environment import migrate_environment
+    from dbpromote.flows.rollback import rollback
 
     stack = fresh_databases
     v1_shape = schema_shape(stack, "staging")
@@ -176,8 +177,8 @@ def test_rollback_of_the_sample_release_returns_to_v1(fresh_databases):
 
 
 def test_rollback_is_refused_before_anything_when_a_migration_cannot_be_reversed(fresh_databases, project_copy):
-    from flows.environment import migrate_environment
-    from flows.rollback import rollback
+    from dbpromote.flows.environment import migrate_environment
+    from dbpromote.flows.rollback import rollback
 
     stack = fresh_databases
     project = project_copy("one-way")
@@ -206,8 +207,8 @@ def test_rollback_is_refused_before_anything_when_a_migration_cannot_be_reversed
 
 
 def test_verify_backups_restores_the_newest_of_each_target_and_leaves_nothing_behind(fresh_databases):
-    from flows.backup import backup
-    from flows.restore import verify_backups
+    from dbpromote.flows.backup import backup
+    from dbpromote.flows.restore import verify_backups
 
     stack = fresh_databases
     taken = backup(["staging", "production"])
@@ -223,11 +224,12 @@ def test_verify_backups_restores_the_newest_of_each_target_and_leaves_nothing_be
 def test_retention_keeps_referenced_and_recent_backups_and_deletes_only_what_the_rules_allow(
     fresh_databases, make_target
 ):
+    from dbpromote.flows.backup import backup
+
+    from dbpromote.backups import list_backups
     from dbpromote.config import load_target
-    from flows.backup import backup
-    from tasks.backup import list_backups
-    from tasks.gcs import gcs_client
-    from tasks.records import write_record
+    from dbpromote.gcs import gcs_client
+    from dbpromote.records import write_record
 
     name = make_target("retention-staging", prefix=f"retention-{datetime.now(UTC):%H%M%S%f}")
     target = load_target(name)
@@ -259,8 +261,9 @@ def test_retention_keeps_referenced_and_recent_backups_and_deletes_only_what_the
 
 
 def test_retention_refuses_rules_that_keep_nothing(fresh_databases):
+    from dbpromote.flows.backup import backup
+
     from dbpromote.errors import ConfigError
-    from flows.backup import backup
 
     with pytest.raises(ConfigError) as error:
         backup(["staging"], keep_last=-1)
@@ -268,8 +271,9 @@ def test_retention_refuses_rules_that_keep_nothing(fresh_databases):
 
 
 def test_the_backup_manifest_holds_the_rows_and_state_of_the_dump(fresh_databases):
-    from flows.backup import backup
-    from tasks.backup import read_manifest
+    from dbpromote.flows.backup import backup
+
+    from dbpromote.backups import read_manifest
 
     stack = fresh_databases
     taken = backup(["staging"])[0]
@@ -284,7 +288,7 @@ def test_rehearsal_durations_show_in_the_approval_form_and_a_slow_migration_is_f
     from prefect import get_client
     from prefect.input.run_input import keyset_from_paused_state
 
-    from deployments.runs import answer_approval
+    from dbpromote.runs import answer_approval
     from tests.test_promote import PromotionInBackground
 
     stack = fresh_databases
@@ -330,7 +334,7 @@ def test_cli_restore_runs_the_restore_deployment_on_the_worker(fresh_databases):
     import sys
     from pathlib import Path
 
-    from flows.backup import backup
+    from dbpromote.flows.backup import backup
 
     stack = fresh_databases
     taken = backup(["staging"])[0]
@@ -351,8 +355,9 @@ def test_cli_restore_runs_the_restore_deployment_on_the_worker(fresh_databases):
 
 
 def test_rollback_waits_for_a_held_lock_with_the_same_safety_as_migrate(fresh_databases, make_target):
-    from flows.environment import migrate_environment
-    from flows.rollback import rollback
+    from dbpromote.flows.environment import migrate_environment
+    from dbpromote.flows.rollback import rollback
+
     from tests.test_environment_faults import hold_lock
 
     stack = fresh_databases
@@ -374,7 +379,7 @@ def test_cli_rollback_runs_the_rollback_deployment_on_the_worker(fresh_databases
     import sys
     from pathlib import Path
 
-    from flows.environment import migrate_environment
+    from dbpromote.flows.environment import migrate_environment
 
     stack = fresh_databases
     release = migrate_environment("tenant-backend", "staging")

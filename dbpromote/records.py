@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from dbpromote.config import DatabaseTarget
-from tasks.gcs import gcs_client, gcs_retry
+from dbpromote.gcs import gcs_client, gcs_retry
 
 KINDS = ("approvals", "promotions", "rollbacks")
 

@@ -14,7 +14,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.input.run_input import keyset_from_paused_state
 
 from dbpromote.errors import ApprovalRejected, ConfigError
-from tasks.notify import run_url
+from dbpromote.notify import run_url
 
 
 def trigger(deployment: str, parameters: dict, *, wait: bool = False, idempotency_key: str | None = None) -> FlowRun:

@@ -1,9 +1,9 @@
 """pg_dump -> zstd -> a new GCS object, in a process of its own: the worker's memory never holds upload chunks.
 
-Run by tasks/backup.py as `python backup_stream.py` with the libpq connection in PG* variables (never argv) and
-a JSON request on stdin: bucket, object_name, metadata, snapshot, chunk_size, zstd_level. Prints one JSON line per
-progress step ({"dumped": bytes}) and one final line: {"ok": true, "crc32c", "size"} or {"ok": false, "kind",
-"message"}. Imports only the GCS client and zstandard (no Prefect): about 50 MB before the upload chunks.
+Run by tasks/backup.py as `python -m dbpromote.backup_stream` with the libpq connection in PG* variables (never
+argv) and a StreamRequest as JSON on stdin. Answers one JSON line per progress step (Progress) and one final line
+(Streamed or StreamFailed); both sides use the models below. Imports only the GCS client, zstandard and pydantic
+(no Prefect): about 50 MB before the upload chunks.
 
 The dump is compressed in this thread while the previous chunk uploads in another one, so pg_dump never waits for
 a request to finish (on GCS a chunk is a network round trip; on the emulator, a rewrite of the object so far). At
@@ -13,25 +13,59 @@ started it dies (an out-of-memory kill, say), the upload is cancelled at the nex
 
 import contextlib
 import io
-import json
 import os
 import queue
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from typing import Annotated, Literal
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import zstandard
+from google.api_core import exceptions as gcs_errors
+from google.cloud.storage.exceptions import DataCorruption
+from pydantic import BaseModel, Field, TypeAdapter
 
-import zstandard  # noqa: E402
-from google.api_core import exceptions as gcs_errors  # noqa: E402
-from google.cloud.storage.exceptions import DataCorruption  # noqa: E402
-
-from tasks.gcs import ChecksummingWriter, gcs_client, gcs_retry  # noqa: E402
+from dbpromote.gcs import ChecksummingWriter, gcs_client, gcs_retry
 
 READ_SIZE = 1024 * 1024
 PROGRESS_EVERY_S = 2.0
+
+
+class StreamRequest(BaseModel):
+    """What to dump where: the object (created only if absent), its metadata, pg_dump's snapshot, the chunking."""
+
+    bucket: str
+    object_name: str
+    metadata: dict[str, str]
+    snapshot: str
+    chunk_size: int
+    zstd_level: int
+
+
+class Progress(BaseModel):
+    kind: Literal["progress"] = "progress"
+    dumped: int
+
+
+class Streamed(BaseModel):
+    """The whole dump is in the object: its CRC32C (base64, as GCS reports it) and size as sent."""
+
+    kind: Literal["streamed"] = "streamed"
+    crc32c: str
+    size: int
+
+
+class StreamFailed(BaseModel):
+    """No object was made. orphaned: the parent died; pg_dump: the dump failed (its stderr); corruption: GCS
+    stored another checksum; gcs: the upload failed after its retries."""
+
+    kind: Literal["failed"] = "failed"
+    reason: Literal["orphaned", "pg_dump", "corruption", "gcs"]
+    message: str = ""
+
+
+ANSWER = TypeAdapter(Annotated[Progress | Streamed | StreamFailed, Field(discriminator="kind")])
 
 
 class PgDumpFailed(Exception):
@@ -46,8 +80,8 @@ class Orphaned(Exception):
     """The process that started this backup is gone (killed): nobody would verify the object, so none is made."""
 
 
-def say(message: dict) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
+def say(message: BaseModel) -> None:
+    sys.stdout.write(message.model_dump_json() + "\n")
     sys.stdout.flush()
 
 
@@ -116,18 +150,19 @@ def upload_chunks(upload, transport, chunks: Chunks) -> None:
         chunks.failed = error
 
 
-def stream(request: dict) -> dict:
+def stream(request: StreamRequest) -> Streamed | StreamFailed:
+    """pg_dump in the request's snapshot, compressed, into a new object; the object exists only if all went up."""
     client = gcs_client()
-    blob = client.bucket(request["bucket"]).blob(request["object_name"])
-    blob.metadata = request["metadata"]
-    chunks = Chunks(request["chunk_size"])
+    blob = client.bucket(request.bucket).blob(request.object_name)
+    blob.metadata = request.metadata
+    chunks = Chunks(request.chunk_size)
     writer = ChecksummingWriter(chunks)
     dump = subprocess.Popen(
-        ["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={request['snapshot']}"],
+        ["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={request.snapshot}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    upload, parent = None, os.getppid()
+    upload = uploader = transport = None
     try:
         # The client's own resumable upload (what `blob.open("wb")` runs), fed by `chunks` from another thread.
         upload, transport = blob._initiate_resumable_upload(
@@ -135,26 +170,14 @@ def stream(request: dict) -> dict:
             chunks,
             None,
             None,
-            chunk_size=request["chunk_size"],
+            chunk_size=request.chunk_size,
             if_generation_match=0,
             checksum="crc32c",
             retry=gcs_retry(),
         )
         uploader = threading.Thread(target=upload_chunks, args=(upload, transport, chunks), daemon=True)
         uploader.start()
-        # Level 1 in this thread: pg_dump and its server keep the other core busy (see tasks/backup.py).
-        with zstandard.ZstdCompressor(level=request["zstd_level"]).stream_writer(writer, closefd=False) as compressed:
-            dumped, said = 0, time.monotonic()
-            while chunk := dump.stdout.read(READ_SIZE):
-                if os.getppid() != parent:
-                    raise Orphaned()
-                compressed.write(chunk)
-                dumped += len(chunk)
-                if time.monotonic() - said > PROGRESS_EVERY_S:
-                    said = time.monotonic()
-                    say({"dumped": dumped})
-        if dump.wait() != 0:  # before the last chunk: a failed dump never becomes an object
-            raise PgDumpFailed(dump.stderr.read().decode(errors="replace").strip())
+        compress_dump(dump, writer, request.zstd_level)
         chunks.finish()
         uploader.join()
         if chunks.failed:
@@ -165,25 +188,50 @@ def stream(request: dict) -> dict:
             uploader.join()
             with contextlib.suppress(Exception):
                 transport.delete(upload.upload_url)  # as `blob.open("wb")` does: the session is dropped
-        if isinstance(error, Orphaned):
-            return {"ok": False, "kind": "orphaned", "message": ""}
-        if isinstance(error, PgDumpFailed):
-            return {"ok": False, "kind": "pg_dump", "message": str(error)}
-        if isinstance(error, DataCorruption):
-            return {"ok": False, "kind": "corruption", "message": ""}
-        if isinstance(error, gcs_errors.GoogleAPIError):
-            return {"ok": False, "kind": "gcs", "message": str(error)}
-        if isinstance(error, OSError):  # requests' connection errors are OSErrors; GCS gave up retrying
-            return {"ok": False, "kind": "gcs", "message": type(error).__name__}
-        raise
+        return failure(error)
     finally:
         if dump.poll() is None:
             dump.kill()
             dump.wait()
-    return {"ok": True, "crc32c": writer.crc32c, "size": writer.size}
+    return Streamed(crc32c=writer.crc32c, size=writer.size)
+
+
+def compress_dump(dump: subprocess.Popen, writer: ChecksummingWriter, level: int) -> None:
+    """pg_dump's output through zstd into `writer`, telling progress; raises if the dump failed or we are orphaned.
+
+    Level 1 in this thread: pg_dump and its server keep the other core busy (see tasks/backup.py).
+    """
+    parent = os.getppid()
+    with zstandard.ZstdCompressor(level=level).stream_writer(writer, closefd=False) as compressed:
+        dumped, said = 0, time.monotonic()
+        while chunk := dump.stdout.read(READ_SIZE):
+            if os.getppid() != parent:
+                raise Orphaned()
+            compressed.write(chunk)
+            dumped += len(chunk)
+            if time.monotonic() - said > PROGRESS_EVERY_S:
+                said = time.monotonic()
+                say(Progress(dumped=dumped))
+    if dump.wait() != 0:  # before the last chunk: a failed dump never becomes an object
+        raise PgDumpFailed(dump.stderr.read().decode(errors="replace").strip())
+
+
+def failure(error: BaseException) -> StreamFailed:
+    """The answer for an error that stopped the stream; anything unforeseen is raised (a traceback on stderr)."""
+    if isinstance(error, Orphaned):
+        return StreamFailed(reason="orphaned")
+    if isinstance(error, PgDumpFailed):
+        return StreamFailed(reason="pg_dump", message=str(error))
+    if isinstance(error, DataCorruption):
+        return StreamFailed(reason="corruption")
+    if isinstance(error, gcs_errors.GoogleAPIError):
+        return StreamFailed(reason="gcs", message=str(error))
+    if isinstance(error, OSError):  # requests' connection errors are OSErrors; GCS gave up retrying
+        return StreamFailed(reason="gcs", message=type(error).__name__)
+    raise error
 
 
 if __name__ == "__main__":
-    outcome = stream(json.loads(sys.stdin.read()))
+    outcome = stream(StreamRequest.model_validate_json(sys.stdin.read()))
     with contextlib.suppress(BrokenPipeError):  # orphaned: nobody reads it
         say(outcome)

@@ -1,22 +1,38 @@
-"""Runs inside the target project's own interpreter and prints one JSON document: its plan, or one migration applied.
+"""Runs inside the target project's own interpreter and prints one JSON answer: its plan, or one migration applied.
 
 This file is executed as a script (`python django_probe.py plan ...`), never imported by the worker: it may use
-only the standard library and what the project itself has installed (Django and its database driver). The
-database to use comes from DBPROMOTE_DATABASE_URL in the environment (never the command line, which `ps` shows)
-and replaces the host, port, name, user and password of the project's default database.
+only the standard library, its sibling protocol.py (the answers, shared with the worker) and what the project
+itself has installed (Django and its database driver). The database to use comes from DBPROMOTE_DATABASE_URL in
+the environment (never the command line, which `ps` shows) and replaces the host, port, name, user and password
+of the project's default database.
 """
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-RETRYABLE_SQLSTATES = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
+
+def _load_protocol():
+    """protocol.py beside this file, under a name no project uses; then this folder leaves sys.path, so that none
+    of its files can shadow a module of the project."""
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location("dbpromote_probe_protocol", here / "protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
+    return module
+
+
+protocol = _load_protocol()
 
 
 class LockNotGranted(Exception):
@@ -42,24 +58,26 @@ def main() -> int:
         return serve(args, out)
     if result is None:
         result = answer(lambda: plan(args.to) if args.command == "plan" else plan_back(json.loads(args.state)))
-    out.write(json.dumps(result) + "\n")
-    return 0 if result.get("ok", True) else 1
+    out.write(protocol.encode(result) + "\n")
+    return 1 if isinstance(result, protocol.FailureAnswer) else 0
 
 
 def answer(step):
-    """What a step returns, or its failure as the JSON the worker reads."""
+    """What a step returns, or its failure as the answer the worker reads."""
     try:
         return step()
     except ProbeError as error:
-        return {"ok": False, "error": {"kind": error.kind, "message": str(error)}}
+        return protocol.FailureAnswer(reason=error.reason, message=str(error))
     except Exception as error:  # reported to the worker, which decides what it means
-        return {"ok": False, "error": describe_exception(error)}
+        return describe_exception(error)
 
 
 class ProbeError(Exception):
-    def __init__(self, kind: str, message: str):
+    """A failure the probe recognises, with its reason (protocol.FailureReason)."""
+
+    def __init__(self, reason: str, message: str):
         super().__init__(message)
-        self.kind = kind
+        self.reason = reason
 
 
 def setup_django(args) -> None:
@@ -100,7 +118,7 @@ def database_from_url(url: str) -> dict:
     }
 
 
-def plan(to: str) -> dict:
+def plan(to: str):
     from django.apps import apps
     from django.db import connection
     from django.db.migrations.autodetector import MigrationAutodetector
@@ -110,12 +128,12 @@ def plan(to: str) -> dict:
     executor = MigrationExecutor(connection)
     loader = executor.loader
     conflicts = {app: sorted(names) for app, names in loader.detect_conflicts().items()}
-    applied = sorted([app, name] for app, name in loader.applied_migrations)
-    result = {"applied": applied, "conflicts": conflicts, "changes_without_migrations": [], "migrations": []}
+    applied = sorted((app, name) for app, name in loader.applied_migrations)
+    result = protocol.PlanAnswer(applied=applied, migrations=[], conflicts=conflicts)
     if conflicts:
         return result
     changes = MigrationAutodetector(loader.project_state(), ProjectState.from_apps(apps)).changes(graph=loader.graph)
-    result["changes_without_migrations"] = sorted(changes)
+    result.changes_without_migrations = sorted(changes)
     if to:
         app, _, name = to.partition(":")
         if (app, name) not in loader.graph.nodes:
@@ -128,11 +146,11 @@ def plan(to: str) -> dict:
             raise ProbeError(
                 "backwards", f"{to} is behind the database's applied state ({migration.app_label}.{migration.name})"
             )
-        result["migrations"].append(describe_migration(executor, migration))
+        result.migrations.append(describe_migration(executor, migration))
     return result
 
 
-def plan_back(state: list) -> dict:
+def plan_back(state: list):
     """The migrations to reverse, in order, to return to the applied set `state` (e.g. recorded by a backup)."""
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
@@ -154,36 +172,39 @@ def plan_back(state: list) -> dict:
     forwards = [f"{m.app_label}.{m.name}" for m, backwards in steps if not backwards]
     if forwards:
         raise ProbeError("state", f"returning to that state would apply {forwards}, which are not applied here")
-    applied = sorted([app, name] for app, name in loader.applied_migrations)
+    applied = sorted((app, name) for app, name in loader.applied_migrations)
     migrations = [describe_migration(executor, migration, backwards=True) for migration, _ in steps]
-    return {"applied": applied, "conflicts": {}, "changes_without_migrations": [], "migrations": migrations}
+    return protocol.PlanAnswer(applied=applied, migrations=migrations)
 
 
-def describe_migration(executor, migration, backwards: bool = False) -> dict:
-    operations = []
-    for operation in migration.operations:
-        entry = {"kind": type(operation).__name__, "description": operation.describe()}
-        model_name = getattr(operation, "model_name", None) or getattr(operation, "name", None)
-        if isinstance(model_name, str):
-            entry["model"] = model_name.lower()
-        field = getattr(operation, "field", None)
-        if field is not None:
-            entry["null"] = bool(field.null)
-            entry["has_default"] = field.has_default() or getattr(field, "db_default", None) is not None
-        operations.append(entry)
+def describe_migration(executor, migration, backwards: bool = False):
+    """A migration as the plan shows it: its operations, whether it can be reversed, and its SQL."""
     reversible = all(operation.reversible for operation in migration.operations)
     sql = executor.loader.collect_sql([(migration, backwards)]) if reversible or not backwards else []
-    return {
-        "app": migration.app_label,
-        "name": migration.name,
-        "atomic": migration.atomic,
-        "reversible": reversible,
-        "operations": operations,
-        "sql": sql,
-    }
+    return protocol.MigrationInfo(
+        app=migration.app_label,
+        name=migration.name,
+        atomic=migration.atomic,
+        reversible=reversible,
+        operations=[describe_operation(operation) for operation in migration.operations],
+        sql=sql,
+    )
 
 
-def migrate_one(args) -> dict:
+def describe_operation(operation):
+    """Its kind and description, and what risk classification needs: the model, a field's null and default."""
+    info = protocol.OperationInfo(kind=type(operation).__name__, description=operation.describe())
+    model_name = getattr(operation, "model_name", None) or getattr(operation, "name", None)
+    if isinstance(model_name, str):
+        info.model = model_name.lower()
+    field = getattr(operation, "field", None)
+    if field is not None:
+        info.null = bool(field.null)
+        info.has_default = field.has_default() or getattr(field, "db_default", None) is not None
+    return info
+
+
+def migrate_one(args):
     """Apply exactly one migration, the next one its dependencies allow."""
     from django.core.management import call_command
     from django.db import connection
@@ -194,19 +215,17 @@ def migrate_one(args) -> dict:
     if key not in executor.loader.graph.nodes:
         raise ProbeError("target", f"{args.app}.{args.name} is not a migration of this project")
     if key in executor.loader.applied_migrations:
-        return {"ok": True, "already_applied": True, "duration_s": 0.0}
+        return protocol.StepAnswer(already_applied=True, duration_s=0.0)
     steps = [(m.app_label, m.name, backwards) for m, backwards in executor.migration_plan([key])]
     if steps != [(args.app, args.name, False)]:
         raise ProbeError("order", f"{args.app}.{args.name} is not the next migration to apply; the plan is {steps}")
-    migration = executor.loader.graph.nodes[key]
     return run_locked(
-        migration,
         args,
         lambda: call_command("migrate", args.app, args.name, interactive=False, verbosity=1, stdout=io.StringIO()),
     )
 
 
-def reverse_one(args) -> dict:
+def reverse_one(args):
     """Reverse exactly one applied migration, which no applied migration may depend on."""
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
@@ -217,12 +236,12 @@ def reverse_one(args) -> dict:
     if key not in graph.nodes:
         raise ProbeError("target", f"{args.app}.{args.name} is not a migration of this project")
     if key not in applied:
-        return {"ok": True, "already_applied": True, "duration_s": 0.0}
+        return protocol.StepAnswer(already_applied=True, duration_s=0.0)
     dependents = sorted(f"{app}.{name}" for app, name in graph.node_map[key].children if (app, name) in applied)
     if dependents:
         raise ProbeError("order", f"{args.app}.{args.name} cannot be reversed before {dependents}")
     migration = graph.nodes[key]
-    return run_locked(migration, args, lambda: executor.migrate([], plan=[(migration, True)]))
+    return run_locked(args, lambda: executor.migrate([], plan=[(migration, True)]))
 
 
 def serve(args, out) -> int:
@@ -240,12 +259,12 @@ def serve(args, out) -> int:
             lambda step=step, request=request: (reverse_one if request.get("backwards") else migrate_one)(step)
         )
         connection.close()
-        out.write(json.dumps(result) + "\n")
+        out.write(protocol.encode(result) + "\n")
         out.flush()
     return 0
 
 
-def run_locked(migration, args, run) -> dict:
+def run_locked(args, run):
     """Run one migration step with locks taken first; the outcome as the worker reads it."""
     from django.db.migrations.executor import MigrationExecutor
 
@@ -257,10 +276,10 @@ def run_locked(migration, args, run) -> dict:
     try:
         run()
     except LockNotGranted as error:
-        return {"ok": False, "atomic": True, "error": {"kind": "lock", "sqlstate": "55P03", "message": str(error)}}
+        return protocol.FailureAnswer(reason="lock", sqlstate="55P03", message=str(error))
     except Exception as error:
-        return {"ok": False, "atomic": migration.atomic, "error": describe_exception(error)}
-    return {"ok": True, "already_applied": False, "duration_s": round(time.monotonic() - started, 3)}
+        return describe_exception(error)
+    return protocol.StepAnswer(already_applied=False, duration_s=round(time.monotonic() - started, 3))
 
 
 def locks_first(step, lock_timeout_ms: int):
@@ -315,7 +334,7 @@ def lock_tables(connection, tables: list[str], lock_timeout_ms: int) -> None:
             cursor.execute(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE")
         except Exception as error:
             sqlstate = find_sqlstate(error)
-            if sqlstate in ("55P03", "57014", "40P01"):
+            if sqlstate in protocol.LOCK_SQLSTATES or sqlstate == protocol.QUERY_CANCELED:
                 raise LockNotGranted(f"locks on {', '.join(tables)} not granted within {lock_timeout_ms} ms") from None
             raise
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
@@ -332,11 +351,14 @@ def find_sqlstate(error: BaseException) -> str:
     return ""
 
 
-def describe_exception(error: BaseException) -> dict:
+def describe_exception(error: BaseException):
     sqlstate = find_sqlstate(error)
-    kind = "lock" if sqlstate in RETRYABLE_SQLSTATES else "error"
-    message = f"{type(error).__name__}: {error}".strip()
-    return {"kind": kind, "sqlstate": sqlstate, "message": message, "traceback": traceback.format_exc(limit=8)}
+    return protocol.FailureAnswer(
+        reason="lock" if sqlstate in protocol.LOCK_SQLSTATES else "error",
+        sqlstate=sqlstate,
+        message=f"{type(error).__name__}: {error}".strip(),
+        traceback=traceback.format_exc(limit=8),
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import BackupError, MigrationError
-from tasks.preflight import connect
+from dbpromote.postgres import connect
 
 # Any backup takes the lock shared (several may run); a migration takes it exclusive.
 LOCK_KEY_SQL = "hashtextextended('dbpromote:' || current_database(), 0)"

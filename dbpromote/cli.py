@@ -7,8 +7,8 @@ import sys
 
 import typer
 
+from dbpromote import localstack as local_stack
 from dbpromote.errors import DbpromoteError
-from deployments import stack as local_stack
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Promote Django migrations through environments.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: PostgreSQL x2, GCS emulator, Prefect.")
@@ -70,8 +70,8 @@ def promote(
     rehearsal_slow_s: float = typer.Option(60, help="A migration slower than this on the rehearsal is a risk."),
 ) -> None:
     """Trigger the promote deployment; prints the run's UI URL."""
-    from deployments.runs import run_url, trigger, wait_until_paused
-    from flows.promote import check_promotion_input
+    from dbpromote.flows.promote import check_promotion_input
+    from dbpromote.runs import run_url, trigger, wait_until_paused
 
     targets = [name.strip() for name in through.split(",") if name.strip()]
     check_promotion_input(project, targets, to)
@@ -94,7 +94,7 @@ def promote(
 @app.command("pending")
 def pending() -> None:
     """Runs waiting for approval (promotions, restores, rollbacks): id, what waits, UI URL."""
-    from deployments.runs import pending_approvals, run_url
+    from dbpromote.runs import pending_approvals, run_url
 
     for run in pending_approvals():
         typer.echo(f"{run.id}  {run.name}  {run_url(run.id)}")
@@ -108,7 +108,7 @@ def approve(
     acknowledge_risks: bool = typer.Option(False, "--acknowledge-risks", help="Accept the plan's risky operations."),
 ) -> None:
     """Approve a paused promotion, restore or rollback."""
-    from deployments.runs import answer_approval
+    from dbpromote.runs import answer_approval
 
     answer_approval(run_id, "approve", approver, comment, acknowledge_risks)
     typer.echo(f"approved {run_id} as {approver}")
@@ -117,7 +117,7 @@ def approve(
 @app.command("reject")
 def reject(run_id: str, approver: str = typer.Option(...), comment: str = typer.Option(...)) -> None:
     """Reject a paused promotion, restore or rollback; the target stays untouched."""
-    from deployments.runs import answer_approval
+    from dbpromote.runs import answer_approval
 
     answer_approval(run_id, "reject", approver, comment, False)
     typer.echo(f"rejected {run_id} as {approver}")
@@ -125,7 +125,7 @@ def reject(run_id: str, approver: str = typer.Option(...), comment: str = typer.
 
 def run_deployment(deployment: str, parameters: dict, wait: bool) -> None:
     """Start a run of a deployment and print its URL; with wait, its final state, exiting 1 unless completed."""
-    from deployments.runs import run_url, trigger
+    from dbpromote.runs import run_url, trigger
 
     run = trigger(deployment, parameters, wait=wait)
     typer.echo(f"{run.id} {run_url(run.id)}")
@@ -148,8 +148,8 @@ def restore(
     wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
 ) -> None:
     """Restore a verified backup over a target: into a new database, checked, then swapped in (old one kept)."""
+    from dbpromote.backups import find_backup
     from dbpromote.config import load_target
-    from tasks.backup import find_backup
 
     chosen = find_backup(load_target(target), target, backup)
     typer.echo(f"restoring {chosen.uri}")
@@ -174,8 +174,8 @@ def rollback(
 @app.command("backups")
 def backups(target: str) -> None:
     """The verified backups of a target, newest first: time, size, URI, migration state."""
+    from dbpromote.backups import list_backups
     from dbpromote.config import load_target
-    from tasks.backup import list_backups
 
     for item in list_backups(load_target(target), target):
         state = ",".join(f"{app}.{name}" for app, name in item.migration_state[-3:])

@@ -1,0 +1,176 @@
+"""The local stack: two PostgreSQL servers, the GCS emulator, a Prefect server and worker, under one state folder.
+
+state.py records what runs and where, processes.py starts and stops it, postgres.py and services.py know each
+component; this module is what the `dbpromote stack` commands call.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import httpx
+
+from dbpromote.deployments.deploy import deploy_flows
+from dbpromote.errors import StackError
+from dbpromote.localstack.postgres import grant_roles, postgres_healthy, reset_database, start_postgres
+from dbpromote.localstack.processes import free_port, stop
+from dbpromote.localstack.services import (
+    gcs_healthy,
+    prefect_env,
+    prefect_healthy,
+    register_blocks,
+    start_gcs_emulator,
+    start_prefect_server,
+    start_worker,
+)
+from dbpromote.localstack.state import (
+    APP_ROLE,
+    BUCKET,
+    DATABASE,
+    MIGRATION_ROLE,
+    REPO_ROOT,
+    SAMPLE_PROJECT,
+    SERVERS,
+    WORK_POOL,
+    Stack,
+    pg_bin,
+    state_dir,
+)
+
+__all__ = [
+    "APP_ROLE",
+    "BUCKET",
+    "DATABASE",
+    "MIGRATION_ROLE",
+    "SAMPLE_PROJECT",
+    "SERVERS",
+    "Stack",
+    "down",
+    "free_port",
+    "reset",
+    "reset_database",
+    "status",
+    "up",
+]
+
+
+def up(home: Path | None = None, *, deploy: bool = True) -> Stack:
+    """Start every component that is not already running; stop what this call started if any step fails."""
+    home = home or state_dir()
+    _check_prerequisites(home)
+    stack = Stack.load(home)
+    for role in ("postgres", MIGRATION_ROLE, APP_ROLE):
+        stack.passwords.setdefault(role, secrets.token_urlsafe(18))
+    started: list[str] = []
+    try:
+        fresh_servers = []
+        for server in SERVERS:
+            if not stack.running(server):
+                if start_postgres(stack, server):
+                    fresh_servers.append(server)
+                started.append(server)
+        for server in SERVERS:
+            grant_roles(stack, server)
+        for component, start in (
+            ("gcs", start_gcs_emulator),
+            ("prefect", start_prefect_server),
+            ("worker", start_worker),
+        ):
+            if not stack.running(component):
+                start(stack)
+                started.append(component)
+        register_blocks(stack)
+        if deploy:
+            deploy_flows(prefect_env(stack), REPO_ROOT)
+        for server in fresh_servers:
+            reset_database(stack, server)
+    except BaseException:
+        stop(stack, reversed(started))
+        raise
+    return stack
+
+
+def _check_prerequisites(home: Path) -> None:
+    for binary in ("initdb", "pg_ctl", "postgres"):
+        if not (pg_bin() / binary).is_file():
+            raise StackError(
+                f"PostgreSQL 15 server binaries are missing ({pg_bin() / binary} not found); "
+                "install them with `apt-get install postgresql-15` (or `make install`), "
+                "or point DBPROMOTE_PG_BIN at their folder."
+            )
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError:
+        raise StackError(
+            f"The state folder {home} is not writable; make it writable or set DBPROMOTE_HOME to a writable folder."
+        ) from None
+
+
+def reset(home: Path | None = None) -> Stack:
+    """Both sample databases back at v1 with seeded tenants."""
+    stack = Stack.load(home)
+    missing = [server for server in SERVERS if not stack.running(server)]
+    if missing:
+        raise StackError(f"The {', '.join(missing)} server is not running; start the stack with `dbpromote stack up`.")
+    for server in SERVERS:
+        reset_database(stack, server)
+    return stack
+
+
+def status(home: Path | None = None, *, show_secrets: bool = False) -> dict:
+    """Every component with its address and health."""
+    stack = Stack.load(home)
+    components: dict[str, dict] = {}
+    for server in SERVERS:
+        components[server] = {
+            "kind": "postgresql",
+            "address": f"127.0.0.1:{stack.ports.get(server)}",
+            "pid": stack.pids.get(server),
+            "healthy": stack.running(server) and postgres_healthy(stack, server),
+        }
+        if server in stack.ports:
+            components[server]["database_urls"] = {
+                "migration": stack.database_url(server, MIGRATION_ROLE, show_secret=show_secrets),
+                "app": stack.database_url(server, APP_ROLE, show_secret=show_secrets),
+            }
+    components["gcs"] = {
+        "kind": "gcs-emulator",
+        "endpoint": stack.gcs_endpoint if "gcs" in stack.ports else None,
+        "bucket": BUCKET,
+        "pid": stack.pids.get("gcs"),
+        "healthy": stack.running("gcs") and _healthy(gcs_healthy, stack),
+    }
+    components["prefect"] = {
+        "kind": "prefect-server",
+        "api_url": stack.prefect_api_url if "prefect" in stack.ports else None,
+        "ui_url": stack.prefect_ui_url if "prefect" in stack.ports else None,
+        "pid": stack.pids.get("prefect"),
+        "healthy": stack.running("prefect") and _healthy(prefect_healthy, stack),
+    }
+    components["worker"] = {
+        "kind": "prefect-worker",
+        "work_pool": WORK_POOL,
+        "pid": stack.pids.get("worker"),
+        "healthy": stack.running("worker"),
+    }
+    return {
+        "state_dir": str(stack.home),
+        "healthy": all(component["healthy"] for component in components.values()),
+        "components": components,
+    }
+
+
+def _healthy(check, stack: Stack) -> bool:
+    try:
+        return check(stack)
+    except (httpx.HTTPError, OSError):
+        return False
+
+
+def down(home: Path | None = None) -> list[str]:
+    """Stop exactly what `up` started (by recorded PID); safe twice and after a crash. Returns what it stopped."""
+    return stop(Stack.load(home), ["worker", "prefect", "gcs", *SERVERS])

@@ -1,0 +1,74 @@
+"""The local stack's services: the GCS emulator, the Prefect server and its process worker, and the sample blocks."""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+
+from dbpromote.localstack.processes import pick_port, spawn, venv_script, wait_until
+from dbpromote.localstack.state import APP_ROLE, BUCKET, REPO_ROOT, SAMPLE_PROJECT, SERVERS, WORK_POOL, Stack
+
+
+def start_gcs_emulator(stack: Stack) -> None:
+    port = pick_port(stack, "gcs")
+    storage = stack.home / "gcs"
+    storage.mkdir(exist_ok=True)
+    command = [venv_script("gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--default-bucket", BUCKET, "-q"]
+    spawn(stack, "gcs", command, {"STORAGE_BASE": str(storage)}, storage)
+    wait_until(lambda: gcs_healthy(stack), "The GCS emulator", stack.home / "gcs.log")
+
+
+def gcs_healthy(stack: Stack) -> bool:
+    response = httpx.get(f"{stack.gcs_endpoint}/storage/v1/b/{BUCKET}", timeout=2)
+    return response.status_code == 200
+
+
+def prefect_env(stack: Stack) -> dict[str, str]:
+    """What the stack's Prefect server, worker and `prefect deploy` run with."""
+    prefect_home = stack.home / "prefect"
+    return stack.client_env() | {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_UI_STATIC_DIRECTORY": str(prefect_home / "ui"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+
+
+def start_prefect_server(stack: Stack) -> None:
+    port = pick_port(stack, "prefect")
+    (stack.home / "prefect").mkdir(exist_ok=True)
+    command = [venv_script("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    spawn(stack, "prefect", command, prefect_env(stack), stack.home)
+    wait_until(lambda: prefect_healthy(stack), "The Prefect server", stack.home / "prefect.log", timeout=120)
+
+
+def prefect_healthy(stack: Stack) -> bool:
+    return httpx.get(f"{stack.prefect_api_url}/health", timeout=2).status_code == 200
+
+
+def start_worker(stack: Stack) -> None:
+    name = f"dbpromote-{stack.ports['prefect']}"
+    command = [venv_script("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process", "--name", name]
+    spawn(stack, "worker", command, prefect_env(stack), REPO_ROOT)
+
+
+def register_blocks(stack: Stack) -> None:
+    """The sample project and the two targets as Prefect blocks, visible and editable in the UI."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from dbpromote.config import DatabaseTarget, DjangoProject
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api_url}):
+        DjangoProject(path=str(SAMPLE_PROJECT), settings_module="tenant_backend.settings", python=sys.executable).save(
+            "tenant-backend", overwrite=True
+        )
+        for server in SERVERS:
+            DatabaseTarget(
+                url=stack.database_url(server),
+                requires_approval=server == "production",
+                bucket=BUCKET,
+                prefix="backups",
+                app_role=APP_ROLE,
+            ).save(server, overwrite=True)

@@ -1,0 +1,178 @@
+"""What a person is asked to approve (a promotion's plan, a restore, a rollback), the form, and the approval."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect.input import RunInput
+from pydantic import BaseModel, Field, create_model
+
+from dbpromote.models.backup import Backup
+from dbpromote.models.plan import Plan
+from dbpromote.models.report import Rehearsal, StepReport
+
+# A Literal, not an Enum: the UI's form renders an inline enum as a choice, but not one behind a $ref.
+Decision = Literal["approve", "reject"]
+
+
+class ApprovalRequest(BaseModel):
+    """What a person is asked to approve on one target: a promotion's plan, a restore, a rollback."""
+
+    action: str = Field(description="What runs on approval, as a verb phrase: 'promoting to production'")
+    target: str
+    subject: str = Field(description="Exactly what is approved: a plan hash or a backup URI")
+    items: list[str] = Field(description="The migrations (or objects) the approval covers")
+    risks: list[str] = Field(default_factory=list, description="Each must be acknowledged")
+    description: str = Field(description="Markdown shown above the form")
+    notice: str = Field(description="One line for the notification")
+    on_reject: str = "start a new run when it is ready"
+
+
+class Approval(BaseModel):
+    """Who approved what, when: recorded in the run's report and in the bucket beside the backups."""
+
+    target: str
+    action: str
+    subject: str
+    items: list[str]
+    approver: str
+    comment: str
+    approved_at: str
+    flow_run_id: str
+    acknowledged_risks: list[str]
+
+
+def approval_form(risky: bool) -> type[RunInput]:
+    """The form the UI renders: a decision with no default forces a choice; risky plans need an acknowledgement."""
+    fields: dict = {
+        "decision": (Decision, Field(description="approve runs it on this environment; reject stops here")),
+        "approver": (str, Field(min_length=1, description="Your name, as the target's approvers list has it")),
+        "comment": (str, Field(default="", description="Why; shown in the report and the audit record")),
+    }
+    if risky:
+        fields["acknowledge_risky_operations"] = (
+            bool,
+            Field(description="I have read the risky operations listed above and accept them"),
+        )
+    return create_model("Approval", __base__=RunInput, **fields)
+
+
+def describe_promotion(
+    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None
+) -> str:
+    lines = [
+        f"## Approve promoting **{project}** to **{target}**",
+        "",
+        f"Plan **{plan.hash}**: {len(plan.migrations)} migration(s).",
+        "",
+        "| migration | atomic | reversible | risks |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {m.label} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
+    if plan.risks:
+        lines += ["", "**Risky operations (acknowledge to approve):**", ""] + [f"- {risk}" for risk in plan.risks]
+    if rehearsal is not None:
+        lines += ["", *rehearsal.markdown_lines()]
+    for report in reports:
+        lines += ["", f"### Already done on {report.target}", "", "| migration | seconds | attempts |", "|---|---|---|"]
+        lines += [f"| {r.label} | {r.duration_s:.2f} | {r.attempts} |" for r in report.migrations]
+        if report.backup:
+            lines += ["", f"Backup: {report.backup.uri}"]
+        if report.verification:
+            lines += ["", f"Verify: {'all checks passed' if report.verification.passed else 'FAILED'}"]
+    lines += sql_section(plan)
+    lines += [
+        "",
+        "### What happens next",
+        "",
+        f"On approve: the plan is recomputed on {target} and must still be {plan.hash}; then {target} is "
+        "backed up to GCS, migrated one migration at a time, verified. On reject or timeout: nothing runs "
+        f"on {target}.",
+    ]
+    return "\n".join(lines)
+
+
+def sql_section(plan: Plan) -> list[str]:
+    lines = ["", "### SQL", ""]
+    for m in plan.migrations:
+        lines += [f"**{m.label}**{m.direction}", "```sql", "\n".join(m.sql) or "-- no SQL", "```"]
+    return lines
+
+
+def promotion_request(
+    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None = None
+) -> ApprovalRequest:
+    """A promotion's approval: a migration the rehearsal found slow becomes a risk to acknowledge."""
+    if rehearsal is not None:
+        plan = plan.model_copy(deep=True)
+        for migration in plan.migrations:
+            if risk := rehearsal.risk(migration.label):
+                migration.risks.append(risk)
+    return ApprovalRequest(
+        action=f"promoting to {target}",
+        target=target,
+        subject=plan.hash,
+        items=plan.labels,
+        risks=plan.risks,
+        description=describe_promotion(project, target, plan, reports, rehearsal),
+        notice=f"{project} plan {plan.hash} ({len(plan.migrations)} migrations) passed on "
+        f"{', '.join(r.target for r in reports)} and waits for approval on {target}",
+        on_reject="fix the release and start a new promotion",
+    )
+
+
+def rollback_request(project: str, target: str, plan: Plan, backup: Backup) -> ApprovalRequest:
+    lines = [
+        f"## Approve rolling back **{project}** on **{target}**",
+        "",
+        f"Back to the migration state of {backup.uri} (taken {backup.created_at}); "
+        f"{len(plan.migrations)} migration(s) reversed, in this order:",
+        "",
+        "| migration | atomic | risks |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {m.label} | {m.atomic} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
+    lines += sql_section(plan)
+    lines += [
+        "",
+        "### What happens next",
+        "",
+        f"On approve: {target} is backed up to GCS, then each migration is reversed under lock_timeout, the "
+        f"state checked and RLS brought up to date. On reject or timeout: nothing changes.",
+    ]
+    return ApprovalRequest(
+        action=f"rolling back {target}",
+        target=target,
+        subject=plan.hash,
+        items=plan.labels,
+        risks=plan.risks,
+        description="\n".join(lines),
+        notice=f"rolling back {project} on {target} ({len(plan.migrations)} migrations) waits for approval",
+    )
+
+
+def restore_request(target: str, backup: Backup) -> ApprovalRequest:
+    state = ", ".join(f"{app}.{name}" for app, name in backup.migration_state) or "no migrations"
+    return ApprovalRequest(
+        action=f"restoring {target} from a backup",
+        target=target,
+        subject=backup.uri,
+        items=[backup.uri],
+        description="\n".join(
+            [
+                f"## Approve restoring **{target}** from a backup",
+                "",
+                f"- backup: {backup.uri}",
+                f"- taken {backup.created_at} ({backup.size_bytes} bytes), flow run {backup.flow_run_id or '-'}",
+                f"- its migration state: {state}",
+                "",
+                "### What happens next",
+                "",
+                f"On approve: the backup is restored into a new database and checked against its manifest; then "
+                f"{target}'s sessions are ended and its database is renamed aside (kept) and replaced by the "
+                f"restored one. Every change made to {target} since the backup is then only in the kept database. "
+                f"On reject or timeout: nothing changes.",
+            ]
+        ),
+        notice=f"restoring {target} from {backup.uri} waits for approval",
+    )

@@ -1,0 +1,87 @@
+"""What the probe answers the worker: one JSON document per request, each a dataclass told apart by its `kind`.
+
+Both sides use these definitions. The probe runs in the project's own interpreter, which has Django but maybe not
+pydantic, so they are plain dataclasses from the standard library; the worker validates each answer with pydantic
+(dbpromote/probe/__init__.py), and an answer that is none of them is an error that names it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+# SQLSTATEs meaning "the locks were not granted in time": the same migration may succeed on another attempt.
+LOCK_SQLSTATES = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
+# What a statement_timeout around a LOCK TABLE raises when it fires.
+QUERY_CANCELED = "57014"
+
+# Why the probe could not do what was asked: the worker turns each into one sentence naming the fix.
+FailureReason = Literal[
+    "interpreter",  # Django is not importable with the project's interpreter
+    "settings",  # the settings module does not load
+    "target",  # the requested migration is not one of the project's
+    "backwards",  # the requested target is behind the applied state
+    "state",  # a rollback's goal state cannot be reached by reversing
+    "order",  # a migration requested out of its dependency order
+    "lock",  # the locks were not granted within lock_timeout (retry)
+    "error",  # anything else the project or the database raised
+]
+
+
+@dataclass
+class OperationInfo:
+    kind: str
+    description: str
+    model: str | None = None
+    null: bool | None = None
+    has_default: bool | None = None
+
+
+@dataclass
+class MigrationInfo:
+    app: str
+    name: str
+    atomic: bool
+    reversible: bool
+    operations: list[OperationInfo]
+    sql: list[str]
+
+
+@dataclass
+class PlanAnswer:
+    """A target's applied migrations and what `migrate` would run there (forwards or, for a rollback, backwards)."""
+
+    applied: list[tuple[str, str]]
+    migrations: list[MigrationInfo]
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
+    changes_without_migrations: list[str] = field(default_factory=list)
+    kind: Literal["plan"] = "plan"
+
+
+@dataclass
+class StepAnswer:
+    """One migration applied or reversed (or found already so)."""
+
+    already_applied: bool
+    duration_s: float
+    kind: Literal["step"] = "step"
+
+
+@dataclass
+class FailureAnswer:
+    """What went wrong, and where the database said so its SQLSTATE."""
+
+    reason: FailureReason
+    message: str
+    sqlstate: str = ""
+    traceback: str = ""
+    kind: Literal["failure"] = "failure"
+
+
+Answer = PlanAnswer | StepAnswer | FailureAnswer
+
+
+def encode(answer: Answer) -> str:
+    """One line of JSON."""
+    return json.dumps(asdict(answer))
