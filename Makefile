@@ -1,4 +1,5 @@
-# dbpromote: `make demo` to try it, `make test` to test it, `make stop` to tear the local stack down.
+# dbpromote: `make demo` to try it, `make test` to test it (`make test-fast`: the pure logic, no servers, in seconds),
+# `make stop` to tear the local stack down.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 PG_BIN ?= /usr/lib/postgresql/15/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages demo stop test lint format benchmarks
+.PHONY: install system-packages demo stop test test-fast lint format benchmarks
 
 install: system-packages $(VENV)/.installed
 
@@ -40,6 +41,9 @@ stop:
 
 test: install
 	$(BIN)/pytest
+
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest tests/fast
 
 lint: install
 	$(BIN)/ruff check .

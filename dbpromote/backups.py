@@ -13,7 +13,7 @@ from google.cloud.storage import Blob
 from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import BackupError
+from dbpromote.errors import BackupError, RestoreError
 from dbpromote.gcs import ChecksummingWriter, gcs_client, gcs_retry
 from dbpromote.models.backup import Backup, Manifest, manifest_name
 
@@ -43,10 +43,9 @@ def read_manifest(backup: Backup) -> Manifest:
     try:
         return Manifest.model_validate_json(blob.download_as_bytes(retry=gcs_retry()))
     except gcs_errors.NotFound:
-        raise BackupError(
+        raise RestoreError(
             f"The backup {backup.uri} has no manifest ({backup.manifest_name}), so a restore of it cannot be "
-            "checked; restore another backup or take a new one with `dbpromote backup TARGET`.",
-            transient=False,
+            "checked; restore another backup or take a new one with `dbpromote backup TARGET`."
         ) from None
 
 

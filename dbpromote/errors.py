@@ -26,6 +26,13 @@ class DbpromoteError(Exception):
         super().__init__(redact(message))
         self.transient = transient
 
+    def with_context(self, more: str) -> "DbpromoteError":
+        """The same kind of error with `more` after its message; as transient as it was, caused by it."""
+        error = type(self).__new__(type(self))
+        DbpromoteError.__init__(error, f"{self} {more}", transient=self.transient)
+        error.__cause__ = self
+        return error
+
 
 def retry_if_transient(task, task_run, state) -> bool:
     """Prefect retry condition: retry our transient errors and unexpected ones, never bad input."""
@@ -63,6 +70,13 @@ class MigrationError(DbpromoteError):
 
 class VerificationError(DbpromoteError):
     """The database is migrated but a check afterwards failed."""
+
+
+class RestoreError(BackupError):
+    """A backup could not be restored (or checked, or swapped in); the target is as it was."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message, transient=transient)
 
 
 class StackError(DbpromoteError):

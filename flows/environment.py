@@ -70,8 +70,7 @@ def carry_out(
     except DbpromoteError as error:
         report.error = str(error)
         publish_report(report)
-        raise type(error)(
-            f"{error} {target} is at the state after {report.last_committed}; the way back: {report.way_back()}."
-        ) from None
+        where = f"{target} is at the state after {report.last_committed}; the way back: {report.way_back()}."
+        raise error.with_context(where) from error
     publish_report(report)
     return report

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 
 from prefect import get_run_logger, pause_flow_run
 from prefect.exceptions import FlowPauseTimeout
+from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected
-from dbpromote.models.approval import Approval, ApprovalRequest, approval_form
+from dbpromote.models.approval import Approval, ApprovalRequest, approval_form, refusal
 from dbpromote.notify import notify, run_url
 from dbpromote.records import write_record
 
@@ -21,47 +22,22 @@ def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> 
     from dbpromote.config import load_target
 
     logger = get_run_logger()
-    target_name = request.target
-    allowed = load_target(target_name).approvers
-    form = approval_form(bool(request.risks))
+    allowed = load_target(request.target).approvers
     deadline = time.monotonic() + timeout_s
     notify(f"dbpromote: {request.action} waits for approval", f"{request.notice}: {run_url(flow_run.get_id())}")
     while True:
-        remaining = int(deadline - time.monotonic())
-        try:
-            if remaining <= 0:
-                raise FlowPauseTimeout("approval timed out")
-            answer = pause_flow_run(
-                wait_for_input=form.with_initial_data(description=request.description),
-                timeout=remaining,
-                poll_interval=poll_s,
-            )
-        except FlowPauseTimeout:
-            raise ApprovalRejected(
-                f"No approval for {request.action} within {timeout_s} s, which counts as a rejection; "
-                f"{target_name} is untouched: {request.on_reject}."
-            ) from None
-        if allowed and answer.approver not in allowed:
-            logger.warning(
-                "approval refused: %r may not approve %s (approvers: %s); still waiting",
-                answer.approver,
-                target_name,
-                ", ".join(allowed),
-            )
+        answer = _pause_for_answer(request, deadline, timeout_s, poll_s)
+        if reason := refusal(request, answer, allowed):
+            logger.warning("approval refused: %s; still waiting", reason)
             continue
         if answer.decision == "reject":
             raise ApprovalRejected(
                 f"{answer.approver} rejected {request.action} ({answer.comment or 'no comment'}); "
-                f"{target_name} is untouched: {request.on_reject}."
+                f"{request.target} is untouched: {request.on_reject}."
             )
-        if request.risks and not getattr(answer, "acknowledge_risky_operations", False):
-            logger.warning(
-                "approval by %s refused: the risky operations were not acknowledged; still waiting", answer.approver
-            )
-            continue
         logger.info("%s approved %s (%s)", answer.approver, request.action, request.subject)
         return Approval(
-            target=target_name,
+            target=request.target,
             action=request.action,
             subject=request.subject,
             items=request.items,
@@ -71,6 +47,24 @@ def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> 
             flow_run_id=str(flow_run.get_id() or ""),
             acknowledged_risks=request.risks,
         )
+
+
+def _pause_for_answer(request: ApprovalRequest, deadline: float, timeout_s: int, poll_s: int) -> RunInput:
+    """The next answer given in the form; no answer before the deadline is a rejection."""
+    remaining = int(deadline - time.monotonic())
+    try:
+        if remaining <= 0:
+            raise FlowPauseTimeout("approval timed out")
+        return pause_flow_run(
+            wait_for_input=approval_form(bool(request.risks)).with_initial_data(description=request.description),
+            timeout=remaining,
+            poll_interval=poll_s,
+        )
+    except FlowPauseTimeout:
+        raise ApprovalRejected(
+            f"No approval for {request.action} within {timeout_s} s, which counts as a rejection; "
+            f"{request.target} is untouched: {request.on_reject}."
+        ) from None
 
 
 def record_approval(target: DatabaseTarget, target_name: str, approval: Approval) -> str:

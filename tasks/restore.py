@@ -14,7 +14,7 @@ from psycopg import sql
 
 from dbpromote.backups import read_back_into, read_manifest
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import BackupError, DbpromoteError, redact, retry_if_transient
+from dbpromote.errors import RestoreError, redact, retry_if_transient
 from dbpromote.gcs import gcs_client
 from dbpromote.models.backup import Backup, Manifest, Restored
 from dbpromote.postgres import connect, libpq_env, migration_state, row_counts, server_connection
@@ -46,10 +46,9 @@ def drop_scratch(conn: psycopg.Connection, database: str) -> None:
     if comment is None:
         return
     if not comment.startswith(SCRATCH_MARK):
-        raise BackupError(
+        raise RestoreError(
             f"A database named {database} exists and was not created by dbpromote; nothing was dropped: "
-            "rename or drop it yourself, then run again.",
-            transient=False,
+            "rename or drop it yourself, then run again."
         )
     conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
 
@@ -88,18 +87,16 @@ def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: 
             result = read_back_into(blob, ["--exit-on-error", "--no-password", f"--dbname={database}"], env)
             if not result.ok:
                 reason = redact(result.stderr, target.url.get_secret_value()) or "the stored object ended early"
-                raise BackupError(
+                raise RestoreError(
                     f"Restoring {backup.uri} failed ({reason}); the new database was dropped and {target_name} is "
-                    "as it was: restore another backup (`dbpromote backups TARGET` lists them).",
-                    transient=False,
+                    "as it was: restore another backup (`dbpromote backups TARGET` lists them)."
                 )
             if (result.crc32c, result.size_bytes) != (manifest.crc32c, manifest.size_bytes):
-                raise BackupError(
+                raise RestoreError(
                     f"The stored backup {backup.uri} no longer has the checksum it was taken with "
                     f"({result.crc32c}, {result.size_bytes} bytes; recorded {manifest.crc32c}, "
                     f"{manifest.size_bytes} bytes); the new database was dropped and {target_name} is as it was: "
-                    "restore another backup.",
-                    transient=False,
+                    "restore another backup."
                 )
             check_restored(target.on_database(database), target_name, backup, manifest)
         except BaseException:
@@ -127,16 +124,14 @@ def check_restored(database_target: DatabaseTarget, target_name: str, backup: Ba
             for table in set(counts) | set(manifest.row_counts)
             if counts.get(table) != manifest.row_counts.get(table)
         )
-        raise BackupError(
+        raise RestoreError(
             f"The restore of {backup.uri} does not hold the rows the backup recorded ({'; '.join(differ[:5])}); "
-            "it was dropped: restore another backup.",
-            transient=False,
+            "it was dropped: restore another backup."
         )
     if state != manifest.migration_state:
-        raise BackupError(
+        raise RestoreError(
             f"The restore of {backup.uri} does not hold the migration state the backup recorded; it was dropped: "
-            "restore another backup.",
-            transient=False,
+            "restore another backup."
         )
 
 
@@ -200,7 +195,7 @@ def disconnect_sessions(conn: psycopg.Connection, database: str, target_name: st
     left = conn.execute(sessions, [database]).fetchall()
     if left:
         named = ", ".join(f"pid {pid} ({user}, {app or 'no application name'})" for pid, user, app in left)
-        raise DbpromoteError(
+        raise RestoreError(
             f"Sessions on {target_name} could not be ended ({named}); nothing was swapped and {target_name} is as "
             "it was: stop the application or grant pg_signal_backend to the migration role, then run again."
         )
@@ -226,7 +221,7 @@ def copy_database_properties(conn: psycopg.Connection, source: str, destination:
                 )
             )
         except psycopg.Error as error:
-            raise DbpromoteError(
+            raise RestoreError(
                 f"The database setting {name} of {source} cannot be given to the restored database ({error}); "
                 "nothing was swapped: set it on the restored database as a superuser, or remove it, then run again."
             ) from None

@@ -10,7 +10,7 @@ from dbpromote.backups import backup_objects, delete_backup
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, retry_if_transient
 from dbpromote.gcs import gcs_client
-from dbpromote.models.backup import Retained
+from dbpromote.models.backup import Backup, Retained
 from dbpromote.records import newest_promotion_backup, read_records
 
 # A backup is verified minutes after its object appears. An unverified dump this old was left by a backup that
@@ -43,13 +43,30 @@ def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, ke
     """Keep the newest keep_last backups, those younger than keep_days and every referenced one; delete the rest."""
     check_retention(keep_last, keep_days)
     now = datetime.now(UTC)
-    cutoff = now - timedelta(days=keep_days)
-    referenced = referenced_backups(target, target_name)
-    kept: dict[str, str] = {}
-    deleted: list[str] = []
     bucket = gcs_client().bucket(target.bucket)
     backups, unverified = backup_objects(target, target_name)
-    for index, backup in enumerate(backups):  # newest first
+    kept, deleted = retention_decisions(backups, referenced_backups(target, target_name), now, keep_last, keep_days)
+    for backup in deleted:
+        delete_backup(bucket, backup.object_name)
+    swept = [blob for blob in unverified if is_abandoned(blob.metadata or {}, blob.time_created, now)]
+    for blob in swept:
+        delete_backup(bucket, blob.name)
+    return Retained(
+        target=target_name,
+        kept=kept,
+        deleted=[backup.uri for backup in deleted],
+        swept=[f"gs://{target.bucket}/{blob.name}" for blob in swept],
+    )
+
+
+def retention_decisions(
+    backups: list[Backup], referenced: dict[str, str], now: datetime, keep_last: int, keep_days: float
+) -> tuple[dict[str, str], list[Backup]]:
+    """Of a target's verified backups, newest first: those kept (URI: why) and those to delete."""
+    cutoff = now - timedelta(days=keep_days)
+    kept: dict[str, str] = {}
+    deleted: list[Backup] = []
+    for index, backup in enumerate(backups):
         if index < keep_last:
             kept[backup.uri] = f"one of the newest {keep_last}"
         elif datetime.fromisoformat(backup.created_at) >= cutoff:
@@ -57,13 +74,11 @@ def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, ke
         elif backup.object_name in referenced:
             kept[backup.uri] = referenced[backup.object_name]
         else:
-            delete_backup(bucket, backup.object_name)
-            deleted.append(backup.uri)
-    swept = []
-    for blob in unverified:
-        meta = blob.metadata or {}
-        created = datetime.fromisoformat(meta["created_at"]) if "created_at" in meta else blob.time_created
-        if created < now - UNVERIFIED_AFTER:
-            delete_backup(bucket, blob.name)
-            swept.append(f"gs://{target.bucket}/{blob.name}")
-    return Retained(target=target_name, kept=kept, deleted=deleted, swept=swept)
+            deleted.append(backup)
+    return kept, deleted
+
+
+def is_abandoned(metadata: dict[str, str], time_created: datetime, now: datetime) -> bool:
+    """An unverified dump older than UNVERIFIED_AFTER (by its own created_at, else the object's creation time)."""
+    created = datetime.fromisoformat(metadata["created_at"]) if "created_at" in metadata else time_created
+    return created < now - UNVERIFIED_AFTER

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import psycopg
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -169,64 +171,73 @@ def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
         if target.force_rls:
             _refuse_force_if_migrations_would_see_nothing(conn, target, target_name)
         before = inspect_coverage(conn, target, target_name)
-        statements = 0
-        schema = sql.Identifier(target.schema_name)
-        role = sql.Identifier(target.app_role)
+        ddl = DDLCounter(conn)
         for table in before.tables:
-            name = sql.Identifier(target.schema_name, table.table)
-            column_type = tables[table.table]
-            actions = []
-            if not table.rls_enabled:
-                conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
-                force = "FORCE" if target.force_rls else "NO FORCE"
-                conn.execute(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(name, sql.SQL(force)))
-                statements += 2
-                actions.append("enabled")
-            if table.policy != "current":
-                policy = sql.Identifier(policy_name(table.table))
-                if table.policy == "drift":
-                    conn.execute(sql.SQL("DROP POLICY {} ON {}").format(policy, name))
-                    statements += 1
-                predicate = tenant_predicate(target.tenant_column, target.tenant_setting, column_type)
-                conn.execute(
-                    sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING {} WITH CHECK {}").format(
-                        policy, name, role, predicate, predicate
-                    )
-                )
-                statements += 1
-                actions.append("replaced (drift)" if table.policy == "drift" else "created")
-            if table.missing_grants:
-                privileges = sql.SQL(", ").join(sql.SQL(p) for p in table.missing_grants)
-                conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(privileges, name, role))
-                statements += 1
-                actions.append("granted")
-            for sequence in _sequences_missing_grants(conn, target, table.table):
-                conn.execute(
-                    sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
-                        sql.Identifier(target.schema_name, sequence), role
-                    )
-                )
-                statements += 1
-            table.action = ", ".join(actions)
+            table.action = ", ".join(_bring_up_to_date(ddl, target, table, tables[table.table]))
         if not _default_privileges_present(conn, target):
-            conn.execute(
-                sql.SQL(
-                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
-                ).format(schema, role)
-            )
-            conn.execute(
-                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}").format(
-                    schema, role
-                )
-            )
-            statements += 2
+            _grant_default_privileges(ddl, target)
         conn.commit()
         after = inspect_coverage(conn, target, target_name)
     for table, was in zip(after.tables, before.tables, strict=True):
         table.action = was.action
-    after.ddl_statements = statements
+    after.ddl_statements = ddl.statements
     _publish_coverage(after)
     return after
+
+
+class DDLCounter:
+    """Executes DDL on a connection and counts it: a re-run that finds everything current must issue none."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn, self.statements = conn, 0
+
+    def execute(self, statement: sql.Composable) -> None:
+        self.conn.execute(statement)
+        self.statements += 1
+
+
+def _bring_up_to_date(ddl: DDLCounter, target: DatabaseTarget, table: TableCoverage, column_type: str) -> list[str]:
+    """RLS enabled (forced as configured), the policy current, the grants present; what was done."""
+    name = sql.Identifier(target.schema_name, table.table)
+    role = sql.Identifier(target.app_role)
+    actions = []
+    if not table.rls_enabled:
+        ddl.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
+        force = "FORCE" if target.force_rls else "NO FORCE"
+        ddl.execute(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(name, sql.SQL(force)))
+        actions.append("enabled")
+    if table.policy != "current":
+        policy = sql.Identifier(policy_name(table.table))
+        if table.policy == "drift":
+            ddl.execute(sql.SQL("DROP POLICY {} ON {}").format(policy, name))
+        predicate = tenant_predicate(target.tenant_column, target.tenant_setting, column_type)
+        ddl.execute(
+            sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO {} USING {} WITH CHECK {}").format(
+                policy, name, role, predicate, predicate
+            )
+        )
+        actions.append("replaced (drift)" if table.policy == "drift" else "created")
+    if table.missing_grants:
+        privileges = sql.SQL(", ").join(sql.SQL(p) for p in table.missing_grants)
+        ddl.execute(sql.SQL("GRANT {} ON {} TO {}").format(privileges, name, role))
+        actions.append("granted")
+    for sequence in _sequences_missing_grants(ddl.conn, target, table.table):
+        sequence_name = sql.Identifier(target.schema_name, sequence)
+        ddl.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sequence_name, role))
+    return actions
+
+
+def _grant_default_privileges(ddl: DDLCounter, target: DatabaseTarget) -> None:
+    """Tables and sequences the migration role creates later are the application's to use too."""
+    schema, role = sql.Identifier(target.schema_name), sql.Identifier(target.app_role)
+    ddl.execute(
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(
+            schema, role
+        )
+    )
+    ddl.execute(
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}").format(schema, role)
+    )
 
 
 def _refuse_force_if_migrations_would_see_nothing(conn, target: DatabaseTarget, target_name: str) -> None:
@@ -322,61 +333,87 @@ def prove_tenant_isolation(target: DatabaseTarget, target_name: str) -> Isolatio
     return result
 
 
+class Observed(NamedTuple):
+    """What the application role saw and could do on one table with tenant A set (and with the setting unset)."""
+
+    unset: int  # rows visible with the setting unset
+    empty: int  # rows visible with the setting ''
+    own: int  # tenant A's rows visible
+    others: int  # other tenants' rows visible
+    insert_refused: bool  # inserting a row of tenant B
+    update_refused: bool  # moving a row to tenant B
+
+
 def _prove_table(conn: psycopg.Connection, target: DatabaseTarget, table: str, column_type: str) -> TableProof:
     """All inside one rolled-back transaction: probe rows for two tenants are made here when the table lacks them."""
     name = sql.Identifier(target.schema_name, table)
-    column = sql.Identifier(target.tenant_column)
-    setting = target.tenant_setting
     try:
         with conn.transaction(force_rollback=True):
             tenants = [
-                row[0] for row in conn.execute(sql.SQL("SELECT DISTINCT {} FROM {} LIMIT 2").format(column, name))
+                row[0]
+                for row in conn.execute(
+                    sql.SQL("SELECT DISTINCT {} FROM {} LIMIT 2").format(sql.Identifier(target.tenant_column), name)
+                )
             ]
             if len(tenants) < 2:
                 tenants = _make_probe_rows(conn, target, table, tenants)
-            tenant_a, tenant_b = (str(t) for t in tenants[:2])
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(target.app_role)))
-            unset = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
-            conn.execute("SELECT set_config(%s, '', true)", [setting])
-            empty = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
-            conn.execute("SELECT set_config(%s, %s, true)", [setting, tenant_a])
-            own, others = conn.execute(
-                sql.SQL(
-                    "SELECT count(*) FILTER (WHERE {c}::text = %s), count(*) FILTER (WHERE {c}::text <> %s) FROM {t}"
-                ).format(c=column, t=name),
-                [tenant_a, tenant_a],
-            ).fetchone()
-            insert_refused = _refused(
-                conn,
-                sql.SQL("INSERT INTO {} ({}) VALUES (%s::{})").format(name, column, sql.SQL(column_type)),
-                [tenant_b],
-            )
-            update_refused = _refused(
-                conn,
-                sql.SQL("UPDATE {t} SET {c} = %s::{ty} WHERE ctid = (SELECT ctid FROM {t} LIMIT 1)").format(
-                    t=name, c=column, ty=sql.SQL(column_type)
-                ),
-                [tenant_b],
-            )
+            observed = _observe_as_app(conn, target, name, column_type, *(str(t) for t in tenants[:2]))
     except psycopg.Error as error:
         return TableProof(table=table, passed=False, detail=f"probe failed: {error}".strip())
-    findings = []
-    if unset or empty:
-        findings.append(f"{unset or empty} rows visible with the tenant setting unset or empty")
-    if others:
-        findings.append(f"{others} rows of other tenants visible")
-    if not own:
-        findings.append("the tenant's own rows are not visible")
-    if not insert_refused:
-        findings.append("insert into another tenant allowed")
-    if not update_refused:
-        findings.append("update into another tenant allowed")
+    findings = _isolation_findings(observed)
     return TableProof(
         table=table,
         passed=not findings,
         detail="; ".join(findings)
         or "unset/empty sees 0 rows, other tenants invisible, cross-tenant insert and update refused",
     )
+
+
+def _observe_as_app(
+    conn: psycopg.Connection,
+    target: DatabaseTarget,
+    name: sql.Identifier,
+    column_type: str,
+    tenant_a: str,
+    tenant_b: str,
+) -> Observed:
+    """Count what is visible unset, empty and as tenant A; try writing into tenant B (as the role set by the caller)."""
+    column, setting = sql.Identifier(target.tenant_column), target.tenant_setting
+    unset = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
+    conn.execute("SELECT set_config(%s, '', true)", [setting])
+    empty = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
+    conn.execute("SELECT set_config(%s, %s, true)", [setting, tenant_a])
+    counts = sql.SQL("SELECT count(*) FILTER (WHERE {c}::text = %s), count(*) FILTER (WHERE {c}::text <> %s) FROM {t}")
+    own, others = conn.execute(counts.format(c=column, t=name), [tenant_a, tenant_a]).fetchone()
+    insert = sql.SQL("INSERT INTO {} ({}) VALUES (%s::{})").format(name, column, sql.SQL(column_type))
+    update = sql.SQL("UPDATE {t} SET {c} = %s::{ty} WHERE ctid = (SELECT ctid FROM {t} LIMIT 1)").format(
+        t=name, c=column, ty=sql.SQL(column_type)
+    )
+    return Observed(
+        unset=unset,
+        empty=empty,
+        own=own,
+        others=others,
+        insert_refused=_refused(conn, insert, [tenant_b]),
+        update_refused=_refused(conn, update, [tenant_b]),
+    )
+
+
+def _isolation_findings(observed: Observed) -> list[str]:
+    """Each way the observation shows tenants are not isolated; none when they are."""
+    findings = []
+    if observed.unset or observed.empty:
+        findings.append(f"{observed.unset or observed.empty} rows visible with the tenant setting unset or empty")
+    if observed.others:
+        findings.append(f"{observed.others} rows of other tenants visible")
+    if not observed.own:
+        findings.append("the tenant's own rows are not visible")
+    if not observed.insert_refused:
+        findings.append("insert into another tenant allowed")
+    if not observed.update_refused:
+        findings.append("update into another tenant allowed")
+    return findings
 
 
 def _refused(conn: psycopg.Connection, statement: sql.Composable, params: list) -> bool:

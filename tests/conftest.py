@@ -34,6 +34,11 @@ os.environ.update(
 import pytest  # noqa: E402
 
 
+def pytest_unconfigure(config):
+    """A session that never started the stack (the fast tier) leaves no state folder behind."""
+    shutil.rmtree(HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def stack():
     started = local_stack.up(HOME)

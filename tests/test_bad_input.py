@@ -7,7 +7,7 @@ import pytest
 
 from dbpromote.backups import list_backups
 from dbpromote.errors import ConfigError, DbpromoteError, PreflightError
-from tests.test_environment_step import applied
+from tests.harness import applied
 
 
 def assert_refused_cleanly(stack, error: DbpromoteError, *expected: str):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_environment_step import RELEASE, applied
+from tests.harness import RELEASE, applied
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -39,7 +39,7 @@ def field(page, dialog, label: str):
 
 
 def test_approver_fills_the_form_in_the_prefect_ui_and_production_is_migrated(fresh_databases, browser, output_dir):
-    from tests.test_promote import PromotionInBackground
+    from tests.harness import PromotionInBackground
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from dbpromote.errors import VerificationError
-from tests.test_environment_step import RELEASE, applied
+from tests.harness import RELEASE, applied
 
 
 def wait_for_state(api: str, run_id: str, states: set[str], timeout: float = 240) -> dict:
@@ -148,7 +148,7 @@ def test_notifications_when_waiting_for_approval_and_when_a_run_fails(fresh_data
 
     from dbpromote.notify import NOTIFICATION_BLOCK
     from dbpromote.runs import answer_approval
-    from tests.test_promote import PromotionInBackground
+    from tests.harness import PromotionInBackground
 
     receiver = Receiver()
     CustomWebhookNotificationBlock(

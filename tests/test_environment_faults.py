@@ -15,21 +15,7 @@ import pytest
 from dbpromote.backups import list_backups
 from dbpromote.errors import BackupError, MigrationError
 from tests.fault_proxy import FaultProxy
-from tests.test_environment_step import RELEASE, applied
-
-
-def hold_lock(url: str, table: str, seconds: float, ready: threading.Event) -> threading.Thread:
-    def hold():
-        # A blocker outliving its test is ended when the next test resets the database: that is fine.
-        with contextlib.suppress(psycopg.errors.AdminShutdown), psycopg.connect(url) as conn:
-            conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
-            ready.set()
-            time.sleep(seconds)
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    ready.wait(10)
-    return thread
+from tests.harness import RELEASE, applied, hold_lock
 
 
 @contextlib.contextmanager

@@ -6,21 +6,7 @@ import psycopg
 
 from dbpromote.backups import list_backups
 from dbpromote.postgres import libpq_env
-
-RELEASE = [
-    "core.0002_featureflag",
-    "core.0003_task_priority",
-    "core.0004_task_tenant_created_idx",
-    "core.0005_project_slug",
-    "core.0006_rename_milestone_due",
-    "core.0007_remove_invoice_legacy_reference",
-    "core.0008_default_task_statuses",
-]
-
-
-def applied(stack, server):
-    with psycopg.connect(stack.database_url(server)) as conn:
-        return [f"{a}.{n}" for a, n in conn.execute("SELECT app, name FROM django_migrations ORDER BY id")]
+from tests.harness import RELEASE, applied
 
 
 def test_happy_path_backs_up_migrates_and_verifies(fresh_databases):

@@ -2,58 +2,13 @@
 
 import json
 import subprocess
-import threading
 import time
 
 import psycopg
 import pytest
 
 from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
-from tests.test_environment_step import RELEASE, applied
-
-
-class InBackground:
-    """Runs a flow in a thread of this process, as a worker would, so the test can act as the approver."""
-
-    def __init__(self, flow, **parameters):
-        from dbpromote.runs import pending_approvals
-
-        self.already_paused = {run.id for run in pending_approvals()}
-        self.result, self.error = None, None
-
-        def run():
-            try:
-                self.result = flow(**parameters)
-            except BaseException as error:  # handed to the test
-                self.error = error
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def paused_run(self, timeout=120):
-        from dbpromote.runs import pending_approvals
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.thread.is_alive(), f"the flow ended without pausing: {self.error}"
-            runs = [run for run in pending_approvals() if run.id not in self.already_paused]
-            if runs:
-                return runs[-1]
-            time.sleep(0.5)
-        raise AssertionError("no run paused for approval")
-
-    def finish(self, timeout=180):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive()
-        return self.result
-
-
-class PromotionInBackground(InBackground):
-    def __init__(self, **parameters):
-        from dbpromote.flows.promote import promote
-
-        defaults = {"project": "tenant-backend", "through": ["staging", "production"], "approval_poll_s": 1}
-        super().__init__(promote, **(defaults | parameters))
+from tests.harness import RELEASE, PromotionInBackground, applied
 
 
 def test_promise_1_production_migrated_only_after_staging_backup_and_named_approval(fresh_databases):

@@ -9,7 +9,7 @@ import pytest
 from psycopg import sql
 
 from dbpromote.localstack import SAMPLE_PROJECT
-from tests.test_environment_step import RELEASE
+from tests.harness import RELEASE
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import pytest
 from psycopg import sql
 
 from dbpromote.errors import ApprovalRejected, BackupError, PreflightError
-from tests.test_environment_step import RELEASE, applied
-from tests.test_promote import InBackground
+from tests.harness import RELEASE, InBackground, applied
 
 
 def tenant_table_checksums(stack, server: str) -> dict[str, tuple[int, str]]:
@@ -289,7 +288,7 @@ def test_rehearsal_durations_show_in_the_approval_form_and_a_slow_migration_is_f
     from prefect.input.run_input import keyset_from_paused_state
 
     from dbpromote.runs import answer_approval
-    from tests.test_promote import PromotionInBackground
+    from tests.harness import PromotionInBackground
 
     stack = fresh_databases
     project = project_copy("slow-release")
@@ -358,7 +357,7 @@ def test_rollback_waits_for_a_held_lock_with_the_same_safety_as_migrate(fresh_da
     from dbpromote.flows.environment import migrate_environment
     from dbpromote.flows.rollback import rollback
 
-    from tests.test_environment_faults import hold_lock
+    from tests.harness import hold_lock
 
     stack = fresh_databases
     target = make_target("staging-rollback-locks", lock_timeout_ms=300, max_lock_wait_s=60)

@@ -176,3 +176,13 @@ def restore_request(target: str, backup: Backup) -> ApprovalRequest:
         ),
         notice=f"restoring {target} from {backup.uri} waits for approval",
     )
+
+
+def refusal(request: ApprovalRequest, answer: RunInput, allowed: list[str]) -> str:
+    """Why an answer cannot count ('' when it can): its approver is not on the list, or an approval of a risky
+    request did not acknowledge the risks. A rejection needs only a permitted approver."""
+    if allowed and answer.approver not in allowed:
+        return f"{answer.approver!r} may not approve {request.target} (approvers: {', '.join(allowed)})"
+    if answer.decision == "approve" and request.risks and not getattr(answer, "acknowledge_risky_operations", False):
+        return f"the approval by {answer.approver} did not acknowledge the risky operations"
+    return ""

@@ -1,0 +1,81 @@
+"""What several test modules share: the sample release, how to read a database's migrations, flows run in the
+background while the test acts as the approver, and a session holding a lock."""
+
+import contextlib
+import threading
+import time
+
+import psycopg
+
+RELEASE = [
+    "core.0002_featureflag",
+    "core.0003_task_priority",
+    "core.0004_task_tenant_created_idx",
+    "core.0005_project_slug",
+    "core.0006_rename_milestone_due",
+    "core.0007_remove_invoice_legacy_reference",
+    "core.0008_default_task_statuses",
+]
+
+
+def applied(stack, server):
+    with psycopg.connect(stack.database_url(server)) as conn:
+        return [f"{a}.{n}" for a, n in conn.execute("SELECT app, name FROM django_migrations ORDER BY id")]
+
+
+class InBackground:
+    """Runs a flow in a thread of this process, as a worker would, so the test can act as the approver."""
+
+    def __init__(self, flow, **parameters):
+        from dbpromote.runs import pending_approvals
+
+        self.already_paused = {run.id for run in pending_approvals()}
+        self.result, self.error = None, None
+
+        def run():
+            try:
+                self.result = flow(**parameters)
+            except BaseException as error:  # handed to the test
+                self.error = error
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def paused_run(self, timeout=120):
+        from dbpromote.runs import pending_approvals
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.thread.is_alive(), f"the flow ended without pausing: {self.error}"
+            runs = [run for run in pending_approvals() if run.id not in self.already_paused]
+            if runs:
+                return runs[-1]
+            time.sleep(0.5)
+        raise AssertionError("no run paused for approval")
+
+    def finish(self, timeout=180):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive()
+        return self.result
+
+
+class PromotionInBackground(InBackground):
+    def __init__(self, **parameters):
+        from dbpromote.flows.promote import promote
+
+        defaults = {"project": "tenant-backend", "through": ["staging", "production"], "approval_poll_s": 1}
+        super().__init__(promote, **(defaults | parameters))
+
+
+def hold_lock(url: str, table: str, seconds: float, ready: threading.Event) -> threading.Thread:
+    def hold():
+        # A blocker outliving its test is ended when the next test resets the database: that is fine.
+        with contextlib.suppress(psycopg.errors.AdminShutdown), psycopg.connect(url) as conn:
+            conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
+            ready.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    ready.wait(10)
+    return thread
