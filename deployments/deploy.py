@@ -1,13 +1,32 @@
-"""The deploy helper: prefect.yaml's deployments registered with a Prefect server, for its work pool."""
+"""The deploy helper: a work pool from this folder's base job template, and prefect.yaml's deployments on it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from dbpromote.errors import StackError
+
+TEMPLATES = Path(__file__).resolve().parent
+# prefect.yaml's work pool, and the base job template of its process worker (the local stack's).
+WORK_POOL = "dbpromote"
+PROCESS_TEMPLATE = TEMPLATES / "process.json"
+
+
+def create_work_pool(
+    api_url: str, name: str = WORK_POOL, template: Path = PROCESS_TEMPLATE, kind: str = "process"
+) -> None:
+    """The work pool with the base job template (created, or its template replaced)."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    pool = WorkPoolCreate(name=name, type=kind, base_job_template=json.loads(template.read_text()))
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        client.create_work_pool(pool, overwrite=True)
 
 
 def deploy_flows(prefect_env: dict[str, str], repo: Path) -> None:
@@ -26,6 +45,5 @@ def deploy_flows(prefect_env: dict[str, str], repo: Path) -> None:
         cwd=repo,
     )
     if result.returncode != 0:
-        raise StackError(
-            f"deploying the flows failed (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
-        )
+        output = result.stderr.strip() or result.stdout.strip()
+        raise StackError(f"deploying the flows failed (exit {result.returncode}): {output}")

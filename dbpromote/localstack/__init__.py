@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from dbpromote.deployments.deploy import deploy_flows
+from dbpromote.deployments.deploy import WORK_POOL, deploy_flows
 from dbpromote.errors import StackError
 from dbpromote.localstack.postgres import grant_roles, postgres_healthy, reset_database, start_postgres
 from dbpromote.localstack.processes import free_port, stop
@@ -32,7 +32,6 @@ from dbpromote.localstack.state import (
     REPO_ROOT,
     SAMPLE_PROJECT,
     SERVERS,
-    WORK_POOL,
     Stack,
     pg_bin,
     state_dir,

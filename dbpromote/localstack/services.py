@@ -6,8 +6,9 @@ import sys
 
 import httpx
 
+from dbpromote.deployments.deploy import WORK_POOL, create_work_pool
 from dbpromote.localstack.processes import pick_port, spawn, venv_script, wait_until
-from dbpromote.localstack.state import APP_ROLE, BUCKET, REPO_ROOT, SAMPLE_PROJECT, SERVERS, WORK_POOL, Stack
+from dbpromote.localstack.state import APP_ROLE, BUCKET, REPO_ROOT, SAMPLE_PROJECT, SERVERS, Stack
 
 
 def start_gcs_emulator(stack: Stack) -> None:
@@ -49,6 +50,8 @@ def prefect_healthy(stack: Stack) -> bool:
 
 
 def start_worker(stack: Stack) -> None:
+    """The process worker of the stack's work pool, made first from deployments/process.json."""
+    create_work_pool(stack.prefect_api_url, WORK_POOL)
     name = f"dbpromote-{stack.ports['prefect']}"
     command = [venv_script("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process", "--name", name]
     spawn(stack, "worker", command, prefect_env(stack), REPO_ROOT)

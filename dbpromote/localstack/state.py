@@ -15,7 +15,6 @@ DATABASE = "tenant_backend"
 MIGRATION_ROLE = "tenant_owner"
 APP_ROLE = "django_app"
 BUCKET = "dbpromote-backups"
-WORK_POOL = "dbpromote"
 PREFERRED_PORTS = {"staging": 54330, "production": 54331, "gcs": 9023, "prefect": 4200}
 V1_MIGRATION = ("core", "0001_initial")
 SEED_TENANTS = 3
