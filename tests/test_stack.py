@@ -15,8 +15,6 @@ import pytest
 
 from dbpromote import localstack as local_stack
 
-DBPROMOTE = [sys.executable, "-m", "deployments.cli"]
-
 
 def cli(*args, env=None):
     return subprocess.run(
@@ -60,6 +58,16 @@ def test_status_json_reports_every_component_healthy_with_masked_urls(stack):
     secret = json.loads(cli("stack", "status", "--json", "--show-secrets").stdout)
     with psycopg.connect(secret["components"]["staging"]["database_urls"]["app"]) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("django_app",)
+
+
+def test_the_work_pool_runs_flows_with_the_base_job_template_in_deployments(stack):
+    from dbpromote.deployments.deploy import PROCESS_TEMPLATE, WORK_POOL
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool(WORK_POOL)
+    assert pool.type == "process"
+    assert pool.base_job_template == json.loads(PROCESS_TEMPLATE.read_text())
 
 
 def test_servers_require_passwords(stack):
