@@ -4,9 +4,8 @@ import json
 import re
 
 import pytest
-from prefect.utilities.templating import apply_values
-
 from dbpromote.deployments.deploy import TEMPLATES
+from prefect.utilities.templating import apply_values
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
