@@ -7,6 +7,8 @@ import time
 
 import psycopg
 
+from dbpromote.models.backup import Backup
+
 RELEASE = [
     "core.0002_featureflag",
     "core.0003_task_priority",
@@ -79,3 +81,21 @@ def hold_lock(url: str, table: str, seconds: float, ready: threading.Event) -> t
     thread.start()
     ready.wait(10)
     return thread
+
+
+def a_backup(object_name: str = "backups/staging/db/1.dump.zst", created_at: str = "2026-01-01T00:00:00+00:00"):
+    """A verified backup as the bucket would list it, for logic that only reads its fields."""
+    return Backup(
+        uri=f"gs://bucket/{object_name}",
+        bucket="bucket",
+        object_name=object_name,
+        environment="staging",
+        database="db",
+        server_version="15.0",
+        size_bytes=1,
+        crc32c="AAAAAA==",
+        duration_s=0.1,
+        created_at=created_at,
+        flow_run_id="",
+        migration_state=[("core", "0001_initial")],
+    )

@@ -5,9 +5,9 @@ from dbpromote.flows.promote import vouch_for
 
 from dbpromote.errors import PreflightError
 from dbpromote.models.approval import ApprovalRequest, approval_form, promotion_request, refusal
-from dbpromote.models.backup import Backup
 from dbpromote.models.plan import Plan, PlannedMigration
 from dbpromote.models.report import MigrationResult, Rehearsal, StepReport
+from tests.harness import a_backup
 
 
 def migration(name: str, sql: str = "", reversible: bool = True, backwards: bool = False) -> PlannedMigration:
@@ -24,23 +24,6 @@ def migration(name: str, sql: str = "", reversible: bool = True, backwards: bool
 
 def plan(target: str, *migrations: PlannedMigration) -> Plan:
     return Plan(target=target, applied=[("core", "0001_initial")], migrations=list(migrations))
-
-
-def backup() -> Backup:
-    return Backup(
-        uri="gs://bucket/backups/staging/db/1.dump.zst",
-        bucket="bucket",
-        object_name="backups/staging/db/1.dump.zst",
-        environment="staging",
-        database="db",
-        server_version="15.0",
-        size_bytes=1,
-        crc32c="AAAAAA==",
-        duration_s=0.1,
-        created_at="2026-01-01T00:00:00+00:00",
-        flow_run_id="",
-        migration_state=[("core", "0001_initial")],
-    )
 
 
 def result(label: str, seconds: float = 0.1) -> MigrationResult:
@@ -75,7 +58,7 @@ def test_the_same_migrations_with_other_sql_are_not_vouched_for():
 def test_a_failure_part_way_names_the_last_committed_migration_and_both_ways_back():
     report = StepReport(target="production", plan=plan("production", migration("0002"), migration("0003")))
     assert report.last_committed == "core.0001_initial (nothing of this plan)"
-    report.backup = backup()
+    report.backup = a_backup()
     report.migrations.append(result("core.0002"))
     assert report.last_committed == "core.0002"
     assert report.way_back() == (

@@ -6,27 +6,13 @@ import pytest
 from dbpromote.tasks.retention import check_retention, is_abandoned, retention_decisions
 
 from dbpromote.errors import ConfigError
-from dbpromote.models.backup import Backup
+from tests.harness import a_backup
 
 NOW = datetime(2026, 6, 30, tzinfo=UTC)
 
 
-def backup(days_old: float) -> Backup:
-    name = f"backups/prod/db/{days_old:g}.dump.zst"
-    return Backup(
-        uri=f"gs://b/{name}",
-        bucket="b",
-        object_name=name,
-        environment="prod",
-        database="db",
-        server_version="15",
-        size_bytes=1,
-        crc32c="",
-        duration_s=0,
-        created_at=(NOW - timedelta(days=days_old)).isoformat(),
-        flow_run_id="",
-        migration_state=[],
-    )
+def backup(days_old: float):
+    return a_backup(f"backups/prod/db/{days_old:g}.dump.zst", (NOW - timedelta(days=days_old)).isoformat())
 
 
 def test_keeps_the_newest_the_young_and_the_referenced_and_deletes_the_rest():
