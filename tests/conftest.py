@@ -34,6 +34,15 @@ os.environ.update(
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def only_the_installed_namespace():
+    """The repository's root is on sys.path in tests (not for users): a module reached as `tasks.x` rather than
+    `dbpromote.tasks.x` would be a second copy that patches and isinstance checks miss."""
+    yield
+    stray = {"tasks", "flows", "deployments"} & set(sys.modules)
+    assert not stray, f"imported as top-level modules: {sorted(stray)}; import them as dbpromote.<name>"
+
+
 def pytest_unconfigure(config):
     """A session that never started the stack (the fast tier) leaves no state folder behind."""
     shutil.rmtree(HOME, ignore_errors=True)
