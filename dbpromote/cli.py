@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import sys
 
 import typer
@@ -83,12 +84,11 @@ def promote(
     if until_paused:
         state = wait_until_paused(run.id)
         if not state.is_paused():
-            fail(f"The promotion ended {state.name} before asking for approval; see {run_url(run.id)}.")
+            fail(f"The promotion ended {state.name} before asking for approval: {why(state, run.id)}")
         typer.echo(f"waiting for approval in the UI: {run_url(run.id)}")
         typer.echo(f"or: .venv/bin/dbpromote approve {run.id} --approver YOUR_NAME --comment TEXT --acknowledge-risks")
     if wait:
-        typer.echo(f"finished: {run.state.name if run.state else '?'}")
-        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+        report_end(run)
 
 
 @app.command("pending")
@@ -130,13 +130,33 @@ def run_deployment(deployment: str, parameters: dict, wait: bool) -> None:
     run = trigger(deployment, parameters, wait=wait)
     typer.echo(f"{run.id} {run_url(run.id)}")
     if wait:
-        typer.echo(f"finished: {run.state.name if run.state else '?'}")
-        raise typer.Exit(0 if run.state and run.state.is_completed() else 1)
+        report_end(run)
+
+
+def report_end(run) -> None:
+    """The run's final state; unless it completed, why (its error sentence) and exit status 1."""
+    typer.echo(f"finished: {run.state.name if run.state else '?'}")
+    if run.state and run.state.is_completed():
+        raise typer.Exit(0)
+    fail(why(run.state, run.id))
+
+
+def why(state, run_id) -> str:
+    """The sentence a run ended with: its error's message without Prefect's and the exception's prefixes."""
+    from dbpromote.runs import run_url
+
+    message = (state.message if state else "") or ""
+    message = message.removeprefix("Flow run encountered an exception: ")
+    message = re.sub(r"^[A-Za-z_.]*(Error|Rejected|Exception|Timeout)\w*: ", "", message).strip()
+    return f"{message} (run {run_url(run_id)})" if message else f"see {run_url(run_id)}"
 
 
 @app.command("backup")
 def backup(target: str, wait: bool = typer.Option(False, help="Wait for the verified backup.")) -> None:
     """Take a verified backup of a target now (through the backup deployment)."""
+    from dbpromote.config import load_target
+
+    load_target(target)
     run_deployment("backup/backup", {"targets": [target]}, wait)
 
 
@@ -195,18 +215,57 @@ def project_add(
     settings: str = typer.Option(..., help="DJANGO_SETTINGS_MODULE."),
     python: str = typer.Option("", help="The project's interpreter (default: dbpromote's)."),
     verify_dir: str = typer.Option("verify", help="Folder of SQL checks, relative to --path."),
+    env: list[str] | None = typer.Option(None, help="KEY=VALUE the settings need at import (repeat); not for secrets."),
+    env_secret: list[str] | None = typer.Option(
+        None, "--env-secret", help="KEY=BLOCK: KEY's value from the Prefect Secret block BLOCK (repeat)."
+    ),
+    env_file: str = typer.Option("", help="A dotenv file the settings expect (relative to --path), e.g. .env."),
+    database_url_env: str = typer.Option(
+        "DATABASE_URL", help="The variable the settings read the database URL from ('' for none)."
+    ),
+    database_env: list[str] | None = typer.Option(
+        None, help="PART=VARIABLE for settings that read the connection in parts: host, port, name, user, password."
+    ),
+    acknowledge_package_changes: str = typer.Option(
+        "", help="Comma-separated installed apps whose models differ from their migrations, accepted as they are."
+    ),
 ) -> None:
     """Register (or replace) a Django project."""
     from pathlib import Path
 
-    from dbpromote.config import DjangoProject
+    from dbpromote.config import DATABASE_PARTS, DjangoProject
 
     if not (Path(path) / "manage.py").is_file():
         fail(f"{path} has no manage.py; give the folder that holds it with --path.")
-    DjangoProject(path=str(Path(path).resolve()), settings_module=settings, python=python, verify_dir=verify_dir).save(
-        name, overwrite=True
-    )
+    parts = pairs(database_env or [], "--database-env")
+    if unknown := sorted(set(parts) - set(DATABASE_PARTS)):
+        fail(f"--database-env knows no part {', '.join(unknown)}; use {', '.join(DATABASE_PARTS)}.")
+    if env_file and not (Path(path) / env_file).is_file():
+        fail(f"The env file {Path(path) / env_file} does not exist; give its path relative to --path.")
+    DjangoProject(
+        path=str(Path(path).resolve()),
+        settings_module=settings,
+        python=python,
+        verify_dir=verify_dir,
+        env=pairs(env or [], "--env"),
+        env_secrets=pairs(env_secret or [], "--env-secret"),
+        env_file=env_file,
+        database_url_env=database_url_env,
+        database_env=parts,
+        acknowledged_package_changes=[a.strip() for a in acknowledge_package_changes.split(",") if a.strip()],
+    ).save(name, overwrite=True)
     typer.echo(f"project {name} registered")
+
+
+def pairs(items: list[str], option: str) -> dict[str, str]:
+    """KEY=VALUE options as a dict; one sentence for anything else."""
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"{option} {item.split('=')[0]!r} is not KEY=VALUE; write it as {option} KEY=VALUE.")
+        result[key.strip()] = value
+    return result
 
 
 @target_app.command("add")
@@ -219,6 +278,7 @@ def target_add(
     prefix: str = typer.Option("backups"),
     app_role: str = typer.Option("django_app"),
     lock_timeout: int = typer.Option(2000, help="lock_timeout in ms."),
+    database_alias: str = typer.Option("default", help="The project's DATABASES alias this database is."),
 ) -> None:
     """Register (or replace) a database target; the URL is stored as a secret and never printed."""
     from dbpromote.config import DatabaseTarget
@@ -233,6 +293,7 @@ def target_add(
         app_role=app_role,
         approvers=[a.strip() for a in approvers.split(",") if a.strip()],
         lock_timeout_ms=lock_timeout,
+        database_alias=database_alias,
     ).save(name, overwrite=True)
     typer.echo(f"target {name} registered")
 

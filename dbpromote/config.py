@@ -24,9 +24,87 @@ class DjangoProject(Block):
     verify_dir: str = Field(
         default="verify", description="Folder of SQL checks (relative to path), each must return no rows."
     )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment the settings need at import (not secrets: see env_secrets)."
+    )
+    env_secrets: dict[str, str] = Field(
+        default_factory=dict, description="Secret environment: variable name -> name of a Prefect Secret block."
+    )
+    env_file: str = Field(default="", description="A dotenv file (KEY=VALUE lines) the settings expect, e.g. .env.")
+    database_url_env: str = Field(
+        default="DATABASE_URL", description="Variable that receives the target's URL (dj-database-url, environ)."
+    )
+    database_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Separate variables that receive the target's connection: host, port, name, user, password "
+        "-> variable name (e.g. host: POSTGRES_HOST).",
+    )
+    acknowledged_package_changes: list[str] = Field(
+        default_factory=list,
+        description="Installed apps (packages) whose models differ from their migrations, known and accepted.",
+    )
 
     def interpreter(self) -> str:
         return self.python or sys.executable
+
+    def environment(self, url: str) -> dict[str, str]:
+        """What the project's settings read at import, with the target's connection where they look for it.
+
+        Never a command line (`ps` shows those): only the environment of the project's own process.
+        """
+        environment = read_env_file(Path(self.path) / self.env_file) if self.env_file else {}
+        environment |= self.env
+        for variable, block in self.env_secrets.items():
+            environment[variable] = load_secret(block, variable)
+        if self.database_url_env:
+            environment[self.database_url_env] = url
+        params = conninfo_to_dict(url)
+        for part, variable in self.database_env.items():
+            environment[variable] = str(params.get(DATABASE_PARTS[part], ""))
+        return environment
+
+    def secret_values(self) -> list[str]:
+        """Values to mask in anything the project's process prints."""
+        return [load_secret(block, variable) for variable, block in self.env_secrets.items()]
+
+
+# The names of a project's separate connection variables, and their libpq keyword.
+DATABASE_PARTS = {"host": "host", "port": "port", "name": "dbname", "user": "user", "password": "password"}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (optionally `export KEY=VALUE`, values optionally quoted); comments and blank lines skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise ConfigError(
+            f"The env file {path} cannot be read ({error.strerror}); "
+            "fix the path with `dbpromote project add NAME --env-file PATH`."
+        ) from None
+    values = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_secret(block: str, variable: str) -> str:
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(block).get())
+    except ValueError:
+        raise ConfigError(
+            f"The Secret block {block!r} that holds {variable} does not exist; create it in the UI (Blocks, "
+            f"Secret) or with `prefect block create secret`, then `dbpromote project add NAME --env-secret "
+            f"{variable}={block}`."
+        ) from None
 
 
 class DatabaseTarget(Block):
@@ -50,6 +128,9 @@ class DatabaseTarget(Block):
     app_role: str = Field(default="django_app", description="The role the application connects as.")
     force_rls: bool = Field(default=False, description="FORCE ROW LEVEL SECURITY (applies to table owners too).")
     schema_name: str = Field(default="public", description="Schema of the project's tables.")
+    database_alias: str = Field(
+        default="default", description="The project's DATABASES alias this target is (its routers decide what runs)."
+    )
 
     @property
     def database(self) -> str:

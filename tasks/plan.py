@@ -11,6 +11,7 @@ from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, PreflightError, redact, retry_if_transient
 from dbpromote.models.plan import Plan, PlannedMigration, classify_risks, parse_target_migration
 from dbpromote.probe import FailureAnswer, PlanAnswer, run_probe
+from dbpromote.probe.protocol import AppChanges
 
 
 @task(name="plan", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
@@ -29,11 +30,7 @@ def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: st
             f"Conflicting migrations (several leaf nodes) in {listed}; "
             "merge them with `manage.py makemigrations --merge` and commit the result."
         )
-    if answer.changes_without_migrations:
-        raise PreflightError(
-            f"Models changed without migrations in {', '.join(answer.changes_without_migrations)}; "
-            "run `manage.py makemigrations` and commit the migrations."
-        )
+    check_model_changes(answer.model_changes, project, target_name)
     migrations = _planned(answer)
     classify_risks(migrations)
     return Plan(target=target_name, to=to, applied=answer.applied, migrations=migrations)
@@ -51,6 +48,30 @@ def plan_rollback(
     return Plan(target=target_name, applied=answer.applied, migrations=migrations)
 
 
+def check_model_changes(changes: list[AppChanges], project: DjangoProject, target_name: str) -> None:
+    """Models that differ from their migrations stop a promotion: the project's own apps need the migrations
+    written; an installed package's need an acknowledgement (its migrations are not the project's to write)."""
+    own = [change for change in changes if not change.package]
+    if own:
+        raise PreflightError(
+            f"Models changed without migrations in {describe_changes(own)}; "
+            "run `manage.py makemigrations` and commit the migrations."
+        )
+    unacknowledged = [c for c in changes if c.app not in project.acknowledged_package_changes]
+    if unacknowledged:
+        apps = ",".join(change.app for change in unacknowledged)
+        raise PreflightError(
+            f"Installed packages' models differ from their own migrations in {describe_changes(unacknowledged)} "
+            f"(seen from {target_name}'s plan); these are not yours to migrate: upgrade or pin the package, or "
+            f"accept them with `dbpromote project add NAME --acknowledge-package-changes {apps}`."
+        )
+
+
+def describe_changes(changes: list[AppChanges]) -> str:
+    """`app (operation; operation)` per app, as makemigrations would write them."""
+    return ", ".join(f"{change.app} ({'; '.join(change.operations[:5])})" for change in changes)
+
+
 def _planned(answer: PlanAnswer, backwards: bool = False) -> list[PlannedMigration]:
     return [PlannedMigration.model_validate(asdict(m) | {"backwards": backwards}) for m in answer.migrations]
 
@@ -66,6 +87,17 @@ def _plan_answer(answer, project: DjangoProject, target_name: str, to: str) -> P
 
 def _probe_error(failure: FailureAnswer, project: DjangoProject, target_name: str, to: str) -> Exception:
     reason, message = failure.reason, redact(failure.message)
+    if reason == "settings" and failure.variable:
+        return ConfigError(
+            f"The settings module {project.settings_module!r} does not load: it needs {failure.variable} ({message}); "
+            f"give it with `dbpromote project add NAME --env {failure.variable}=VALUE`, or `--env-secret "
+            f"{failure.variable}=BLOCK` when it is a secret, or `--env-file PATH`."
+        )
+    if reason == "alias":
+        return ConfigError(
+            f"{message}; name the alias target {target_name!r} is with `dbpromote target add {target_name} "
+            "--database-alias ALIAS`."
+        )
     if reason == "settings":
         return ConfigError(
             f"The settings module {project.settings_module!r} does not load ({message}); "

@@ -29,9 +29,12 @@ __all__ = ["FailureAnswer", "PlanAnswer", "ProbeSession", "StepAnswer", "run_pro
 
 
 def start_probe(project: DjangoProject, target: DatabaseTarget, *args: str, **popen) -> subprocess.Popen:
-    """The probe in the project's interpreter against the target (its URL in the environment, never argv)."""
-    env = os.environ | {"DBPROMOTE_DATABASE_URL": target.url.get_secret_value(), "PYTHONUNBUFFERED": "1"}
+    """The probe in the project's interpreter against the target: its URL, and whatever the project's settings
+    read, in the environment (never argv)."""
+    url = target.url.get_secret_value()
+    env = os.environ | project.environment(url) | {"DBPROMOTE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
     command = [project.interpreter(), str(PROBE), *args, "--settings", project.settings_module]
+    command += ["--database", target.database_alias]
     try:
         return subprocess.Popen(
             command, cwd=project.path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **popen
@@ -59,7 +62,7 @@ def parse_answer(line: bytes | str) -> Answer | None:
 
 
 def run_probe(project: DjangoProject, target: DatabaseTarget, *args: str, timeout: float = PROBE_TIMEOUT_S) -> Answer:
-    """Run the probe once; its answer, or a ConfigError naming the fix."""
+    """Run the probe once; its answer (messages with secrets masked), or a ConfigError naming the fix."""
     process = start_probe(project, target, *args, stderr=subprocess.PIPE)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
@@ -68,8 +71,11 @@ def run_probe(project: DjangoProject, target: DatabaseTarget, *args: str, timeou
         stdout, stderr = process.communicate()
     lines = stdout.decode(errors="replace").strip().splitlines()
     answer = parse_answer(lines[-1]) if lines else None
+    secrets = [target.url.get_secret_value(), *project.secret_values()]
+    if isinstance(answer, FailureAnswer):
+        answer.message = redact(answer.message, *secrets)
     if answer is None:
-        tail = redact(stderr.decode(errors="replace").strip()[-500:], target.url.get_secret_value())
+        tail = redact(stderr.decode(errors="replace").strip()[-500:], *secrets)
         raise ConfigError(
             f"The project's interpreter {project.interpreter()} could not run the probe (exit {process.returncode}): "
             f"{tail}; check that it is the project's Python with Django installed."
@@ -118,7 +124,8 @@ class ProbeSession:
         if answer is not None:
             raise ConfigError(f"The probe answered a migration step with a {answer.kind}; reinstall dbpromote.")
         self.stderr.seek(0)
-        tail = redact(self.stderr.read().decode(errors="replace").strip()[-500:], self.target.url.get_secret_value())
+        secrets = [self.target.url.get_secret_value(), *self.project.secret_values()]
+        tail = redact(self.stderr.read().decode(errors="replace").strip()[-500:], *secrets)
         return FailureAnswer(reason="error", message=f"the probe process ended or hung: {tail}")
 
     def _serve_arguments(self) -> list[str]:

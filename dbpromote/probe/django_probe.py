@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -43,6 +44,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["plan", "plan-back", "serve"])
     parser.add_argument("--settings", required=True)
+    parser.add_argument("--database", default="default", help="the DATABASES alias the target is")
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
     parser.add_argument("--lock-timeout-ms", type=int, default=0)
     parser.add_argument("--statement-timeout-ms", type=int, default=0)
@@ -57,7 +59,12 @@ def main() -> int:
     if result is None and args.command == "serve":
         return serve(args, out)
     if result is None:
-        result = answer(lambda: plan(args.to) if args.command == "plan" else plan_back(json.loads(args.state)))
+        connection = connections_for(args)
+        result = answer(
+            lambda: (
+                plan(connection, args.to) if args.command == "plan" else plan_back(connection, json.loads(args.state))
+            )
+        )
     out.write(protocol.encode(result) + "\n")
     return 1 if isinstance(result, protocol.FailureAnswer) else 0
 
@@ -67,7 +74,7 @@ def answer(step):
     try:
         return step()
     except ProbeError as error:
-        return protocol.FailureAnswer(reason=error.reason, message=str(error))
+        return protocol.FailureAnswer(reason=error.reason, message=str(error), variable=error.variable)
     except Exception as error:  # reported to the worker, which decides what it means
         return describe_exception(error)
 
@@ -75,12 +82,13 @@ def answer(step):
 class ProbeError(Exception):
     """A failure the probe recognises, with its reason (protocol.FailureReason)."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, variable: str = ""):
         super().__init__(message)
-        self.reason = reason
+        self.reason, self.variable = reason, variable
 
 
 def setup_django(args) -> None:
+    """Django set up as `manage.py` does it, with the target's connection in the alias the target is."""
     os.environ["DJANGO_SETTINGS_MODULE"] = args.settings
     sys.path.insert(0, os.getcwd())
     try:
@@ -88,14 +96,25 @@ def setup_django(args) -> None:
         from django.conf import settings
     except ImportError as error:
         raise ProbeError("interpreter", f"Django is not importable: {error}") from None
-    try:
+    with settings_errors(args.settings):
         databases = settings.DATABASES
-    except ImportError as error:
-        raise ProbeError("settings", f"{args.settings}: {error}") from None
+        if args.database not in databases:
+            raise ProbeError(
+                "alias", f"DATABASES has no alias {args.database!r} (it has {', '.join(sorted(databases))})"
+            )
+        point_at_target(databases[args.database], args)
+        django.setup()
+
+
+def point_at_target(database: dict, args) -> None:
+    """The target's host, port, name, user and password in the alias, PostgreSQL where the settings named no
+    engine (a DATABASE_URL read without a default), and the step's timeouts added to the project's options."""
     url = os.environ.get("DBPROMOTE_DATABASE_URL")
     if url:
-        databases["default"].update(database_from_url(url))
-    options = databases["default"].setdefault("OPTIONS", {})
+        database.update(database_from_url(url))
+    if not database.get("ENGINE"):
+        database["ENGINE"] = "django.db.backends.postgresql"
+    options = database.setdefault("OPTIONS", {})
     timeouts = []
     if args.lock_timeout_ms:
         timeouts.append(f"-c lock_timeout={args.lock_timeout_ms}")
@@ -104,7 +123,47 @@ def setup_django(args) -> None:
     if timeouts:
         # OPTIONS["options"] replaces PGOPTIONS, so extend what the project set instead of relying on PGOPTIONS.
         options["options"] = " ".join([options.get("options", ""), *timeouts]).strip()
-    django.setup()
+
+
+@contextlib.contextmanager
+def settings_errors(module: str):
+    """Whatever stops the settings (or the apps they name) from loading, as a settings failure that names, where
+    it can tell, the environment variable or setting that was missing."""
+    try:
+        yield
+    except ProbeError:
+        raise
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}" if not isinstance(error, ImportError) else str(error)
+        raise ProbeError("settings", f"{module}: {message}", missing_variable(error)) from None
+
+
+def missing_variable(error: Exception) -> str:
+    """The environment variable a settings module looked for and did not find, or the empty setting; '' if none."""
+    if (
+        isinstance(error, KeyError)
+        and error.args
+        and traceback.extract_tb(error.__traceback__)[-1].filename.endswith(os.sep + "os.py")
+    ):
+        return str(error.args[0])  # os.environ["NAME"]
+    for pattern in ENVIRONMENT_HINTS:
+        if found := pattern.search(str(error)):
+            return found.group(1)
+    return ""
+
+
+# django-environ: "Set the X environment variable"; Django itself: "The X setting must not be empty."
+ENVIRONMENT_HINTS = [
+    re.compile(r"Set the (\w+) environment variable"),
+    re.compile(r"The (\w+) setting must not be empty"),
+]
+
+
+def connections_for(args):
+    """The connection of the target's alias: the only one a promotion opens."""
+    from django.db import connections
+
+    return connections[args.database]
 
 
 def database_from_url(url: str) -> dict:
@@ -118,12 +177,9 @@ def database_from_url(url: str) -> dict:
     }
 
 
-def plan(to: str):
-    from django.apps import apps
-    from django.db import connection
-    from django.db.migrations.autodetector import MigrationAutodetector
+def plan(connection, to: str):
+    """What `migrate` would apply up to `to` (every leaf when empty), and what `makemigrations` would write."""
     from django.db.migrations.executor import MigrationExecutor
-    from django.db.migrations.state import ProjectState
 
     executor = MigrationExecutor(connection)
     loader = executor.loader
@@ -132,8 +188,7 @@ def plan(to: str):
     result = protocol.PlanAnswer(applied=applied, migrations=[], conflicts=conflicts)
     if conflicts:
         return result
-    changes = MigrationAutodetector(loader.project_state(), ProjectState.from_apps(apps)).changes(graph=loader.graph)
-    result.changes_without_migrations = sorted(changes)
+    result.model_changes = model_changes(loader)
     if to:
         app, _, name = to.partition(":")
         if (app, name) not in loader.graph.nodes:
@@ -150,9 +205,41 @@ def plan(to: str):
     return result
 
 
-def plan_back(state: list):
+def model_changes(loader) -> list:
+    """The migrations `makemigrations --check` would write, per app, computed as it computes them.
+
+    Translations are deactivated first, as every management command does (`no_translations`): otherwise a package
+    whose verbose names are translated into the site's language shows changes that are not there.
+    """
+    from django.apps import apps
+    from django.db.migrations.autodetector import MigrationAutodetector
+    from django.db.migrations.questioner import NonInteractiveMigrationQuestioner
+    from django.db.migrations.state import ProjectState
+    from django.utils import translation
+
+    translation.deactivate_all()
+    autodetector = MigrationAutodetector(
+        loader.project_state(), ProjectState.from_apps(apps), NonInteractiveMigrationQuestioner(dry_run=True)
+    )
+    changes = autodetector.changes(graph=loader.graph)
+    return [
+        protocol.AppChanges(
+            app=app,
+            package=is_package(apps.get_app_config(app).path),
+            operations=[operation.describe() for migration in migrations for operation in migration.operations],
+        )
+        for app, migrations in sorted(changes.items())
+    ]
+
+
+def is_package(app_path: str) -> bool:
+    """Whether an app is installed from a package (its migrations are not the project's to write)."""
+    path = Path(app_path).resolve()
+    return "site-packages" in path.parts or "dist-packages" in path.parts or Path.cwd() not in path.parents
+
+
+def plan_back(connection, state: list):
     """The migrations to reverse, in order, to return to the applied set `state` (e.g. recorded by a backup)."""
-    from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
     executor = MigrationExecutor(connection)
@@ -204,10 +291,9 @@ def describe_operation(operation):
     return info
 
 
-def migrate_one(args):
+def migrate_one(connection, args):
     """Apply exactly one migration, the next one its dependencies allow."""
     from django.core.management import call_command
-    from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
     key = (args.app, args.name)
@@ -221,13 +307,14 @@ def migrate_one(args):
         raise ProbeError("order", f"{args.app}.{args.name} is not the next migration to apply; the plan is {steps}")
     return run_locked(
         args,
-        lambda: call_command("migrate", args.app, args.name, interactive=False, verbosity=1, stdout=io.StringIO()),
+        lambda: call_command(
+            "migrate", args.app, args.name, database=args.database, interactive=False, verbosity=1, stdout=io.StringIO()
+        ),
     )
 
 
-def reverse_one(args):
+def reverse_one(connection, args):
     """Reverse exactly one applied migration, which no applied migration may depend on."""
-    from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
     key = (args.app, args.name)
@@ -250,13 +337,14 @@ def serve(args, out) -> int:
     Django starts once for a whole environment step instead of once per migration; each request still runs in
     its own database session (closed after it), so a failed migration leaves nothing behind for the next.
     """
-    from django.db import connection
-
+    connection = connections_for(args)
     for line in sys.stdin:
         request = json.loads(line)
         step = argparse.Namespace(**vars(args) | {"app": request["app"], "name": request["name"]})
         result = answer(
-            lambda step=step, request=request: (reverse_one if request.get("backwards") else migrate_one)(step)
+            lambda step=step, request=request: (reverse_one if request.get("backwards") else migrate_one)(
+                connection, step
+            )
         )
         connection.close()
         out.write(protocol.encode(result) + "\n")

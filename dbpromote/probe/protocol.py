@@ -19,7 +19,8 @@ QUERY_CANCELED = "57014"
 # Why the probe could not do what was asked: the worker turns each into one sentence naming the fix.
 FailureReason = Literal[
     "interpreter",  # Django is not importable with the project's interpreter
-    "settings",  # the settings module does not load
+    "settings",  # the settings module does not load (`variable`: the environment variable it missed, if known)
+    "alias",  # the target's database alias is not in DATABASES
     "target",  # the requested migration is not one of the project's
     "backwards",  # the requested target is behind the applied state
     "state",  # a rollback's goal state cannot be reached by reversing
@@ -49,13 +50,22 @@ class MigrationInfo:
 
 
 @dataclass
+class AppChanges:
+    """What `makemigrations` would write for one app; `package`: the app is installed, not the project's own."""
+
+    app: str
+    package: bool
+    operations: list[str]
+
+
+@dataclass
 class PlanAnswer:
     """A target's applied migrations and what `migrate` would run there (forwards or, for a rollback, backwards)."""
 
     applied: list[tuple[str, str]]
     migrations: list[MigrationInfo]
     conflicts: dict[str, list[str]] = field(default_factory=dict)
-    changes_without_migrations: list[str] = field(default_factory=list)
+    model_changes: list[AppChanges] = field(default_factory=list)
     kind: Literal["plan"] = "plan"
 
 
@@ -74,6 +84,7 @@ class FailureAnswer:
 
     reason: FailureReason
     message: str
+    variable: str = ""
     sqlstate: str = ""
     traceback: str = ""
     kind: Literal["failure"] = "failure"
