@@ -99,3 +99,17 @@ def a_backup(object_name: str = "backups/staging/db/1.dump.zst", created_at: str
         flow_run_id="",
         migration_state=[("core", "0001_initial")],
     )
+
+
+def wait_for_run(run_id, timeout_s: float = 600):
+    """A flow run's state once it is final."""
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run_id).state
+            if state and state.is_final():
+                return state
+            time.sleep(1)
+    raise AssertionError(f"run {run_id} did not end within {timeout_s:.0f} s")

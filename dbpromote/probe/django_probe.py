@@ -267,7 +267,7 @@ def plan_back(connection, state: list):
 def describe_migration(executor, migration, backwards: bool = False):
     """A migration as the plan shows it: its operations, whether it can be reversed, and its SQL."""
     reversible = all(operation.reversible for operation in migration.operations)
-    sql = executor.loader.collect_sql([(migration, backwards)]) if reversible or not backwards else []
+    sql = collect_sql(executor, migration, backwards) if reversible or not backwards else []
     return protocol.MigrationInfo(
         app=migration.app_label,
         name=migration.name,
@@ -276,6 +276,18 @@ def describe_migration(executor, migration, backwards: bool = False):
         operations=[describe_operation(operation) for operation in migration.operations],
         sql=sql,
     )
+
+
+def collect_sql(executor, migration, backwards: bool) -> list[str]:
+    """The SQL `sqlmigrate` prints for the migration, or a line saying why there is none.
+
+    Some operations read the live schema to write their SQL (dropping an index_together looks its constraint up):
+    on a database where the plan's earlier migrations are not applied yet, that SQL cannot be known in advance.
+    """
+    try:
+        return executor.loader.collect_sql([(migration, backwards)])
+    except Exception as error:  # the migration itself will tell when it runs
+        return [f"-- SQL not known before the earlier migrations of the plan are applied: {type(error).__name__}"]
 
 
 def describe_operation(operation):

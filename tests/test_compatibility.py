@@ -1,0 +1,129 @@
+"""Real third-party Django codebases upgraded from an old release to a new one, through the CLI as a user types it:
+`project add`, `target add`, `promote`, `approve`; staging first, production after the approval."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from uuid import UUID
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.compat.codebases import CODEBASES, Codebase, venv_python
+from tests.harness import wait_for_run
+
+DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
+SERVERS = ("staging", "production")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DBPROMOTE, *args], capture_output=True, text=True)
+
+
+def database_url(stack, codebase: Codebase, server: str) -> str:
+    return stack.database_url(server).rsplit("/", 1)[0] + f"/compat_{codebase.name}"
+
+
+def create_database(stack, codebase: Codebase, server: str) -> None:
+    """An empty database the migration role owns, as a team's DBA would hand it over."""
+    name = sql.Identifier(f"compat_{codebase.name}")
+    with psycopg.connect(**stack.superuser_conninfo(server), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER tenant_owner").format(name))
+
+
+def applied(url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as conn:
+        return [tuple(row) for row in conn.execute("SELECT app, name FROM django_migrations ORDER BY app, name")]
+
+
+def add_project(codebase: Codebase, python: Path) -> str:
+    """`dbpromote project add` with the codebase's options; its secrets saved as Prefect Secret blocks first."""
+    from prefect.blocks.system import Secret
+
+    options = list(codebase.project_options)
+    for variable, value in codebase.secrets.items():
+        block = f"compat-{codebase.name}-{variable.lower().replace('_', '-')}"
+        Secret(value=value).save(block, overwrite=True)
+        options += ["--env-secret", f"{variable}={block}"]
+    name = f"compat-{codebase.name}"
+    added = cli("project", "add", name, "--path", str(codebase.path), "--settings", codebase.settings,
+                "--python", str(python), *options)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    return name
+
+
+def manage(python: Path, project: str, url: str, *args: str) -> subprocess.CompletedProcess:
+    """The site's own manage.py, with the environment dbpromote gives its settings for this database."""
+    from dbpromote.config import load_project
+
+    env = os.environ | load_project(project).environment(url)
+    return subprocess.run(
+        [str(python), "manage.py", *args], cwd=load_project(project).path, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(params=CODEBASES, ids=[codebase.name for codebase in CODEBASES])
+def codebase(request, stack):
+    codebase: Codebase = request.param
+    for server in SERVERS:
+        create_database(stack, codebase, server)
+    return codebase
+
+
+def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, codebase):
+    old, new = venv_python(codebase.old), venv_python(codebase.new)
+    urls = {server: database_url(stack, codebase, server) for server in SERVERS}
+    # The deployment as it is: both databases migrated by the old release's own `manage.py migrate`.
+    project = add_project(codebase, old)
+    for server in SERVERS:
+        migrated = manage(old, project, urls[server], "migrate", "--no-input")
+        assert migrated.returncode == 0, migrated.stderr[-3000:]
+        with psycopg.connect(urls[server]) as conn:
+            for statement in codebase.seed:
+                conn.execute(statement)
+    before = applied(urls["production"])
+    # The upgrade: the project now runs the new release.
+    add_project(codebase, new)
+    targets = [f"{project}-{server}" for server in SERVERS]
+    assert cli("target", "add", targets[0], "--url", urls["staging"]).returncode == 0
+    assert cli("target", "add", targets[1], "--url", urls["production"], "--requires-approval").returncode == 0
+
+    started = cli("promote", "--project", project, "--through", ",".join(targets), "--until-paused")
+    assert started.returncode == 0, started.stderr
+    run_id = UUID(started.stdout.split()[0])
+    assert applied(urls["production"]) == before  # waiting for approval: production untouched
+    approved = cli("approve", str(run_id), "--approver", "ci", "--comment", codebase.covers, "--acknowledge-risks")
+    assert approved.returncode == 0, approved.stderr
+    state = wait_for_run(run_id)
+
+    assert state.is_completed(), state.message
+    assert applied(urls["staging"]) == applied(urls["production"]) != before
+    ran = {f"{app}.{name}" for app, name in set(applied(urls["production"])) - set(before)}
+    assert set(codebase.expected) <= ran, ran
+    for server in SERVERS:
+        plan = manage(new, project, urls[server], "migrate", "--plan")
+        assert "No planned migration operations." in plan.stdout, plan.stdout + plan.stderr
+        if codebase.check:
+            query, value = codebase.check
+            with psycopg.connect(urls[server]) as conn:
+                assert conn.execute(query).fetchone()[0] == value
+
+
+def test_model_changes_are_what_makemigrations_check_finds(stack, codebase):
+    """The preflight's model check agrees with `makemigrations --check` of the same project on the same database."""
+    from dbpromote.config import load_project, load_target
+    from dbpromote.probe import run_probe
+
+    new = venv_python(codebase.new)
+    project = add_project(codebase, new)
+    assert cli("target", "add", f"{project}-staging", "--url", database_url(stack, codebase, "staging")).returncode == 0
+
+    check = manage(new, project, database_url(stack, codebase, "staging"), "makemigrations", "--check", "--dry-run")
+    found_by_django = {line.split("'")[1] for line in check.stdout.splitlines() if line.startswith("Migrations for")}
+    answer = run_probe(load_project(project), load_target(f"{project}-staging"), "plan")
+    assert answer.kind == "plan", answer
+    assert {change.app for change in answer.model_changes} == found_by_django, check.stdout
+    assert (check.returncode == 0) == (not found_by_django), check.stdout + check.stderr
