@@ -131,3 +131,53 @@ def test_database_untouched_means_no_backup_either(fresh_databases, project_copy
     assert len(list_backups(load_target("staging"), "staging")) == before
     with psycopg.connect(fresh_databases.database_url("staging")) as conn:
         assert conn.execute("SELECT count(*) FROM core_tenant").fetchone()[0] == 3
+
+
+def test_promise_6_a_settings_module_that_raises_is_one_sentence_naming_it(fresh_databases, project_copy):
+    settings = project_copy.folder / "tenant_backend" / "settings.py"
+    settings.write_text(settings.read_text() + '\nraise RuntimeError("FEATURE_FLAGS_URL is unreachable")\n')
+    with pytest.raises(ConfigError) as error:
+        run(project_copy("raising-settings"), "staging")
+    assert_refused_cleanly(
+        fresh_databases,
+        error.value,
+        "'tenant_backend.settings' does not load",
+        "RuntimeError: FEATURE_FLAGS_URL is unreachable",
+        "--settings",
+    )
+
+
+def test_a_variable_the_settings_read_is_named_with_the_option_that_gives_it(fresh_databases, project_copy):
+    settings = project_copy.folder / "tenant_backend" / "settings.py"
+    settings.write_text(settings.read_text() + '\nSECRET_KEY = os.environ["SHOP_SECRET_KEY"]\n')
+    with pytest.raises(ConfigError) as error:
+        run(project_copy("settings-needing-a-secret"), "staging")
+    assert_refused_cleanly(
+        fresh_databases, error.value, "needs SHOP_SECRET_KEY", "--env SHOP_SECRET_KEY=VALUE", "--env-secret"
+    )
+
+
+def test_only_the_targets_alias_is_connected_to(fresh_databases, project_copy, make_target):
+    """A project with two aliases: the target names `primary`; `default` points at a server that does not exist,
+    so any connection to it would fail the promotion."""
+    settings = project_copy.folder / "tenant_backend" / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + '\nDATABASES["primary"] = dict(DATABASES["default"])\n'
+        + 'DATABASES["default"] = dict(DATABASES["default"], HOST="127.0.0.1", PORT="1")\n'
+    )
+    project = project_copy("two-aliases", database_url_env="")
+    target = make_target("staging-primary", database_alias="primary")
+
+    report = run(project, target)
+
+    assert applied(fresh_databases, "staging")[-1] == report.migrations[-1].label
+
+
+def test_an_alias_the_settings_do_not_have_is_one_sentence(fresh_databases, make_target):
+    target = make_target("staging-no-alias", database_alias="replica")
+    with pytest.raises(ConfigError) as error:
+        run("tenant-backend", target)
+    assert_refused_cleanly(
+        fresh_databases, error.value, "no alias 'replica'", f"dbpromote target add {target} --database-alias"
+    )

@@ -35,7 +35,10 @@ def create_database(stack, codebase: Codebase, server: str) -> None:
 
 
 def applied(url: str) -> list[tuple[str, str]]:
+    """The migrations Django recorded; none on a database it never migrated."""
     with psycopg.connect(url) as conn:
+        if not conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]:
+            return []
         return [tuple(row) for row in conn.execute("SELECT app, name FROM django_migrations ORDER BY app, name")]
 
 
@@ -127,3 +130,23 @@ def test_model_changes_are_what_makemigrations_check_finds(stack, codebase):
     assert answer.kind == "plan", answer
     assert {change.app for change in answer.model_changes} == found_by_django, check.stdout
     assert (check.returncode == 0) == (not found_by_django), check.stdout + check.stderr
+
+
+def test_settings_that_need_a_secret_say_which_and_how_to_give_it_at_the_terminal(stack):
+    """`promote --wait` on a project whose settings read SECRET_KEY with no default, not given: the run fails in
+    preflight and the command prints why, naming the variable and the option, and exits non-zero."""
+    (allauth,) = [codebase for codebase in CODEBASES if codebase.name == "allauth"]
+    create_database(stack, allauth, "staging")
+    without_secret = Codebase(**(vars(allauth) | {"secrets": {}}))
+    project = add_project(without_secret, venv_python(allauth.new))
+    target = f"{project}-staging"
+    assert cli("target", "add", target, "--url", database_url(stack, allauth, "staging")).returncode == 0
+
+    result = cli("promote", "--project", project, "--through", target, "--wait")
+
+    assert result.returncode == 1
+    assert "finished: Failed" in result.stdout
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "'settings' does not load: it needs SECRET_KEY" in error, result.stderr
+    assert "--env-secret SECRET_KEY=BLOCK" in error
+    assert applied(database_url(stack, allauth, "staging")) == []

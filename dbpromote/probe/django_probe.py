@@ -140,12 +140,10 @@ def settings_errors(module: str):
 
 def missing_variable(error: Exception) -> str:
     """The environment variable a settings module looked for and did not find, or the empty setting; '' if none."""
-    if (
-        isinstance(error, KeyError)
-        and error.args
-        and traceback.extract_tb(error.__traceback__)[-1].filename.endswith(os.sep + "os.py")
-    ):
-        return str(error.args[0])  # os.environ["NAME"]
+    if isinstance(error, KeyError) and error.args:
+        where = traceback.extract_tb(error.__traceback__)[-1].filename
+        if where == "<frozen os>" or where.endswith(os.sep + "os.py"):  # os.environ["NAME"]
+            return str(error.args[0])
     for pattern in ENVIRONMENT_HINTS:
         if found := pattern.search(str(error)):
             return found.group(1)
