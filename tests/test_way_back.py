@@ -390,3 +390,24 @@ def test_cli_rollback_runs_the_rollback_deployment_on_the_worker(fresh_databases
     assert done.returncode == 0, done.stdout + done.stderr
     assert "finished: Completed" in done.stdout
     assert applied(stack, "staging") == ["core.0001_initial"]
+
+
+def test_cli_backup_says_why_it_failed_and_checks_the_name_before_starting_anything(fresh_databases, make_target):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dbpromote = str(Path(sys.executable).parent / "dbpromote")
+    target = make_target("staging-without-bucket", bucket="no-such-bucket")
+
+    failed = subprocess.run([dbpromote, "backup", target, "--wait"], capture_output=True, text=True, env=os.environ)
+    unknown = subprocess.run(
+        [dbpromote, "backup", "no-such-target", "--wait"], capture_output=True, text=True, env=os.environ
+    )
+
+    assert failed.returncode == 1 and "finished: Failed" in failed.stdout
+    assert f"error: The backup bucket 'no-such-bucket' of target '{target}' does not exist" in failed.stderr
+    assert f"dbpromote target add {target} --bucket NAME" in failed.stderr
+    assert unknown.returncode == 1 and unknown.stdout == ""  # refused before any run was created
+    assert "error: Unknown target 'no-such-target'; register it with `dbpromote target add" in unknown.stderr
