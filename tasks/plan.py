@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import psycopg
 from prefect import task
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, PreflightError, redact, retry_if_transient
 from dbpromote.models.plan import Plan, PlannedMigration, classify_risks, parse_target_migration
+from dbpromote.postgres import connect
 from dbpromote.probe import FailureAnswer, PlanAnswer, run_probe
 from dbpromote.probe.protocol import AppChanges
 
@@ -31,9 +33,17 @@ def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: st
             "merge them with `manage.py makemigrations --merge` and commit the result."
         )
     check_model_changes(answer.model_changes, project, target_name)
+    check_history(answer, target_name)
     migrations = _planned(answer)
     classify_risks(migrations)
-    return Plan(target=target_name, to=to, applied=answer.applied, migrations=migrations)
+    notes = [
+        f"{squash} is partly applied: Django applies the rest of what it replaces" for squash in answer.partial_squashes
+    ]
+    with connect(target, target_name) as conn:
+        check_extensions(conn, answer.extensions, target_name)
+        check_owners(conn, target, target_name, migrations)
+        notes += other_schemas(conn, target)
+    return Plan(target=target_name, to=to, applied=answer.applied, migrations=migrations, notes=notes)
 
 
 @task(name="plan-rollback", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
@@ -65,6 +75,81 @@ def check_model_changes(changes: list[AppChanges], project: DjangoProject, targe
             f"(seen from {target_name}'s plan); these are not yours to migrate: upgrade or pin the package, or "
             f"accept them with `dbpromote project add NAME --acknowledge-package-changes {apps}`."
         )
+
+
+def check_history(answer: PlanAnswer, target_name: str) -> None:
+    """A django_migrations row with no migration file: `migrate` would apply the file's new name over it."""
+    if answer.unknown_applied:
+        rows = ", ".join(f"{app}.{name}" for app, name in answer.unknown_applied)
+        raise PreflightError(
+            f"django_migrations on {target_name} records {rows}, which the project has no migration file for "
+            "(deleted or renamed); restore the file, or if it was renamed, delete the old row and record the new "
+            "name with `manage.py migrate APP NEW_NAME --fake`."
+        )
+
+
+def check_extensions(conn: psycopg.Connection, extensions: dict[str, str], target_name: str) -> None:
+    """Every extension the plan creates is on the server, and the migration role may create it."""
+    for name, migration in extensions.items():
+        row = conn.execute(
+            """
+            SELECT e.installed_version IS NOT NULL, v.trusted, r.rolsuper
+            FROM pg_available_extensions e
+            JOIN pg_available_extension_versions v ON v.name = e.name AND v.version = e.default_version
+            JOIN pg_roles r ON r.rolname = current_user
+            WHERE e.name = %s
+            """,
+            [name],
+        ).fetchone()
+        if row is None:
+            raise PreflightError(
+                f"{migration} creates the extension {name}, which the server of {target_name} does not have; "
+                "install it on the server (PostgreSQL's own extensions come with its contrib package) or ask "
+                "your provider to enable it, then run again."
+            )
+        installed, trusted, superuser = row
+        if not (installed or trusted or superuser):
+            raise PreflightError(
+                f"{migration} creates the extension {name}, which only a superuser may create on {target_name}; "
+                f"run `CREATE EXTENSION {name}` there as one first, then run again."
+            )
+
+
+def check_owners(conn: psycopg.Connection, target: DatabaseTarget, target_name: str, migrations: list) -> None:
+    """Tables the plan's SQL alters must belong to the migration role (PostgreSQL lets only owners alter them)."""
+    foreign = conn.execute(
+        """
+        SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT pg_has_role(current_user, c.relowner, 'USAGE')
+        """,
+        [target.schema_name],
+    ).fetchall()
+    for table, owner in foreign:
+        quoted = f'"{table}"'
+        users = [m.label for m in migrations if any(quoted in statement for statement in m.sql)]
+        if users:
+            raise PreflightError(
+                f"{', '.join(users)} change {table} on {target_name}, which belongs to {owner}, not to the "
+                f"migration role; make it the owner first (ALTER TABLE {table} OWNER TO the role in the target's "
+                "URL, as a superuser or as the owner), then run again."
+            )
+
+
+def other_schemas(conn: psycopg.Connection, target: DatabaseTarget) -> list[str]:
+    """Tables outside the project's schema: migrations and RLS leave them alone; backups include them."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND n.nspname <> %s AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_%%'
+        GROUP BY 1 ORDER BY 1
+        """,
+        [target.schema_name],
+    ).fetchall()
+    if not rows:
+        return []
+    listed = ", ".join(f"{schema} ({count} tables)" for schema, count in rows)
+    return [f"tables outside {target.schema_name}: {listed}; migrations and RLS leave them alone, backups hold them"]
 
 
 def describe_changes(changes: list[AppChanges]) -> str:

@@ -181,3 +181,47 @@ def test_an_alias_the_settings_do_not_have_is_one_sentence(fresh_databases, make
     assert_refused_cleanly(
         fresh_databases, error.value, "no alias 'replica'", f"dbpromote target add {target} --database-alias"
     )
+
+
+def test_a_recorded_migration_without_its_file_is_named_before_anything(fresh_databases):
+    with psycopg.connect(fresh_databases.database_url("staging")) as conn:  # someone renamed 0002's file
+        conn.execute("INSERT INTO django_migrations (app, name, applied) VALUES ('core', '0002_flags', now())")
+    with pytest.raises(PreflightError) as error:
+        run("tenant-backend", "staging")
+    message = str(error.value)
+    assert "django_migrations on staging records core.0002_flags, which the project has no migration file" in message
+    assert "--fake" in message and "\n" not in message
+
+
+def test_a_table_the_migration_role_does_not_own_is_named_before_a_migration_that_alters_it(fresh_databases):
+    with psycopg.connect(**fresh_databases.superuser_conninfo("staging", "tenant_backend"), autocommit=True) as conn:
+        conn.execute("ALTER TABLE core_project OWNER TO postgres")
+    with pytest.raises(PreflightError) as error:
+        run("tenant-backend", "staging")
+    assert_refused_cleanly(
+        fresh_databases, error.value, "core.0005_project_slug change core_project", "belongs to postgres", "OWNER TO"
+    )
+
+
+def test_an_extension_the_server_lacks_is_named_with_the_migration_that_needs_it(fresh_databases, project_copy):
+    (project_copy.folder / "core/migrations/0009_search.py").write_text(
+        textwrap.dedent(
+            """
+            from django.contrib.postgres.operations import CreateExtension
+            from django.db import migrations
+
+
+            class Migration(migrations.Migration):
+                dependencies = [("core", "0008_default_task_statuses")]
+                operations = [CreateExtension("no_such_search_extension")]
+            """
+        )
+    )
+    with pytest.raises(PreflightError) as error:
+        run(project_copy("needs-an-extension"), "staging")
+    assert_refused_cleanly(
+        fresh_databases,
+        error.value,
+        "core.0009_search creates the extension no_such_search_extension",
+        "does not have",
+    )

@@ -71,6 +71,8 @@ def describe_promotion(
     lines += [f"| {m.label} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
     if plan.risks:
         lines += ["", "**Risky operations (acknowledge to approve):**", ""] + [f"- {risk}" for risk in plan.risks]
+    if plan.notes:
+        lines += ["", "**Notes on this database:**", ""] + [f"- {note}" for note in plan.notes]
     if rehearsal is not None:
         lines += ["", *rehearsal.markdown_lines()]
     for report in reports:

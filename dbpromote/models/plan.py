@@ -59,6 +59,7 @@ class Plan(BaseModel):
     to: str = ""
     applied: list[tuple[str, str]]
     migrations: list[PlannedMigration]
+    notes: list[str] = Field(default_factory=list, description="What the approver should know; not in the hash")
 
     @property
     def hash(self) -> str:

@@ -187,6 +187,7 @@ def plan(connection, to: str):
     if conflicts:
         return result
     result.model_changes = model_changes(loader)
+    result.unknown_applied, result.partial_squashes = history_findings(connection, loader)
     if to:
         app, _, name = to.partition(":")
         if (app, name) not in loader.graph.nodes:
@@ -200,7 +201,33 @@ def plan(connection, to: str):
                 "backwards", f"{to} is behind the database's applied state ({migration.app_label}.{migration.name})"
             )
         result.migrations.append(describe_migration(executor, migration))
+        for operation in migration.operations:
+            if type(operation).__name__.endswith("Extension") and isinstance(getattr(operation, "name", None), str):
+                result.extensions.setdefault(operation.name, f"{migration.app_label}.{migration.name}")
     return result
+
+
+def history_findings(connection, loader) -> tuple[list, list]:
+    """django_migrations rows of installed apps that no migration file (nor squash) accounts for, and squashes
+    whose replaced migrations are only partly applied (Django then applies the rest of those, not the squash)."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    recorded = set(MigrationRecorder(connection).applied_migrations())
+    replaced = {key for squash in loader.replacements.values() for key in squash.replaces}
+    unknown = sorted(
+        key
+        for key in recorded
+        if key[0] in loader.migrated_apps
+        and key not in loader.graph.nodes
+        and key not in replaced
+        and key not in loader.replacements
+    )
+    partial = sorted(
+        f"{app}.{name} ({sum(key in recorded for key in squash.replaces)} of {len(squash.replaces)} applied)"
+        for (app, name), squash in loader.replacements.items()
+        if 0 < sum(key in recorded for key in squash.replaces) < len(squash.replaces)
+    )
+    return unknown, partial
 
 
 def model_changes(loader) -> list:

@@ -66,6 +66,11 @@ class PlanAnswer:
     migrations: list[MigrationInfo]
     conflicts: dict[str, list[str]] = field(default_factory=dict)
     model_changes: list[AppChanges] = field(default_factory=list)
+    # What a database dbpromote did not create may bring: django_migrations rows of installed apps without a
+    # migration file, squashes whose replaced migrations are only partly applied, extensions the plan creates.
+    unknown_applied: list[tuple[str, str]] = field(default_factory=list)
+    partial_squashes: list[str] = field(default_factory=list)
+    extensions: dict[str, str] = field(default_factory=dict)  # extension -> the migration that creates it
     kind: Literal["plan"] = "plan"
 
 

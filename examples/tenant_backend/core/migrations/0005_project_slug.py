@@ -7,15 +7,16 @@ BATCH_SIZE = 1000
 
 
 def backfill_slugs(apps, schema_editor):
-    Project = apps.get_model("core", "Project")
+    # On the database being migrated, whichever alias that is (`migrate --database`), never the default.
+    projects = apps.get_model("core", "Project").objects.using(schema_editor.connection.alias)
     last_id = 0
     while True:
-        batch = list(Project.objects.filter(id__gt=last_id, slug__isnull=True).order_by("id")[:BATCH_SIZE])
+        batch = list(projects.filter(id__gt=last_id, slug__isnull=True).order_by("id")[:BATCH_SIZE])
         if not batch:
             return
         for project in batch:
             project.slug = slugify(f"{project.key}-{project.name}")[:80]
-        Project.objects.bulk_update(batch, ["slug"])
+        projects.bulk_update(batch, ["slug"])
         last_id = batch[-1].id
 
 

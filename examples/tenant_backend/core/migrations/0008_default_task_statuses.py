@@ -6,18 +6,17 @@ DEFAULT_STATUSES = [("To do", 0), ("In progress", 1), ("Done", 2)]
 
 
 def create_default_statuses(apps, schema_editor):
-    Tenant = apps.get_model("core", "Tenant")
-    TaskStatus = apps.get_model("core", "TaskStatus")
-    for tenant in Tenant.objects.all().iterator():
+    # On the database being migrated, whichever alias that is (`migrate --database`), never the default.
+    alias = schema_editor.connection.alias
+    statuses = apps.get_model("core", "TaskStatus").objects.using(alias)
+    for tenant in apps.get_model("core", "Tenant").objects.using(alias).iterator():
         for name, position in DEFAULT_STATUSES:
-            TaskStatus.objects.get_or_create(
-                tenant=tenant, name=name, defaults={"position": position, "is_default": True}
-            )
+            statuses.get_or_create(tenant=tenant, name=name, defaults={"position": position, "is_default": True})
 
 
 def remove_unused_default_statuses(apps, schema_editor):
-    TaskStatus = apps.get_model("core", "TaskStatus")
-    TaskStatus.objects.filter(is_default=True, task__isnull=True).delete()
+    statuses = apps.get_model("core", "TaskStatus").objects.using(schema_editor.connection.alias)
+    statuses.filter(is_default=True, task__isnull=True).delete()
 
 
 class Migration(migrations.Migration):
