@@ -1,4 +1,4 @@
-"""A Wagtail site: a history of 200+ migrations across two dozen apps (benchmarks/plan.py plans it)."""
+"""A Wagtail site with django-allauth: a history of 200+ migrations over two dozen apps (benchmarks/plan.py)."""
 
 import os
 
@@ -24,6 +24,12 @@ INSTALLED_APPS = [
     "wagtail",
     "modelcluster",
     "taggit",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.mfa",
+    "allauth.usersessions",
+    "django.contrib.sites",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -35,7 +41,9 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
 ]
+SITE_ID = 1
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
