@@ -38,8 +38,11 @@ def database(name: str, python: Path, pending: int | None) -> str:
     if pending is not None:
         manage(python, url, "migrate", "-v0")
         with psycopg.connect(url) as conn:
-            newest = "SELECT id FROM django_migrations ORDER BY id DESC LIMIT %s"
-            conn.execute(f"DELETE FROM django_migrations WHERE id IN ({newest})", [pending])
+            conn.execute(
+                "DELETE FROM django_migrations WHERE id IN "
+                "(SELECT id FROM django_migrations ORDER BY id DESC LIMIT %s)",
+                [pending],
+            )
     return url
 
 
