@@ -225,3 +225,59 @@ def test_an_extension_the_server_lacks_is_named_with_the_migration_that_needs_it
         "core.0009_search creates the extension no_such_search_extension",
         "does not have",
     )
+
+
+def test_a_package_whose_models_differ_from_its_migrations_is_named_and_runs_once_acknowledged(
+    fresh_databases, project_copy, tmp_path
+):
+    """An installed app (in site-packages, not the project's folder) whose model says max_length 80 where its
+    migration says 50: the user cannot write that package's migration, so it is named and waits for acceptance."""
+    package = tmp_path / "site-packages" / "shop_badges"
+    (package / "migrations").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "migrations" / "__init__.py").write_text("")
+    (package / "migrations" / "0001_initial.py").write_text(
+        textwrap.dedent(
+            """
+            from django.db import migrations, models
+
+
+            class Migration(migrations.Migration):
+                initial = True
+                operations = [
+                    migrations.CreateModel(
+                        name="Badge",
+                        fields=[
+                            (
+                                "id",
+                                models.BigAutoField(
+                                    auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                                ),
+                            ),
+                            ("name", models.CharField(max_length=50)),
+                        ],
+                    )
+                ]
+            """
+        )
+    )
+    (package / "models.py").write_text(
+        "from django.db import models\n\n\nclass Badge(models.Model):\n    name = models.CharField(max_length=80)\n"
+    )
+    settings = project_copy.folder / "tenant_backend" / "settings.py"
+    settings.write_text(
+        settings.read_text() + f"\nimport sys\nsys.path.insert(0, {str(package.parent)!r})\n"
+        'INSTALLED_APPS = [*INSTALLED_APPS, "shop_badges"]\n'
+    )
+
+    with pytest.raises(PreflightError) as error:
+        run(project_copy("with-a-package"), "staging")
+    assert_refused_cleanly(
+        fresh_databases,
+        error.value,
+        "Installed packages' models differ from their own migrations in shop_badges (Alter field name on badge)",
+        "--acknowledge-package-changes shop_badges",
+    )
+
+    report = run(project_copy("with-a-package", acknowledged_package_changes=["shop_badges"]), "staging")
+    assert "shop_badges.0001_initial" in [result.label for result in report.migrations]
