@@ -120,5 +120,10 @@ def project_copy(tmp_path, stack):
         ).save(name, overwrite=True)
         return name
 
-    register.folder = folder
+    def add_settings(text: str) -> None:
+        """Lines appended to the copy's settings module (what a team's settings do differently)."""
+        settings = folder / "tenant_backend" / "settings.py"
+        settings.write_text(settings.read_text() + "\n" + text + "\n")
+
+    register.folder, register.add_settings = folder, add_settings
     return register

@@ -134,8 +134,7 @@ def test_database_untouched_means_no_backup_either(fresh_databases, project_copy
 
 
 def test_promise_6_a_settings_module_that_raises_is_one_sentence_naming_it(fresh_databases, project_copy):
-    settings = project_copy.folder / "tenant_backend" / "settings.py"
-    settings.write_text(settings.read_text() + '\nraise RuntimeError("FEATURE_FLAGS_URL is unreachable")\n')
+    project_copy.add_settings('raise RuntimeError("FEATURE_FLAGS_URL is unreachable")')
     with pytest.raises(ConfigError) as error:
         run(project_copy("raising-settings"), "staging")
     assert_refused_cleanly(
@@ -148,8 +147,7 @@ def test_promise_6_a_settings_module_that_raises_is_one_sentence_naming_it(fresh
 
 
 def test_a_variable_the_settings_read_is_named_with_the_option_that_gives_it(fresh_databases, project_copy):
-    settings = project_copy.folder / "tenant_backend" / "settings.py"
-    settings.write_text(settings.read_text() + '\nSECRET_KEY = os.environ["SHOP_SECRET_KEY"]\n')
+    project_copy.add_settings('SECRET_KEY = os.environ["SHOP_SECRET_KEY"]')
     with pytest.raises(ConfigError) as error:
         run(project_copy("settings-needing-a-secret"), "staging")
     assert_refused_cleanly(
@@ -160,11 +158,9 @@ def test_a_variable_the_settings_read_is_named_with_the_option_that_gives_it(fre
 def test_only_the_targets_alias_is_connected_to(fresh_databases, project_copy, make_target):
     """A project with two aliases: the target names `primary`; `default` points at a server that does not exist,
     so any connection to it would fail the promotion."""
-    settings = project_copy.folder / "tenant_backend" / "settings.py"
-    settings.write_text(
-        settings.read_text()
-        + '\nDATABASES["primary"] = dict(DATABASES["default"])\n'
-        + 'DATABASES["default"] = dict(DATABASES["default"], HOST="127.0.0.1", PORT="1")\n'
+    project_copy.add_settings(
+        'DATABASES["primary"] = dict(DATABASES["default"])\n'
+        'DATABASES["default"] = dict(DATABASES["default"], HOST="127.0.0.1", PORT="1")'
     )
     project = project_copy("two-aliases", database_url_env="")
     target = make_target("staging-primary", database_alias="primary")
@@ -264,10 +260,8 @@ def test_a_package_whose_models_differ_from_its_migrations_is_named_and_runs_onc
     (package / "models.py").write_text(
         "from django.db import models\n\n\nclass Badge(models.Model):\n    name = models.CharField(max_length=80)\n"
     )
-    settings = project_copy.folder / "tenant_backend" / "settings.py"
-    settings.write_text(
-        settings.read_text() + f"\nimport sys\nsys.path.insert(0, {str(package.parent)!r})\n"
-        'INSTALLED_APPS = [*INSTALLED_APPS, "shop_badges"]\n'
+    project_copy.add_settings(
+        f'import sys\nsys.path.insert(0, {str(package.parent)!r})\nINSTALLED_APPS = [*INSTALLED_APPS, "shop_badges"]'
     )
 
     with pytest.raises(PreflightError) as error:
