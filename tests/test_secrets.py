@@ -38,3 +38,20 @@ def test_promise_5_no_secret_in_logs_artifacts_exceptions_or_parameters(fresh_da
     haystack = "\n".join(logs + artifacts + parameters + states + failures)
     for secret in secrets:
         assert secret not in haystack
+
+
+def test_promise_5_a_secret_the_settings_read_is_masked_even_when_they_print_it(fresh_databases, project_copy):
+    """A settings module that fails with its secret in the message (as careless ones do): the value comes from a
+    Prefect Secret block into the project's process only, and what comes back is masked."""
+    from dbpromote.flows.environment import migrate_environment
+    from prefect.blocks.system import Secret
+
+    Secret(value="sk-live-0123456789").save("shop-stripe-key", overwrite=True)
+    project_copy.add_settings('raise RuntimeError("cannot reach Stripe with " + os.environ["STRIPE_KEY"])')
+    project = project_copy("settings-printing-a-secret", env_secrets={"STRIPE_KEY": "shop-stripe-key"})
+
+    with pytest.raises(DbpromoteError) as error:
+        migrate_environment(project, "staging")
+
+    assert "cannot reach Stripe with ****" in str(error.value)
+    assert "sk-live-0123456789" not in str(error.value)
