@@ -6,6 +6,8 @@ import os
 import re
 import sys
 
+import httpx
+import pydantic
 import typer
 
 from dbpromote import localstack as local_stack
@@ -110,6 +112,7 @@ def approve(
     """Approve a paused promotion, restore or rollback."""
     from dbpromote.runs import answer_approval
 
+    approver = named_approver(approver)
     answer_approval(run_id, "approve", approver, comment, acknowledge_risks)
     typer.echo(f"approved {run_id} as {approver}")
 
@@ -119,8 +122,16 @@ def reject(run_id: str, approver: str = typer.Option(...), comment: str = typer.
     """Reject a paused promotion, restore or rollback; the target stays untouched."""
     from dbpromote.runs import answer_approval
 
+    approver = named_approver(approver)
     answer_approval(run_id, "reject", approver, comment, False)
     typer.echo(f"rejected {run_id} as {approver}")
+
+
+def named_approver(approver: str) -> str:
+    """The approver's name, trimmed; a blank one is refused before anything is sent."""
+    if not approver.strip():
+        fail("--approver is blank; give your name as the target's approvers list has it.")
+    return approver.strip()
 
 
 def run_deployment(deployment: str, parameters: dict, wait: bool) -> None:
@@ -233,8 +244,9 @@ def project_add(
     """Register (or replace) a Django project."""
     from pathlib import Path
 
-    from dbpromote.config import DATABASE_PARTS, DjangoProject
+    from dbpromote.config import DATABASE_PARTS, DjangoProject, check_block_name
 
+    check_block_name(name, "project")
     if not (Path(path) / "manage.py").is_file():
         fail(f"{path} has no manage.py; give the folder that holds it with --path.")
     parts = pairs(database_env or [], "--database-env")
@@ -279,13 +291,18 @@ def target_add(
     app_role: str = typer.Option("django_app"),
     lock_timeout: int = typer.Option(2000, help="lock_timeout in ms."),
     database_alias: str = typer.Option("default", help="The project's DATABASES alias this database is."),
+    check: bool = typer.Option(True, help="Connect once to check the URL (--no-check: register it unchecked)."),
 ) -> None:
-    """Register (or replace) a database target; the URL is stored as a secret and never printed."""
-    from dbpromote.config import DatabaseTarget
+    """Register (or replace) a database target; the URL is stored as a secret and never printed.
 
-    if not url.startswith(("postgresql://", "postgres://")):
-        fail("The URL must start with postgresql://; give it as postgresql://USER:PASSWORD@HOST:PORT/DB.")
-    DatabaseTarget(
+    The URL is checked by connecting once (the server must be reachable from here; --no-check skips it).
+    """
+    from dbpromote.config import DatabaseTarget, check_block_name, check_database_url
+    from dbpromote.postgres import connect
+
+    check_block_name(name, "target")
+    check_database_url(url)
+    target = DatabaseTarget(
         url=url,
         requires_approval=requires_approval,
         bucket=bucket,
@@ -294,7 +311,10 @@ def target_add(
         approvers=[a.strip() for a in approvers.split(",") if a.strip()],
         lock_timeout_ms=lock_timeout,
         database_alias=database_alias,
-    ).save(name, overwrite=True)
+    )
+    if check:
+        connect(target, name).close()
+    target.save(name, overwrite=True)
     typer.echo(f"target {name} registered")
 
 
@@ -310,4 +330,18 @@ def main() -> None:
         app()
     except DbpromoteError as error:
         typer.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except pydantic.ValidationError as error:  # an option the block refuses, e.g. --lock-timeout 0
+        first = error.errors()[0]
+        option = "--" + "-".join(str(part) for part in first["loc"]).replace("_", "-").removesuffix("-ms")
+        typer.echo(f"error: {option} {first['msg'].lower()}; give it again with a value that is.", err=True)
+        sys.exit(1)
+    except httpx.TransportError:
+        from prefect.settings import PREFECT_API_URL
+
+        typer.echo(
+            f"error: Cannot reach the Prefect API at {PREFECT_API_URL.value()}; start the local stack with "
+            "`dbpromote stack up`, or point PREFECT_API_URL at your Prefect server.",
+            err=True,
+        )
         sys.exit(1)

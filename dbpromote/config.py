@@ -1,5 +1,6 @@
 """Where dbpromote's configuration lives: Prefect blocks for Django projects and database targets."""
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -141,6 +142,41 @@ class DatabaseTarget(Block):
         parts = urlsplit(self.url.get_secret_value())
         url = urlunsplit(parts._replace(path="/" + quote(database)))
         return self.model_copy(update={"url": SecretStr(url)})
+
+
+# Prefect block names: what `project add` and `target add` accept.
+BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def check_block_name(name: str, kind: str) -> None:
+    if not BLOCK_NAME.fullmatch(name):
+        raise ConfigError(
+            f"The {kind} name {name!r} has characters a name cannot have; use lowercase letters, digits and "
+            "dashes, starting with a letter or digit, e.g. shop-prod."
+        )
+
+
+def check_database_url(url: str) -> None:
+    """A postgresql:// URL whose parts parse; the message never shows the URL (its password is in it)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("The URL must start with postgresql://; give it as postgresql://USER:PASSWORD@HOST:PORT/DB.")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number (a password's ':' or '/' read as one)
+        valid = parts.netloc.count("@") <= 1 and bool(parts.hostname) and not _BAD_ESCAPE.search(parts.netloc)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            "The URL does not parse as postgresql://USER:PASSWORD@HOST:PORT/DB (it is not shown here: it holds "
+            "the password); percent-encode reserved characters in the user and password, @ as %40, : as %3A, "
+            "/ as %2F, % as %25, e.g. with python3 -c 'import urllib.parse,getpass; "
+            'print(urllib.parse.quote(getpass.getpass(), safe=""))\'.'
+        )
+
+
+# A % not followed by two hex digits: a raw % in a password.
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def load_project(name: str) -> DjangoProject:

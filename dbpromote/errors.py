@@ -2,8 +2,9 @@
 
 import re
 
-# user:password@ in a URL, password=... in a conninfo string.
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+# user:password@ in a URL (up to the last @ before the next space: a password with a raw @ is masked whole),
+# password=... in a conninfo string.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)\S*@")
 _CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 

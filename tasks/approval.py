@@ -35,13 +35,13 @@ def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> 
                 f"{answer.approver} rejected {request.action} ({answer.comment or 'no comment'}); "
                 f"{request.target} is untouched: {request.on_reject}."
             )
-        logger.info("%s approved %s (%s)", answer.approver, request.action, request.subject)
+        logger.info("%s approved %s (%s)", answer.approver.strip(), request.action, request.subject)
         return Approval(
             target=request.target,
             action=request.action,
             subject=request.subject,
             items=request.items,
-            approver=answer.approver,
+            approver=answer.approver.strip(),
             comment=answer.comment,
             approved_at=datetime.now(UTC).isoformat(),
             flow_run_id=str(flow_run.get_id() or ""),

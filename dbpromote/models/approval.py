@@ -46,7 +46,10 @@ def approval_form(risky: bool) -> type[RunInput]:
     """The form the UI renders: a decision with no default forces a choice; risky plans need an acknowledgement."""
     fields: dict = {
         "decision": (Decision, Field(description="approve runs it on this environment; reject stops here")),
-        "approver": (str, Field(min_length=1, description="Your name, as the target's approvers list has it")),
+        "approver": (
+            str,
+            Field(min_length=1, pattern=r"\S", description="Your name, as the target's approvers list has it"),
+        ),
         "comment": (str, Field(default="", description="Why; shown in the report and the audit record")),
     }
     if risky:
@@ -183,7 +186,9 @@ def restore_request(target: str, backup: Backup) -> ApprovalRequest:
 def refusal(request: ApprovalRequest, answer: RunInput, allowed: list[str]) -> str:
     """Why an answer cannot count ('' when it can): its approver is not on the list, or an approval of a risky
     request did not acknowledge the risks. A rejection needs only a permitted approver."""
-    if allowed and answer.approver not in allowed:
+    if not answer.approver.strip():
+        return "an answer without the approver's name"
+    if allowed and answer.approver.strip() not in allowed:
         return f"{answer.approver!r} may not approve {request.target} (approvers: {', '.join(allowed)})"
     if answer.decision == "approve" and request.risks and not getattr(answer, "acknowledge_risky_operations", False):
         return f"the approval by {answer.approver} did not acknowledge the risky operations"
