@@ -102,6 +102,32 @@ def pending() -> None:
         typer.echo(f"{run.id}  {run.name}  {run_url(run.id)}")
 
 
+@app.command("runs")
+def runs(every: bool = typer.Option(False, "--all", help="Ended runs too (the newest 200).")) -> None:
+    """dbpromote's runs that have not ended (a run whose worker died stays here until cancelled): id, flow,
+    targets, state, age."""
+    from datetime import UTC, datetime
+
+    from dbpromote.runs import NOT_FINAL, flow_runs, run_targets
+
+    now = datetime.now(UTC)
+    for run, flow in flow_runs(None if every else NOT_FINAL):
+        age = int((now - run.created).total_seconds() // 60)
+        state = run.state.name if run.state else "?"
+        typer.echo(f"{run.id}  {flow:<14} {','.join(run_targets(run)):<28} {state:<10} {age} min")
+
+
+@app.command("cancel")
+def cancel(run_id: str, reason: str = typer.Option(..., help="Why; recorded in the run's final state.")) -> None:
+    """End a run that must not go on (one whose worker died, one nobody will approve)."""
+    from dbpromote.runs import cancel_run
+
+    if not reason.strip():
+        fail("--reason is blank; say why the run is cancelled, it is recorded.")
+    state = cancel_run(run_id, reason.strip())
+    typer.echo(f"{run_id} {state.name if state else '?'}: {reason.strip()}")
+
+
 @app.command("approve")
 def approve(
     run_id: str,

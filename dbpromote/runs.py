@@ -1,4 +1,5 @@
-"""Flow runs as the CLI sees them: trigger a deployment, list runs waiting for approval, resume them."""
+"""Flow runs as the CLI sees them: trigger a deployment, list runs and those waiting for approval, answer or end
+them, and find the run that holds a target."""
 
 from __future__ import annotations
 
@@ -46,20 +47,70 @@ def wait_until_paused(run_id: UUID, timeout_s: float = 600) -> State:
             time.sleep(2)
 
 
-# The flows that pause for a person's approval.
+# The flows that pause for a person's approval, and that change a target's schema: one at a time per target.
 APPROVAL_FLOWS = ("promote", "restore", "rollback")
+NOT_FINAL = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 
 
 def pending_approvals() -> list[FlowRun]:
     """Runs paused for approval (promotions, restores, rollbacks), oldest first."""
+    return [run for run, flow in flow_runs([StateType.PAUSED]) if flow in APPROVAL_FLOWS]
+
+
+def flow_runs(states: list[StateType] | None = None, limit: int = 200) -> list[tuple[FlowRun, str]]:
+    """dbpromote's top-level flow runs (not the environment steps inside them) in these states, oldest first, each
+    with its flow's name."""
+    state = FlowRunFilterState(type=FlowRunFilterStateType(any_=states)) if states else None
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
-            )
-        )
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=state), limit=limit)
         flows = {run.flow_id: client.read_flow(run.flow_id).name for run in runs}
-    return sorted((run for run in runs if flows[run.flow_id] in APPROVAL_FLOWS), key=lambda run: run.created)
+    ours = [(run, flows[run.flow_id]) for run in runs if run.parent_task_run_id is None]
+    return sorted(ours, key=lambda pair: pair[0].created)
+
+
+def run_targets(run: FlowRun) -> list[str]:
+    """The targets a run acts on, from its parameters."""
+    parameters = run.parameters or {}
+    named = parameters.get("through") or parameters.get("targets") or [parameters.get("target")]
+    return [str(name) for name in named if name]
+
+
+def runs_holding(targets: list[str], excluding: UUID | None) -> list[tuple[FlowRun, str]]:
+    """Unfinished promotions, restores and rollbacks of any of these targets, other than `excluding`."""
+    return [
+        (run, flow)
+        for run, flow in flow_runs(NOT_FINAL)
+        if flow in APPROVAL_FLOWS and run.id != excluding and set(run_targets(run)) & set(targets)
+    ]
+
+
+def cancel_run(run_id: str, reason: str, wait_s: float = 15) -> State:
+    """End a run with the reason recorded in its state. A running one is asked to stop (its worker ends the
+    process); if no worker does within wait_s (it died with its worker), it is marked Cancelled all the same."""
+    from prefect.states import Cancelled, Cancelling
+
+    message = f"cancelled: {reason}"
+    with get_client(sync_client=True) as client:
+        run = read_run(client, run_id)
+        if run.state and run.state.is_final():
+            raise ConfigError(f"Run {run_id} has already ended ({run.state.name}); nothing to cancel.")
+        if run.state and run.state.is_running():
+            client.set_flow_run_state(run.id, Cancelling(message=message), force=True)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                state = client.read_flow_run(run.id).state
+                if state and state.is_final():
+                    return state
+                time.sleep(1)
+        client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+        return client.read_flow_run(run.id).state
+
+
+def read_run(client, run_id: str) -> FlowRun:
+    try:
+        return client.read_flow_run(UUID(run_id))
+    except Exception:
+        raise ConfigError(f"No flow run {run_id!r}; list the runs with `dbpromote runs --all`.") from None
 
 
 def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
@@ -81,10 +132,7 @@ def answer_approval(run_id: str, decision: str, approver: str, comment: str, ack
     """Resume a paused promotion with a decision; the server validates it against the run's form."""
     run_input = {"decision": decision, "approver": approver, "comment": comment}
     with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(UUID(run_id))
-        except Exception:
-            raise ConfigError(f"No flow run {run_id!r}; list the runs waiting with `dbpromote pending`.") from None
+        run = read_run(client, run_id)
         if not (run.state and run.state.is_paused()):
             raise ConfigError(
                 f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.rehearsal import rehearse_plan
 from dbpromote.tasks.approval import record_approval, wait_for_approval
+from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -37,6 +38,7 @@ def promote(
     acknowledged as a risk.
     """
     check_promotion_input(project, through, to)
+    check_not_held(through)
     plans = {target: preflight(project, target, to) for target in through}
     vouch_for(plans, through[0])
 

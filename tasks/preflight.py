@@ -4,6 +4,7 @@ import uuid
 
 from google.api_core import exceptions as gcs_errors
 from prefect import task
+from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import PreflightError, retry_if_transient
@@ -45,3 +46,19 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
             "grant the worker's service account objectCreator and objectViewer on it.",
             transient=True,
         ) from None
+
+
+@task(name="check-not-held", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def check_not_held(targets: list[str]) -> None:
+    """No other promotion, restore or rollback of these targets is unfinished (one whose worker died included)."""
+    from dbpromote.runs import run_targets, runs_holding
+
+    held = runs_holding(targets, excluding=flow_run.get_id())
+    if held:
+        run, flow = held[0]
+        shared = ", ".join(sorted(set(run_targets(run)) & set(targets)))
+        raise PreflightError(
+            f"{shared} is held by run {run.id} ({flow}, {run.state.name if run.state else 'unknown state'}, "
+            f"created {run.created:%Y-%m-%d %H:%M} UTC); nothing was run: wait for it to end, or end it with "
+            f"`dbpromote cancel {run.id} --reason TEXT`."
+        )
