@@ -2,8 +2,12 @@
 background while the test acts as the approver, and a session holding a lock."""
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -113,3 +117,9 @@ def wait_for_run(run_id, timeout_s: float = 600):
                 return state
             time.sleep(1)
     raise AssertionError(f"run {run_id} did not end within {timeout_s:.0f} s")
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The `dbpromote` command as a user types it, in this session's environment (its stack)."""
+    command = [str(Path(sys.executable).parent / "dbpromote"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=os.environ | (env or {}))

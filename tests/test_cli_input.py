@@ -1,17 +1,10 @@
 """The command line refuses bad input where it is typed: one sentence, no traceback, nothing registered."""
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([DBPROMOTE, *args], capture_output=True, text=True, env=os.environ | (env or {}))
+from tests.harness import cli
 
 
 def refused(result: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -3,7 +3,6 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from uuid import UUID
 
@@ -12,14 +11,9 @@ import pytest
 from psycopg import sql
 
 from tests.compat.codebases import CODEBASES, Codebase, venv_python
-from tests.harness import wait_for_run
+from tests.harness import cli, wait_for_run
 
-DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
 SERVERS = ("staging", "production")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([DBPROMOTE, *args], capture_output=True, text=True)
 
 
 def database_url(stack, codebase: Codebase, server: str) -> str:

@@ -1,20 +1,9 @@
 """Seeing and ending runs: `runs`, `cancel`, and a target held by an unfinished run refused to a new promotion."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from dbpromote.errors import PreflightError
-from tests.harness import RELEASE, PromotionInBackground, applied
-
-DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([DBPROMOTE, *args], capture_output=True, text=True, env=os.environ)
+from tests.harness import RELEASE, PromotionInBackground, applied, cli
 
 
 def test_a_target_held_by_an_unfinished_run_is_refused_until_that_run_is_cancelled(fresh_databases):

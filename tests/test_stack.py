@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,15 +13,7 @@ import psycopg
 import pytest
 
 from dbpromote import localstack as local_stack
-
-
-def cli(*args, env=None):
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dbpromote"), *args],
-        capture_output=True,
-        text=True,
-        env=os.environ | (env or {}),
-    )
+from tests.harness import cli
 
 
 def alive(pid: int) -> bool:
