@@ -75,12 +75,13 @@ def run_targets(run: FlowRun) -> list[str]:
     return [str(name) for name in named if name]
 
 
-def runs_holding(targets: list[str], excluding: UUID | None) -> list[tuple[FlowRun, str]]:
-    """Unfinished promotions, restores and rollbacks of any of these targets, other than `excluding`."""
+def runs_holding(targets: list[str], excluding: UUID | str | None) -> list[tuple[FlowRun, str]]:
+    """Unfinished promotions, restores and rollbacks of any of these targets, other than `excluding` (the asking
+    run's id, which Prefect's runtime gives as a string)."""
     return [
         (run, flow)
         for run, flow in flow_runs(NOT_FINAL)
-        if flow in APPROVAL_FLOWS and run.id != excluding and set(run_targets(run)) & set(targets)
+        if flow in APPROVAL_FLOWS and str(run.id) != str(excluding) and set(run_targets(run)) & set(targets)
     ]
 
 

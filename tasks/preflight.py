@@ -56,7 +56,7 @@ def check_not_held(targets: list[str]) -> None:
     held = runs_holding(targets, excluding=flow_run.get_id())
     if held:
         run, flow = held[0]
-        shared = ", ".join(sorted(set(run_targets(run)) & set(targets)))
+        shared = ", ".join(target for target in targets if target in run_targets(run))
         raise PreflightError(
             f"{shared} is held by run {run.id} ({flow}, {run.state.name if run.state else 'unknown state'}, "
             f"created {run.created:%Y-%m-%d %H:%M} UTC); nothing was run: wait for it to end, or end it with "
