@@ -64,10 +64,6 @@ class DjangoProject(Block):
             environment[variable] = str(params.get(DATABASE_PARTS[part], ""))
         return environment
 
-    def secret_values(self) -> list[str]:
-        """Values to mask in anything the project's process prints."""
-        return [load_secret(block, variable) for variable, block in self.env_secrets.items()]
-
 
 # The names of a project's separate connection variables, and their libpq keyword.
 DATABASE_PARTS = {"host": "host", "port": "port", "name": "dbname", "user": "user", "password": "password"}

@@ -63,7 +63,7 @@ def flow_runs(states: list[StateType] | None = None, limit: int = 200) -> list[t
     state = FlowRunFilterState(type=FlowRunFilterStateType(any_=states)) if states else None
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=state), limit=limit)
-        flows = {run.flow_id: client.read_flow(run.flow_id).name for run in runs}
+        flows = {flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in runs}}
     ours = [(run, flows[run.flow_id]) for run in runs if run.parent_task_run_id is None]
     return sorted(ours, key=lambda pair: pair[0].created)
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
-
-from dbpromote.errors import StackError
 
 TEMPLATES = Path(__file__).resolve().parent
 # prefect.yaml's work pool, and the base job template of its process worker (the local stack's).
@@ -34,16 +30,14 @@ def deploy_flows(prefect_env: dict[str, str], repo: Path) -> None:
 
     Nothing to do for an installed package without the repository (no prefect.yaml beside it).
     """
+    # Here, not at the top: the local stack imports this module.
+    from dbpromote.localstack.processes import run, venv_script
+
     if not (repo / "prefect.yaml").is_file():
         return
-    prefect = str(Path(sys.executable).parent / "prefect")
-    result = subprocess.run(
-        [prefect, "--no-prompt", "deploy", "--all"],
-        capture_output=True,
-        text=True,
+    run(
+        [venv_script("prefect"), "--no-prompt", "deploy", "--all"],
+        "deploying the flows",
         env=os.environ | prefect_env | {"DBPROMOTE_REPO": str(repo)},
         cwd=repo,
     )
-    if result.returncode != 0:
-        output = result.stderr.strip() or result.stdout.strip()
-        raise StackError(f"deploying the flows failed (exit {result.returncode}): {output}")

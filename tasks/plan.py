@@ -9,7 +9,7 @@ import psycopg
 from prefect import task
 
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import ConfigError, PreflightError, redact, retry_if_transient
+from dbpromote.errors import ConfigError, PreflightError, retry_if_transient
 from dbpromote.models.plan import Plan, PlannedMigration, classify_risks, parse_target_migration
 from dbpromote.postgres import connect
 from dbpromote.probe import FailureAnswer, PlanAnswer, run_probe
@@ -171,7 +171,7 @@ def _plan_answer(answer, project: DjangoProject, target_name: str, to: str) -> P
 
 
 def _probe_error(failure: FailureAnswer, project: DjangoProject, target_name: str, to: str) -> Exception:
-    reason, message = failure.reason, redact(failure.message)
+    reason, message = failure.reason, failure.message  # masked by run_probe
     if reason == "settings" and failure.variable:
         return ConfigError(
             f"The settings module {project.settings_module!r} does not load: it needs {failure.variable} ({message}); "

@@ -28,17 +28,22 @@ ANSWER = TypeAdapter(Annotated[Answer, Field(discriminator="kind")])
 __all__ = ["FailureAnswer", "PlanAnswer", "ProbeSession", "StepAnswer", "run_probe", "start_probe"]
 
 
-def start_probe(project: DjangoProject, target: DatabaseTarget, *args: str, **popen) -> subprocess.Popen:
+def start_probe(
+    project: DjangoProject, target: DatabaseTarget, *args: str, **popen
+) -> tuple[subprocess.Popen, list[str]]:
     """The probe in the project's interpreter against the target: its URL, and whatever the project's settings
-    read, in the environment (never argv)."""
+    read, in the environment (never argv). With it, the secret values to mask in anything it prints."""
     url = target.url.get_secret_value()
-    env = os.environ | project.environment(url) | {"DBPROMOTE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    project_env = project.environment(url)  # Secret blocks read once here
+    secrets = [url, *(project_env[variable] for variable in project.env_secrets)]
+    env = os.environ | project_env | {"DBPROMOTE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
     command = [project.interpreter(), str(PROBE), *args, "--settings", project.settings_module]
     command += ["--database", target.database_alias]
     try:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             command, cwd=project.path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **popen
         )
+        return process, secrets
     except FileNotFoundError:
         raise ConfigError(
             f"The project's interpreter {project.interpreter()} does not exist; set the right one with "
@@ -63,7 +68,7 @@ def parse_answer(line: bytes | str) -> Answer | None:
 
 def run_probe(project: DjangoProject, target: DatabaseTarget, *args: str, timeout: float = PROBE_TIMEOUT_S) -> Answer:
     """Run the probe once; its answer (messages with secrets masked), or a ConfigError naming the fix."""
-    process = start_probe(project, target, *args, stderr=subprocess.PIPE)
+    process, secrets = start_probe(project, target, *args, stderr=subprocess.PIPE)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -71,7 +76,6 @@ def run_probe(project: DjangoProject, target: DatabaseTarget, *args: str, timeou
         stdout, stderr = process.communicate()
     lines = stdout.decode(errors="replace").strip().splitlines()
     answer = parse_answer(lines[-1]) if lines else None
-    secrets = [target.url.get_secret_value(), *project.secret_values()]
     if isinstance(answer, FailureAnswer):
         answer.message = redact(answer.message, *secrets)
     if answer is None:
@@ -91,7 +95,7 @@ class ProbeSession:
     """
 
     def __init__(self, project: DjangoProject, target: DatabaseTarget):
-        self.project, self.target, self.process = project, target, None
+        self.project, self.target, self.process, self.secrets = project, target, None, []
         self.stderr = tempfile.TemporaryFile()
 
     def __enter__(self) -> ProbeSession:
@@ -110,7 +114,9 @@ class ProbeSession:
     def request(self, app: str, name: str, backwards: bool) -> StepAnswer | FailureAnswer:
         """The probe's outcome of one migration step, as `migrate_one`/`reverse_one` report it."""
         if self.process is None:
-            self.process = start_probe(self.project, self.target, *self._serve_arguments(), stderr=self.stderr)
+            self.process, self.secrets = start_probe(
+                self.project, self.target, *self._serve_arguments(), stderr=self.stderr
+            )
         line = json.dumps({"app": app, "name": name, "backwards": backwards})
         try:
             self.process.stdin.write(line.encode() + b"\n")
@@ -124,8 +130,7 @@ class ProbeSession:
         if answer is not None:
             raise ConfigError(f"The probe answered a migration step with a {answer.kind}; reinstall dbpromote.")
         self.stderr.seek(0)
-        secrets = [self.target.url.get_secret_value(), *self.project.secret_values()]
-        tail = redact(self.stderr.read().decode(errors="replace").strip()[-500:], *secrets)
+        tail = redact(self.stderr.read().decode(errors="replace").strip()[-500:], *self.secrets)
         return FailureAnswer(reason="error", message=f"the probe process ended or hung: {tail}")
 
     def _serve_arguments(self) -> list[str]:
