@@ -27,6 +27,7 @@ from google.cloud.storage.exceptions import DataCorruption
 from pydantic import BaseModel, Field, TypeAdapter
 
 from dbpromote.gcs import ChecksummingWriter, gcs_client, gcs_retry
+from dbpromote.probe.protocol import end_with_parent
 
 READ_SIZE = 1024 * 1024
 PROGRESS_EVERY_S = 2.0
@@ -232,6 +233,7 @@ def failure(error: BaseException) -> StreamFailed:
 
 
 if __name__ == "__main__":
+    end_with_parent()
     outcome = stream(StreamRequest.model_validate_json(sys.stdin.read()))
     with contextlib.suppress(BrokenPipeError):  # orphaned: nobody reads it
         say(outcome)

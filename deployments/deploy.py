@@ -41,3 +41,77 @@ def deploy_flows(prefect_env: dict[str, str], repo: Path) -> None:
         env=os.environ | prefect_env | {"DBPROMOTE_REPO": str(repo)},
         cwd=repo,
     )
+
+
+# A flow run emits a heartbeat every HEARTBEAT_S (the pool's PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect's minimum is
+# 30 s); one silent for CRASHED_AFTER_S is taken for dead. Prefect's documented pair: three missed heartbeats, so a
+# run slowed by a CPU-bound dump is never taken for dead, and a dead one is marked within 90 s.
+HEARTBEAT_S = 30
+CRASHED_AFTER_S = 90
+CRASH_AUTOMATION = "dbpromote: crash silent flow runs"
+CLOSE_AUTOMATION = "dbpromote: close what a crashed run left running"
+CLOSE_DEPLOYMENT = "close-crashed/close-crashed"
+
+
+def install_crash_detection(api_url: str) -> None:
+    """The automations that mark a flow run whose process died Crashed (its subflows too: each sends heartbeats)
+    and then close its task runs (tasks send none) through the close-crashed deployment; replaced when present."""
+    from datetime import timedelta
+
+    from prefect import get_client
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState, RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    flow_runs = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
+    ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
+    silent = Automation(
+        name=CRASH_AUTOMATION,
+        description=f"No heartbeat for {CRASHED_AFTER_S} s: the run's process is gone (killed, machine lost).",
+        trigger=EventTrigger(
+            match=flow_runs,
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat"} | ended,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=CRASHED_AFTER_S),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {CRASHED_AFTER_S} s: its process died; `dbpromote resume` carries a "
+                "promotion on from here.",
+                force=True,  # a run killed while paused for approval is Paused, not Running
+            )
+        ],
+    )
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            for name in (CRASH_AUTOMATION, CLOSE_AUTOMATION):
+                for existing in client.read_automations_by_name(name=name):
+                    client.delete_automation(existing.id)
+            try:
+                closer = client.read_deployment_by_name(CLOSE_DEPLOYMENT)
+            except ObjectNotFound:  # the package without the repository's deployments: runs are still marked
+                closer = None
+        silent.create()
+        if closer is not None:
+            Automation(
+                name=CLOSE_AUTOMATION,
+                description="Task runs send no heartbeats: those a crashed flow run left Running are marked Crashed.",
+                trigger=EventTrigger(
+                    match=flow_runs, expect={"prefect.flow-run.Crashed"}, posture=Posture.Reactive, threshold=1
+                ),
+                actions=[
+                    RunDeployment(
+                        source="selected",
+                        deployment_id=closer.id,
+                        parameters={"flow_run": "{{ event.resource.id }}"},
+                    )
+                ],
+            ).create()

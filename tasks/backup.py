@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from dbpromote.exclusion import backup_running
 from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.models.backup import FORMAT, Backup, Manifest, manifest_name
 from dbpromote.postgres import connect, database_facts, libpq_env, migration_state, row_counts
+from dbpromote.probe.protocol import PARENT_PID
 from dbpromote.run_context import in_a_run
 
 # Run as `python -m STREAMER`: dbpromote/backup_stream.py.
@@ -128,7 +130,7 @@ def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int, snapsho
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=libpq_env(target),
+        env=libpq_env(target) | {PARENT_PID: str(os.getpid())},
         text=True,
     )
     outcome: Streamed | StreamFailed | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from dbpromote.deployments.deploy import WORK_POOL, deploy_flows
+from dbpromote.deployments.deploy import WORK_POOL, deploy_flows, install_crash_detection
 from dbpromote.errors import StackError
 from dbpromote.localstack.postgres import grant_roles, postgres_healthy, reset_database, start_postgres
 from dbpromote.localstack.processes import free_port, stop
@@ -82,6 +82,7 @@ def up(home: Path | None = None, *, deploy: bool = True) -> Stack:
         register_blocks(stack)
         if deploy:
             deploy_flows(prefect_env(stack), REPO_ROOT)
+            install_crash_detection(stack.prefect_api_url)
         for server in fresh_servers:
             reset_database(stack, server)
     except BaseException:

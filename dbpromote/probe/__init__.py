@@ -19,7 +19,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, redact
-from dbpromote.probe.protocol import Answer, FailureAnswer, PlanAnswer, StepAnswer
+from dbpromote.probe.protocol import PARENT_PID, Answer, FailureAnswer, PlanAnswer, StepAnswer
 
 PROBE = Path(__file__).with_name("django_probe.py")
 PROBE_TIMEOUT_S = 600
@@ -37,6 +37,7 @@ def start_probe(
     project_env = project.environment(url)  # Secret blocks read once here
     secrets = [url, *(project_env[variable] for variable in project.env_secrets)]
     env = os.environ | project_env | {"DBPROMOTE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    env[PARENT_PID] = str(os.getpid())
     command = [project.interpreter(), str(PROBE), *args, "--settings", project.settings_module]
     command += ["--database", target.database_alias]
     try:

@@ -52,6 +52,7 @@ def main() -> int:
         "--state", default="[]", help="plan-back: JSON [[app, name], ...], the applied set to return to"
     )
     args = parser.parse_args()
+    protocol.end_with_parent()
     out = sys.stdout
     # Everything Django or a migration prints goes to stderr: stdout carries only our JSON.
     sys.stdout = sys.stderr
