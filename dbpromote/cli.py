@@ -74,14 +74,33 @@ def promote(
 ) -> None:
     """Trigger the promote deployment; prints the run's UI URL."""
     from dbpromote.flows.promote import check_promotion_input
-    from dbpromote.runs import run_url, trigger, wait_until_paused
+    from dbpromote.runs import trigger
 
     targets = [name.strip() for name in through.split(",") if name.strip()]
     check_promotion_input(project, targets, to)
     parameters = {"project": project, "through": targets, "to": to}
     if rehearse:
         parameters |= {"rehearse": True, "rehearsal_slow_s": rehearsal_slow_s}
-    run = trigger("promote/promote", parameters, wait=wait)
+    follow(trigger("promote/promote", parameters, wait=wait), wait, until_paused)
+
+
+@app.command("resume")
+def resume(
+    run_id: str,
+    wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
+    until_paused: bool = typer.Option(False, "--until-paused", help="Wait until the run waits for approval."),
+) -> None:
+    """Carry on a promotion whose run crashed, failed or was cancelled: what it did is not done again, an approval
+    it recorded for the same plan stands, a target left part-way continues after a fresh backup."""
+    from dbpromote.runs import resume_promotion
+
+    follow(resume_promotion(run_id, wait), wait, until_paused)
+
+
+def follow(run, wait: bool, until_paused: bool) -> None:
+    """Print a promotion's run; with until_paused, wait for its approval form; with wait, for its end."""
+    from dbpromote.runs import run_url, wait_until_paused
+
     typer.echo(f"{run.id} {run_url(run.id)}")
     if until_paused:
         state = wait_until_paused(run.id)
@@ -104,8 +123,8 @@ def pending() -> None:
 
 @app.command("runs")
 def runs(every: bool = typer.Option(False, "--all", help="Ended runs too (the newest 200).")) -> None:
-    """dbpromote's runs that have not ended (a run whose worker died stays here until cancelled): id, flow,
-    targets, state, age."""
+    """dbpromote's runs that have not ended (one whose process died is marked Crashed within two minutes and
+    leaves this list; `runs --all` shows it): id, flow, targets, state, age."""
     from datetime import UTC, datetime
 
     from dbpromote.runs import NOT_FINAL, flow_runs, run_targets

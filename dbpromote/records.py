@@ -1,4 +1,5 @@
-"""Audit records: JSON documents beside a target's backups in the bucket (approvals, promotions, rollbacks)."""
+"""Audit records: JSON documents beside a target's backups in the bucket (approvals, promotions, rollbacks, and
+the steps of each promotion, kept under its id)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,32 @@ from datetime import UTC, datetime
 from dbpromote.config import DatabaseTarget
 from dbpromote.gcs import gcs_client, gcs_retry
 
-KINDS = ("approvals", "promotions", "rollbacks")
+KINDS = ("approvals", "promotions", "rollbacks", "steps")
 
 
-def write_record(target: DatabaseTarget, target_name: str, kind: str, flow_run_id: str, record: dict) -> str:
-    """Store one record under PREFIX/TARGET/KIND/; its URI. Names sort by time, so the newest is the last."""
+def write_record(
+    target: DatabaseTarget, target_name: str, kind: str, flow_run_id: str, record: dict, scope: str = ""
+) -> str:
+    """Store one record under PREFIX/TARGET/KIND/[SCOPE/]; its URI. Names sort by time, so the newest is the last."""
     assert kind in KINDS, kind
-    name = (
-        f"{target.prefix}/{target_name}/{kind}/{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{flow_run_id[:8] or 'adhoc'}.json"
-    )
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{flow_run_id[:8] or 'adhoc'}.json"
+    name = _folder(target, target_name, kind, scope) + stamp
     blob = gcs_client().bucket(target.bucket).blob(name)
     blob.upload_from_string(json.dumps(record, indent=2), content_type="application/json", retry=gcs_retry())
     return f"gs://{target.bucket}/{name}"
 
 
-def read_records(target: DatabaseTarget, target_name: str, kind: str) -> list[dict]:
-    """Every record of a kind for a target, newest first."""
+def read_records(target: DatabaseTarget, target_name: str, kind: str, scope: str = "") -> list[dict]:
+    """Every record of a kind (in a scope) for a target, newest first."""
     assert kind in KINDS, kind
-    blobs = gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/{kind}/", retry=gcs_retry())
+    prefix = _folder(target, target_name, kind, scope)
+    blobs = gcs_client().list_blobs(target.bucket, prefix=prefix, retry=gcs_retry())
     ordered = sorted(blobs, key=lambda blob: blob.name, reverse=True)
     return [json.loads(blob.download_as_bytes(retry=gcs_retry())) for blob in ordered]
+
+
+def _folder(target: DatabaseTarget, target_name: str, kind: str, scope: str) -> str:
+    return f"{target.prefix}/{target_name}/{kind}/" + (f"{scope}/" if scope else "")
 
 
 def newest_promotion_backup(target: DatabaseTarget, target_name: str) -> str:

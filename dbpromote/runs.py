@@ -110,8 +110,32 @@ def cancel_run(run_id: str, reason: str, wait_s: float = 15) -> State:
 def read_run(client, run_id: str) -> FlowRun:
     try:
         return client.read_flow_run(UUID(run_id))
-    except Exception:
+    except (ValueError, ObjectNotFound):
         raise ConfigError(f"No flow run {run_id!r}; list the runs with `dbpromote runs --all`.") from None
+
+
+def resumable_promotion(client, run_id: str) -> FlowRun:
+    """A promotion's run that ended unfinished (crashed, failed, cancelled), which a new run can carry on."""
+    run = read_run(client, run_id)
+    if client.read_flow(run.flow_id).name != "promote":
+        raise ConfigError(f"Run {run_id} is not a promotion; only a promotion is resumed (start the others again).")
+    state = run.state
+    if state is None or not state.is_final():
+        raise ConfigError(
+            f"Run {run_id} is still {state.name if state else 'unknown'} as far as Prefect knows; if its process "
+            "died, it is marked Crashed within two minutes of its last heartbeat: resume it then, or end it with "
+            f"`dbpromote cancel {run_id} --reason TEXT`."
+        )
+    if state.is_completed():
+        raise ConfigError(f"Run {run_id} completed; there is nothing of it to resume.")
+    return run
+
+
+def resume_promotion(run_id: str, wait: bool) -> FlowRun:
+    """A new run of the promote deployment carrying on the given one, with its parameters."""
+    with get_client(sync_client=True) as client:
+        run = resumable_promotion(client, run_id)
+    return trigger("promote/promote", (run.parameters or {}) | {"resume": str(run.id)}, wait=wait)
 
 
 def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
@@ -134,6 +158,12 @@ def answer_approval(run_id: str, decision: str, approver: str, comment: str, ack
     run_input = {"decision": decision, "approver": approver, "comment": comment}
     with get_client(sync_client=True) as client:
         run = read_run(client, run_id)
+        if run.state and run.state.is_crashed():
+            again = f"`dbpromote resume {run_id}`" if client.read_flow(run.flow_id).name == "promote" else "a new run"
+            raise ConfigError(
+                f"Run {run_id} crashed (its process died) and can no longer be answered; nothing was approved: "
+                f"carry it on with {again}."
+            )
         if not (run.state and run.state.is_paused()):
             raise ConfigError(
                 f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.rehearsal import rehearse_plan
 from dbpromote.tasks.approval import record_approval, wait_for_approval
+from dbpromote.tasks.journal import open_journal, record_step
 from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -12,7 +13,8 @@ from prefect.runtime import flow_run
 
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
-from dbpromote.models.approval import Approval, promotion_request
+from dbpromote.models.approval import Approval, ApprovalRequest, promotion_request
+from dbpromote.models.journal import Journal
 from dbpromote.models.plan import Plan, parse_target_migration
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
@@ -30,32 +32,44 @@ def promote(
     approval_poll_s: int = 10,
     rehearse: bool = False,
     rehearsal_slow_s: float = 60,
+    resume: str = "",
 ) -> list[StepReport]:
     """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order.
 
+    A promotion whose run crashed is carried on by the next run with the same parameters (or `resume`, the id of
+    one that ended unfinished): what its journal records as done is not done again, its approvals stand, and a
+    target part-way through its plan continues from the first migration not applied, after a fresh backup.
     With rehearse, each later environment's plan first runs on a copy of its newest backup restored on the staging
     server; the durations show in the approval form and a migration slower than rehearsal_slow_s must be
     acknowledged as a risk.
     """
     check_promotion_input(project, through, to)
     check_not_held(through)
-    plans = {target: preflight(project, target, to) for target in through}
+    journal = open_journal(project, through, to, resume)
+    now = {target: preflight(project, target, to) for target in through}
+    plans = journal.continue_plans(now)
     vouch_for(plans, through[0])
 
-    reports = [migrate_environment(project, through[0], to, expected_plan=plans[through[0]])]
+    reports: list[StepReport] = []
     approvals: list[Approval] = []
-    for target in through[1:]:
-        database = load_target(target)
-        rehearsal = rehearse_plan(project, target, through[0], plans[target], rehearsal_slow_s) if rehearse else None
-        if database.requires_approval:
-            request = promotion_request(project, target, plans[target], reports, rehearsal)
-            approval = wait_for_approval(request, approval_timeout_s, approval_poll_s)
-            record_approval(database, target, approval)
-            approvals.append(approval)
+    for target in through:
+        if done := journal.completed(target, now[target]):
+            reports.append(done)  # a crashed run of this promotion did it all: nothing runs twice
+            continue
+        if target != through[0]:
+            honoured = journal.approval(target, plans[target])  # given for this very plan before a crash: it stands
+            rehearsal = None
+            if rehearse and not honoured:
+                rehearsal = rehearse_plan(project, target, through[0], plans[target], rehearsal_slow_s)
+            if load_target(target).requires_approval:
+                request = promotion_request(project, target, plans[target], reports, rehearsal)
+                approvals.append(honoured or approve(journal, request, approval_timeout_s, approval_poll_s))
+        record_step(journal, target, plans[target])
         reports.append(migrate_environment(project, target, to, expected_plan=plans[target]))
+        record_step(journal, target, reports[-1])
 
     for report in reports:  # what retention keeps, and a rollback finds, for each target
-        record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": report.plan.hash}
+        record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": plans[report.target].hash}
         record["backup"] = report.backup.object_name if report.backup else None
         write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
     create_markdown_artifact(
@@ -65,6 +79,14 @@ def promote(
     )
     get_run_logger().info("promoted %s through %s", project, ", ".join(through))
     return reports
+
+
+def approve(journal: Journal, request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:
+    """Wait for a person's approval; recorded for the audit and in the promotion's journal."""
+    approval = wait_for_approval(request, timeout_s, poll_s)
+    record_approval(load_target(request.target), request.target, approval)
+    record_step(journal, request.target, approval)
+    return approval
 
 
 def check_promotion_input(project: str, through: list[str], to: str) -> None:

@@ -28,6 +28,8 @@ os.environ.update(
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        # Flows run in this process too: their heartbeats must come as often as the crash automation expects.
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
     }
 )
 

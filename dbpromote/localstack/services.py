@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from dbpromote.deployments.deploy import WORK_POOL, create_work_pool
+from dbpromote.deployments.deploy import HEARTBEAT_S, WORK_POOL, create_work_pool
 from dbpromote.localstack.processes import pick_port, spawn, venv_script, wait_until
 from dbpromote.localstack.state import APP_ROLE, BUCKET, REPO_ROOT, SAMPLE_PROJECT, SERVERS, Stack
 
@@ -35,6 +35,8 @@ def prefect_env(stack: Stack) -> dict[str, str]:
         "PREFECT_SERVER_UI_STATIC_DIRECTORY": str(prefect_home / "ui"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        # What the crash automation expects of every flow run (the pool's template sets it for the runs it starts).
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
     }
 
 

@@ -64,8 +64,16 @@ class Plan(BaseModel):
     @property
     def hash(self) -> str:
         """Stable over what would run: the migrations, in order and direction, with their SQL and atomicity."""
-        payload = [(m.app, m.name, m.atomic, m.sql, m.backwards) for m in self.migrations]
+        payload = [_identity(m) for m in self.migrations]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def is_rest_of(self, earlier: Plan) -> bool:
+        """What remains of `earlier` once its first migrations were applied (all of it, or none): the same
+        migrations, with the same SQL, at its end. A plan that gained or changed a migration is not."""
+        if self.target != earlier.target or len(self.migrations) > len(earlier.migrations):
+            return False
+        rest = earlier.migrations[len(earlier.migrations) - len(self.migrations) :]
+        return [_identity(m) for m in self.migrations] == [_identity(m) for m in rest]
 
     @property
     def risks(self) -> list[str]:
@@ -81,6 +89,11 @@ class Plan(BaseModel):
         for app, name in sorted(self.applied):
             last[app] = name
         return last
+
+
+def _identity(migration: PlannedMigration) -> tuple:
+    """What makes two planned migrations the same step: the plan hash covers exactly this."""
+    return (migration.app, migration.name, migration.atomic, migration.sql, migration.backwards)
 
 
 # What reversing an operation loses or runs.
