@@ -7,8 +7,9 @@ argv) and a StreamRequest as JSON on stdin. Answers one JSON line per progress s
 
 The dump is compressed in this thread while the previous chunk uploads in another one, so pg_dump never waits for
 a request to finish (on GCS a chunk is a network round trip; on the emulator, a rewrite of the object so far). At
-most two chunks are in memory: the one uploading and the next, complete, waiting for it. If the process that
-started it dies (an out-of-memory kill, say), the upload is cancelled at the next MiB of dump.
+most two chunks are in memory: the one uploading and the next, complete, waiting for it. The same bytes go to a
+pg_restore that reads them whole as they go up: the last chunk, which makes the object, is sent only once it has.
+If the process that started it dies (an out-of-memory kill, say), the kernel ends this one with it.
 """
 
 import contextlib
@@ -26,8 +27,9 @@ from google.api_core import exceptions as gcs_errors
 from google.cloud.storage.exceptions import DataCorruption
 from pydantic import BaseModel, Field, TypeAdapter
 
-from dbpromote.gcs import ChecksummingWriter, gcs_client, gcs_retry
-from dbpromote.probe.protocol import end_with_parent
+from dbpromote.dumps import RestoreFeed
+from dbpromote.gcs import gcs_client, gcs_retry
+from dbpromote.lifeline import end_with_parent
 
 READ_SIZE = 1024 * 1024
 PROGRESS_EVERY_S = 2.0
@@ -50,7 +52,8 @@ class Progress(BaseModel):
 
 
 class Streamed(BaseModel):
-    """The whole dump is in the object: its CRC32C (base64, as GCS reports it) and size as sent."""
+    """The whole dump is in the object, and pg_restore read it whole on its way up: the CRC32C (base64, as GCS
+    reports it) and size of the bytes sent, which are the bytes pg_restore read."""
 
     kind: Literal["streamed"] = "streamed"
     crc32c: str
@@ -58,11 +61,11 @@ class Streamed(BaseModel):
 
 
 class StreamFailed(BaseModel):
-    """No object was made. orphaned: the parent died; pg_dump: the dump failed (its stderr); corruption: GCS
-    stored another checksum; gcs: the upload failed after its retries."""
+    """No object was made. pg_dump: the dump failed (its stderr); unreadable: pg_restore could not read what was
+    dumped (its stderr); corruption: GCS stored another checksum; gcs: the upload failed after its retries."""
 
     kind: Literal["failed"] = "failed"
-    reason: Literal["orphaned", "pg_dump", "corruption", "gcs"]
+    reason: Literal["pg_dump", "unreadable", "corruption", "gcs"]
     message: str = ""
 
 
@@ -77,8 +80,20 @@ class Cancelled(Exception):
     """Raised into the upload when the dump side gave up: the object is never finalised."""
 
 
-class Orphaned(Exception):
-    """The process that started this backup is gone (killed): nobody would verify the object, so none is made."""
+class DumpUnreadable(Exception):
+    """pg_restore could not read the dump whole (its stderr): it never becomes an object."""
+
+
+class Tee:
+    """Every write goes to each of the sinks in turn."""
+
+    def __init__(self, *sinks):
+        self.sinks = sinks
+
+    def write(self, data: bytes) -> int:
+        for sink in self.sinks:
+            sink.write(data)
+        return len(data)
 
 
 def say(message: BaseModel) -> None:
@@ -152,12 +167,14 @@ def upload_chunks(upload, transport, chunks: Chunks) -> None:
 
 
 def stream(request: StreamRequest) -> Streamed | StreamFailed:
-    """pg_dump in the request's snapshot, compressed, into a new object; the object exists only if all went up."""
+    """pg_dump in the request's snapshot, compressed, into a new object, read whole by pg_restore on its way up;
+    the object exists only if all went up and pg_restore read all of it."""
     client = gcs_client()
     blob = client.bucket(request.bucket).blob(request.object_name)
     blob.metadata = request.metadata
     chunks = Chunks(request.chunk_size)
-    writer = ChecksummingWriter(chunks)
+    # The verification a second download used to make, made on the bytes as they go: no egress, no second pass.
+    verifier = RestoreFeed(["--file=/dev/null"], os.environ.copy())
     dump = subprocess.Popen(
         ["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={request.snapshot}"],
         stdout=subprocess.PIPE,
@@ -178,7 +195,10 @@ def stream(request: StreamRequest) -> Streamed | StreamFailed:
         )
         uploader = threading.Thread(target=upload_chunks, args=(upload, transport, chunks), daemon=True)
         uploader.start()
-        compress_dump(dump, writer, request.zstd_level)
+        compress_dump(dump, Tee(chunks, verifier), request.zstd_level)
+        read = verifier.finish()
+        if not read.ok:  # before the last chunk: a dump pg_restore cannot read never becomes an object
+            raise DumpUnreadable(read.stderr or "the compressed stream is corrupt")
         chunks.finish()
         uploader.join()
         if chunks.failed:
@@ -191,23 +211,21 @@ def stream(request: StreamRequest) -> Streamed | StreamFailed:
                 transport.delete(upload.upload_url)  # as `blob.open("wb")` does: the session is dropped
         return failure(error)
     finally:
-        if dump.poll() is None:
-            dump.kill()
-            dump.wait()
-    return Streamed(crc32c=writer.crc32c, size=writer.size)
+        for process in (dump, verifier.restore):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return Streamed(crc32c=read.crc32c, size=read.size_bytes)
 
 
-def compress_dump(dump: subprocess.Popen, writer: ChecksummingWriter, level: int) -> None:
-    """pg_dump's output through zstd into `writer`, telling progress; raises if the dump failed or we are orphaned.
+def compress_dump(dump: subprocess.Popen, writer: Tee, level: int) -> None:
+    """pg_dump's output through zstd into `writer`, telling progress; raises if the dump failed.
 
     Level 1 in this thread: pg_dump and its server keep the other core busy (see tasks/backup.py).
     """
-    parent = os.getppid()
     with zstandard.ZstdCompressor(level=level).stream_writer(writer, closefd=False) as compressed:
         dumped, said = 0, time.monotonic()
         while chunk := dump.stdout.read(READ_SIZE):
-            if os.getppid() != parent:
-                raise Orphaned()
             compressed.write(chunk)
             dumped += len(chunk)
             if time.monotonic() - said > PROGRESS_EVERY_S:
@@ -219,8 +237,8 @@ def compress_dump(dump: subprocess.Popen, writer: ChecksummingWriter, level: int
 
 def failure(error: BaseException) -> StreamFailed:
     """The answer for an error that stopped the stream; anything unforeseen is raised (a traceback on stderr)."""
-    if isinstance(error, Orphaned):
-        return StreamFailed(reason="orphaned")
+    if isinstance(error, DumpUnreadable):
+        return StreamFailed(reason="unreadable", message=str(error))
     if isinstance(error, PgDumpFailed):
         return StreamFailed(reason="pg_dump", message=str(error))
     if isinstance(error, DataCorruption):
@@ -235,5 +253,4 @@ def failure(error: BaseException) -> StreamFailed:
 if __name__ == "__main__":
     end_with_parent()
     outcome = stream(StreamRequest.model_validate_json(sys.stdin.read()))
-    with contextlib.suppress(BrokenPipeError):  # orphaned: nobody reads it
-        say(outcome)
+    say(outcome)

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import queue
-import subprocess
-import threading
 
-import zstandard
 from google.api_core import exceptions as gcs_errors
 from google.cloud.storage import Blob
-from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget
+from dbpromote.dumps import Readback, RestoreFeed
 from dbpromote.errors import BackupError, RestoreError
-from dbpromote.gcs import ChecksummingWriter, gcs_client, gcs_retry
+from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.models.backup import Backup, Manifest, manifest_name
-
-# Read-back hands decompressed output on by the MiB.
-READ_SIZE = 1024 * 1024
 
 
 def backup_objects(target: DatabaseTarget, target_name: str) -> tuple[list[Backup], list[Blob]]:
@@ -76,85 +69,16 @@ def delete_backup(bucket, object_name: str) -> None:
             bucket.blob(name).delete(retry=gcs_retry())
 
 
-class Readback(BaseModel):
-    """A stored backup streamed, decompressed, into a pg_restore: what pg_restore said and what was read."""
-
-    returncode: int
-    stderr: str
-    complete: bool
-    crc32c: str
-    size_bytes: int
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and self.complete
-
-
-class _Decompressing:
-    """Decompresses what it is given into pg_restore's stdin, in a thread of its own so that the download goes on
-    meanwhile, until the stream is corrupt or pg_restore stops; `close` waits for the last byte."""
-
-    def __init__(self, stdin):
-        self.corrupt, self.stopped = False, False
-        # The writer passes output on in pieces of READ_SIZE: a highly compressible dump never inflates in memory.
-        self.decompress = zstandard.ZstdDecompressor().stream_writer(stdin, write_size=READ_SIZE, closefd=False)
-        self.pending: list[bytes] = []
-        self.pending_size = 0
-        self.queue: queue.Queue = queue.Queue(maxsize=4)  # pieces of READ_SIZE: at most 4 MiB ahead
-        self.thread = threading.Thread(target=self._decompress, daemon=True)
-        self.thread.start()
-
-    def write(self, data: bytes) -> None:
-        # The download hands over 8 KiB at a time: passed on by the MiB, a queue operation costs nothing.
-        self.pending.append(data)
-        self.pending_size += len(data)
-        if self.pending_size >= READ_SIZE:
-            self._pass_on()
-
-    def close(self) -> None:
-        self._pass_on()
-        self.queue.put(None)
-        self.thread.join()
-
-    def _pass_on(self) -> None:
-        if self.pending:
-            self.queue.put(b"".join(self.pending))
-            self.pending, self.pending_size = [], 0
-
-    def _decompress(self) -> None:
-        while (data := self.queue.get()) is not None:
-            if self.corrupt or self.stopped:
-                continue  # the download goes on: the checksum still covers every stored byte
-            try:
-                self.decompress.write(data)
-            except zstandard.ZstdError:
-                self.corrupt = True
-            except BrokenPipeError:
-                self.stopped = True  # pg_restore stopped reading; its exit status says why
-
-
 def read_back_into(blob: Blob, restore_args: list[str], env: dict[str, str]) -> Readback:
     """Stream the stored object through zstd into `pg_restore RESTORE_ARGS`, reading (and checksumming) every byte.
 
     One streamed GET (resumed from the last byte received if the connection breaks) rather than ranged chunks:
     a request per chunk costs a round trip each on GCS, and the emulator re-reads the whole object for each.
     """
-    restore = subprocess.Popen(["pg_restore", *restore_args], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    decompressing = _Decompressing(restore.stdin)
-    feed = ChecksummingWriter(decompressing)
+    feed = RestoreFeed(restore_args, env)
     try:
         # Our own CRC32C is compared with the recorded one by the caller: no second checksum here.
         blob.download_to_file(feed, raw_download=True, checksum=None, retry=gcs_retry())
     finally:
-        decompressing.close()
-        with contextlib.suppress(BrokenPipeError):
-            restore.stdin.close()
-        stderr = restore.stderr.read().decode(errors="replace").strip()
-        returncode = restore.wait()
-    return Readback(
-        returncode=returncode,
-        stderr=stderr,
-        complete=not decompressing.corrupt,
-        crc32c=feed.crc32c,
-        size_bytes=feed.size,
-    )
+        readback = feed.finish()
+    return readback

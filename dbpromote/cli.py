@@ -208,12 +208,18 @@ def why(state, run_id) -> str:
 
 
 @app.command("backup")
-def backup(target: str, wait: bool = typer.Option(False, help="Wait for the verified backup.")) -> None:
+def backup(
+    target: str,
+    wait: bool = typer.Option(False, help="Wait for the verified backup."),
+    read_back: bool = typer.Option(
+        False, "--read-back", help="Also download the stored backup and read it whole (it is read as it uploads)."
+    ),
+) -> None:
     """Take a verified backup of a target now (through the backup deployment)."""
     from dbpromote.config import load_target
 
     load_target(target)
-    run_deployment("backup/backup", {"targets": [target]}, wait)
+    run_deployment("backup/backup", {"targets": [target]} | ({"read_back": True} if read_back else {}), wait)
 
 
 @app.command("restore")

@@ -14,8 +14,9 @@ from dbpromote.notify import notify_failure
 
 
 @flow(name="backup", on_failure=[notify_failure], flow_run_name="backup {targets}")
-def backup(targets: list[str], keep_last: int = 0, keep_days: float = 14) -> list[Backup]:
-    """One verified backup per target; with keep_last, then old backups are deleted by the retention rules.
+def backup(targets: list[str], keep_last: int = 0, keep_days: float = 14, read_back: bool = False) -> list[Backup]:
+    """One verified backup per target (read whole by pg_restore as it uploads; with read_back, downloaded and read
+    whole again); with keep_last, then old backups are deleted by the retention rules.
 
     Retention keeps the newest keep_last backups, every one younger than keep_days, the newest successful
     promotion's and every one a rollback record names; it runs only after every new backup was verified.
@@ -27,7 +28,7 @@ def backup(targets: list[str], keep_last: int = 0, keep_days: float = 14) -> lis
     for name, target in resolved.items():
         check_database(target, name)
         check_bucket(target, name)
-        backups.append(backup_to_gcs(target, name))
+        backups.append(backup_to_gcs(target, name, read_back))
     if keep_last:
         retained = [apply_retention(target, name, keep_last, keep_days) for name, target in resolved.items()]
         create_markdown_artifact(retention_report(retained), key="dbpromote-retention", description="Backup retention")

@@ -26,9 +26,9 @@ from dbpromote.config import DatabaseTarget
 from dbpromote.errors import BackupError, redact, retry_if_transient
 from dbpromote.exclusion import backup_running
 from dbpromote.gcs import gcs_client, gcs_retry
+from dbpromote.lifeline import PARENT_PID
 from dbpromote.models.backup import FORMAT, Backup, Manifest, manifest_name
 from dbpromote.postgres import connect, database_facts, libpq_env, migration_state, row_counts
-from dbpromote.probe.protocol import PARENT_PID
 from dbpromote.run_context import in_a_run
 
 # Run as `python -m STREAMER`: dbpromote/backup_stream.py.
@@ -56,8 +56,10 @@ def exported_snapshot(target: DatabaseTarget, target_name: str) -> Iterator[tupl
 
 
 @task(name="backup-to-gcs", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
-def backup_to_gcs(target: DatabaseTarget, target_name: str) -> Backup:
-    """pg_dump of the target streamed to GCS and verified; a re-run of the same flow run reuses its backup."""
+def backup_to_gcs(target: DatabaseTarget, target_name: str, read_back: bool = False) -> Backup:
+    """pg_dump of the target streamed to GCS, read whole by pg_restore on its way up, and verified by the checksum
+    GCS stored; with read_back, also downloaded again and read whole. A re-run of the same flow run reuses its
+    backup."""
     run_id = str(flow_run.get_id() or "")
     started = time.monotonic()
     bucket = gcs_client().bucket(target.bucket)
@@ -77,7 +79,7 @@ def backup_to_gcs(target: DatabaseTarget, target_name: str) -> Backup:
     object_name = blob.name
     manifest = Manifest(object_name=object_name, crc32c=crc, size_bytes=size, migration_state=state, row_counts=counts)
     try:
-        _verify(target, blob, crc)
+        _verify(target, blob, crc, read_back)
         bucket.blob(manifest_name(object_name)).upload_from_string(
             manifest.model_dump_json(indent=1),
             content_type="application/json",
@@ -167,26 +169,33 @@ def _stream_failure(failed: StreamFailed, blob: Blob, url: str) -> BackupError:
         return BackupError(
             f"pg_dump failed: {message}; nothing was uploaded: fix the error and run again.", transient=False
         )
+    if failed.reason == "unreadable":
+        return BackupError(
+            f"pg_restore could not read the dump as it was taken ({message}); nothing was uploaded: check pg_dump "
+            "(its version, the disk, the wrapper on PATH) and run again.",
+            transient=False,
+        )
     if failed.reason == "corruption":
         delete_backup(blob.bucket, blob.name)
         return BackupError(
             f"GCS stored a different checksum for {blob.name} than was uploaded; the object was deleted: run again."
         )
-    if failed.reason == "gcs":
-        return BackupError(
-            f"Uploading the backup to gs://{blob.bucket.name} failed ({message}); nothing was migrated: "
-            "check the bucket and network, then run again."
-        )
-    return BackupError(f"The backup stream to gs://{blob.bucket.name} was orphaned; nothing was migrated: run again.")
+    return BackupError(
+        f"Uploading the backup to gs://{blob.bucket.name} failed ({message}); nothing was migrated: "
+        "check the bucket and network, then run again."
+    )
 
 
-def _verify(target: DatabaseTarget, blob: Blob, crc: str) -> None:
-    """The stored object has the checksum we computed, and reads back whole as a restorable dump."""
+def _verify(target: DatabaseTarget, blob: Blob, crc: str, read_back: bool) -> None:
+    """The stored object has the checksum of the bytes pg_restore read whole on their way up (so the store holds
+    exactly a readable dump); with read_back, it also downloads and reads back whole."""
     blob.reload(retry=gcs_retry())
     if blob.crc32c != crc:
         raise BackupError(
             f"The stored backup {blob.name} has CRC32C {blob.crc32c}, not {crc} as dumped; it was deleted: run again."
         )
+    if not read_back:
+        return
     # pg_restore --list accepts a truncated dump; reading every byte into /dev/null does not.
     result = read_back_into(blob, ["--file=/dev/null"], libpq_env(target))
     if not result.ok:

@@ -33,6 +33,7 @@ class FaultProxy:
         self.uploads_seen = 0
         self.faults_injected = 0
         self.chunks_passed = 0  # upload chunks forwarded to the emulator unharmed
+        self.media_bytes_read = 0  # object contents downloaded (alt=media): what GCS bills as egress
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +69,8 @@ class FaultProxy:
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
+                if self.command == "GET" and "alt=media" in self.path:
+                    proxy.media_bytes_read += len(data)
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection"):

@@ -195,6 +195,38 @@ def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(f
     assert proxy.chunks_passed >= 3  # the failure came while the upload was well under way
 
 
+def test_promise_4_a_dump_pg_restore_cannot_read_is_never_uploaded(fresh_databases, monkeypatch, tmp_path):
+    """pg_dump "succeeds" but what reaches the stream is cut short at the process boundary: pg_restore, reading
+    the bytes as they go up, refuses them before the last chunk, so no object is ever made."""
+    from dbpromote.flows.environment import migrate_environment
+
+    add_poorly_compressible_rows(fresh_databases)
+    monkeypatch.setenv("PATH", pg_dump_wrapped(tmp_path, 'head -c -30000 "$OUT"; exit 0'))
+    monkeypatch.setattr("dbpromote.tasks.backup.CHUNK_SIZE", 256 * 1024)
+    proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)  # counts what passes
+    with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
+        with pytest.raises(BackupError, match="pg_restore could not read the dump as it was taken .*nothing was"):
+            migrate_environment("tenant-backend", "staging")
+    assert proxy.chunks_passed >= 3  # chunks went up before the dump was found unreadable; the object never was
+
+
+def test_a_backup_is_verified_without_downloading_it_and_read_back_only_on_request(fresh_databases, monkeypatch):
+    """The verification happens on the way up: no second pass over the object (billed egress on GCS), unless
+    --read-back asks for one."""
+    from dbpromote.flows.backup import backup
+
+    proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    try:
+        (streamed,) = backup(["staging"])
+        assert proxy.media_bytes_read == 0
+        (read_back,) = backup(["staging"], read_back=True)
+        assert proxy.media_bytes_read >= read_back.size_bytes > 0
+    finally:
+        proxy.close()
+    assert streamed.crc32c and read_back.crc32c
+
+
 def streamer_pids() -> list[int]:
     """The backup streaming processes running on this machine (`python -m dbpromote.backup_stream`)."""
     from dbpromote.tasks.backup import STREAMER

@@ -19,7 +19,8 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, redact
-from dbpromote.probe.protocol import PARENT_PID, Answer, FailureAnswer, PlanAnswer, StepAnswer
+from dbpromote.lifeline import PARENT_PID
+from dbpromote.probe.protocol import Answer, FailureAnswer, PlanAnswer, StepAnswer
 
 PROBE = Path(__file__).with_name("django_probe.py")
 PROBE_TIMEOUT_S = 600

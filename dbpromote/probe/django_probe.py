@@ -1,7 +1,8 @@
 """Runs inside the target project's own interpreter and prints one JSON answer: its plan, or one migration applied.
 
 This file is executed as a script (`python django_probe.py plan ...`), never imported by the worker: it may use
-only the standard library, its sibling protocol.py (the answers, shared with the worker) and what the project
+only the standard library, its sibling protocol.py (the answers, shared with the worker), ../lifeline.py (it dies
+with the worker) and what the project
 itself has installed (Django and its database driver). The database to use comes from DBPROMOTE_DATABASE_URL in
 the environment (never the command line, which `ps` shows) and replaces the host, port, name, user and password
 of the project's default database.
@@ -21,19 +22,20 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 
-def _load_protocol():
-    """protocol.py beside this file, under a name no project uses; then this folder leaves sys.path, so that none
-    of its files can shadow a module of the project."""
-    here = Path(__file__).resolve().parent
-    spec = importlib.util.spec_from_file_location("dbpromote_probe_protocol", here / "protocol.py")
+def _load(name: str, path: Path):
+    """A file of dbpromote's by path, under a name no project uses."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
-    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
     return module
 
 
-protocol = _load_protocol()
+HERE = Path(__file__).resolve().parent
+protocol = _load("dbpromote_probe_protocol", HERE / "protocol.py")
+lifeline = _load("dbpromote_lifeline", HERE.parent / "lifeline.py")
+# This folder leaves sys.path, so that none of its files can shadow a module of the project.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 
 
 class LockNotGranted(Exception):
@@ -52,7 +54,7 @@ def main() -> int:
         "--state", default="[]", help="plan-back: JSON [[app, name], ...], the applied set to return to"
     )
     args = parser.parse_args()
-    protocol.end_with_parent()
+    lifeline.end_with_parent()
     out = sys.stdout
     # Everything Django or a migration prints goes to stderr: stdout carries only our JSON.
     sys.stdout = sys.stderr

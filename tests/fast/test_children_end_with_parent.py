@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from dbpromote.probe.protocol import PARENT_PID
+from dbpromote.lifeline import PARENT_PID
 
-CHILD = "from dbpromote.probe.protocol import end_with_parent; end_with_parent(); print('ready', flush=True); " + (
+CHILD = "from dbpromote.lifeline import end_with_parent; end_with_parent(); print('ready', flush=True); " + (
     "import time; time.sleep(120)"
 )
 PARENT = f"""
