@@ -36,12 +36,12 @@ def preflight(project: str, target: str, to: str = "") -> Plan:
 def migrate_environment(project: str, target: str, to: str = "", expected_plan: Plan | None = None) -> StepReport:
     """Take one target to `to` (every leaf when empty), safely, and prove it.
 
-    With expected_plan (what staging ran, what the approver saw), nothing runs unless the plan is still that one,
-    or what remains of it (a crashed run of the promotion applied its first migrations).
+    With expected_plan (what preflight saw, what staging vouched for and the approver saw), nothing runs unless the
+    plan is still exactly that one.
     """
     django_project, database = load_project(project), load_target(target)
     plan = preflight(project, target, to)
-    if expected_plan is not None and not plan.is_rest_of(expected_plan):
+    if expected_plan is not None and plan.hash != expected_plan.hash:
         raise PreflightError(
             f"The plan for {target} changed since it was staged and approved ({expected_plan.hash} -> {plan.hash}; "
             f"{describe_change(expected_plan, plan)}); nothing was run on {target}: start a new promotion."

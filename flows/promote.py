@@ -65,7 +65,8 @@ def promote(
                 request = promotion_request(project, target, plans[target], reports, rehearsal)
                 approvals.append(honoured or approve(journal, request, approval_timeout_s, approval_poll_s))
         record_step(journal, target, plans[target])
-        reports.append(migrate_environment(project, target, to, expected_plan=plans[target]))
+        # What preflight saw: the whole plan, or (carrying a crashed run on) what remains of it; exactly that runs.
+        reports.append(migrate_environment(project, target, to, expected_plan=now[target]))
         record_step(journal, target, reports[-1])
 
     for report in reports:  # what retention keeps, and a rollback finds, for each target

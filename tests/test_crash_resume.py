@@ -22,7 +22,9 @@ PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,produ
 def clean_head(stack):
     """Production's schema after a clean promotion of the release: what every recovered promotion must give."""
     from dbpromote.runs import answer_approval
+    from tests.conftest import cancel_unfinished_runs
 
+    cancel_unfinished_runs()  # what an earlier module left paused would hold the targets
     for server in local_stack.SERVERS:
         local_stack.reset_database(stack, server)
     promotion = PromotionInBackground()
