@@ -41,6 +41,13 @@ def task_starts(run_id: str) -> list[datetime]:
     return sorted(task.start_time for task in tasks if task.start_time)
 
 
+def created(run_id: str) -> datetime:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(run_id)).created
+
+
 def state_time(run_id: str, kind: str) -> datetime:
     """When the run last entered a state of this kind ("PAUSED", "COMPLETED", ...)."""
     from prefect import get_client
@@ -78,6 +85,7 @@ def main() -> None:
 
         typed_at, run_id, returned = typed("backup", "staging", "--wait")
         note("backup: typed -> first task", seconds(task_starts(run_id)[0], typed_at))
+        note("  of which the command until the run exists", seconds(created(run_id), typed_at))
         note("backup: run end -> return", seconds(returned, state_time(run_id, "COMPLETED")))
 
         for server in local_stack.SERVERS:
@@ -87,6 +95,7 @@ def main() -> None:
         )
         paused = state_time(run_id, "PAUSED")
         note("promote: typed -> first task", seconds(task_starts(run_id)[0], typed_at))
+        note("  of which the command until the run exists ", seconds(created(run_id), typed_at))
         note("promote: pause -> return", seconds(returned, paused))
 
         typed_at, _, _ = typed("approve", run_id, "--approver", "benchmark", "--acknowledge-risks")

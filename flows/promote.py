@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.rehearsal import rehearse_plan
-from dbpromote.tasks.approval import record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
 from dbpromote.tasks.journal import open_journal, record_step
 from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
@@ -29,7 +29,7 @@ def promote(
     through: list[str],
     to: str = "",
     approval_timeout_s: int = DAY_S,
-    approval_poll_s: int = 10,
+    approval_poll_s: int = ANSWER_POLL_S,
     rehearse: bool = False,
     rehearsal_slow_s: float = 60,
     resume: str = "",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dbpromote.tasks.approval import record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.restore import (
     drop_restored,
@@ -31,7 +31,7 @@ def restore(
     swap: bool = True,
     disconnect_wait_s: float = 30,
     approval_timeout_s: int = DAY_S,
-    approval_poll_s: int = 10,
+    approval_poll_s: int = ANSWER_POLL_S,
 ) -> Restored:
     """Restore a verified backup of the target (the newest when none is named) and make it the target's database.
 

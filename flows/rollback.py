@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbpromote.flows.environment import carry_out
-from dbpromote.tasks.approval import record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
 from dbpromote.tasks.plan import plan_rollback
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.verify import verify_state
@@ -23,7 +23,7 @@ DAY_S = 24 * 3600
 
 @flow(name="rollback", on_failure=[notify_failure], flow_run_name="roll back {target}")
 def rollback(
-    project: str, target: str, backup: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = 10
+    project: str, target: str, backup: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = ANSWER_POLL_S
 ) -> StepReport:
     """Return a target to the migration state recorded by a backup (when none is named, the one the newest
     promotion took: the state before it), reversing migrations one at a time with the same lock safety as migrate.

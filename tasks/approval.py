@@ -16,6 +16,10 @@ from dbpromote.models.approval import Approval, ApprovalRequest, approval_form, 
 from dbpromote.notify import notify, run_url
 from dbpromote.records import write_record
 
+# A paused run asks the server this often whether it was answered: at 10 s, production started 9 s after
+# `dbpromote approve` on the stack (benchmarks/latency.py); reading one flow run every 2 s costs the server nothing.
+ANSWER_POLL_S = 2
+
 
 def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:
     """Pause until a permitted approver decides; a refused answer is logged and the run keeps waiting."""
