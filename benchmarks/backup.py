@@ -135,7 +135,7 @@ def main() -> None:
 
     from dbpromote.tasks.backup import backup_to_gcs
 
-    from dbpromote.backups import delete_backup
+    from dbpromote.backups import delete_backup, list_backups
     from dbpromote.config import DatabaseTarget
     from dbpromote.gcs import gcs_client
     from dbpromote.postgres import libpq_env
@@ -156,20 +156,31 @@ def main() -> None:
         finally:
             os.environ["STORAGE_EMULATOR_HOST"] = emulator
 
-    def cli_into_sink() -> float:
-        deployment = Deployment(sink)
+    def in_emulator() -> set[str]:
+        return {backup.object_name for backup in list_backups(target, TARGET)}
+
+    def cli_into(endpoint: str) -> float:
+        """The command as typed; its backup must have landed where the run was pointed (then it is deleted)."""
+        before = in_emulator()
+        deployment = Deployment(endpoint) if endpoint == sink else None
         try:
-            return cli_backup()
+            seconds = cli_backup()
         finally:
-            deployment.restore()
+            if deployment:
+                deployment.restore()
+        new = in_emulator() - before
+        assert len(new) == (1 if endpoint == emulator else 0), f"the backup did not land in {endpoint}: {new}"
+        for name in new:
+            delete_backup(gcs_client().bucket(local_stack.BUCKET), name)
+        return seconds
 
     measures = {
         "bare pg_dump -Fc": lambda: timed(["pg_dump", "-Fc", "--no-sync", "-f", "/dev/null"], env),
         "bare pg_dump -Fc -Z0": lambda: timed(["pg_dump", "-Fc", "-Z0", "--no-sync", "-f", "/dev/null"], env),
         "task alone, sink": lambda: task_into(sink),
         "task alone, emulator": lambda: task_into(emulator),
-        "dbpromote backup --wait, sink": cli_into_sink,
-        "dbpromote backup --wait, emulator": cli_backup,
+        "dbpromote backup --wait, sink": lambda: cli_into(sink),
+        "dbpromote backup --wait, emulator": lambda: cli_into(emulator),
     }
     times: dict[str, list[float]] = {name: [] for name in measures}
     emulator_cpu = []
