@@ -153,23 +153,40 @@ def approve(
     approver: str = typer.Option(..., help="Your name, as the target's approvers list has it."),
     comment: str = typer.Option(""),
     acknowledge_risks: bool = typer.Option(False, "--acknowledge-risks", help="Accept the plan's risky operations."),
+    code: str = typer.Option("", help="Your current one-time code, where the target's approvers are enrolled."),
 ) -> None:
     """Approve a paused promotion, restore or rollback."""
     from dbpromote.runs import answer_approval
 
     approver = named_approver(approver)
-    answer_approval(run_id, "approve", approver, comment, acknowledge_risks)
+    code = code.strip() or asked_code(run_id)
+    answer_approval(run_id, "approve", approver, comment, acknowledge_risks, code)
     typer.echo(f"approved {run_id} as {approver}")
 
 
 @app.command("reject")
-def reject(run_id: str, approver: str = typer.Option(...), comment: str = typer.Option(...)) -> None:
+def reject(
+    run_id: str,
+    approver: str = typer.Option(...),
+    comment: str = typer.Option(...),
+    code: str = typer.Option("", help="Your current one-time code, where the target's approvers are enrolled."),
+) -> None:
     """Reject a paused promotion, restore or rollback; the target stays untouched."""
     from dbpromote.runs import answer_approval
 
     approver = named_approver(approver)
-    answer_approval(run_id, "reject", approver, comment, False)
+    code = code.strip() or asked_code(run_id)
+    answer_approval(run_id, "reject", approver, comment, False, code)
     typer.echo(f"rejected {run_id} as {approver}")
+
+
+def asked_code(run_id: str) -> str:
+    """At a terminal, the approver's one-time code when the run asks for one; '' otherwise."""
+    from dbpromote.runs import needs_code
+
+    if not sys.stdin.isatty() or not needs_code(run_id):
+        return ""
+    return typer.prompt("Your current one-time code", hide_input=True).strip()
 
 
 def named_approver(approver: str) -> str:
@@ -331,12 +348,42 @@ def pairs(items: list[str], option: str) -> dict[str, str]:
     return result
 
 
+approver_app = typer.Typer(no_args_is_help=True, help="People who approve, proving it with a one-time code.")
+app.add_typer(approver_app, name="approver")
+
+
+@approver_app.command("add")
+def approver_add(
+    name: str,
+    replace: bool = typer.Option(False, "--replace", help="Issue a new secret (the old one's codes stop working)."),
+) -> None:
+    """Enrol a person: a one-time-password secret (RFC 6238) in a Prefect Secret block; scan the QR code (or the
+    URI) into an authenticator app now, it is shown only this once."""
+    import io
+
+    import qrcode
+
+    from dbpromote.approvers import enroll
+
+    uri = enroll(name, replace)
+    code = qrcode.QRCode(border=1)
+    code.add_data(uri)
+    drawn = io.StringIO()
+    code.print_ascii(out=drawn, invert=True)
+    typer.echo(drawn.getvalue())
+    typer.echo(uri)
+    typer.echo(f"{name} enrolled: name them in a target's --approvers; each approval then needs their current code")
+
+
 @target_app.command("add")
 def target_add(
     name: str,
     url: str = typer.Option(..., help="postgresql://USER:PASSWORD@HOST:PORT/DB of the migration role."),
     requires_approval: bool = typer.Option(False, "--requires-approval"),
     approvers: str = typer.Option("", help="Comma-separated names allowed to approve."),
+    min_approvers: int = typer.Option(
+        1, help="How many different enrolled approvers must approve (2: the two-person rule)."
+    ),
     bucket: str = typer.Option("dbpromote-backups"),
     prefix: str = typer.Option("backups"),
     app_role: str = typer.Option("django_app"),
@@ -353,13 +400,24 @@ def target_add(
 
     check_block_name(name, "target")
     check_database_url(url)
+    names = [a.strip() for a in approvers.split(",") if a.strip()]
+    if min_approvers > 1:
+        from dbpromote.approvers import is_enrolled
+
+        enrolled = [approver for approver in names if is_enrolled(approver)]
+        if len(enrolled) < min_approvers:
+            fail(
+                f"--min-approvers {min_approvers} needs at least {min_approvers} enrolled people on --approvers "
+                f"(enrolled: {', '.join(enrolled) or 'none'}); enrol them with `dbpromote approver add NAME`."
+            )
     target = DatabaseTarget(
         url=url,
         requires_approval=requires_approval,
         bucket=bucket,
         prefix=prefix,
         app_role=app_role,
-        approvers=[a.strip() for a in approvers.split(",") if a.strip()],
+        approvers=names,
+        min_approvers=min_approvers,
         lock_timeout_ms=lock_timeout,
         database_alias=database_alias,
     )

@@ -113,6 +113,9 @@ class DatabaseTarget(Block):
     url: SecretStr = Field(description="postgresql:// URL of the role that runs migrations (owns the schema).")
     requires_approval: bool = Field(default=False, description="Pause for a named person's approval first.")
     approvers: list[str] = Field(default_factory=list, description="Who may approve; empty: anyone.")
+    min_approvers: int = Field(
+        default=1, ge=1, le=10, description="How many different enrolled approvers must approve (two-person rule)."
+    )
     bucket: str = Field(default="dbpromote-backups", description="GCS bucket for backups.")
     prefix: str = Field(default="backups", description="Object name prefix in the bucket.")
     lock_timeout_ms: int = Field(default=2000, gt=0, description="lock_timeout of each migration's session.")

@@ -153,8 +153,18 @@ def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
             time.sleep(0.5)
 
 
-def answer_approval(run_id: str, decision: str, approver: str, comment: str, acknowledge_risks: bool) -> None:
-    """Resume a paused promotion with a decision; the server validates it against the run's form."""
+def needs_code(run_id: str) -> bool:
+    """Whether a paused run's form asks for the approver's one-time code (its approvers are enrolled)."""
+    with get_client(sync_client=True) as client:
+        run = read_run(client, run_id)
+        return bool(run.state and run.state.is_paused()) and '"code"' in paused_form_schema(client, run)
+
+
+def answer_approval(
+    run_id: str, decision: str, approver: str, comment: str, acknowledge_risks: bool, code: str = ""
+) -> None:
+    """Resume a paused promotion with a decision; the server validates it against the run's form. Where its
+    approvers are enrolled, code is the approver's current one-time code."""
     run_input = {"decision": decision, "approver": approver, "comment": comment}
     with get_client(sync_client=True) as client:
         run = read_run(client, run_id)
@@ -170,6 +180,12 @@ def answer_approval(run_id: str, decision: str, approver: str, comment: str, ack
                 "list the runs waiting with `dbpromote pending`."
             )
         schema = paused_form_schema(client, run)
+        if '"code"' in schema:
+            if not code:
+                raise ConfigError(
+                    f"The approvers of run {run_id} are enrolled: give your current one-time code with --code."
+                )
+            run_input["code"] = code
         if "acknowledge_risky_operations" in schema:
             if decision == "approve" and not acknowledge_risks:
                 raise ConfigError(

@@ -142,7 +142,8 @@ def summary(project: str, reports: list[StepReport], approvals: list[Approval]) 
     for approval in approvals:
         lines += [
             "",
-            f"Approved for **{approval.target}** by **{approval.approver}** at {approval.approved_at} "
+            f"Approved for **{approval.target}** by **{', '.join(approval.approvers or [approval.approver])}**"
+            f"{' (each with a one-time code)' if approval.proven else ''} at {approval.approved_at} "
             f"for plan {approval.subject}: {approval.comment or '(no comment)'}",
         ]
     lines += ["", "## The way back", ""] + [f"- {r.target}: {r.way_back()}" for r in reports]

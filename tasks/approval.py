@@ -10,9 +10,10 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from dbpromote.approvers import check_code, is_enrolled
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected
-from dbpromote.models.approval import Approval, ApprovalRequest, approval_form, refusal
+from dbpromote.models.approval import Approval, ApprovalRequest, approval_form, refusal, who_may_answer
 from dbpromote.notify import notify, run_url
 from dbpromote.records import write_record
 
@@ -22,16 +23,24 @@ ANSWER_POLL_S = 2
 
 
 def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:
-    """Pause until a permitted approver decides; a refused answer is logged and the run keeps waiting."""
+    """Pause until as many permitted approvers as the target needs approve (each with a current one-time code where
+    approvers are enrolled), or one rejects; a refused answer is logged and the run keeps waiting."""
     from dbpromote.config import load_target
 
     logger = get_run_logger()
-    allowed = load_target(request.target).approvers
+    target = load_target(request.target)
+    coded = target.min_approvers > 1 or any(is_enrolled(name) for name in target.approvers)
     deadline = time.monotonic() + timeout_s
+    approved: list[RunInput] = []
     notify(f"dbpromote: {request.action} waits for approval", f"{request.notice}: {run_url(flow_run.get_id())}")
     while True:
-        answer = _pause_for_answer(request, deadline, timeout_s, poll_s)
-        if reason := refusal(request, answer, allowed):
+        so_far = [answer.approver.strip() for answer in approved]
+        form = approval_form(bool(request.risks), coded).with_initial_data(
+            description=request.description + who_may_answer(target.approvers, coded, target.min_approvers, so_far)
+        )
+        answer = _pause_for_answer(request, form, deadline, timeout_s, poll_s)
+        reason = refusal(request, answer, target.approvers) or (_unproven(answer, so_far) if coded else "")
+        if reason:
             logger.warning("approval refused: %s; still waiting", reason)
             continue
         if answer.decision == "reject":
@@ -39,31 +48,43 @@ def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> 
                 f"{answer.approver} rejected {request.action} ({answer.comment or 'no comment'}); "
                 f"{request.target} is untouched: {request.on_reject}."
             )
+        approved.append(answer)
         logger.info("%s approved %s (%s)", answer.approver.strip(), request.action, request.subject)
-        return Approval(
-            target=request.target,
-            action=request.action,
-            subject=request.subject,
-            items=request.items,
-            approver=answer.approver.strip(),
-            comment=answer.comment,
-            approved_at=datetime.now(UTC).isoformat(),
-            flow_run_id=str(flow_run.get_id() or ""),
-            acknowledged_risks=request.risks,
-        )
+        if len(approved) >= target.min_approvers:
+            return Approval(
+                target=request.target,
+                action=request.action,
+                subject=request.subject,
+                items=request.items,
+                approver=approved[0].approver.strip(),
+                approvers=[answer.approver.strip() for answer in approved],
+                proven=coded,
+                comment="; ".join(answer.comment for answer in approved if answer.comment),
+                approved_at=datetime.now(UTC).isoformat(),
+                flow_run_id=str(flow_run.get_id() or ""),
+                acknowledged_risks=request.risks,
+            )
 
 
-def _pause_for_answer(request: ApprovalRequest, deadline: float, timeout_s: int, poll_s: int) -> RunInput:
+def _unproven(answer: RunInput, so_far: list[str]) -> str:
+    """Why an answer does not prove an enrolled person's decision ('' when it does); a good code is used up."""
+    name = answer.approver.strip()
+    if not is_enrolled(name):
+        return f"{name!r} is not an enrolled approver (`dbpromote approver add {name}`)"
+    if answer.decision == "approve" and name in so_far:
+        return f"{name} has already approved; another approver must approve too"
+    return check_code(name, getattr(answer, "code", ""))
+
+
+def _pause_for_answer(
+    request: ApprovalRequest, form: type[RunInput], deadline: float, timeout_s: int, poll_s: int
+) -> RunInput:
     """The next answer given in the form; no answer before the deadline is a rejection."""
     remaining = int(deadline - time.monotonic())
     try:
         if remaining <= 0:
             raise FlowPauseTimeout("approval timed out")
-        return pause_flow_run(
-            wait_for_input=approval_form(bool(request.risks)).with_initial_data(description=request.description),
-            timeout=remaining,
-            poll_interval=poll_s,
-        )
+        return pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=poll_s)
     except FlowPauseTimeout:
         raise ApprovalRejected(
             f"No approval for {request.action} within {timeout_s} s, which counts as a rejection; "

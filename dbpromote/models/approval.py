@@ -35,15 +35,18 @@ class Approval(BaseModel):
     action: str
     subject: str
     items: list[str]
-    approver: str
+    approver: str = Field(description="The first to approve")
     comment: str
     approved_at: str
     flow_run_id: str
     acknowledged_risks: list[str]
+    approvers: list[str] = Field(default_factory=list, description="Everyone who approved, in order (two-person rule)")
+    proven: bool = Field(False, description="Each approver gave a current one-time code of their enrolled secret")
 
 
-def approval_form(risky: bool) -> type[RunInput]:
-    """The form the UI renders: a decision with no default forces a choice; risky plans need an acknowledgement."""
+def approval_form(risky: bool, coded: bool = False) -> type[RunInput]:
+    """The form the UI renders: a decision with no default forces a choice; risky plans need an acknowledgement;
+    where approvers are enrolled, each answer carries the approver's current one-time code."""
     fields: dict = {
         "decision": (Decision, Field(description="approve runs it on this environment; reject stops here")),
         "approver": (
@@ -52,6 +55,16 @@ def approval_form(risky: bool) -> type[RunInput]:
         ),
         "comment": (str, Field(default="", description="Why; shown in the report and the audit record")),
     }
+    if coded:
+        fields["code"] = (
+            str,
+            Field(
+                min_length=6,
+                max_length=8,
+                pattern=r"^\d+$",
+                description="Your current code from your authenticator app (enrolled with `dbpromote approver add`)",
+            ),
+        )
     if risky:
         fields["acknowledge_risky_operations"] = (
             bool,
@@ -193,3 +206,21 @@ def refusal(request: ApprovalRequest, answer: RunInput, allowed: list[str]) -> s
     if answer.decision == "approve" and request.risks and not getattr(answer, "acknowledge_risky_operations", False):
         return f"the approval by {answer.approver} did not acknowledge the risky operations"
     return ""
+
+
+def who_may_answer(allowed: list[str], coded: bool, needed: int, so_far: list[str]) -> str:
+    """The form's paragraph on who may answer, how they prove it, and who has approved so far."""
+    if coded:
+        lines = [f"Approvers: {', '.join(allowed)}; each answer carries the approver's current one-time code."]
+    else:
+        lines = [
+            "This target has no enrolled approvers: the name given is taken at its word "
+            f"({'anyone' if not allowed else 'one of ' + ', '.join(allowed)}); enrol them with "
+            "`dbpromote approver add NAME`."
+        ]
+    if needed > 1:
+        lines.append(
+            f"{needed} different approvers must approve; so far: {', '.join(so_far) or 'nobody'} "
+            f"({len(so_far)} of {needed}). One rejection ends it."
+        )
+    return "\n\n".join(["", "### Who approves", "", *lines])
