@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import add_seed_arguments, emulator_cpu_seconds, local_stack, seeded_database, stack
+from common import add_seed_arguments, database, emulator_cpu_seconds, local_stack, seeded_database, stack
 from gcs_sink import start_sink
 
 DB = "bench_backup"
@@ -39,21 +39,16 @@ def seed_random_text(scale: int, text_mb: int, keep: bool) -> tuple[str, int]:
     import psycopg
     from psycopg import sql
 
-    base = stack.database_url("staging").rsplit("/", 1)[0]
-    with psycopg.connect(**stack.superuser_conninfo("staging"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB]).fetchone()
-        if not (exists and keep):
-            conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DB} OWNER tenant_owner")
-            print(f"seeding pgbench scale {scale} and {text_mb} MB of random text ...", flush=True)
-            subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), f"{base}/{DB}"], check=True)
-            with psycopg.connect(f"{base}/{DB}", autocommit=True) as bench:
-                rows = text_mb * 1_000_000 // 320  # ten md5 digests a row: 320 random hex characters
-                digests = sql.SQL(" || ".join(["md5(random()::text)"] * 10))
-                query = sql.SQL("CREATE TABLE random_text AS SELECT g AS id, {} AS body FROM generate_series(1, %s) g")
-                bench.execute(query.format(digests), [rows])
-        size = conn.execute("SELECT pg_database_size(%s)", [DB]).fetchone()[0]
-    return f"{base}/{DB}", size
+    def seed(url: str) -> None:
+        print(f"seeding pgbench scale {scale} and {text_mb} MB of random text ...", flush=True)
+        subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), url], check=True)
+        with psycopg.connect(url, autocommit=True) as bench:
+            rows = text_mb * 1_000_000 // 320  # ten md5 digests a row: 320 random hex characters
+            digests = sql.SQL(" || ".join(["md5(random()::text)"] * 10))
+            query = sql.SQL("CREATE TABLE random_text AS SELECT g AS id, {} AS body FROM generate_series(1, %s) g")
+            bench.execute(query.format(digests), [rows])
+
+    return database(DB, keep, seed)
 
 
 def timed(command: list[str], env: dict | None = None) -> float:

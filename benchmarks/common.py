@@ -22,25 +22,32 @@ def add_seed_arguments(parser, tenants: int, rows: int, text_bytes: int, keep_he
     parser.add_argument("--keep", action="store_true", help=keep_help)
 
 
-def seeded_database(name: str, tenants: int, rows: int, text_bytes: int, keep: bool) -> tuple[str, int]:
-    """The sample project at head in database `name` on the staging server, seeded; its URL and size in bytes.
-
-    With keep, an existing database of that name is reused as it is (seeding 1 GB takes minutes).
-    """
+def database(name: str, keep: bool, seed) -> tuple[str, int]:
+    """Database `name` on the staging server, made anew and filled by `seed(url)` unless keep finds it there; its
+    URL and size in bytes (seeding 1 GB takes minutes)."""
     base = stack.database_url("staging").rsplit("/", 1)[0]
     with psycopg.connect(**stack.superuser_conninfo("staging"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if not (exists and keep):
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {name} OWNER tenant_owner")
-            env = os.environ | {"DATABASE_URL": f"{base}/{name}"}
-            manage = [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py")]
-            subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
-            print(f"seeding {tenants} tenants x {rows} rows ...", flush=True)
-            seed = ["seed_tenants", "--tenants", str(tenants), "--rows", str(rows), "--text-bytes", str(text_bytes)]
-            subprocess.run([*manage, *seed], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
+            seed(f"{base}/{name}")
         size = conn.execute("SELECT pg_database_size(%s)", [name]).fetchone()[0]
     return f"{base}/{name}", size
+
+
+def seeded_database(name: str, tenants: int, rows: int, text_bytes: int, keep: bool) -> tuple[str, int]:
+    """The sample project at head in database `name` on the staging server, seeded; its URL and size in bytes."""
+
+    def seed(url: str) -> None:
+        env = os.environ | {"DATABASE_URL": url}
+        manage = [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py")]
+        subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
+        print(f"seeding {tenants} tenants x {rows} rows ...", flush=True)
+        seed_args = ["seed_tenants", "--tenants", str(tenants), "--rows", str(rows), "--text-bytes", str(text_bytes)]
+        subprocess.run([*manage, *seed_args], env=env, check=True, cwd=local_stack.SAMPLE_PROJECT)
+
+    return database(name, keep, seed)
 
 
 def emulator_cpu_seconds() -> float:

@@ -11,7 +11,6 @@ process of its own, so it takes no CPU from the process being measured beyond wh
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import multiprocessing
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import google_crc32c
+
+from tests.fault_proxy import forward
 
 
 class _Object:
@@ -98,7 +99,7 @@ def _serve(emulator_port: int, ready) -> None:
                 found = self._object(url.path)
             if found is not None:
                 return self._metadata(found, body)
-            self._forward(body)
+            forward(self, body, emulator_port, dict(self.headers))
 
         def _initiate(self, path: str, body: bytes) -> None:
             bucket = path.split("/")[5]  # /upload/storage/v1/b/BUCKET/o
@@ -133,20 +134,6 @@ def _serve(emulator_port: int, ready) -> None:
                 found.path.unlink(missing_ok=True)
                 return self._reply(204)
             self._reply(405, {"error": {"message": f"{self.command} not served by the sink"}})
-
-        def _forward(self, body: bytes) -> None:
-            upstream = http.client.HTTPConnection("127.0.0.1", emulator_port, timeout=120)
-            upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
-            response = upstream.getresponse()
-            data = response.read()
-            self.send_response(response.status)
-            for key, value in response.getheaders():
-                if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            upstream.close()
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 

@@ -64,21 +64,9 @@ class FaultProxy:
                     proxy.chunks_passed += 1
                     if proxy.upload_mb_per_s:
                         time.sleep(len(body) / (proxy.upload_mb_per_s * 1e6))
-                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
-                # Keep the Host header: upload URLs the emulator hands out must route back through us.
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
+                data = forward(self, body, proxy.upstream_port, headers)
                 if self.command == "GET" and "alt=media" in self.path:
                     proxy.media_bytes_read += len(data)
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                upstream.close()
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
@@ -102,3 +90,23 @@ class FaultProxy:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def forward(handler: BaseHTTPRequestHandler, body: bytes, port: int, headers: dict) -> bytes:
+    """The request a handler received sent on to 127.0.0.1:port, and its answer relayed back; the answer's body.
+
+    The Host header is kept: upload URLs the emulator hands out must route back through the forwarding server.
+    """
+    upstream = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    upstream.request(handler.command, handler.path, body=body, headers=headers)
+    response = upstream.getresponse()
+    data = response.read()
+    handler.send_response(response.status)
+    for key, value in response.getheaders():
+        if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+    upstream.close()
+    return data
