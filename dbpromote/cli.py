@@ -445,6 +445,15 @@ def main() -> None:
         option = "--" + "-".join(str(part) for part in first["loc"]).replace("_", "-").removesuffix("-ms")
         typer.echo(f"error: {option} {first['msg'].lower()}; give it again with a value that is.", err=True)
         sys.exit(1)
+    except httpx.HTTPStatusError as error:
+        if error.response.status_code != 401:
+            raise
+        typer.echo(
+            "error: The Prefect API refused this command's credential (401); set PREFECT_API_AUTH_STRING to the "
+            "server's (the local stack's: `dbpromote stack status --show-secrets`).",
+            err=True,
+        )
+        sys.exit(1)
     except httpx.TransportError:
         from prefect.settings import PREFECT_API_URL
 

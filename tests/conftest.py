@@ -8,7 +8,7 @@ from pathlib import Path
 
 # Prefect reads its settings once, at import: point it at the session's stack before anything imports it.
 HOME = Path(tempfile.mkdtemp(prefix="dbpromote-test-"))
-HOME.chmod(0o755)  # the postgres system user must reach the clusters inside
+HOME.chmod(0o711)  # the postgres system user must reach the clusters inside; nobody else reads anything
 os.environ["DBPROMOTE_HOME"] = str(HOME)
 
 from dbpromote import localstack as local_stack  # noqa: E402
@@ -20,7 +20,11 @@ os.environ["DBPROMOTE_PORT_GCS"] = str(GCS_PORT)
 os.environ["DBPROMOTE_PORT_STAGING"] = str(local_stack.free_port(55400))
 os.environ["DBPROMOTE_PORT_PRODUCTION"] = str(local_stack.free_port(55420))
 os.environ.update(
-    local_stack.Stack(home=HOME, ports={"prefect": PREFECT_PORT, "gcs": GCS_PORT}).client_env()
+    # The credentials are made now, before anything starts: this session's Prefect client must carry the API's.
+    local_stack.Stack(home=HOME, ports={"prefect": PREFECT_PORT, "gcs": GCS_PORT})
+    .with_credentials()
+    .saved()
+    .client_env()
     | {
         "DBPROMOTE_GCS_RETRY_TIMEOUT_S": "20",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",

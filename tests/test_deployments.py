@@ -14,10 +14,16 @@ from dbpromote.errors import VerificationError
 from tests.harness import RELEASE, applied
 
 
-def wait_for_state(api: str, run_id: str, states: set[str], timeout: float = 240) -> dict:
+def rest(stack) -> httpx.Client:
+    """Plain HTTP against the locked API, as a CI job would call it: basic auth with the stack's credential."""
+    user, password = stack.api_auth_string.split(":", 1)
+    return httpx.Client(base_url=stack.prefect_api_url, auth=(user, password))
+
+
+def wait_for_state(api: httpx.Client, run_id: str, states: set[str], timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}").json()
+        run = api.get(f"/flow_runs/{run_id}").json()
         if run["state"]["type"] in states:
             return run
         time.sleep(1)
@@ -25,28 +31,28 @@ def wait_for_state(api: str, run_id: str, states: set[str], timeout: float = 240
 
 
 def test_rest_trigger_with_idempotency_key_then_approval_over_rest(fresh_databases):
-    api = fresh_databases.prefect_api_url
-    deployment = httpx.get(f"{api}/deployments/name/promote/promote").json()["id"]
+    api = rest(fresh_databases)
+    deployment = api.get("/deployments/name/promote/promote").json()["id"]
     body = {
         "parameters": {"project": "tenant-backend", "through": ["staging", "production"]},
         "idempotency_key": f"ci-release-{time.time_ns()}",
     }
-    first = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json=body).json()
-    again = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json=body).json()
+    first = api.post(f"/deployments/{deployment}/create_flow_run", json=body).json()
+    again = api.post(f"/deployments/{deployment}/create_flow_run", json=body).json()
     assert first["id"] == again["id"]
 
     wait_for_state(api, first["id"], {"PAUSED"})
     deadline = time.monotonic() + 15  # the flow stores its form just after pausing
-    while httpx.get(f"{api}/flow_runs/{first['id']}/input/paused-1-schema").status_code != 200:
+    while api.get(f"/flow_runs/{first['id']}/input/paused-1-schema").status_code != 200:
         assert time.monotonic() < deadline, "the paused run never stored its approval form"
         time.sleep(0.5)
     assert applied(fresh_databases, "production") == ["core.0001_initial"]
-    refused = httpx.post(
-        f"{api}/flow_runs/{first['id']}/resume", json={"run_input": {"decision": "approve", "approver": "ci"}}
+    refused = api.post(
+        f"/flow_runs/{first['id']}/resume", json={"run_input": {"decision": "approve", "approver": "ci"}}
     ).json()
     assert refused["status"] == "REJECT" and "acknowledge_risky_operations" in refused["details"]["reason"]
-    accepted = httpx.post(
-        f"{api}/flow_runs/{first['id']}/resume",
+    accepted = api.post(
+        f"/flow_runs/{first['id']}/resume",
         json={
             "run_input": {
                 "decision": "approve",

@@ -4,11 +4,13 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -59,6 +61,48 @@ def test_the_work_pool_runs_flows_with_the_base_job_template_in_deployments(stac
         pool = client.read_work_pool(WORK_POOL)
     assert pool.type == "process"
     assert pool.base_job_template == json.loads(PROCESS_TEMPLATE.read_text())
+
+
+def test_the_prefect_api_is_locked_with_a_credential_only_its_owner_can_read(stack):
+    api, (user, password) = stack.prefect_api_url, stack.api_auth_string.split(":", 1)
+    assert httpx.post(f"{api}/flow_runs/filter", json={}).status_code == 401
+    assert httpx.post(f"{api}/flow_runs/filter", json={}, auth=(user, "wrong")).status_code == 401
+    assert httpx.post(f"{api}/flow_runs/filter", json={}, auth=(user, password)).status_code == 200
+    masked = cli("stack", "status", "--json")
+    assert json.loads(masked.stdout)["components"]["prefect"]["api_auth"] == "dbpromote:****"
+    assert password not in masked.stdout
+    shown = json.loads(cli("stack", "status", "--json", "--show-secrets").stdout)
+    assert shown["components"]["prefect"]["api_auth"] == stack.api_auth_string
+    refused = cli("runs", env={"PREFECT_API_AUTH_STRING": f"{user}:wrong"})
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "The Prefect API refused this command's credential (401)" in refused.stderr
+
+    # Others may pass through the state folder (to the clusters postgres owns) but read nothing in it.
+    assert stat.S_IMODE(stack.home.stat().st_mode) & 0o066 == 0
+    assert stat.S_IMODE((stack.home / "state.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((stack.home / "prefect").stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE((stack.home / "gcs").stat().st_mode) & 0o077 == 0
+    for log in stack.home.glob("*.log"):
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600, log.name
+        assert password not in log.read_text(errors="replace"), log.name
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ALTER TABLE core_task DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE core_task NO FORCE ROW LEVEL SECURITY",
+        "DROP POLICY IF EXISTS tenant_isolation ON core_task",
+        "CREATE POLICY everything ON core_task USING (true)",
+        "ALTER TABLE core_task OWNER TO django_app",
+    ],
+)
+def test_least_privilege_the_app_role_cannot_touch_rls_and_the_migration_role_is_no_superuser(stack, statement):
+    with psycopg.connect(stack.database_url("production")) as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+    with psycopg.connect(stack.database_url("production", role="django_app")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
 
 
 def test_servers_require_passwords(stack):

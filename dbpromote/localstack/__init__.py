@@ -6,7 +6,6 @@ component; this module is what the `dbpromote stack` commands call.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from dbpromote.localstack.postgres import grant_roles, postgres_healthy, reset_d
 from dbpromote.localstack.processes import free_port, stop
 from dbpromote.localstack.services import (
     gcs_healthy,
+    prefect_client,
     prefect_env,
     prefect_healthy,
     register_blocks,
@@ -58,9 +58,8 @@ def up(home: Path | None = None, *, deploy: bool = True) -> Stack:
     """Start every component that is not already running; stop what this call started if any step fails."""
     home = home or state_dir()
     _check_prerequisites(home)
-    stack = Stack.load(home)
-    for role in ("postgres", MIGRATION_ROLE, APP_ROLE):
-        stack.passwords.setdefault(role, secrets.token_urlsafe(18))
+    stack = Stack.load(home).with_credentials()
+    stack.save()
     started: list[str] = []
     try:
         fresh_servers = []
@@ -82,7 +81,8 @@ def up(home: Path | None = None, *, deploy: bool = True) -> Stack:
         register_blocks(stack)
         if deploy:
             deploy_flows(prefect_env(stack), REPO_ROOT)
-            install_crash_detection(stack.prefect_api_url)
+            with prefect_client(stack):
+                install_crash_detection(stack.prefect_api_url)
         for server in fresh_servers:
             reset_database(stack, server)
     except BaseException:
@@ -150,6 +150,7 @@ def status(home: Path | None = None, *, show_secrets: bool = False) -> dict:
         "ui_url": stack.prefect_ui_url if "prefect" in stack.ports else None,
         "pid": stack.pids.get("prefect"),
         "healthy": stack.running("prefect") and _healthy(prefect_healthy, stack),
+        "api_auth": (stack.api_auth_string if show_secrets else "dbpromote:****") if stack.passwords else None,
     }
     components["worker"] = {
         "kind": "prefect-worker",

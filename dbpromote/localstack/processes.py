@@ -42,6 +42,7 @@ def pick_port(stack: Stack, component: str) -> int:
 def spawn(stack: Stack, component: str, command: list[str], env: dict[str, str], cwd: Path) -> None:
     """Start a long-running component in a session of its own, logging to STATE/<component>.log; record it."""
     log = open(stack.home / f"{component}.log", "ab")
+    os.fchmod(log.fileno(), 0o600)  # what a component says is its owner's to read
     process = subprocess.Popen(
         command,
         env=os.environ | env,

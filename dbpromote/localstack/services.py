@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import httpx
 
@@ -15,7 +17,7 @@ from dbpromote.localstack.state import APP_ROLE, BUCKET, REPO_ROOT, SAMPLE_PROJE
 def start_gcs_emulator(stack: Stack) -> None:
     port = pick_port(stack, "gcs")
     storage = stack.home / "gcs"
-    storage.mkdir(exist_ok=True)
+    storage.mkdir(mode=0o700, exist_ok=True)  # the backups themselves
     command = [venv_script("gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--default-bucket", BUCKET, "-q"]
     spawn(stack, "gcs", command, {"STORAGE_BASE": str(storage)}, storage)
@@ -41,10 +43,12 @@ def prefect_env(stack: Stack) -> dict[str, str]:
 
 
 def start_prefect_server(stack: Stack) -> None:
+    """The server, its API locked with the stack's credential (basic auth); its database readable by us only."""
     port = pick_port(stack, "prefect")
-    (stack.home / "prefect").mkdir(exist_ok=True)
+    (stack.home / "prefect").mkdir(mode=0o700, exist_ok=True)
     command = [venv_script("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    spawn(stack, "prefect", command, prefect_env(stack), stack.home)
+    locked = prefect_env(stack) | {"PREFECT_SERVER_API_AUTH_STRING": stack.api_auth_string}
+    spawn(stack, "prefect", command, locked, stack.home)
     wait_until(lambda: prefect_healthy(stack), "The Prefect server", stack.home / "prefect.log", timeout=120)
 
 
@@ -52,9 +56,20 @@ def prefect_healthy(stack: Stack) -> bool:
     return httpx.get(f"{stack.prefect_api_url}/health", timeout=2).status_code == 200
 
 
+@contextlib.contextmanager
+def prefect_client(stack: Stack) -> Iterator[None]:
+    """Prefect's client pointed at this stack with its credential: Prefect reads its settings at import, so a
+    process that started before the stack had ports needs them set here, not in its environment."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api_url, PREFECT_API_AUTH_STRING: stack.api_auth_string}):
+        yield
+
+
 def start_worker(stack: Stack) -> None:
     """The process worker of the stack's work pool, made first from deployments/process.json."""
-    create_work_pool(stack.prefect_api_url, WORK_POOL)
+    with prefect_client(stack):
+        create_work_pool(stack.prefect_api_url, WORK_POOL)
     name = f"dbpromote-{stack.ports['prefect']}"
     command = [venv_script("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process", "--name", name]
     spawn(stack, "worker", command, prefect_env(stack) | WORKER_POLLING, REPO_ROOT)
@@ -68,11 +83,9 @@ WORKER_POLLING = {"PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER
 
 def register_blocks(stack: Stack) -> None:
     """The sample project and the two targets as Prefect blocks, visible and editable in the UI."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from dbpromote.config import DatabaseTarget, DjangoProject
 
-    with temporary_settings({PREFECT_API_URL: stack.prefect_api_url}):
+    with prefect_client(stack):
         DjangoProject(path=str(SAMPLE_PROJECT), settings_module="tenant_backend.settings", python=sys.executable).save(
             "tenant-backend", overwrite=True
         )

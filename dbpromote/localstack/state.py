@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -14,6 +15,8 @@ SERVERS = ("staging", "production")
 DATABASE = "tenant_backend"
 MIGRATION_ROLE = "tenant_owner"
 APP_ROLE = "django_app"
+# The Prefect API's credential in the state's passwords (PREFECT_SERVER_API_AUTH_STRING on the server).
+API_CREDENTIAL = "prefect-api"
 BUCKET = "dbpromote-backups"
 PREFERRED_PORTS = {"staging": 54330, "production": 54331, "gcs": 9023, "prefect": 4200}
 V1_MIGRATION = ("core", "0001_initial")
@@ -52,8 +55,20 @@ class Stack:
             stack.pids, stack.commands = recorded["pids"], recorded["commands"]
         return stack
 
+    def with_credentials(self) -> Stack:
+        """Every password and the API credential, made once and kept: set before anything starts."""
+        for name in ("postgres", MIGRATION_ROLE, APP_ROLE, API_CREDENTIAL):
+            self.passwords.setdefault(name, secrets.token_urlsafe(18))
+        return self
+
+    def saved(self) -> Stack:
+        self.save()
+        return self
+
     def save(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        # Others may pass through (the postgres system user reaches its clusters inside) but read nothing.
+        self.home.chmod(0o711)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.__dict__ | {"home": str(self.home)}, indent=2))
         tmp.chmod(0o600)
@@ -86,10 +101,16 @@ class Stack:
     def prefect_ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['prefect']}"
 
+    @property
+    def api_auth_string(self) -> str:
+        """The Prefect API's one credential (basic auth, `dbpromote:TOKEN`): the server requires it of every caller."""
+        return f"dbpromote:{self.passwords[API_CREDENTIAL]}"
+
     def client_env(self) -> dict[str, str]:
         """Environment under which the Prefect client, flows and the GCS client reach this stack."""
         return {
             "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_API_AUTH_STRING": self.api_auth_string,
             "STORAGE_EMULATOR_HOST": self.gcs_endpoint,
             "NO_GCE_CHECK": "True",
             "GCE_METADATA_HOST": "127.0.0.1:1",
