@@ -28,6 +28,7 @@ def stack_up() -> None:
     """Start every component that is not running yet (a second `up` starts nothing twice)."""
     stack = local_stack.up()
     typer.echo(f"stack up: Prefect UI {stack.prefect_ui_url}, state in {stack.home}")
+    typer.echo("the UI asks for the API's credential once: `dbpromote stack status --show-secrets` shows it")
 
 
 @stack_app.command("down")
