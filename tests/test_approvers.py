@@ -4,17 +4,32 @@ rule; a wrong, reused or missing code, a name not enrolled and the same person t
 import time
 
 import pyotp
+import pytest
 
 from tests.harness import RELEASE, PromotionInBackground, applied, cli
 
 
-def enrolled(name: str) -> pyotp.TOTP:
-    """Enrol a person as they would (`dbpromote approver add`); their authenticator app, from the URI shown once."""
-    result = cli("approver", "add", name, "--replace")
-    assert result.returncode == 0, result.stderr
-    (uri,) = [line for line in result.stdout.splitlines() if line.startswith("otpauth://")]
-    assert "█" in result.stdout or "▀" in result.stdout or "▄" in result.stdout  # the QR code, in the terminal
-    return pyotp.parse_uri(uri)
+@pytest.fixture
+def enrolled():
+    """Enrol people as they would (`dbpromote approver add`); their authenticator apps, from the URI shown once.
+    They are unenrolled afterwards: other tests' approvers lists take names at their word."""
+    from prefect import get_client
+
+    names = []
+
+    def enrol(name: str) -> pyotp.TOTP:
+        result = cli("approver", "add", name, "--replace")
+        assert result.returncode == 0, result.stderr
+        (uri,) = [line for line in result.stdout.splitlines() if line.startswith("otpauth://")]
+        assert "█" in result.stdout or "▀" in result.stdout or "▄" in result.stdout  # the QR code, in the terminal
+        names.append(name)
+        return pyotp.parse_uri(uri)
+
+    yield enrol
+    with get_client(sync_client=True) as client:
+        for name in names:
+            block = client.read_block_document_by_name(f"dbpromote-approver-{name}", block_type_slug="secret")
+            client.delete_block_document(block.id)
 
 
 def answered(run_id: str, approver: str, code: str, decision: str = "approve"):
@@ -50,7 +65,9 @@ def refused(run_id, reason: str, timeout_s: float = 15) -> bool:
     return False
 
 
-def test_two_enrolled_approvers_with_current_codes_are_needed_and_nothing_else_counts(fresh_databases, make_target):
+def test_two_enrolled_approvers_with_current_codes_are_needed_and_nothing_else_counts(
+    fresh_databases, make_target, enrolled
+):
     from dbpromote.approvers import check_code
     from dbpromote.config import load_target
     from dbpromote.records import read_records
@@ -89,7 +106,7 @@ def test_two_enrolled_approvers_with_current_codes_are_needed_and_nothing_else_c
     assert alice.secret not in str(record) and bob.secret not in str(record)
 
 
-def test_a_run_whose_approvers_are_enrolled_needs_a_code_from_the_cli(fresh_databases, make_target):
+def test_a_run_whose_approvers_are_enrolled_needs_a_code_from_the_cli(fresh_databases, make_target, enrolled):
     enrolled("carol")
     target = make_target("production-coded", server="production", requires_approval=True, approvers=["carol"])
     promotion = PromotionInBackground(through=["staging", target])

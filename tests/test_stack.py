@@ -92,17 +92,22 @@ def test_the_prefect_api_is_locked_with_a_credential_only_its_owner_can_read(sta
     [
         "ALTER TABLE core_task DISABLE ROW LEVEL SECURITY",
         "ALTER TABLE core_task NO FORCE ROW LEVEL SECURITY",
-        "DROP POLICY IF EXISTS tenant_isolation ON core_task",
+        "DROP POLICY least_privilege_probe ON core_task",
+        "ALTER POLICY least_privilege_probe ON core_task USING (true)",
         "CREATE POLICY everything ON core_task USING (true)",
         "ALTER TABLE core_task OWNER TO django_app",
     ],
 )
 def test_least_privilege_the_app_role_cannot_touch_rls_and_the_migration_role_is_no_superuser(stack, statement):
-    with psycopg.connect(stack.database_url("production")) as conn:
-        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
-    with psycopg.connect(stack.database_url("production", role="django_app")) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(statement)
+    with psycopg.connect(stack.database_url("production"), autocommit=True) as owner:
+        assert owner.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+        owner.execute("CREATE POLICY least_privilege_probe ON core_task USING (false)")  # one to try to drop
+        try:
+            with psycopg.connect(stack.database_url("production", role="django_app")) as app:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    app.execute(statement)
+        finally:
+            owner.execute("DROP POLICY least_privilege_probe ON core_task")
 
 
 def test_servers_require_passwords(stack):
