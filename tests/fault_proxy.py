@@ -2,6 +2,7 @@
 or a slow link."""
 
 import http.client
+import random
 import socket
 import struct
 import threading
@@ -18,6 +19,8 @@ class FaultProxy:
     fail_uploads=-1 fails every upload. Non-upload requests (bucket lookups, reads) always pass. pass_first lets
     that many upload requests (the session's start, then its chunks) through before the faults begin.
     upload_mb_per_s: each upload chunk that passes is held as long as a link of that speed would take to carry it.
+    rate: instead of counting, each upload request fails with this probability (a seeded generator: runs repeat);
+    with mode "mixed" a failure is a 503 or a reset, half and half.
     """
 
     def __init__(
@@ -27,10 +30,13 @@ class FaultProxy:
         fail_uploads: int = 0,
         upload_mb_per_s: float = 0,
         pass_first: int = 0,
+        rate: float = 0,
+        seed: int = 7,
     ):
         self.upstream_port, self.mode = upstream_port, mode
         self.fail_uploads, self.pass_first, self.upload_mb_per_s = fail_uploads, pass_first, upload_mb_per_s
         self.uploads_seen = 0
+        self.rate, self.random = rate, random.Random(seed)
         self.faults_injected = 0
         self.chunks_passed = 0  # upload chunks forwarded to the emulator unharmed
         self.media_bytes_read = 0  # object contents downloaded (alt=media): what GCS bills as egress
@@ -51,7 +57,8 @@ class FaultProxy:
                     body = body[:-1] + bytes([body[-1] ^ 0x01])
                     headers = {k: v for k, v in headers.items() if k.lower() != "x-goog-hash"}
                 elif "uploadType=resumable" in self.path and proxy.mode != "corrupt" and proxy._should_fail():
-                    if proxy.mode == "reset":
+                    mode = proxy.random.choice(["503", "reset"]) if proxy.mode == "mixed" else proxy.mode
+                    if mode == "reset":
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         self.connection.close()
                         self.close_connection = True
@@ -76,6 +83,10 @@ class FaultProxy:
 
     def _should_fail(self) -> bool:
         self.uploads_seen += 1
+        if self.rate:
+            failing = self.random.random() < self.rate
+            self.faults_injected += failing
+            return failing
         if self.uploads_seen <= self.pass_first:
             return False
         if self.fail_uploads == -1 or self.faults_injected < self.fail_uploads:
