@@ -147,7 +147,13 @@ class DatabaseTarget(Block):
 BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
+# A name is typed, shown in tables and used in object names in the bucket: short enough for all three.
+MAX_NAME = 63
+
+
 def check_block_name(name: str, kind: str) -> None:
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"The {kind} name is {len(name)} characters long; use at most {MAX_NAME}, e.g. shop-prod.")
     if not BLOCK_NAME.fullmatch(name):
         raise ConfigError(
             f"The {kind} name {name!r} has characters a name cannot have; use lowercase letters, digits and "

@@ -132,7 +132,7 @@ def test_bad_input_through_the_cli_and_rest_is_one_sentence_and_changes_nothing(
     deployment = api.get("/deployments/name/promote/promote").json()["id"]
     for what, parameters in [
         ("REST: through is not a list", {"project": "tenant-backend", "through": 5}),
-        ("REST: an unknown parameter", {"project": "tenant-backend", "through": ["staging"], "drop": "tables"}),
+        ("REST: project is not a name", {"project": ["tenant-backend"], "through": ["staging"]}),
     ]:
         response = api.post(f"/deployments/{deployment}/create_flow_run", json={"parameters": parameters})
         outcomes.append((what, response.status_code, [json.dumps(response.json())[:300]]))
@@ -147,9 +147,9 @@ def test_bad_input_through_the_cli_and_rest_is_one_sentence_and_changes_nothing(
         f"{len(refused)} refused, {len(one_sentence)} with one line, "
         f"{sum('Traceback' in ' '.join(o[2]) for o in outcomes)} tracebacks, state changed: {before != after}"
     )
-    for what, code, lines in outcomes:
-        assert code not in (0, 200, 201), f"{what}: accepted"
-        assert len(lines) == 1 and "Traceback" not in lines[0], f"{what}: {lines}"
+    accepted = [what for what, code, _ in outcomes if code in (0, 200, 201)]
+    not_one_line = [(what, lines) for what, _, lines in outcomes if len(lines) != 1 or "Traceback" in lines[0]]
+    assert accepted == [] and not_one_line == []
     assert after == before
     assert len(outcomes) >= 25
 
@@ -157,10 +157,12 @@ def test_bad_input_through_the_cli_and_rest_is_one_sentence_and_changes_nothing(
 def test_no_secret_is_found_anywhere_runs_leave_text(stack):
     """Every password of the stack and its API credential, searched for in every log line, artifact and flow-run
     parameter on the server, every record and manifest in the bucket, and the stack's own logs."""
+    from dbpromote.flows.backup import backup
     from prefect import get_client
 
     from dbpromote.gcs import gcs_client
 
+    backup(["staging", "production"])  # at least these runs' logs, artifacts and records, whatever ran before
     secrets = [value for value in stack.passwords.values() if len(value) >= 8]
     texts: dict[str, list[str]] = {"log lines": [], "artifacts": [], "parameters": [], "records": [], "log files": []}
     with get_client(sync_client=True) as client:
@@ -170,9 +172,10 @@ def test_no_secret_is_found_anywhere_runs_leave_text(stack):
             offset += len(page)
         texts["artifacts"] = [json.dumps(a.data, default=str) for a in client.read_artifacts(limit=200)]
         texts["parameters"] = [json.dumps(run.parameters, default=str) for run in client.read_flow_runs(limit=200)]
-    for blob in gcs_client().list_blobs(local_stack.BUCKET):
-        if blob.name.endswith(".json"):
-            texts["records"].append(blob.download_as_text())
+    bucket = gcs_client().bucket(local_stack.BUCKET)
+    for listed in gcs_client().list_blobs(local_stack.BUCKET):
+        if listed.name.endswith(".json"):  # by name: a listed object's media link may name the proxy it came through
+            texts["records"].append(bucket.blob(listed.name).download_as_text())
     texts["log files"] = [log.read_text(errors="replace") for log in stack.home.glob("*.log")]
     found = {kind: sum(secret in text for text in items for secret in secrets) for kind, items in texts.items()}
     print(

@@ -25,6 +25,7 @@ from dbpromote.localstack.services import (
     start_worker,
 )
 from dbpromote.localstack.state import (
+    API_CREDENTIAL,
     APP_ROLE,
     BUCKET,
     DATABASE,
@@ -150,7 +151,9 @@ def status(home: Path | None = None, *, show_secrets: bool = False) -> dict:
         "ui_url": stack.prefect_ui_url if "prefect" in stack.ports else None,
         "pid": stack.pids.get("prefect"),
         "healthy": stack.running("prefect") and _healthy(prefect_healthy, stack),
-        "api_auth": (stack.api_auth_string if show_secrets else "dbpromote:****") if stack.passwords else None,
+        "api_auth": (stack.api_auth_string if show_secrets else "dbpromote:****")
+        if API_CREDENTIAL in stack.passwords
+        else None,
     }
     components["worker"] = {
         "kind": "prefect-worker",

@@ -108,9 +108,10 @@ class Stack:
 
     def client_env(self) -> dict[str, str]:
         """Environment under which the Prefect client, flows and the GCS client reach this stack."""
-        return {
+        # A stack started before its API was locked has no credential until its next `up`.
+        credential = {"PREFECT_API_AUTH_STRING": self.api_auth_string} if API_CREDENTIAL in self.passwords else {}
+        return credential | {
             "PREFECT_API_URL": self.prefect_api_url,
-            "PREFECT_API_AUTH_STRING": self.api_auth_string,
             "STORAGE_EMULATOR_HOST": self.gcs_endpoint,
             "NO_GCE_CHECK": "True",
             "GCE_METADATA_HOST": "127.0.0.1:1",
