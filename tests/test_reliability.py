@@ -101,16 +101,19 @@ def bad_inputs(stack) -> list[tuple[str, list[str]]]:
 
 
 def state_of(stack) -> tuple:
-    """What bad input must leave as it was: the blocks, the runs and both databases' migrations."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
+    """What bad input must leave as it was: the blocks, the runs people started and both databases' migrations."""
+    from datetime import UTC, datetime
 
-    # Scheduled runs are the scheduler's (it makes them as time passes): every other run is someone's doing.
-    started = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])))
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    due = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)))
     with get_client(sync_client=True) as client:
         blocks = sorted(block.name for block in client.read_block_documents())
-        runs = client.count_flow_runs(flow_run_filter=started)
+        # The scheduler's runs (audits, nightly backups) come and start as time passes: not anyone's input.
+        newest = client.read_flow_runs(flow_run_filter=due, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
+        runs = sorted(str(run.id) for run in newest if not run.auto_scheduled)
     migrations = []
     for server in local_stack.SERVERS:
         with psycopg.connect(stack.database_url(server)) as conn:
