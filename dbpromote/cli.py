@@ -160,8 +160,7 @@ def approve(
     from dbpromote.runs import answer_approval
 
     approver = named_approver(approver)
-    code = code.strip() or asked_code(run_id)
-    answer_approval(run_id, "approve", approver, comment, acknowledge_risks, code)
+    answer_approval(run_id, "approve", approver, comment, acknowledge_risks, code.strip(), code_prompt())
     typer.echo(f"approved {run_id} as {approver}")
 
 
@@ -176,18 +175,15 @@ def reject(
     from dbpromote.runs import answer_approval
 
     approver = named_approver(approver)
-    code = code.strip() or asked_code(run_id)
-    answer_approval(run_id, "reject", approver, comment, False, code)
+    answer_approval(run_id, "reject", approver, comment, False, code.strip(), code_prompt())
     typer.echo(f"rejected {run_id} as {approver}")
 
 
-def asked_code(run_id: str) -> str:
-    """At a terminal, the approver's one-time code when the run asks for one; '' otherwise."""
-    from dbpromote.runs import needs_code
-
-    if not sys.stdin.isatty() or not needs_code(run_id):
-        return ""
-    return typer.prompt("Your current one-time code", hide_input=True).strip()
+def code_prompt():
+    """At a terminal, a prompt for the approver's one-time code, used when the run asks for one."""
+    if not sys.stdin.isatty():
+        return None
+    return lambda: typer.prompt("Your current one-time code", hide_input=True).strip()
 
 
 def named_approver(approver: str) -> str:

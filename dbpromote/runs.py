@@ -4,6 +4,7 @@ them, and find the run that holds a target."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from uuid import UUID
 
 from prefect import get_client
@@ -153,18 +154,17 @@ def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
             time.sleep(0.5)
 
 
-def needs_code(run_id: str) -> bool:
-    """Whether a paused run's form asks for the approver's one-time code (its approvers are enrolled)."""
-    with get_client(sync_client=True) as client:
-        run = read_run(client, run_id)
-        return bool(run.state and run.state.is_paused()) and '"code"' in paused_form_schema(client, run)
-
-
 def answer_approval(
-    run_id: str, decision: str, approver: str, comment: str, acknowledge_risks: bool, code: str = ""
+    run_id: str,
+    decision: str,
+    approver: str,
+    comment: str,
+    acknowledge_risks: bool,
+    code: str = "",
+    ask_code: Callable[[], str] | None = None,
 ) -> None:
     """Resume a paused promotion with a decision; the server validates it against the run's form. Where its
-    approvers are enrolled, code is the approver's current one-time code."""
+    approvers are enrolled, code is the approver's current one-time code (asked for with ask_code when empty)."""
     run_input = {"decision": decision, "approver": approver, "comment": comment}
     with get_client(sync_client=True) as client:
         run = read_run(client, run_id)
@@ -181,6 +181,7 @@ def answer_approval(
             )
         schema = paused_form_schema(client, run)
         if '"code"' in schema:
+            code = code or (ask_code() if ask_code else "")
             if not code:
                 raise ConfigError(
                     f"The approvers of run {run_id} are enrolled: give your current one-time code with --code."
