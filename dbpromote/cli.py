@@ -267,6 +267,35 @@ def rollback(
     run_deployment("rollback/rollback", {"project": project, "target": target, "backup": backup}, wait)
 
 
+@app.command("drift")
+def drift(
+    target: str,
+    project: str = typer.Option(..., help="The project block, e.g. tenant-backend."),
+    as_json: bool = typer.Option(False, "--json", help="The report as JSON on stdout."),
+) -> None:
+    """Compare a target's live schema with what its applied migrations produce (through the drift deployment);
+    exit 1 when they differ. Changes nothing on the target."""
+    from dbpromote.config import load_project, load_target
+    from dbpromote.models.drift import DriftReport
+    from dbpromote.records import read_records
+    from dbpromote.runs import run_url, trigger
+
+    load_project(project)
+    database = load_target(target)
+    run = trigger("drift/drift", {"project": project, "target": target}, wait=True)
+    records = read_records(database, target, "drift", scope=str(run.id))
+    if not records:  # the run ended before it could compare: why, in its sentence
+        typer.echo(f"{run.id} {run_url(run.id)}", err=as_json)
+        report_end(run)
+    report = DriftReport.model_validate(records[0])
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        typer.echo(f"{run.id} {run_url(run.id)}")
+        typer.echo(report.text())
+    raise typer.Exit(1 if report.found else 0)
+
+
 @app.command("backups")
 def backups(target: str) -> None:
     """The verified backups of a target, newest first: time, size, URI, migration state."""
@@ -386,6 +415,9 @@ def target_add(
     app_role: str = typer.Option("django_app"),
     lock_timeout: int = typer.Option(2000, help="lock_timeout in ms."),
     database_alias: str = typer.Option("default", help="The project's DATABASES alias this database is."),
+    drift: str = typer.Option(
+        "block", help="Drift found by a promotion's preflight: block (stop), warn (show it in the approval), off."
+    ),
     check: bool = typer.Option(True, help="Connect once to check the URL (--no-check: register it unchecked)."),
 ) -> None:
     """Register (or replace) a database target; the URL is stored as a secret and never printed.
@@ -417,6 +449,7 @@ def target_add(
         min_approvers=min_approvers,
         lock_timeout_ms=lock_timeout,
         database_alias=database_alias,
+        drift=drift,
     )
     if check:
         connect(target, name).close()

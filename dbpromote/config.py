@@ -4,6 +4,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
@@ -130,6 +131,11 @@ class DatabaseTarget(Block):
     schema_name: str = Field(default="public", description="Schema of the project's tables.")
     database_alias: str = Field(
         default="default", description="The project's DATABASES alias this target is (its routers decide what runs)."
+    )
+    drift: Literal["block", "warn", "off"] = Field(
+        default="block",
+        description="A promotion's preflight compares the schema with its migrations: block stops on drift a "
+        "promotion would not repair, warn shows it in the approval form, off skips the check.",
     )
 
     @property

@@ -1,5 +1,5 @@
-"""Audit records: JSON documents beside a target's backups in the bucket (approvals, promotions, rollbacks, and
-the steps of each promotion, kept under its id)."""
+"""Audit records: JSON documents beside a target's backups in the bucket (approvals, promotions, rollbacks, the
+steps of each promotion, kept under its id, the files of the migrations applied, drift reports)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from dbpromote.config import DatabaseTarget
 from dbpromote.gcs import gcs_client, gcs_retry
 
-KINDS = ("approvals", "promotions", "rollbacks", "steps")
+# "migrations": the hash of each migration file as applied; "drift": each drift check's report, under its run.
+KINDS = ("approvals", "promotions", "rollbacks", "steps", "migrations", "drift")
 
 
 def write_record(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from dbpromote.tasks.drift import check_drift, publish_drift
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.rls import rls_coverage
 from prefect import flow
@@ -33,7 +34,8 @@ def audit_rls(targets: list[str]) -> list[Coverage]:
 
 @flow(name="audit", on_failure=[notify_failure], flow_run_name="audit {project} on {targets}")
 def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dict:
-    """Pending migrations per target against the project's code, RLS coverage, age of the newest verified backup."""
+    """Pending migrations per target against the project's code, drift of its schema from its applied migrations,
+    RLS coverage, age of the newest verified backup."""
     django_project = load_project(project)
     findings: dict[str, dict] = {}
     problems = []
@@ -41,11 +43,14 @@ def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dic
     for name in targets:
         target = load_target(name)
         plan = plan_migrations(django_project, target, name)
+        drift = check_drift(django_project, target, name)
+        publish_drift(drift)
         coverage = rls_coverage(target, name)
         backups = list_backups(target, name)
         age_h = (now - datetime.fromisoformat(backups[0].created_at)).total_seconds() / 3600 if backups else None
         findings[name] = {
             "pending": plan.labels,
+            "drift": [f"{d.object} ({d.kind})" for d in drift.differences],
             "rls_gaps": coverage.gaps,
             "rls_drift": coverage.drift,
             "newest_backup": backups[0].uri if backups else None,
@@ -55,11 +60,19 @@ def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dic
             problems.append(f"{name} has no verified backup")
         elif age_h > max_backup_age_h:
             problems.append(f"{name}'s newest backup is {age_h:.1f} h old (allowed {max_backup_age_h} h)")
+        if drift.found:
+            problems.append(drift.summary())
         if coverage.gaps:
             problems.append(f"{name}: RLS missing or out of date on {', '.join(coverage.gaps)}")
-    lines = ["# Audit", "", "| target | pending | RLS gaps | newest backup | age (h) |", "|---|---|---|---|---|"]
+    lines = [
+        "# Audit",
+        "",
+        "| target | pending | drift | RLS gaps | newest backup | age (h) |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {name} | {len(f['pending'])} | {', '.join(f['rls_gaps']) or '-'} | {f['newest_backup'] or '-'} | "
+        f"| {name} | {len(f['pending'])} | {len(f['drift'])} | {', '.join(f['rls_gaps']) or '-'} | "
+        f"{f['newest_backup'] or '-'} | "
         f"{f['backup_age_h'] if f['backup_age_h'] is not None else '-'} |"
         for name, f in findings.items()
     ]
@@ -68,7 +81,7 @@ def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dic
     create_markdown_artifact("\n".join(lines), key="dbpromote-audit", description=f"Audit of {project}")
     if problems:
         raise VerificationError(
-            f"Audit of {project}: {'; '.join(problems)}; take a backup "
-            "(`dbpromote backup TARGET`) or run a promotion to fix them."
+            f"Audit of {project}: {'; '.join(problems)}; take a backup (`dbpromote backup TARGET`), reconcile "
+            "the schema (`dbpromote drift TARGET --project P` names each difference) or run a promotion to fix them."
         )
     return findings

@@ -12,12 +12,14 @@ from dbpromote.tasks.report import publish_report
 from dbpromote.tasks.rls import apply_rls_policies, prove_tenant_isolation
 from dbpromote.tasks.verify import verify_target
 from prefect import flow
+from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
 from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
 from dbpromote.models.plan import Plan, describe_change
 from dbpromote.models.report import StepReport, Verification
 from dbpromote.probe import ProbeSession
+from dbpromote.records import write_record
 
 
 def preflight(project: str, target: str, to: str = "") -> Plan:
@@ -60,8 +62,11 @@ def carry_out(
         if plan.migrations:
             report.backup = backup_to_gcs(database, target)
         with ProbeSession(django_project, database) as probe:
-            for migration in plan.migrations:
-                report.migrations.append(apply_migration(probe, database, target, migration))
+            try:
+                for migration in plan.migrations:
+                    report.migrations.append(apply_migration(probe, database, target, migration))
+            finally:
+                record_files(database, report)
         report.verification = verify()
         if not report.verification.passed:
             failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)
@@ -75,3 +80,15 @@ def carry_out(
         raise error.with_context(where) from error
     publish_report(report)
     return report
+
+
+def record_files(database: DatabaseTarget, report: StepReport) -> None:
+    """The hash of each migration file this step applied, as it was: `drift` finds a file edited since."""
+    files = {
+        result.label: report.plan.file_hashes[result.label]
+        for result, migration in zip(report.migrations, report.plan.migrations, strict=False)
+        if not (migration.backwards or result.already_applied) and result.label in report.plan.file_hashes
+    }
+    if files:
+        run_id = str(flow_run.get_id() or "")
+        write_record(database, report.target, "migrations", run_id, {"flow_run_id": run_id, "files": files})

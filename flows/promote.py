@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dbpromote.flows.drift import preflight_drift
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.rehearsal import rehearse_plan
 from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
@@ -49,6 +50,7 @@ def promote(
     now = {target: preflight(project, target, to) for target in through}
     plans = journal.continue_plans(now)
     vouch_for(plans, through[0])
+    drift = {target: preflight_drift(project, target) for target in through}
 
     reports: list[StepReport] = []
     approvals: list[Approval] = []
@@ -62,7 +64,7 @@ def promote(
             if rehearse and not honoured:
                 rehearsal = rehearse_plan(project, target, through[0], plans[target], rehearsal_slow_s)
             if load_target(target).requires_approval:
-                request = promotion_request(project, target, plans[target], reports, rehearsal)
+                request = promotion_request(project, target, plans[target], reports, rehearsal, drift[target])
                 approvals.append(honoured or approve(journal, request, approval_timeout_s, approval_poll_s))
         record_step(journal, target, plans[target])
         # What preflight saw: the whole plan, or (carrying a crashed run on) what remains of it; exactly that runs.

@@ -25,13 +25,8 @@ def plan_migrations(project: DjangoProject, target: DatabaseTarget, target_name:
 def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: str, to: str = "") -> Plan:
     """The plan, refused when the project has conflicting migrations or model changes without migrations."""
     parse_target_migration(to)
-    answer = _plan_answer(run_probe(project, target, "plan", "--to", to), project, target_name, to)
-    if answer.conflicts:
-        listed = "; ".join(f"{app}: {', '.join(names)}" for app, names in answer.conflicts.items())
-        raise PreflightError(
-            f"Conflicting migrations (several leaf nodes) in {listed}; "
-            "merge them with `manage.py makemigrations --merge` and commit the result."
-        )
+    answer = plan_answer(run_probe(project, target, "plan", "--to", to), project, target_name, to)
+    check_conflicts(answer)
     check_model_changes(answer.model_changes, project, target_name)
     check_history(answer, target_name)
     migrations = _planned(answer)
@@ -43,7 +38,24 @@ def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: st
         check_extensions(conn, answer.extensions, target_name)
         check_owners(conn, target, target_name, migrations)
         notes += other_schemas(conn, target)
-    return Plan(target=target_name, to=to, applied=answer.applied, migrations=migrations, notes=notes)
+    return Plan(
+        target=target_name,
+        to=to,
+        applied=answer.applied,
+        migrations=migrations,
+        notes=notes,
+        file_hashes=answer.file_hashes,
+    )
+
+
+def check_conflicts(answer: PlanAnswer) -> None:
+    """Several leaf nodes in an app: `migrate` refuses to run, and nothing can be planned or replayed."""
+    if answer.conflicts:
+        listed = "; ".join(f"{app}: {', '.join(names)}" for app, names in answer.conflicts.items())
+        raise PreflightError(
+            f"Conflicting migrations (several leaf nodes) in {listed}; "
+            "merge them with `manage.py makemigrations --merge` and commit the result."
+        )
 
 
 @task(name="plan-rollback", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
@@ -52,7 +64,7 @@ def plan_rollback(
 ) -> Plan:
     """The migrations to reverse, in order, to bring a target back to an applied state (a backup's)."""
     answer = run_probe(project, target, "plan-back", "--state", json.dumps(state))
-    answer = _plan_answer(answer, project, target_name, "")
+    answer = plan_answer(answer, project, target_name, "")
     migrations = _planned(answer, backwards=True)
     classify_risks(migrations)
     return Plan(target=target_name, applied=answer.applied, migrations=migrations)
@@ -161,7 +173,7 @@ def _planned(answer: PlanAnswer, backwards: bool = False) -> list[PlannedMigrati
     return [PlannedMigration.model_validate(asdict(m) | {"backwards": backwards}) for m in answer.migrations]
 
 
-def _plan_answer(answer, project: DjangoProject, target_name: str, to: str) -> PlanAnswer:
+def plan_answer(answer, project: DjangoProject, target_name: str, to: str = "") -> PlanAnswer:
     """The probe's plan, or the error its failure means."""
     if isinstance(answer, FailureAnswer):
         raise _probe_error(answer, project, target_name, to)

@@ -53,6 +53,25 @@ def drop_scratch(conn: psycopg.Connection, database: str) -> None:
     conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
+def create_scratch(conn: psycopg.Connection, like: str, database: str, purpose: str) -> None:
+    """An empty database with `like`'s encoding and collation, marked as this tool's (replacing one a previous
+    attempt of this run left)."""
+    drop_scratch(conn, database)
+    encoding, collate, ctype = conn.execute(
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = %s", [like]
+    ).fetchone()
+    conn.execute(
+        sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            sql.Identifier(database), sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype)
+        )
+    )
+    conn.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(database), sql.Literal(f"{SCRATCH_MARK}: {purpose}")
+        )
+    )
+
+
 @task(name="drop-restored-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def drop_restored(target: DatabaseTarget, target_name: str, database: str) -> None:
     """Drop a database a restore of this tool made on the target's server (a rehearsal's, a verification's)."""
@@ -66,21 +85,7 @@ def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: 
     started = time.monotonic()
     manifest = read_manifest(backup)
     with server_connection(target, target_name) as conn:
-        drop_scratch(conn, database)  # a previous attempt of this run
-        encoding, collate, ctype = conn.execute(
-            "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = %s",
-            [target.database],
-        ).fetchone()
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-                sql.Identifier(database), sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype)
-            )
-        )
-        conn.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(database), sql.Literal(f"{SCRATCH_MARK}: restore of {backup.uri}")
-            )
-        )
+        create_scratch(conn, target.database, database, f"restore of {backup.uri}")
         try:
             blob = gcs_client().bucket(backup.bucket).blob(backup.object_name)
             env = libpq_env(target) | {"PGDATABASE": database}

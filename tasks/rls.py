@@ -23,6 +23,24 @@ def policy_name(table: str) -> str:
     return (POLICY_PREFIX + table)[:63]
 
 
+def repaired_by_rls_step(
+    target: DatabaseTarget, key: tuple[str, str], expected: dict | None, live: dict | None
+) -> bool:
+    """A drift the RLS step of every promotion brings up to date (so it must not stop the promotion that repairs
+    it): RLS off on a tenant table, dbpromote's own policy missing or edited, the application role's grant missing
+    or narrowed. An extra policy, an extra grant, RLS on where none belongs: no promotion touches those."""
+    kind, name = key
+    if kind == "table" and expected and live:
+        changed = {attribute for attribute in expected if expected[attribute] != live.get(attribute)}
+        return expected["rls"] and not live["rls"] and changed <= {"rls", "force_rls"}
+    if kind == "policy" and expected:
+        schema, table, policy = name.split(".", 2)
+        return schema == target.schema_name and policy == policy_name(table)
+    if kind == "grant" and expected:
+        return live is None or set(live["privileges"].split(", ")) < set(expected["privileges"].split(", "))
+    return False
+
+
 def tenant_predicate(column: str, setting: str, column_type: str) -> sql.Composed:
     # An unset or empty setting must see nothing, not fail the cast: NULLIF turns '' into NULL, NULL matches no row.
     return sql.SQL("({} = NULLIF(current_setting({}, true), '')::{})").format(
@@ -163,6 +181,13 @@ def _missing_grants(conn: psycopg.Connection, target: DatabaseTarget, table: str
 @task(name="apply-rls-policies", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
     """Bring every tenant table's RLS, policy and grants up to date; issue no DDL for what already matches."""
+    coverage = bring_rls_up_to_date(target, target_name)
+    _publish_coverage(coverage)
+    return coverage
+
+
+def bring_rls_up_to_date(target: DatabaseTarget, target_name: str) -> Coverage:
+    """The RLS step's work, without its artifact (a drift check does it to a scratch database too)."""
     with connect(target, target_name) as conn:
         tables = tenant_tables(conn, target.schema_name, target.tenant_column)
         problems = check_app_role(conn, target, list(tables))
@@ -181,7 +206,6 @@ def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
     for table, was in zip(after.tables, before.tables, strict=True):
         table.action = was.action
     after.ddl_statements = ddl.statements
-    _publish_coverage(after)
     return after
 
 

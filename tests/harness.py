@@ -65,6 +65,29 @@ class InBackground:
         return self.result
 
 
+@contextlib.contextmanager
+def target_changed(name: str, **fields):
+    """A target saved with other settings (say drift="warn") for the length of a block, then as it was."""
+    from dbpromote.config import DatabaseTarget
+
+    saved = DatabaseTarget.load(name)
+    saved.model_copy(update=fields).save(name, overwrite=True)
+    try:
+        yield
+    finally:
+        saved.save(name, overwrite=True)
+
+
+def approval_form_text(run) -> str:
+    """What a paused run's approval form shows (its description among the schema's defaults)."""
+    from prefect import get_client
+
+    from dbpromote.runs import paused_form_schema
+
+    with get_client(sync_client=True) as client:
+        return paused_form_schema(client, client.read_flow_run(run.id))
+
+
 class PromotionInBackground(InBackground):
     def __init__(self, **parameters):
         from dbpromote.flows.promote import promote

@@ -71,6 +71,10 @@ def codebase(request, stack):
 
 
 def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, codebase):
+    from dbpromote.tasks.drift import check_drift
+
+    from dbpromote.config import load_project, load_target
+
     old, new = venv_python(codebase.old), venv_python(codebase.new)
     urls = {server: database_url(stack, codebase, server) for server in SERVERS}
     # The deployment as it is: both databases migrated by the old release's own `manage.py migrate`.
@@ -100,9 +104,11 @@ def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, 
     assert applied(urls["staging"]) == applied(urls["production"]) != before
     ran = {f"{app}.{name}" for app, name in set(applied(urls["production"])) - set(before)}
     assert set(codebase.expected) <= ran, ran
-    for server in SERVERS:
+    for server, target in zip(SERVERS, targets, strict=True):
         plan = manage(new, project, urls[server], "migrate", "--plan")
         assert "No planned migration operations." in plan.stdout, plan.stdout + plan.stderr
+        drift = check_drift.fn(load_project(project), load_target(target), target)
+        assert drift.differences == [], drift.text()  # the schema is what the applied migrations produce
         if codebase.check:
             query, value = codebase.check
             with psycopg.connect(urls[server]) as conn:

@@ -1,8 +1,10 @@
-"""The kill matrix: a promotion's flow-run process (and in two cases its worker too) killed with SIGKILL, as when a
-machine dies, at four points; each time Prefect marks the run Crashed by itself, nothing the dead process started
-goes on, and one command carries the promotion to the state a clean one gives, nothing done twice (promise 7)."""
+"""The kill matrix: a promotion's flow-run process (and in three cases its worker too) killed with SIGKILL, as when
+a machine dies, at six points; each time Prefect marks the run Crashed by itself, nothing the dead process started
+goes on, and one command carries the promotion to the state a clean one gives: no row lost, no migration applied
+twice, no backup reported twice (promise 7). `pytest -s` prints each point's figures."""
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -10,17 +12,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dbpromote import localstack as local_stack
-from tests.harness import RELEASE, PromotionInBackground, applied, cli, wait_for_run
+from tests.harness import RELEASE, PromotionInBackground, applied, cli, target_changed, wait_for_run
 from tests.test_promote import catalog_snapshot
 
 PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,production"]
 
 
 @pytest.fixture(scope="module")
-def clean_head(stack):
-    """Production's schema after a clean promotion of the release: what every recovered promotion must give."""
+def clean_head(stack) -> tuple[str, dict[str, int]]:
+    """Production's schema and row counts after a clean promotion of the release: what every recovered promotion
+    must give."""
     from dbpromote.runs import answer_approval
     from tests.conftest import cancel_unfinished_runs
 
@@ -31,7 +35,30 @@ def clean_head(stack):
     answer_approval(str(promotion.paused_run().id), "approve", "alice", "reference", acknowledge_risks=True)
     promotion.finish()
     assert promotion.error is None, promotion.error
-    return catalog_snapshot(stack, "production")[0]
+    return catalog_snapshot(stack, "production")[0], row_counts(stack, "production")
+
+
+def row_counts(stack, server: str) -> dict[str, int]:
+    """The rows of every table of the application's schema."""
+    with psycopg.connect(stack.database_url(server)) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()
+        count = sql.SQL("SELECT count(*) FROM {}")
+        return {t: conn.execute(count.format(sql.Identifier(t))).fetchone()[0] for (t,) in tables}
+
+
+def listed_backups() -> dict[str, set[str]]:
+    """The verified backups each target lists."""
+    from dbpromote.backups import list_backups
+    from dbpromote.config import load_target
+
+    return {s: {b.object_name for b in list_backups(load_target(s), s)} for s in local_stack.SERVERS}
+
+
+@pytest.fixture
+def killed(fresh_databases):
+    """The stack with both databases at v1, and what each target listed as backups before this point's kill."""
+    fresh_databases.backups_before = listed_backups()
+    return fresh_databases
 
 
 def run_processes(run_id: str) -> dict[int, str]:
@@ -79,11 +106,11 @@ def approved(run_id: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def wait_until(condition, what: str, timeout_s: float = 120) -> None:
+def wait_until(condition, what: str, timeout_s: float = 120, poll_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 @contextlib.contextmanager
@@ -95,8 +122,9 @@ def table_locked(url: str, table: str):
         conn.rollback()
 
 
-def assert_recovered(stack, clean_head: str, crashed_id: str, final_id: str) -> None:
-    """The state a clean promotion gives, no migration twice, nothing left running, one promotion, one approval."""
+def assert_recovered(stack, clean_head, point: str, crashed_id: str, final_id: str, backups: dict[str, int]) -> None:
+    """The state a clean promotion gives (schema and every table's rows), no migration twice, `backups` new backups
+    per target each of another state, nothing left running, one promotion, one approval."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -105,15 +133,28 @@ def assert_recovered(stack, clean_head: str, crashed_id: str, final_id: str) -> 
         TaskRunFilterFlowRunId,
     )
 
+    from dbpromote.backups import list_backups
     from dbpromote.config import load_target
     from dbpromote.records import read_records
     from dbpromote.runs import NOT_FINAL, flow_runs
 
     assert wait_for_run(final_id).is_completed()
+    schema, rows = clean_head
+    twice, lost, taken = 0, 0, {}
     for server in local_stack.SERVERS:
+        twice += len(applied(stack, server)) - len(set(applied(stack, server)))
         assert applied(stack, server) == ["core.0001_initial", *RELEASE]  # each once, in order
-    assert catalog_snapshot(stack, "production")[0] == clean_head
-    assert catalog_snapshot(stack, "staging")[0] == clean_head
+        assert catalog_snapshot(stack, server)[0] == schema
+        lost += sum(max(0, n - row_counts(stack, server).get(table, 0)) for table, n in rows.items())
+        assert row_counts(stack, server) == rows
+        new = [
+            b for b in list_backups(load_target(server), server) if b.object_name not in stack.backups_before[server]
+        ]
+        taken[server] = [b.migration_state for b in new]
+    # A backup is taken before a target's first change in a run; carrying a run on backs up the state reached since.
+    assert {server: len(states) for server, states in taken.items()} == backups, taken
+    reported_twice = sum(len(states) - len({json.dumps(s) for s in states}) for states in taken.values())
+    assert reported_twice == 0, taken
     assert [run.id for run, flow in flow_runs(NOT_FINAL) if flow == "promote"] == []
 
     def left_running() -> list[str]:
@@ -134,39 +175,71 @@ def assert_recovered(stack, clean_head: str, crashed_id: str, final_id: str) -> 
     assert [r["flow_run_id"] for r in promotions] == [final_id]
     assert len(approvals) == 1 and approvals[0]["approver"] == "alice"
     assert approvals[0]["subject"] == promotions[0]["plan_hash"]
+    print(
+        f"\nkilled {point}: rows lost {lost}, migrations applied twice {twice}, backups reported twice "
+        f"{reported_twice} ({sum(backups.values())} taken), end state correct"
+    )
 
 
-def test_killed_during_the_staging_backup_upload(fresh_databases, clean_head):
-    stack = fresh_databases
-    with psycopg.connect(stack.database_url("staging")) as conn:  # ~60 MB to stream: the upload takes a while
+def uploading(run_id: str) -> bool:
+    """The run's backup stream has sent more than a MiB: a backup is part-way up."""
+    for pid, command in run_processes(run_id).items():
+        if "dbpromote.backup_stream" in command:
+            with contextlib.suppress(OSError):
+                io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+                return int(io["wchar"]) > 1 << 20
+    return False
+
+
+@contextlib.contextmanager
+def bulky(stack, server: str):
+    """~60 MB more to stream, so that a backup's upload takes a while; dropped before the promotion is carried on.
+    The table is drift (no migration made it): the target warns of it rather than stopping the promotion."""
+    with psycopg.connect(stack.database_url(server)) as conn:
         conn.execute(
             "CREATE TABLE bulk_payload AS SELECT g AS id, repeat(md5(g::text), 4) AS body "
             "FROM generate_series(1, 1200000) g"
         )
-    run_id = started(*PROMOTE)
-
-    def uploading() -> bool:
-        for pid, command in run_processes(run_id).items():
-            if "dbpromote.backup_stream" in command:
-                with contextlib.suppress(OSError):
-                    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-                    return int(io["wchar"]) > 1 << 20
-        return False
-
-    wait_until(uploading, "the staging backup's upload")
-    kill(stack, run_id, worker=False)
-    crashed(run_id)
-    assert applied(stack, "staging") == ["core.0001_initial"]
-    with psycopg.connect(stack.database_url("staging")) as conn:
+    with target_changed(server, drift="warn"):
+        yield
+    with psycopg.connect(stack.database_url(server)) as conn:
         conn.execute("DROP TABLE bulk_payload")
+
+
+def test_killed_with_its_worker_during_preflight(killed, clean_head):
+    stack = killed
+    run_id = started(*PROMOTE)
+    planning = lambda: any("django_probe" in command for command in run_processes(run_id).values())  # noqa: E731
+    wait_until(planning, "staging's preflight", poll_s=0.02)
+    kill(stack, run_id, worker=True)
+    crashed(run_id)
+    assert applied(stack, "staging") == ["core.0001_initial"] and listed_backups() == stack.backups_before
+
+    final_id = started("resume", run_id, "--until-paused")
+    approved(final_id)
+    assert_recovered(
+        stack, clean_head, "with its worker during preflight", run_id, final_id, {"staging": 1, "production": 1}
+    )
+
+
+def test_killed_during_the_staging_backup_upload(killed, clean_head):
+    stack = killed
+    with bulky(stack, "staging"):
+        run_id = started(*PROMOTE)
+        wait_until(lambda: uploading(run_id), "the staging backup's upload")
+        kill(stack, run_id, worker=False)
+        crashed(run_id)
+        assert applied(stack, "staging") == ["core.0001_initial"]
 
     final_id = started(*PROMOTE, "--until-paused")  # promoting again carries the crashed promotion on
     approved(final_id)
-    assert_recovered(stack, clean_head, run_id, final_id)
+    assert_recovered(
+        stack, clean_head, "during the staging backup upload", run_id, final_id, {"staging": 1, "production": 1}
+    )
 
 
-def test_killed_between_two_staging_migrations(fresh_databases, clean_head):
-    stack = fresh_databases
+def test_killed_between_two_staging_migrations(killed, clean_head):
+    stack = killed
     with table_locked(stack.database_url("staging"), "core_task"):
         run_id = started(*PROMOTE)
         wait_until(lambda: applied(stack, "staging")[-1:] == [RELEASE[0]], "the first staging migration")
@@ -177,11 +250,13 @@ def test_killed_between_two_staging_migrations(fresh_databases, clean_head):
 
     final_id = started("resume", run_id, "--until-paused")
     approved(final_id)
-    assert_recovered(stack, clean_head, run_id, final_id)
+    assert_recovered(
+        stack, clean_head, "between two staging migrations", run_id, final_id, {"staging": 2, "production": 1}
+    )
 
 
-def test_killed_with_its_worker_during_the_approval_wait(fresh_databases, clean_head):
-    stack = fresh_databases
+def test_killed_with_its_worker_during_the_approval_wait(killed, clean_head):
+    stack = killed
     run_id = started(*PROMOTE, "--until-paused")
     kill(stack, run_id, worker=True)
     crashed(run_id)  # no worker saw it die: the heartbeat automation marks it
@@ -191,11 +266,31 @@ def test_killed_with_its_worker_during_the_approval_wait(fresh_databases, clean_
 
     final_id = started("resume", run_id, "--until-paused")  # no approval was recorded: asked again
     approved(final_id)
-    assert_recovered(stack, clean_head, run_id, final_id)
+    assert_recovered(
+        stack, clean_head, "with its worker during the approval wait", run_id, final_id, {"staging": 1, "production": 1}
+    )
 
 
-def test_killed_with_its_worker_between_two_production_migrations(fresh_databases, clean_head):
-    stack = fresh_databases
+def test_killed_during_the_production_backup(killed, clean_head):
+    stack = killed
+    with bulky(stack, "production"):
+        run_id = started(*PROMOTE, "--until-paused")
+        approved(run_id)
+        wait_until(lambda: uploading(run_id), "the production backup's upload")  # staging's ended before the pause
+        kill(stack, run_id, worker=False)
+        crashed(run_id)
+        assert applied(stack, "production") == ["core.0001_initial"]
+
+    recovered = cli("resume", run_id, "--wait")  # the approval given before the crash stands
+    assert recovered.returncode == 0, recovered.stderr
+    final_id = recovered.stdout.split()[0]
+    assert_recovered(
+        stack, clean_head, "during the production backup", run_id, final_id, {"staging": 1, "production": 1}
+    )
+
+
+def test_killed_with_its_worker_between_two_production_migrations(killed, clean_head):
+    stack = killed
     run_id = started(*PROMOTE, "--until-paused")
     with table_locked(stack.database_url("production"), "core_task"):
         approved(run_id)
@@ -207,7 +302,15 @@ def test_killed_with_its_worker_between_two_production_migrations(fresh_database
 
     recovered = cli(*PROMOTE, "--wait")  # one command: the approval given before the crash stands
     assert recovered.returncode == 0, recovered.stderr
-    assert_recovered(stack, clean_head, run_id, recovered.stdout.split()[0])
+    final_id = recovered.stdout.split()[0]
+    assert_recovered(
+        stack,
+        clean_head,
+        "with its worker between two production migrations",
+        run_id,
+        final_id,
+        {"staging": 1, "production": 2},
+    )
 
 
 def test_resume_refuses_a_run_that_is_still_running_or_completed(fresh_databases):

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
-from tests.harness import RELEASE, PromotionInBackground, applied
+from tests.harness import RELEASE, PromotionInBackground, applied, target_changed
 
 
 def test_promise_1_production_migrated_only_after_staging_backup_and_named_approval(fresh_databases):
@@ -94,8 +94,9 @@ def test_staging_failure_means_production_never_paused_nor_touched(fresh_databas
         conn.execute("ALTER TABLE core_project ADD COLUMN slug text")  # 0005 fails on staging
     before, backups_before = catalog_snapshot(fresh_databases, "production"), production_backups()
     paused_before = {run.id for run in pending_approvals()}
-    promotion = PromotionInBackground()
-    promotion.finish()
+    with target_changed("staging", drift="off"):  # with drift on, preflight would stop it before 0005 ran
+        promotion = PromotionInBackground()
+        promotion.finish()
     assert isinstance(promotion.error, MigrationError)
     assert "core.0005_project_slug failed on staging" in str(promotion.error)
     assert {run.id for run in pending_approvals()} == paused_before

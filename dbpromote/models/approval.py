@@ -74,7 +74,7 @@ def approval_form(risky: bool, coded: bool = False) -> type[RunInput]:
 
 
 def describe_promotion(
-    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None
+    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None, drift: str
 ) -> str:
     lines = [
         f"## Approve promoting **{project}** to **{target}**",
@@ -89,6 +89,8 @@ def describe_promotion(
         lines += ["", "**Risky operations (acknowledge to approve):**", ""] + [f"- {risk}" for risk in plan.risks]
     if plan.notes:
         lines += ["", "**Notes on this database:**", ""] + [f"- {note}" for note in plan.notes]
+    if drift:
+        lines += ["", f"**Drift of {target}:** {drift}"]
     if rehearsal is not None:
         lines += ["", *rehearsal.markdown_lines()]
     for report in reports:
@@ -118,7 +120,12 @@ def sql_section(plan: Plan) -> list[str]:
 
 
 def promotion_request(
-    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None = None
+    project: str,
+    target: str,
+    plan: Plan,
+    reports: list[StepReport],
+    rehearsal: Rehearsal | None = None,
+    drift: str = "",
 ) -> ApprovalRequest:
     """A promotion's approval: a migration the rehearsal found slow becomes a risk to acknowledge."""
     if rehearsal is not None:
@@ -132,7 +139,7 @@ def promotion_request(
         subject=plan.hash,
         items=plan.labels,
         risks=plan.risks,
-        description=describe_promotion(project, target, plan, reports, rehearsal),
+        description=describe_promotion(project, target, plan, reports, rehearsal, drift),
         notice=f"{project} plan {plan.hash} ({len(plan.migrations)} migrations) passed on "
         f"{', '.join(r.target for r in reports)} and waits for approval on {target}",
         on_reject="fix the release and start a new promotion",

@@ -60,6 +60,9 @@ class Plan(BaseModel):
     applied: list[tuple[str, str]]
     migrations: list[PlannedMigration]
     notes: list[str] = Field(default_factory=list, description="What the approver should know; not in the hash")
+    file_hashes: dict[str, str] = Field(
+        default_factory=dict, description="app.name -> SHA-256 of each migration's file; recorded when applied"
+    )
 
     @property
     def hash(self) -> str:

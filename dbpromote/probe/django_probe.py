@@ -10,6 +10,7 @@ of the project's default database.
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
@@ -44,14 +45,14 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "plan-back", "serve"])
+    parser.add_argument("command", choices=["plan", "plan-back", "replay", "serve"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--database", default="default", help="the DATABASES alias the target is")
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
     parser.add_argument("--lock-timeout-ms", type=int, default=0)
     parser.add_argument("--statement-timeout-ms", type=int, default=0)
     parser.add_argument(
-        "--state", default="[]", help="plan-back: JSON [[app, name], ...], the applied set to return to"
+        "--state", default="[]", help="JSON [[app, name], ...]: plan-back's set to return to, replay's to apply"
     )
     args = parser.parse_args()
     lifeline.end_with_parent()
@@ -63,11 +64,12 @@ def main() -> int:
         return serve(args, out)
     if result is None:
         connection = connections_for(args)
-        result = answer(
-            lambda: (
-                plan(connection, args.to) if args.command == "plan" else plan_back(connection, json.loads(args.state))
-            )
-        )
+        commands = {
+            "plan": lambda: plan(connection, args.to),
+            "plan-back": lambda: plan_back(connection, json.loads(args.state)),
+            "replay": lambda: replay(connection, json.loads(args.state)),
+        }
+        result = answer(commands[args.command])
     out.write(protocol.encode(result) + "\n")
     return 1 if isinstance(result, protocol.FailureAnswer) else 0
 
@@ -189,6 +191,7 @@ def plan(connection, to: str):
     result = protocol.PlanAnswer(applied=applied, migrations=[], conflicts=conflicts)
     if conflicts:
         return result
+    result.file_hashes = file_hashes(loader)
     result.model_changes = model_changes(loader)
     result.unknown_applied, result.partial_squashes = history_findings(connection, loader)
     if to:
@@ -209,6 +212,33 @@ def plan(connection, to: str):
             if type(operation).__name__.endswith("Extension") and isinstance(getattr(operation, "name", None), str):
                 result.extensions.setdefault(operation.name, f"{migration.app_label}.{migration.name}")
     return result
+
+
+def file_hashes(loader) -> dict:
+    """The SHA-256 of every migration's file, by app.name: a file edited after it was applied shows by its hash."""
+    hashes = {}
+    for (app, name), migration in loader.graph.nodes.items():
+        source = getattr(sys.modules.get(type(migration).__module__), "__file__", None)
+        if source:
+            hashes[f"{app}.{name}"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    return hashes
+
+
+def replay(connection, recorded: list):
+    """Apply exactly the recorded migrations (another database's django_migrations) to this empty database, in
+    dependency order, as `migrate` applies them: the schema that history should have produced."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    loader = executor.loader
+    keys = {tuple(key) for key in recorded}
+    # On an empty database the loader uses a squash instead of what it replaces: it stands for them when all are.
+    keys |= {squash for squash, migration in loader.replacements.items() if set(migration.replaces) <= keys}
+    everything = executor.migration_plan(loader.graph.leaf_nodes(), clean_start=True)
+    plan = [(migration, False) for migration, _ in everything if (migration.app_label, migration.name) in keys]
+    started = time.monotonic()
+    executor.migrate([], plan=plan)
+    return protocol.StepAnswer(already_applied=False, duration_s=round(time.monotonic() - started, 3))
 
 
 def history_findings(connection, loader) -> tuple[list, list]:

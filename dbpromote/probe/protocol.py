@@ -71,6 +71,7 @@ class PlanAnswer:
     unknown_applied: list[tuple[str, str]] = field(default_factory=list)
     partial_squashes: list[str] = field(default_factory=list)
     extensions: dict[str, str] = field(default_factory=dict)  # extension -> the migration that creates it
+    file_hashes: dict[str, str] = field(default_factory=dict)  # app.name -> SHA-256 of its file (16 hex digits)
     kind: Literal["plan"] = "plan"
 
 

@@ -1,0 +1,153 @@
+"""Drift: a target's live schema against the one its recorded migrations produce, replayed into a scratch database
+on the same server; and the migration files edited since dbpromote applied them."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from functools import partial
+
+import psycopg
+from dbpromote.tasks.plan import check_conflicts, plan_answer
+from dbpromote.tasks.restore import create_scratch, drop_scratch, scratch_name
+from dbpromote.tasks.rls import bring_rls_up_to_date, repaired_by_rls_step
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+from psycopg import sql
+
+from dbpromote.catalog import Snapshot, compare, snapshot
+from dbpromote.config import DatabaseTarget, DjangoProject, load_target
+from dbpromote.errors import ConfigError, retry_if_transient
+from dbpromote.models.drift import Difference, DriftReport
+from dbpromote.postgres import connect, server_connection
+from dbpromote.probe import StepAnswer, run_probe
+from dbpromote.probe.protocol import PlanAnswer
+from dbpromote.records import read_records, write_record
+
+
+@task(name="check-drift", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def check_drift(project: DjangoProject, target: DatabaseTarget, target_name: str) -> DriftReport:
+    """Every object of the live schema compared with the replay of exactly the migrations its django_migrations
+    records (RLS applied as a promotion applies it), and every applied migration file with the hash it had."""
+    started = time.monotonic()
+    history = plan_answer(run_probe(project, target, "plan"), project, target_name)
+    check_conflicts(history)
+    with connect(target, target_name) as conn:
+        live = snapshot(conn, target.app_role)
+    expected = replayed(project, target, target_name, history.applied, extensions(live))
+    differences = compare(governed(expected, target), governed(live, target), partial(repaired_by_rls_step, target))
+    differences += edited_files(target, target_name, history)
+    return DriftReport(
+        target=target_name,
+        replayed=len(history.applied),
+        differences=differences,
+        duration_s=round(time.monotonic() - started, 3),
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def replayed(
+    project: DjangoProject, target: DatabaseTarget, target_name: str, applied: list, extensions: dict[str, str]
+) -> Snapshot:
+    """The schema `applied` produces: replayed into a scratch database on the target's server (with the live
+    database's extensions, which a DBA may have created outside any migration), RLS brought up to date as a
+    promotion does, read, and dropped whatever happens."""
+    scratch = scratch_name(target.database, "drift")
+    copy = target.on_database(scratch)
+    with server_connection(target, target_name) as server:
+        create_scratch(server, target.database, scratch, f"drift check of {target_name}")
+        try:
+            with connect(copy, target_name) as conn:
+                for name, version in extensions.items():
+                    create_extension(conn, name, version, target_name)
+            answer = run_probe(project, copy, "replay", "--state", json_list(applied))
+            if not isinstance(answer, StepAnswer):
+                raise ConfigError(
+                    f"The migrations applied on {target_name} cannot be replayed into a scratch database "
+                    f"({getattr(answer, 'message', answer)}); fix the migration that fails, or run the drift check "
+                    "against a server where the migration role may create it."
+                )
+            bring_rls_up_to_date(copy, target_name)
+            with connect(copy, target_name) as conn:
+                return snapshot(conn, target.app_role)
+        finally:
+            drop_scratch(server, scratch)
+
+
+def create_extension(conn: psycopg.Connection, name: str, version: str, target_name: str) -> None:
+    try:
+        conn.execute(
+            sql.SQL("CREATE EXTENSION IF NOT EXISTS {} VERSION {}").format(sql.Identifier(name), sql.Literal(version))
+        )
+        conn.commit()
+    except psycopg.Error as error:
+        raise ConfigError(
+            f"The extension {name} of {target_name} cannot be created in the drift check's scratch database "
+            f"({str(error).strip()}); make it trusted or let the migration role create it."
+        ) from None
+
+
+def extensions(schema: Snapshot) -> dict[str, str]:
+    return {name: o["version"] for (kind, name), o in schema.items() if kind == "extension" and name != "plpgsql"}
+
+
+def governed(schema: Snapshot, target: DatabaseTarget) -> Snapshot:
+    """The schema without the application role's grants on tables without the tenant column: those depend on when
+    default privileges were first set (before or after a table was made), which no replay can know. On tenant
+    tables the RLS step governs them, so there they count."""
+    suffix = f".{target.tenant_column}"
+    tenant = {name.removesuffix(suffix) for kind, name in schema if kind == "column" and name.endswith(suffix)}
+    return {key: attributes for key, attributes in schema.items() if key[0] != "grant" or key[1] in tenant}
+
+
+def edited_files(target: DatabaseTarget, target_name: str, history: PlanAnswer) -> list[Difference]:
+    """Applied migrations whose file changed since dbpromote applied it, and django_migrations rows with no file."""
+    recorded: dict[str, str] = {}
+    for record in read_records(target, target_name, "migrations"):  # newest first: the last application counts
+        for label, file_hash in record["files"].items():
+            recorded.setdefault(label, file_hash)
+    applied = {f"{app}.{name}" for app, name in history.applied}
+    differences = [
+        Difference(
+            object=f"migration {label}",
+            kind="edited",
+            expected=f"file sha256 {recorded[label]} when applied",
+            live=f"file sha256 {history.file_hashes[label]} now",
+            fix="restore the file as it was applied (the schema was made by that version); put changes in a new "
+            "migration",
+        )
+        for label in sorted(applied & recorded.keys() & history.file_hashes.keys())
+        if recorded[label] != history.file_hashes[label]
+    ]
+    differences += [
+        Difference(
+            object=f"migration {app}.{name}",
+            kind="orphaned",
+            live="recorded in django_migrations, no migration file",
+            fix=f"restore the file; if it was renamed, delete the row and `manage.py migrate {app} NEW_NAME --fake`",
+        )
+        for app, name in history.unknown_applied
+    ]
+    return differences
+
+
+def json_list(pairs: list) -> str:
+    return json.dumps([list(pair) for pair in pairs])
+
+
+def publish_drift(report: DriftReport) -> None:
+    """The report as the run's table artifact and as a record under the run (what `dbpromote drift` prints)."""
+    run_id = str(flow_run.get_id() or "")
+    rows = [
+        {"object": d.object, "kind": d.kind, "expected": d.expected, "live": d.live, "fix": d.fix}
+        for d in report.differences
+    ]
+    create_table_artifact(
+        rows or [{"object": "-", "kind": "no drift", "expected": "", "live": "", "fix": ""}],
+        key=f"drift-{report.target}".lower().replace("_", "-"),
+        description=report.summary(),
+    )
+    target = load_target(report.target)
+    write_record(target, report.target, "drift", run_id, report.model_dump(mode="json"), scope=run_id)
