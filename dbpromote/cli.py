@@ -296,6 +296,47 @@ def drift(
     raise typer.Exit(1 if report.found else 0)
 
 
+@app.command("check")
+def check(
+    project: str = typer.Option(..., help="A project block, or a folder holding manage.py (with --settings)."),
+    against: str = typer.Option(
+        ..., help="A target block; with DBPROMOTE_DATABASE_URL set, just the name to report it under."
+    ),
+    settings: str = typer.Option("", help="DJANGO_SETTINGS_MODULE, when --project is a folder."),
+    python: str = typer.Option("", help="The project's interpreter, when --project is a folder (default: this one)."),
+    allow_risks: bool = typer.Option(
+        False, "--allow-risks", help="List lint risks (to acknowledge at approval) without failing on them."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="The findings as JSON on stdout."),
+) -> None:
+    """For CI on a pull request: plan against a target, lint, drift and history, as markdown for a PR comment;
+    exit 1 on a blocking finding. Given a folder and DBPROMOTE_DATABASE_URL it needs no Prefect server."""
+    from pathlib import Path
+
+    from dbpromote.check import check as run_check
+    from dbpromote.config import DatabaseTarget, DjangoProject, check_database_url, load_project, load_target
+
+    if (Path(project) / "manage.py").is_file():
+        settings = settings or os.environ.get("DJANGO_SETTINGS_MODULE", "")
+        if not settings:
+            fail(f"{project} is a folder: name its settings module with --settings, e.g. --settings mysite.settings.")
+        django_project = DjangoProject(path=str(Path(project).resolve()), settings_module=settings, python=python)
+    else:
+        django_project = load_project(project)
+    url = os.environ.get("DBPROMOTE_DATABASE_URL", "")
+    if url:
+        check_database_url(url)
+        target = DatabaseTarget(url=url)
+    else:
+        target = load_target(against)
+    report = run_check(django_project, project, target, against, allow_risks, records=not url)
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(mode="json") | {"blocking": report.blocking}, indent=2))
+    else:
+        typer.echo(report.markdown())
+    raise typer.Exit(1 if report.blocking else 0)
+
+
 @app.command("backups")
 def backups(target: str) -> None:
     """The verified backups of a target, newest first: time, size, URI, migration state."""
@@ -334,6 +375,9 @@ def project_add(
     acknowledge_package_changes: str = typer.Option(
         "", help="Comma-separated installed apps whose models differ from their migrations, accepted as they are."
     ),
+    lint_ignore: list[str] | None = typer.Option(
+        None, help="RULE=REASON: a lint rule that is no risk for this project, and why (repeat)."
+    ),
 ) -> None:
     """Register (or replace) a Django project."""
     from pathlib import Path
@@ -348,6 +392,9 @@ def project_add(
         fail(f"--database-env knows no part {', '.join(unknown)}; use {', '.join(DATABASE_PARTS)}.")
     if env_file and not (Path(path) / env_file).is_file():
         fail(f"The env file {Path(path) / env_file} does not exist; give its path relative to --path.")
+    ignored = pairs(lint_ignore or [], "--lint-ignore")
+    if unexplained := sorted(rule for rule, reason in ignored.items() if not reason.strip()):
+        fail(f"--lint-ignore {unexplained[0]} has no reason; write it as --lint-ignore {unexplained[0]}=WHY.")
     DjangoProject(
         path=str(Path(path).resolve()),
         settings_module=settings,
@@ -359,6 +406,7 @@ def project_add(
         database_url_env=database_url_env,
         database_env=parts,
         acknowledged_package_changes=[a.strip() for a in acknowledge_package_changes.split(",") if a.strip()],
+        lint_ignore=ignored,
     ).save(name, overwrite=True)
     typer.echo(f"project {name} registered")
 

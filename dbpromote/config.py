@@ -45,6 +45,10 @@ class DjangoProject(Block):
         default_factory=list,
         description="Installed apps (packages) whose models differ from their migrations, known and accepted.",
     )
+    lint_ignore: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lint rules (squawk's or dbpromote's) that are not risks for this project -> the reason.",
+    )
 
     def interpreter(self) -> str:
         return self.python or sys.executable

@@ -28,9 +28,12 @@ from dbpromote.records import read_records, write_record
 
 
 @task(name="check-drift", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
-def check_drift(project: DjangoProject, target: DatabaseTarget, target_name: str) -> DriftReport:
+def check_drift(
+    project: DjangoProject, target: DatabaseTarget, target_name: str, read_history: bool = True
+) -> DriftReport:
     """Every object of the live schema compared with the replay of exactly the migrations its django_migrations
-    records (RLS applied as a promotion applies it), and every applied migration file with the hash it had."""
+    records (RLS applied as a promotion applies it), and (read_history: from the records in the target's bucket)
+    every applied migration file with the hash it had."""
     started = time.monotonic()
     history = plan_answer(run_probe(project, target, "plan"), project, target_name)
     check_conflicts(history)
@@ -38,7 +41,9 @@ def check_drift(project: DjangoProject, target: DatabaseTarget, target_name: str
         live = snapshot(conn, target.app_role)
     expected = replayed(project, target, target_name, history.applied, extensions(live))
     differences = compare(governed(expected, target), governed(live, target), partial(repaired_by_rls_step, target))
-    differences += edited_files(target, target_name, history)
+    differences += orphaned_rows(history)
+    if read_history:
+        differences += edited_files(target, target_name, history)
     return DriftReport(
         target=target_name,
         replayed=len(history.applied),
@@ -103,13 +108,13 @@ def governed(schema: Snapshot, target: DatabaseTarget) -> Snapshot:
 
 
 def edited_files(target: DatabaseTarget, target_name: str, history: PlanAnswer) -> list[Difference]:
-    """Applied migrations whose file changed since dbpromote applied it, and django_migrations rows with no file."""
+    """Applied migrations whose file changed since dbpromote applied it (the hashes it recorded then)."""
     recorded: dict[str, str] = {}
     for record in read_records(target, target_name, "migrations"):  # newest first: the last application counts
         for label, file_hash in record["files"].items():
             recorded.setdefault(label, file_hash)
     applied = {f"{app}.{name}" for app, name in history.applied}
-    differences = [
+    return [
         Difference(
             object=f"migration {label}",
             kind="edited",
@@ -121,7 +126,11 @@ def edited_files(target: DatabaseTarget, target_name: str, history: PlanAnswer) 
         for label in sorted(applied & recorded.keys() & history.file_hashes.keys())
         if recorded[label] != history.file_hashes[label]
     ]
-    differences += [
+
+
+def orphaned_rows(history: PlanAnswer) -> list[Difference]:
+    """django_migrations rows of the project's apps that no migration file accounts for."""
+    return [
         Difference(
             object=f"migration {app}.{name}",
             kind="orphaned",
@@ -130,7 +139,6 @@ def edited_files(target: DatabaseTarget, target_name: str, history: PlanAnswer) 
         )
         for app, name in history.unknown_applied
     ]
-    return differences
 
 
 def json_list(pairs: list) -> str:

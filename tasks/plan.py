@@ -10,6 +10,7 @@ from prefect import task
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, PreflightError, retry_if_transient
+from dbpromote.lint import squawk_risks
 from dbpromote.models.plan import Plan, PlannedMigration, classify_risks, parse_target_migration
 from dbpromote.postgres import connect
 from dbpromote.probe import FailureAnswer, PlanAnswer, run_probe
@@ -30,14 +31,17 @@ def compute_plan(project: DjangoProject, target: DatabaseTarget, target_name: st
     check_model_changes(answer.model_changes, project, target_name)
     check_history(answer, target_name)
     migrations = _planned(answer)
-    classify_risks(migrations)
+    classify_risks(migrations, project.lint_ignore)
     notes = [
         f"{squash} is partly applied: Django applies the rest of what it replaces" for squash in answer.partial_squashes
     ]
+    notes += [f"lint rule {rule} is ignored for this project: {why}" for rule, why in project.lint_ignore.items()]
     with connect(target, target_name) as conn:
         check_extensions(conn, answer.extensions, target_name)
         check_owners(conn, target, target_name, migrations)
         notes += other_schemas(conn, target)
+        version = conn.info.server_version
+    squawk_risks(migrations, f"{version // 10000}.{version % 10000}", project.lint_ignore)
     return Plan(
         target=target_name,
         to=to,

@@ -89,28 +89,45 @@ class DriftReport(BaseModel):
         repaired = f"; this promotion's RLS step repairs {healed} of them" if healed else ""
         return f"{self.summary()}{repaired}"
 
+    @property
+    def repaired(self) -> list[Difference]:
+        return [d for d in self.differences if d.healed_by_promotion]
+
     def text(self) -> str:
-        """For a terminal: the summary, then each difference with its expected and live values and fix."""
+        """For a terminal: the summary, each blocking difference with its expected and live values and its fix,
+        then in one line what a promotion repairs by itself."""
         lines = [self.summary(at_most=0 if self.found else 5)]
-        for d in self.differences:
-            lines.append(f"  {d.kind:<10} {d.object}{'  (a promotion repairs it)' if d.healed_by_promotion else ''}")
-            lines += [
-                f"             {label}: {value}"
-                for label, value in (("expected", d.expected), ("live", d.live), ("fix", d.fix))
-                if value
-            ]
+        for d in self.blocking:
+            lines.append(f"  {d.kind:<10} {d.object}")
+            values = (("expected", d.expected), ("live", d.live), ("fix", d.fix))
+            lines += [f"             {label}: {value}" for label, value in values if value]
+        if self.repaired:
+            lines.append(f"  a promotion's RLS step repairs the other {len(self.repaired)}: {_objects(self.repaired)}")
         return "\n".join(lines)
 
     def markdown(self) -> str:
+        """For an artifact or a pull request's comment: blocking differences as a table, the rest folded."""
         lines = [f"# Drift of {self.target}", "", self.summary(at_most=0 if self.found else 5), ""]
-        if self.found:
+        if self.blocking:
             lines += ["| object | kind | expected | live | fix |", "|---|---|---|---|---|"]
             lines += [
-                f"| {_cell(d.object)} | {d.kind}{' (a promotion repairs it)' if d.healed_by_promotion else ''} | "
-                f"{_cell(d.expected)} | {_cell(d.live)} | {_cell(d.fix)} |"
-                for d in self.differences
+                f"| {_cell(d.object)} | {d.kind} | {_cell(d.expected)} | {_cell(d.live)} | {_cell(d.fix)} |"
+                for d in self.blocking
+            ]
+        if self.repaired:
+            lines += [
+                "",
+                f"<details><summary>{len(self.repaired)} that a promotion's RLS step repairs by itself</summary>",
+                "",
+                _objects(self.repaired),
+                "",
+                "</details>",
             ]
         return "\n".join(lines)
+
+
+def _objects(differences: list[Difference]) -> str:
+    return ", ".join(f"{d.object} ({d.kind})" for d in differences)
 
 
 def _cell(text: str) -> str:

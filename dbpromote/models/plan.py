@@ -4,25 +4,91 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import NamedTuple
 
 from pydantic import BaseModel, Field
 
 from dbpromote.errors import ConfigError
 
+
+class Rule(NamedTuple):
+    """A lint rule dbpromote checks with what only Django knows (which table is new, what a RunPython does)."""
+
+    name: str
+    reason: str
+    fix: str
+
+    def risk(self, what: str) -> str:
+        """How the approval form lists it: what, why, the rule and a one-line fix."""
+        return f"{what}: {self.reason} [{self.name}: {self.fix}]"
+
+
 # Operation kinds a reviewer must acknowledge: they lose data, break running code, lock tables for long or run
-# code nobody can review as SQL.
-RISKY_OPERATIONS = {
-    "RemoveField": "drops a column",
-    "DeleteModel": "drops a table",
-    "RenameField": "renames a column (running code that uses the old name breaks)",
-    "RenameModel": "renames a table (running code that uses the old name breaks)",
-    "AlterField": "may change a column's type (rewrites the table under an exclusive lock)",
-    "AddIndex": "builds an index without CONCURRENTLY (blocks writes while it builds)",
-    "AddConstraint": "adds a constraint that scans the table under lock",
-    "AlterUniqueTogether": "adds a unique constraint that scans the table under lock",
-    "RunPython": "runs Python code (not reviewable as SQL)",
-    "RunSQL": "runs hand-written SQL",
+# code nobody can review as SQL. An index or constraint on a table the same plan creates is none of these.
+RULES = {
+    "RemoveField": Rule(
+        "drop-column-still-read",
+        "drops a column the previous release's code may still read while the new one rolls out",
+        "remove the field from the model in one release (SeparateDatabaseAndState), drop the column in the next",
+    ),
+    "DeleteModel": Rule(
+        "drop-table-still-read",
+        "drops a table the previous release's code may still read while the new one rolls out",
+        "remove the model in one release (SeparateDatabaseAndState), drop the table in the next",
+    ),
+    "RenameField": Rule(
+        "rename-column",
+        "renames a column (running code that uses the old name breaks)",
+        "add the new column, write both, switch reads, drop the old one in a later release",
+    ),
+    "RenameModel": Rule(
+        "rename-table",
+        "renames a table (running code that uses the old name breaks)",
+        "keep the table name with Meta.db_table, or move the data in steps across releases",
+    ),
+    "AlterField": Rule(
+        "alter-column",
+        "may change a column's type (rewrites the table under an exclusive lock)",
+        "add a column of the new type, backfill it in batches, switch to it",
+    ),
+    "AddIndex": Rule(
+        "index-not-concurrent",
+        "builds an index without CONCURRENTLY (blocks writes while it builds)",
+        "use AddIndexConcurrently (django.contrib.postgres.operations) in a migration with atomic = False",
+    ),
+    "AddConstraint": Rule(
+        "constraint-on-existing-table",
+        "adds a constraint that scans the table under lock",
+        "build its index CONCURRENTLY first (unique), or add a CHECK/foreign key NOT VALID and validate it later",
+    ),
+    "AlterUniqueTogether": Rule(
+        "unique-on-existing-table",
+        "adds a unique constraint that scans the table under lock",
+        "build a unique index CONCURRENTLY first, then add the constraint USING INDEX",
+    ),
+    "RunPython": Rule(
+        "runpython",
+        "runs Python code (not reviewable as SQL)",
+        "read the function; keep it idempotent and batch large updates",
+    ),
+    "RunSQL": Rule("runsql", "runs hand-written SQL", "read the SQL; give it reverse_sql"),
 }
+ON_A_NEW_TABLE_IS_SAFE = ("AddIndex", "AddConstraint", "AlterUniqueTogether")
+NOT_NULL_WITHOUT_DEFAULT = Rule(
+    "not-null-without-default",
+    "NOT NULL without a default fails on existing rows",
+    "give the field a default (db_default keeps it in the database) or add it nullable and backfill",
+)
+RUNPYTHON_WITHOUT_REVERSE = Rule(
+    "runpython-without-reverse",
+    "has no reverse_code, so this migration cannot be rolled back",
+    "give it reverse_code (migrations.RunPython.noop when nothing needs undoing)",
+)
+RUNPYTHON_IMPORTS_MODELS = Rule(
+    "runpython-imports-models",
+    "uses the project's current models instead of the historical ones (breaks once the models change)",
+    "use apps.get_model('app', 'Model') inside the function",
+)
 
 
 class Operation(BaseModel):
@@ -31,6 +97,8 @@ class Operation(BaseModel):
     model: str | None = None
     null: bool | None = None
     has_default: bool | None = None
+    reversible: bool = True
+    imports_models: bool = False
 
 
 class PlannedMigration(BaseModel):
@@ -108,8 +176,9 @@ RISKY_REVERSALS = {
 }
 
 
-def classify_risks(migrations: list[PlannedMigration]) -> None:
-    """Attach the risks of each migration; building an index on a table made in the same plan is not one."""
+def classify_risks(migrations: list[PlannedMigration], ignore: dict[str, str] | None = None) -> None:
+    """Attach the risks of each migration, by dbpromote's Django-aware rules; a rule in `ignore` (rule -> the
+    project's reason) is not one."""
     created = set()
     for migration in migrations:
         migration.risks = []
@@ -124,16 +193,17 @@ def classify_risks(migrations: list[PlannedMigration]) -> None:
             if operation.kind == "CreateModel" and operation.model:
                 created.add((migration.app, operation.model))
                 continue
+            rules = []
             if operation.kind == "AddField" and operation.null is False and operation.has_default is False:
-                migration.risks.append(f"{operation.description}: NOT NULL without a default fails on existing rows")
-            reason = RISKY_OPERATIONS.get(operation.kind)
-            if reason is None:
-                continue
-            on_new_table = operation.kind in ("AddIndex", "AddConstraint", "AlterUniqueTogether") and (
-                (migration.app, operation.model) in created
-            )
-            if not on_new_table:
-                migration.risks.append(f"{operation.description}: {reason}")
+                rules.append(NOT_NULL_WITHOUT_DEFAULT)
+            if operation.kind == "RunPython" and not operation.reversible:
+                rules.append(RUNPYTHON_WITHOUT_REVERSE)
+            if operation.kind == "RunPython" and operation.imports_models:
+                rules.append(RUNPYTHON_IMPORTS_MODELS)
+            if rule := RULES.get(operation.kind):
+                if not (operation.kind in ON_A_NEW_TABLE_IS_SAFE and (migration.app, operation.model) in created):
+                    rules.append(rule)
+            migration.risks += [r.risk(operation.description) for r in rules if r.name not in (ignore or {})]
 
 
 def parse_target_migration(to: str) -> tuple[str, str] | None:

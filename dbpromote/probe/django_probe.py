@@ -385,7 +385,36 @@ def describe_operation(operation):
     if field is not None:
         info.null = bool(field.null)
         info.has_default = field.has_default() or getattr(field, "db_default", None) is not None
+    info.reversible = bool(operation.reversible)
+    if info.kind == "RunPython":
+        info.imports_models = any(uses_current_models(f) for f in (operation.code, operation.reverse_code) if f)
     return info
+
+
+# `from shop.models import Order` inside a function (Django's own modules are not the project's models).
+MODELS_IMPORT = re.compile(
+    r"^\s*(from\s+(?!django\b)[\w.]+\.models\s+import|import\s+(?!django\b)[\w.]+\.models\b)", re.M
+)
+
+
+def uses_current_models(function) -> bool:
+    """The function reaches a model class of the project's current code (imported at the migration's top or
+    inside it) instead of the historical one `apps.get_model` gives."""
+    import inspect
+
+    from django.db.models import Model
+
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return False
+    for name in code.co_names:
+        value = getattr(function, "__globals__", {}).get(name)
+        if isinstance(value, type) and issubclass(value, Model):
+            return True
+    try:
+        return bool(MODELS_IMPORT.search(inspect.getsource(function)))
+    except (OSError, TypeError):
+        return False
 
 
 def migrate_one(connection, args):

@@ -37,6 +37,8 @@ class OperationInfo:
     model: str | None = None
     null: bool | None = None
     has_default: bool | None = None
+    reversible: bool = True
+    imports_models: bool = False  # a RunPython function that uses the project's current model classes
 
 
 @dataclass

@@ -4,6 +4,7 @@ import pytest
 
 from dbpromote.errors import ConfigError
 from dbpromote.models.plan import (
+    RULES,
     Operation,
     Plan,
     PlannedMigration,
@@ -31,14 +32,18 @@ def test_dropping_renaming_and_unreviewable_code_are_risks_and_plain_additions_a
     ]
     classify_risks(migrations)
     assert migrations[0].risks == []
-    assert migrations[1].risks == ["Remove field legacy from invoice: drops a column"]
-    assert migrations[2].risks == ["Raw Python operation: runs Python code (not reviewable as SQL)"]
+    assert migrations[1].risks == [RULES["RemoveField"].risk("Remove field legacy from invoice")]
+    assert "drops a column the previous release's code may still read" in migrations[1].risks[0]
+    assert migrations[2].risks == [RULES["RunPython"].risk("Raw Python operation")]
 
 
 def test_not_null_without_a_default_fails_on_existing_rows():
     added = migration("0002", op("AddField", "Add field slug to project", null=False, has_default=False))
     classify_risks([added])
-    assert added.risks == ["Add field slug to project: NOT NULL without a default fails on existing rows"]
+    assert added.risks == [
+        "Add field slug to project: NOT NULL without a default fails on existing rows [not-null-without-default: "
+        "give the field a default (db_default keeps it in the database) or add it nullable and backfill]"
+    ]
 
 
 def test_an_index_on_a_table_created_in_the_same_plan_is_not_a_risk_but_one_on_an_existing_table_is():
@@ -47,9 +52,24 @@ def test_an_index_on_a_table_created_in_the_same_plan_is_not_a_risk_but_one_on_a
     old_index = migration("0004", op("AddIndex", "Create index on task", model="task"))
     classify_risks([created, new_index, old_index])
     assert new_index.risks == []
-    assert old_index.risks == [
-        "Create index on task: builds an index without CONCURRENTLY (blocks writes while it builds)"
+    assert old_index.risks == [RULES["AddIndex"].risk("Create index on task")]
+    assert "[index-not-concurrent: use AddIndexConcurrently" in old_index.risks[0]
+
+
+def test_a_data_migration_without_reverse_or_using_current_models_is_named_by_its_rule():
+    data = migration("0002", op("RunPython", "Raw Python operation", reversible=False, imports_models=True))
+    classify_risks([data])
+    assert [risk.split("[")[1].split(":")[0] for risk in data.risks] == [
+        "runpython-without-reverse",
+        "runpython-imports-models",
+        "runpython",
     ]
+
+
+def test_a_rule_the_project_ignores_is_no_risk():
+    dropped = migration("0002", op("RemoveField", "Remove field legacy from invoice"))
+    classify_risks([dropped], ignore={"drop-column-still-read": "nothing reads it since 2.3"})
+    assert dropped.risks == []
 
 
 def test_reversals_that_drop_data_are_risks():

@@ -1,0 +1,88 @@
+"""`dbpromote check`: what a pull request's migrations would do to a target, for CI, without a Prefect server.
+
+The plan against the target (with its lint risks), drift of the target's schema from its applied migrations, and
+its history (files edited after they were applied, rows with no file), computed by the tasks' own code run in this
+process. Blocking: anything a promotion's preflight would refuse, drift a promotion would not repair, an edited or
+missing migration file, and (unless allowed) a lint risk the project's ignore list gives no reason for.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from dbpromote.config import DatabaseTarget, DjangoProject
+from dbpromote.errors import DbpromoteError
+from dbpromote.models.drift import DriftReport
+from dbpromote.models.plan import Plan
+
+
+class CheckReport(BaseModel):
+    project: str
+    target: str
+    plan: Plan | None = None
+    drift: DriftReport | None = None
+    refused: list[str] = Field(default_factory=list, description="What a promotion's preflight would refuse")
+    risks_allowed: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def blocking(self) -> list[str]:
+        """Each finding that fails the check, one line each."""
+        found = list(self.refused)
+        if self.drift is not None:
+            found += [f"drift: {d.object} ({d.kind})" for d in self.drift.blocking]
+        if self.plan is not None and not self.risks_allowed:
+            found += [f"risk: {risk}" for risk in self.plan.risks]
+        return found
+
+    def markdown(self) -> str:
+        """A summary to post as a pull request's comment."""
+        verdict = "blocking findings" if self.blocking else "nothing blocking"
+        lines = [f"## dbpromote check: {self.project} against {self.target}: {verdict}", ""]
+        if self.refused:
+            lines += ["**A promotion would be refused:**", ""] + [f"- {reason}" for reason in self.refused] + [""]
+        if self.plan is not None:
+            lines += [f"### Plan {self.plan.hash}: {len(self.plan.migrations)} migration(s)", ""]
+            if self.plan.migrations:
+                lines += ["| migration | atomic | reversible | risks |", "|---|---|---|---|"]
+                lines += [f"| {m.label} | {m.atomic} | {m.reversible} | {len(m.risks)} |" for m in self.plan.migrations]
+            if self.plan.risks:
+                allowed = " (allowed: to be acknowledged at approval)" if self.risks_allowed else ""
+                lines += ["", f"**Risks{allowed}:**", ""] + [f"- {risk}" for risk in self.plan.risks]
+            if self.plan.notes:
+                lines += ["", "**Notes:**", ""] + [f"- {note}" for note in self.plan.notes]
+            lines.append("")
+        if self.drift is not None:
+            lines += self.drift.markdown().replace("# Drift", "### Drift", 1).splitlines()
+        lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def check(
+    project: DjangoProject,
+    project_name: str,
+    target: DatabaseTarget,
+    target_name: str,
+    allow_risks: bool,
+    records: bool,
+) -> CheckReport:
+    """Plan, lint, drift and history of one target, by the tasks' code; `records`: the bucket beside the target
+    holds the hashes of the migration files as applied (without it, edited files cannot be told)."""
+    from dbpromote.tasks.drift import check_drift
+    from dbpromote.tasks.plan import compute_plan
+
+    report = CheckReport(project=project_name, target=target_name, risks_allowed=allow_risks)
+    try:
+        report.plan = compute_plan(project, target, target_name)
+    except DbpromoteError as error:
+        report.refused.append(str(error))
+    try:
+        report.drift = check_drift.fn(project, target, target_name, read_history=records)
+    except DbpromoteError as error:
+        report.refused.append(str(error))
+    if not records:
+        report.notes.append(
+            "migration files edited after they were applied: not checked (the target's records in its bucket were "
+            "not read; check against a registered target to include them)"
+        )
+    return report
