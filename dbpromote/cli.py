@@ -296,6 +296,23 @@ def drift(
     raise typer.Exit(1 if report.found else 0)
 
 
+@app.command("reconcile")
+def reconcile(
+    target: str,
+    project: str = typer.Option(..., help="The project block, e.g. tenant-backend."),
+    migration: str = typer.Option(..., help="APP:NAME, the next migration, whose effect was applied by hand."),
+    wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
+) -> None:
+    """Record a migration applied by hand as applied (`migrate --fake`), once its effect is proven to be there."""
+    from dbpromote.config import load_project, load_target
+    from dbpromote.models.plan import parse_target_migration
+
+    parse_target_migration(migration)
+    load_project(project)
+    load_target(target)
+    run_deployment("reconcile/reconcile", {"project": project, "target": target, "migration": migration}, wait)
+
+
 @app.command("check")
 def check(
     project: str = typer.Option(..., help="A project block, or a folder holding manage.py (with --settings)."),

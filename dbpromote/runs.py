@@ -33,8 +33,11 @@ def trigger(deployment: str, parameters: dict, *, wait: bool = False, idempotenc
             poll_interval=WAIT_POLL_S,
             idempotency_key=idempotency_key,
         )
-    except ValueError as error:
-        raise ConfigError(f"Deployment {deployment!r} not found ({error}); deploy with `dbpromote stack up`.") from None
+    except (ValueError, ObjectNotFound):
+        raise ConfigError(
+            f"Deployment {deployment!r} is not on the Prefect server (deployed before this dbpromote had it?); "
+            "deploy with `dbpromote stack up`, or `prefect --no-prompt deploy --all` on your own server."
+        ) from None
 
 
 def wait_until_paused(run_id: UUID, timeout_s: float = 600) -> State:
@@ -49,12 +52,12 @@ def wait_until_paused(run_id: UUID, timeout_s: float = 600) -> State:
 
 
 # The flows that pause for a person's approval, and that change a target's schema: one at a time per target.
-APPROVAL_FLOWS = ("promote", "restore", "rollback")
+APPROVAL_FLOWS = ("promote", "restore", "rollback", "reconcile")
 NOT_FINAL = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 
 
 def pending_approvals() -> list[FlowRun]:
-    """Runs paused for approval (promotions, restores, rollbacks), oldest first."""
+    """Runs paused for approval (promotions, restores, rollbacks, reconciliations), oldest first."""
     return [run for run, flow in flow_runs([StateType.PAUSED]) if flow in APPROVAL_FLOWS]
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from dbpromote.tasks.drift import check_drift, publish_drift
-from prefect import flow
+from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
+from dbpromote.tasks.drift import check_drift, fake_apply, publish_drift
+from dbpromote.tasks.plan import plan_migrations
+from dbpromote.tasks.preflight import check_not_held
+from prefect import flow, get_run_logger
 
 from dbpromote.config import load_project, load_target
-from dbpromote.errors import PreflightError, VerificationError
+from dbpromote.errors import ConfigError, PreflightError, VerificationError
+from dbpromote.models.approval import reconcile_request
 from dbpromote.models.drift import DriftReport
+from dbpromote.models.plan import parse_target_migration
 from dbpromote.notify import notify_failure
+
+DAY_S = 24 * 3600
 
 
 @flow(name="drift", on_failure=[notify_failure], flow_run_name="drift of {target}")
@@ -47,3 +54,45 @@ def preflight_drift(project: str, target: str) -> str:
             "--drift warn`."
         )
     return report.status()
+
+
+@flow(name="reconcile", on_failure=[notify_failure], flow_run_name="reconcile {migration} on {target}")
+def reconcile(
+    project: str,
+    target: str,
+    migration: str,
+    approval_timeout_s: int = DAY_S,
+    approval_poll_s: int = ANSWER_POLL_S,
+) -> DriftReport:
+    """Record a migration whose effect someone applied by hand (`migrate --fake`), only once the live schema is
+    proven equal to a replay of the target's recorded migrations plus that one; approval first where the target
+    requires it. Refused, showing the differences, when the hand-made change is not what the migration does."""
+    parsed = parse_target_migration(migration)
+    if parsed is None:
+        raise ConfigError("Name the migration to reconcile as APP:NAME, e.g. --migration core:0002_featureflag.")
+    app, name = parsed
+    django_project, database = load_project(project), load_target(target)
+    check_not_held([target])
+    plan = plan_migrations(django_project, database, target)
+    label = f"{app}.{name}"
+    if not plan.migrations or plan.migrations[0].label != label:
+        upcoming = plan.migrations[0].label if plan.migrations else "none: every migration is applied"
+        raise PreflightError(
+            f"{label} is not the next migration to apply on {target} (next: {upcoming}); reconcile the next one "
+            "first, or let a promotion apply it."
+        )
+    report = check_drift(django_project, database, target, plus=(app, name))
+    publish_drift(report)
+    if report.blocking:
+        named = ", ".join(f"{d.object} ({d.kind})" for d in report.blocking[:5])
+        raise VerificationError(
+            f"{target}'s schema is not what applying {label} gives: {named}; nothing was recorded: make the schema "
+            f"match the migration (the run's drift table has each difference and its fix), or let a promotion apply it."
+        )
+    file_hash = plan.file_hashes.get(f"{app}.{name}", "")
+    if database.requires_approval:
+        request = reconcile_request(target, plan.migrations[0], file_hash, report.status())
+        record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
+    fake_apply(django_project, database, target, label, file_hash)
+    get_run_logger().info("%s recorded as applied on %s after proving its effect is there", label, target)
+    return report

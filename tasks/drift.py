@@ -29,24 +29,30 @@ from dbpromote.records import read_records, write_record
 
 @task(name="check-drift", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def check_drift(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, read_history: bool = True
+    project: DjangoProject,
+    target: DatabaseTarget,
+    target_name: str,
+    read_history: bool = True,
+    plus: tuple[str, str] | None = None,
 ) -> DriftReport:
     """Every object of the live schema compared with the replay of exactly the migrations its django_migrations
     records (RLS applied as a promotion applies it), and (read_history: from the records in the target's bucket)
-    every applied migration file with the hash it had."""
+    every applied migration file with the hash it had. With plus, the replay applies that migration too: is its
+    effect already on the target?"""
     started = time.monotonic()
     history = plan_answer(run_probe(project, target, "plan"), project, target_name)
     check_conflicts(history)
     with connect(target, target_name) as conn:
         live = snapshot(conn, target.app_role)
-    expected = replayed(project, target, target_name, history.applied, extensions(live))
+    applied = [*history.applied, *([plus] if plus else [])]
+    expected = replayed(project, target, target_name, applied, extensions(live))
     differences = compare(governed(expected, target), governed(live, target), partial(repaired_by_rls_step, target))
     differences += orphaned_rows(history)
     if read_history:
         differences += edited_files(target, target_name, history)
     return DriftReport(
         target=target_name,
-        replayed=len(history.applied),
+        replayed=len(applied),
         differences=differences,
         duration_s=round(time.monotonic() - started, 3),
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -159,3 +165,15 @@ def publish_drift(report: DriftReport) -> None:
     )
     target = load_target(report.target)
     write_record(target, report.target, "drift", run_id, report.model_dump(mode="json"), scope=run_id)
+
+
+@task(name="fake-apply", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def fake_apply(project: DjangoProject, target: DatabaseTarget, target_name: str, label: str, file_hash: str) -> None:
+    """`migrate APP NAME --fake` on the target, and its file's hash recorded as for any migration applied."""
+    app, _, name = label.partition(".")
+    answer = run_probe(project, target, "fake", "--to", f"{app}:{name}")
+    if not isinstance(answer, StepAnswer):
+        raise ConfigError(f"{label} could not be recorded as applied on {target_name} ({answer.message}).")
+    run_id = str(flow_run.get_id() or "")
+    record = {"flow_run_id": run_id, "files": {label: file_hash}, "reconciled": True}
+    write_record(target, target_name, "migrations", run_id, record)

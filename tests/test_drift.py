@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from dbpromote import localstack as local_stack
-from tests.harness import PromotionInBackground, approval_form_text, cli, target_changed
+from tests.harness import PromotionInBackground, applied, approval_form_text, cli, target_changed, wait_for_run
 from tests.test_promote import catalog_snapshot, production_backups
 
 # Each change a person might make by hand on production, and what drift must call it.
@@ -135,3 +135,44 @@ def test_a_promotion_stops_at_preflight_on_drift_on_production_and_changes_nothi
     assert "**Drift of production:** 79 differences on production: column public.core_task.notes (unexpected)" in form
     assert "this promotion's RLS step repairs 78 of them" in form
     assert load_target("production").drift == "block"
+
+
+def test_reconcile_records_a_migration_applied_by_hand_and_refuses_one_applied_otherwise(fresh_databases):
+    from dbpromote.tasks.plan import compute_plan
+
+    from dbpromote.config import load_project, load_target
+    from dbpromote.records import read_records
+    from dbpromote.runs import answer_approval, wait_until_paused
+
+    stack = fresh_databases
+    (next_one,) = compute_plan(load_project("tenant-backend"), load_target("production"), "production").migrations[:1]
+    for server in local_stack.SERVERS:  # 0002 applied by hand from its SQL, as a team's rename_fields.sql was
+        with psycopg.connect(stack.database_url(server)) as conn:
+            for statement in next_one.sql:
+                if not statement.startswith("--"):
+                    conn.execute(statement)
+    with psycopg.connect(stack.database_url("staging")) as conn:  # 0003 by hand, but not as 0003 does it
+        conn.execute("ALTER TABLE core_task ADD COLUMN priority bigint")
+
+    done = cli("reconcile", "staging", "--project", "tenant-backend", "--migration", "core:0002_featureflag", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert applied(stack, "staging") == ["core.0001_initial", "core.0002_featureflag"]
+    (record,) = [r for r in read_records(load_target("staging"), "staging", "migrations") if r.get("reconciled")][:1]
+    assert list(record["files"]) == ["core.0002_featureflag"]
+
+    refused = cli("reconcile", "staging", "--project", "tenant-backend", "--migration", "core:0003_task_priority",
+                  "--wait")  # fmt: skip
+    assert refused.returncode == 1
+    (error,) = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert "staging's schema is not what applying core.0003_task_priority gives: column public.core_task.priority" in (
+        error
+    )
+    assert applied(stack, "staging")[-1] == "core.0002_featureflag"
+
+    started = cli("reconcile", "production", "--project", "tenant-backend", "--migration", "core:0002_featureflag")
+    run_id = started.stdout.split()[0]
+    assert wait_until_paused(run_id).is_paused()  # production requires approval, for this too
+    assert applied(stack, "production") == ["core.0001_initial"]
+    answer_approval(run_id, "approve", "alice", "applied by hand last night", acknowledge_risks=False)
+    assert wait_for_run(run_id).is_completed()
+    assert applied(stack, "production") == ["core.0001_initial", "core.0002_featureflag"]

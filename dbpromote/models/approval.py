@@ -8,7 +8,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field, create_model
 
 from dbpromote.models.backup import Backup
-from dbpromote.models.plan import Plan
+from dbpromote.models.plan import Plan, PlannedMigration
 from dbpromote.models.report import Rehearsal, StepReport
 
 # A Literal, not an Enum: the UI's form renders an inline enum as a choice, but not one behind a $ref.
@@ -200,6 +200,33 @@ def restore_request(target: str, backup: Backup) -> ApprovalRequest:
             ]
         ),
         notice=f"restoring {target} from {backup.uri} waits for approval",
+    )
+
+
+def reconcile_request(target: str, migration: PlannedMigration, file_hash: str, drift: str) -> ApprovalRequest:
+    return ApprovalRequest(
+        action=f"recording {migration.label} as applied on {target}",
+        target=target,
+        subject=f"{migration.label}@{file_hash}",
+        items=[migration.label],
+        description="\n".join(
+            [
+                f"## Approve recording **{migration.label}** as applied on **{target}** (`migrate --fake`)",
+                "",
+                f"Someone applied its effect by hand. Proven: {target}'s schema equals a replay of its recorded "
+                f"migrations plus this one ({drift}).",
+                "",
+                "```sql",
+                "\n".join(migration.sql) or "-- no SQL",
+                "```",
+                "",
+                "### What happens next",
+                "",
+                f"On approve: django_migrations on {target} records {migration.label}; nothing else runs. On reject "
+                "or timeout: nothing changes.",
+            ]
+        ),
+        notice=f"recording {migration.label} as applied on {target} waits for approval",
     )
 
 

@@ -45,7 +45,7 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "plan-back", "replay", "serve"])
+    parser.add_argument("command", choices=["plan", "plan-back", "replay", "fake", "serve"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--database", default="default", help="the DATABASES alias the target is")
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
@@ -68,6 +68,7 @@ def main() -> int:
             "plan": lambda: plan(connection, args.to),
             "plan-back": lambda: plan_back(connection, json.loads(args.state)),
             "replay": lambda: replay(connection, json.loads(args.state)),
+            "fake": lambda: fake(connection, args),
         }
         result = answer(commands[args.command])
     out.write(protocol.encode(result) + "\n")
@@ -437,6 +438,26 @@ def migrate_one(connection, args):
             "migrate", args.app, args.name, database=args.database, interactive=False, verbosity=1, stdout=io.StringIO()
         ),
     )
+
+
+def fake(connection, args):
+    """Record the next migration as applied without running it (`migrate APP NAME --fake`): someone applied its
+    effect by hand, and the worker proved the schema equals what applying it gives."""
+    from django.core.management import call_command
+    from django.db.migrations.executor import MigrationExecutor
+
+    app, _, name = args.to.partition(":")
+    executor = MigrationExecutor(connection)
+    if (app, name) not in executor.loader.graph.nodes:
+        raise ProbeError("target", f"{app}.{name} is not a migration of this project")
+    if (app, name) in executor.loader.applied_migrations:
+        return protocol.StepAnswer(already_applied=True, duration_s=0.0)
+    steps = [(m.app_label, m.name, backwards) for m, backwards in executor.migration_plan([(app, name)])]
+    if steps != [(app, name, False)]:
+        raise ProbeError("order", f"{app}.{name} is not the next migration to apply; the plan is {steps}")
+    started = time.monotonic()
+    call_command("migrate", app, name, fake=True, database=args.database, interactive=False, stdout=io.StringIO())
+    return protocol.StepAnswer(already_applied=False, duration_s=round(time.monotonic() - started, 3))
 
 
 def reverse_one(connection, args):
