@@ -3,7 +3,6 @@ on the same server; and the migration files edited since dbpromote applied them.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -22,7 +21,7 @@ from dbpromote.config import DatabaseTarget, DjangoProject, load_target
 from dbpromote.errors import ConfigError, retry_if_transient
 from dbpromote.models.drift import Difference, DriftReport
 from dbpromote.postgres import connect, server_connection
-from dbpromote.probe import StepAnswer, run_probe
+from dbpromote.probe import FailureAnswer, StepAnswer, run_probe
 from dbpromote.probe.protocol import PlanAnswer
 from dbpromote.records import read_records, write_record
 
@@ -40,19 +39,16 @@ def check_drift(
     every applied migration file with the hash it had. With plus, the replay applies that migration too: is its
     effect already on the target?"""
     started = time.monotonic()
-    history = plan_answer(run_probe(project, target, "plan"), project, target_name)
-    check_conflicts(history)
     with connect(target, target_name) as conn:
         live = snapshot(conn, target.app_role)
-    applied = [*history.applied, *([plus] if plus else [])]
-    expected = replayed(project, target, target_name, applied, extensions(live))
+    history, expected = replayed(project, target, target_name, extensions(live), plus)
     differences = compare(governed(expected, target), governed(live, target), partial(repaired_by_rls_step, target))
     differences += orphaned_rows(history)
     if read_history:
         differences += edited_files(target, target_name, history)
     return DriftReport(
         target=target_name,
-        replayed=len(applied),
+        replayed=len(history.applied) + bool(plus),
         differences=differences,
         duration_s=round(time.monotonic() - started, 3),
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -60,11 +56,19 @@ def check_drift(
 
 
 def replayed(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, applied: list, extensions: dict[str, str]
-) -> Snapshot:
-    """The schema `applied` produces: replayed into a scratch database on the target's server (with the live
-    database's extensions, which a DBA may have created outside any migration), RLS brought up to date as a
-    promotion does, read, and dropped whatever happens."""
+    project: DjangoProject,
+    target: DatabaseTarget,
+    target_name: str,
+    extensions: dict[str, str],
+    plus: tuple[str, str] | None,
+) -> tuple[PlanAnswer, Snapshot]:
+    """The target's recorded history, and the schema it produces: replayed into a scratch database on the target's
+    server (with the live database's extensions, which a DBA may have created outside any migration), RLS brought
+    up to date as a promotion does, read, and dropped whatever happens.
+
+    One probe process reads the history on the target and replays it into the scratch database (on the same server,
+    as the same role: only the database's name differs): Django starts once (~0.35 s of a 1 s check).
+    """
     scratch = scratch_name(target.database, "drift")
     copy = target.on_database(scratch)
     with server_connection(target, target_name) as server:
@@ -73,16 +77,19 @@ def replayed(
             with connect(copy, target_name) as conn:
                 for name, version in extensions.items():
                     create_extension(conn, name, version, target_name)
-            answer = run_probe(project, copy, "replay", "--state", json_list(applied))
-            if not isinstance(answer, StepAnswer):
+            also = ["--plus", ":".join(plus)] if plus else []
+            answer = run_probe(project, target, "replay", "--into", scratch, *also)
+            if isinstance(answer, FailureAnswer) and answer.reason == "error":
                 raise ConfigError(
                     f"The migrations applied on {target_name} cannot be replayed into a scratch database "
-                    f"({getattr(answer, 'message', answer)}); fix the migration that fails, or run the drift check "
-                    "against a server where the migration role may create it."
+                    f"({answer.message}); fix the migration that fails, or check drift on a server where the "
+                    "migration role may create databases and the extensions the migrations need."
                 )
+            history = plan_answer(answer, project, target_name)
+            check_conflicts(history)
             bring_rls_up_to_date(copy, target_name)
             with connect(copy, target_name) as conn:
-                return snapshot(conn, target.app_role)
+                return history, snapshot(conn, target.app_role)
         finally:
             drop_scratch(server, scratch)
 
@@ -145,10 +152,6 @@ def orphaned_rows(history: PlanAnswer) -> list[Difference]:
         )
         for app, name in history.unknown_applied
     ]
-
-
-def json_list(pairs: list) -> str:
-    return json.dumps([list(pair) for pair in pairs])
 
 
 def publish_drift(report: DriftReport) -> None:

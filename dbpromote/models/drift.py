@@ -3,6 +3,7 @@ that would reconcile each difference where one statement can."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 from psycopg import sql
@@ -102,7 +103,9 @@ class DriftReport(BaseModel):
             values = (("expected", d.expected), ("live", d.live), ("fix", d.fix))
             lines += [f"             {label}: {value}" for label, value in values if value]
         if self.repaired:
-            lines.append(f"  a promotion's RLS step repairs the other {len(self.repaired)}: {_objects(self.repaired)}")
+            lines.append(
+                f"  a promotion's RLS step repairs the other {len(self.repaired)}: {_objects(self.repaired, 10)}"
+            )
         return "\n".join(lines)
 
     def markdown(self) -> str:
@@ -126,7 +129,11 @@ class DriftReport(BaseModel):
         return "\n".join(lines)
 
 
-def _objects(differences: list[Difference]) -> str:
+def _objects(differences: list[Difference], at_most: int = 0) -> str:
+    """Each object and its kind; beyond at_most of them, how many of each kind of object."""
+    if at_most and len(differences) > at_most:
+        kinds = Counter(d.object.split(" ", 1)[0] for d in differences)
+        return ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) + " objects"
     return ", ".join(f"{d.object} ({d.kind})" for d in differences)
 
 

@@ -51,8 +51,10 @@ def main() -> int:
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
     parser.add_argument("--lock-timeout-ms", type=int, default=0)
     parser.add_argument("--statement-timeout-ms", type=int, default=0)
+    parser.add_argument("--into", default="", help="replay: the empty database (same server) to replay into")
+    parser.add_argument("--plus", default="", help="replay: app:migration to apply after the recorded ones")
     parser.add_argument(
-        "--state", default="[]", help="JSON [[app, name], ...]: plan-back's set to return to, replay's to apply"
+        "--state", default="[]", help="plan-back: JSON [[app, name], ...], the applied set to return to"
     )
     args = parser.parse_args()
     lifeline.end_with_parent()
@@ -67,7 +69,7 @@ def main() -> int:
         commands = {
             "plan": lambda: plan(connection, args.to),
             "plan-back": lambda: plan_back(connection, json.loads(args.state)),
-            "replay": lambda: replay(connection, json.loads(args.state)),
+            "replay": lambda: replay(connection, args.into, args.plus),
             "fake": lambda: fake(connection, args),
         }
         result = answer(commands[args.command])
@@ -225,21 +227,39 @@ def file_hashes(loader) -> dict:
     return hashes
 
 
-def replay(connection, recorded: list):
-    """Apply exactly the recorded migrations (another database's django_migrations) to this empty database, in
-    dependency order, as `migrate` applies them: the schema that history should have produced."""
+def replay(connection, into: str, plus: str):
+    """The database's recorded history (see history()); then exactly those migrations, and `plus`, applied to the
+    empty database `into` on the same server, in dependency order, as `migrate` applies them: the schema that
+    history should have produced. The history is the answer."""
     from django.db.migrations.executor import MigrationExecutor
 
+    recorded = history(connection)
+    if recorded.conflicts:
+        return recorded
+    connection.close()
+    connection.settings_dict["NAME"] = into
     executor = MigrationExecutor(connection)
     loader = executor.loader
-    keys = {tuple(key) for key in recorded}
+    keys = {tuple(key) for key in recorded.applied} | ({tuple(plus.split(":", 1))} if plus else set())
     # On an empty database the loader uses a squash instead of what it replaces: it stands for them when all are.
     keys |= {squash for squash, migration in loader.replacements.items() if set(migration.replaces) <= keys}
     everything = executor.migration_plan(loader.graph.leaf_nodes(), clean_start=True)
-    plan = [(migration, False) for migration, _ in everything if (migration.app_label, migration.name) in keys]
-    started = time.monotonic()
-    executor.migrate([], plan=plan)
-    return protocol.StepAnswer(already_applied=False, duration_s=round(time.monotonic() - started, 3))
+    executor.migrate([], plan=[(m, False) for m, _ in everything if (m.app_label, m.name) in keys])
+    connection.close()
+    return recorded
+
+
+def history(connection):
+    """What the database records as applied and what the project's files say of it, without planning: the
+    conflicts, rows no file accounts for, partly applied squashes and each file's hash (what drift needs)."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(connection)
+    conflicts = {app: sorted(names) for app, names in loader.detect_conflicts().items()}
+    applied = sorted((app, name) for app, name in loader.applied_migrations)
+    result = protocol.PlanAnswer(applied=applied, migrations=[], conflicts=conflicts, file_hashes=file_hashes(loader))
+    result.unknown_applied, result.partial_squashes = history_findings(connection, loader)
+    return result
 
 
 def history_findings(connection, loader) -> tuple[list, list]:
