@@ -96,12 +96,26 @@ class PromotionInBackground(InBackground):
         super().__init__(promote, **(defaults | parameters))
 
 
-def hold_lock(url: str, table: str, seconds: float, ready: threading.Event) -> threading.Thread:
+def hold_lock(
+    url: str, table: str, seconds: float, ready: threading.Event, after_a_wait: bool = False
+) -> threading.Thread:
+    """A session holding ACCESS SHARE on table for `seconds` (after_a_wait: counted from the moment another session
+    first waits for it, so that whatever comes to alter it is refused at least once however slow it is to come)."""
+
+    def waited_for(conn) -> bool:
+        return conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = %s::regclass AND NOT granted)", [table]
+        ).fetchone()[0]
+
     def hold():
         # A blocker outliving its test is ended when the next test resets the database: that is fine.
         with contextlib.suppress(psycopg.errors.AdminShutdown), psycopg.connect(url) as conn:
             conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
             ready.set()
+            deadline = time.monotonic() + 120
+            with psycopg.connect(url, autocommit=True) as watcher:
+                while after_a_wait and not waited_for(watcher) and time.monotonic() < deadline:
+                    time.sleep(0.02)
             time.sleep(seconds)
 
     thread = threading.Thread(target=hold, daemon=True)

@@ -100,20 +100,21 @@ def bad_inputs(stack) -> list[tuple[str, list[str]]]:
     ]
 
 
-def state_of(stack) -> tuple:
-    """What bad input must leave as it was: the blocks, the runs people started and both databases' migrations."""
-    from datetime import UTC, datetime
+def state_of(stack, since) -> tuple:
+    """What bad input must leave as it was: the blocks, the runs anyone started since `since` and both databases'
+    migrations."""
+    from datetime import UTC, datetime, timedelta
 
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
 
-    due = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)))
+    # Runs started by hand or over REST are due at once; the scheduler's (audits, nightly backups) come as time
+    # passes and are nobody's input.
+    window = FlowRunFilterExpectedStartTime(after_=since, before_=datetime.now(UTC) + timedelta(minutes=1))
     with get_client(sync_client=True) as client:
         blocks = sorted(block.name for block in client.read_block_documents())
-        # The scheduler's runs (audits, nightly backups) come and start as time passes: not anyone's input.
-        newest = client.read_flow_runs(flow_run_filter=due, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
-        runs = sorted(str(run.id) for run in newest if not run.auto_scheduled)
+        started = client.read_flow_runs(flow_run_filter=FlowRunFilter(expected_start_time=window), limit=200)
+        runs = sorted(str(run.id) for run in started if not run.auto_scheduled)
     migrations = []
     for server in local_stack.SERVERS:
         with psycopg.connect(stack.database_url(server)) as conn:
@@ -124,8 +125,11 @@ def state_of(stack) -> tuple:
 def test_bad_input_through_the_cli_and_rest_is_one_sentence_and_changes_nothing(fresh_databases):
     from tests.test_deployments import rest
 
+    from datetime import UTC, datetime
+
     cases = bad_inputs(fresh_databases)
-    before = state_of(fresh_databases)
+    since = datetime.now(UTC)
+    before = state_of(fresh_databases, since)
     outcomes = []
     for what, argv in cases:
         result = cli(*argv)
@@ -142,7 +146,7 @@ def test_bad_input_through_the_cli_and_rest_is_one_sentence_and_changes_nothing(
     unauthenticated = httpx.post(f"{fresh_databases.prefect_api_url}/flow_runs/filter", json={})
     outcomes.append(("REST: no credential", unauthenticated.status_code, [unauthenticated.text]))
 
-    after = state_of(fresh_databases)
+    after = state_of(fresh_databases, since)
     refused = [o for o in outcomes if o[1] not in (0, 200, 201)]
     one_sentence = [o for o in outcomes if len(o[2]) == 1 and "Traceback" not in o[2][0]]
     print(

@@ -362,7 +362,7 @@ def test_rollback_waits_for_a_held_lock_with_the_same_safety_as_migrate(fresh_da
     stack = fresh_databases
     target = make_target("staging-rollback-locks", lock_timeout_ms=300, max_lock_wait_s=60)
     release = migrate_environment("tenant-backend", target, to="core:0003_task_priority")
-    blocker = hold_lock(stack.database_url("staging"), "core_task", 3, threading.Event())
+    blocker = hold_lock(stack.database_url("staging"), "core_task", 1, threading.Event(), after_a_wait=True)
 
     report = rollback("tenant-backend", target, backup=release.backup.uri)
 
