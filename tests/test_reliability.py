@@ -123,9 +123,9 @@ def state_of(stack, since) -> tuple:
 
 
 def test_bad_input_through_the_cli_and_rest_is_one_sentence_and_changes_nothing(fresh_databases):
-    from tests.test_deployments import rest
-
     from datetime import UTC, datetime
+
+    from tests.test_deployments import rest
 
     cases = bad_inputs(fresh_databases)
     since = datetime.now(UTC)
