@@ -2,6 +2,7 @@
 background while the test acts as the approver, and a session holding a lock."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -79,13 +80,13 @@ def target_changed(name: str, **fields):
 
 
 def approval_form_text(run) -> str:
-    """What a paused run's approval form shows (its description among the schema's defaults)."""
+    """The markdown a paused run's approval form shows above its fields."""
     from prefect import get_client
-
-    from dbpromote.runs import paused_form_schema
+    from prefect.input.run_input import keyset_from_paused_state
 
     with get_client(sync_client=True) as client:
-        return paused_form_schema(client, client.read_flow_run(run.id))
+        paused = client.read_flow_run(run.id)
+        return json.loads(client.read_flow_run_input(run.id, keyset_from_paused_state(paused.state)["description"]))
 
 
 class PromotionInBackground(InBackground):

@@ -284,11 +284,9 @@ def test_the_backup_manifest_holds_the_rows_and_state_of_the_dump(fresh_database
 
 
 def test_rehearsal_durations_show_in_the_approval_form_and_a_slow_migration_is_flagged(fresh_databases, project_copy):
-    from prefect import get_client
-    from prefect.input.run_input import keyset_from_paused_state
 
     from dbpromote.runs import answer_approval
-    from tests.harness import PromotionInBackground
+    from tests.harness import PromotionInBackground, approval_form_text
 
     stack = fresh_databases
     project = project_copy("slow-release")
@@ -305,11 +303,7 @@ def test_rehearsal_durations_show_in_the_approval_form_and_a_slow_migration_is_f
 
     promotion = PromotionInBackground(project=project, rehearse=True, rehearsal_slow_s=2)
     run = promotion.paused_run()
-    with get_client(sync_client=True) as client:
-        paused = client.read_flow_run(run.id)
-        description = json.loads(
-            client.read_flow_run_input(run.id, keyset_from_paused_state(paused.state)["description"])
-        )
+    description = approval_form_text(run)
 
     section = description.split("### Rehearsal on production's data")[1].split("###")[0]
     rows = [line.split("|") for line in section.splitlines() if line.startswith("| core.")]
