@@ -151,14 +151,15 @@ def test_reconcile_records_a_migration_applied_by_hand_and_refuses_one_applied_o
             for statement in next_one.sql:
                 if not statement.startswith("--"):
                     conn.execute(statement)
-    with psycopg.connect(stack.database_url("staging")) as conn:  # 0003 by hand, but not as 0003 does it
-        conn.execute("ALTER TABLE core_task ADD COLUMN priority bigint")
 
     done = cli("reconcile", "staging", "--project", "tenant-backend", "--migration", "core:0002_featureflag", "--wait")
     assert done.returncode == 0, done.stderr
     assert applied(stack, "staging") == ["core.0001_initial", "core.0002_featureflag"]
     (record,) = [r for r in read_records(load_target("staging"), "staging", "migrations") if r.get("reconciled")][:1]
     assert list(record["files"]) == ["core.0002_featureflag"]
+
+    with psycopg.connect(stack.database_url("staging")) as conn:  # 0003 by hand, but not as 0003 does it
+        conn.execute("ALTER TABLE core_task ADD COLUMN priority bigint")
 
     refused = cli("reconcile", "staging", "--project", "tenant-backend", "--migration", "core:0003_task_priority",
                   "--wait")  # fmt: skip
