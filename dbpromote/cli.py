@@ -409,9 +409,11 @@ def project_add(
         fail(f"--database-env knows no part {', '.join(unknown)}; use {', '.join(DATABASE_PARTS)}.")
     if env_file and not (Path(path) / env_file).is_file():
         fail(f"The env file {Path(path) / env_file} does not exist; give its path relative to --path.")
+    for item in lint_ignore or []:
+        rule, _, reason = item.partition("=")
+        if not reason.strip():
+            fail(f"--lint-ignore {rule} has no reason; write it as --lint-ignore {rule}=WHY.")
     ignored = pairs(lint_ignore or [], "--lint-ignore")
-    if unexplained := sorted(rule for rule, reason in ignored.items() if not reason.strip()):
-        fail(f"--lint-ignore {unexplained[0]} has no reason; write it as --lint-ignore {unexplained[0]}=WHY.")
     DjangoProject(
         path=str(Path(path).resolve()),
         settings_module=settings,
