@@ -85,6 +85,55 @@ def promote(
     follow(trigger("promote/promote", parameters, wait=wait), wait, until_paused)
 
 
+@app.command("fix")
+def fix(
+    project: str = typer.Option(..., help="The project block, e.g. tenant-backend (its verify scripts run after)."),
+    through: str = typer.Option(..., help="Targets in order, staging first: staging,production."),
+    script: str = typer.Option(..., help="A .sql file: the statements to run on each target."),
+    tenant: list[str] | None = typer.Option(
+        None, help="Run as the application role for this tenant, RLS confining it (repeat); none: unscoped."
+    ),
+    expect_rows: str = typer.Option("", help="MIN..MAX rows the fix may change on each target, e.g. 1..50."),
+    purpose: str = typer.Option("", help="Why: recorded and shown to the approver."),
+    wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
+    until_paused: bool = typer.Option(False, "--until-paused", help="Wait until the run waits for approval."),
+) -> None:
+    """A data fix, staging first: dry run and counts, bounds, approval, backup, before-images, verify after."""
+    from pathlib import Path
+
+    from dbpromote.config import load_project
+    from dbpromote.flows.fix import check_fix_input
+    from dbpromote.models.fix import FixScript, RowBounds
+    from dbpromote.runs import trigger
+
+    path = Path(script)
+    if path.suffix != ".sql":
+        fail(f"{script} is not a .sql file; a fix script is SQL statements (Python fix scripts are not supported yet).")
+    if not path.is_file():
+        fail(f"The fix script {script} does not exist; give the path of a .sql file.")
+    RowBounds.parse(expect_rows)
+    load_project(project)
+    targets = [name.strip() for name in through.split(",") if name.strip()]
+    check_fix_input(targets)
+    fix_script = FixScript(name=path.name, sql=path.read_text(), purpose=purpose)
+    parameters = {"project": project, "through": targets, "script": fix_script.sql, "script_name": path.name}
+    parameters |= {"tenants": tenant or [], "expect_rows": expect_rows, "purpose": purpose}
+    follow(trigger("fix/fix", parameters, wait=wait), wait, until_paused)
+
+
+@app.command("fix-undo")
+def fix_undo(
+    run_id: str,
+    target: str = typer.Option(..., help="The target whose rows the fix changed."),
+    wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
+) -> None:
+    """Put back the rows a fix changed on a target, from its before-images (refused if one changed since)."""
+    from dbpromote.config import load_target
+
+    load_target(target)
+    run_deployment("fix-undo/fix-undo", {"fix_run": run_id, "target": target}, wait)
+
+
 @app.command("resume")
 def resume(
     run_id: str,
@@ -99,14 +148,14 @@ def resume(
 
 
 def follow(run, wait: bool, until_paused: bool) -> None:
-    """Print a promotion's run; with until_paused, wait for its approval form; with wait, for its end."""
+    """Print a run that may ask for approval; with until_paused, wait for its approval form; with wait, its end."""
     from dbpromote.runs import run_url, wait_until_paused
 
     typer.echo(f"{run.id} {run_url(run.id)}")
     if until_paused:
         state = wait_until_paused(run.id)
         if not state.is_paused():
-            fail(f"The promotion ended {state.name} before asking for approval: {why(state, run.id)}")
+            fail(f"The run ended {state.name} before asking for approval: {why(state, run.id)}")
         typer.echo(f"waiting for approval in the UI: {run_url(run.id)}")
         typer.echo(f"or: .venv/bin/dbpromote approve {run.id} --approver YOUR_NAME --comment TEXT --acknowledge-risks")
     if wait:

@@ -52,12 +52,12 @@ def wait_until_paused(run_id: UUID, timeout_s: float = 600) -> State:
 
 
 # The flows that pause for a person's approval, and that change a target's schema: one at a time per target.
-APPROVAL_FLOWS = ("promote", "restore", "rollback", "reconcile")
+APPROVAL_FLOWS = ("promote", "restore", "rollback", "reconcile", "fix", "fix-undo")
 NOT_FINAL = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 
 
 def pending_approvals() -> list[FlowRun]:
-    """Runs paused for approval (promotions, restores, rollbacks, reconciliations), oldest first."""
+    """Runs paused for approval (promotions, restores, rollbacks, reconciliations, fixes), oldest first."""
     return [run for run, flow in flow_runs([StateType.PAUSED]) if flow in APPROVAL_FLOWS]
 
 

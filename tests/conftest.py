@@ -87,6 +87,22 @@ def fresh_databases(stack):
     return stack
 
 
+@pytest.fixture(scope="module")
+def promoted(stack):
+    """Both databases reset to v1, then the release promoted through them as a user would."""
+    from dbpromote.runs import answer_approval
+    from tests.harness import PromotionInBackground
+
+    cancel_unfinished_runs()
+    for server in local_stack.SERVERS:
+        local_stack.reset_database(stack, server)
+    promotion = PromotionInBackground()
+    answer_approval(str(promotion.paused_run().id), "approve", "alice", "release", acknowledge_risks=True)
+    promotion.finish()
+    assert promotion.error is None, promotion.error
+    return stack
+
+
 @pytest.fixture
 def output_dir(request) -> Path:
     folder = Path(__file__).resolve().parents[1] / "test-output" / request.node.name

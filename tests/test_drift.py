@@ -8,7 +8,6 @@ import json
 import shutil
 
 import psycopg
-import pytest
 
 from dbpromote import localstack as local_stack
 from tests.harness import PromotionInBackground, applied, approval_form_text, cli, target_changed, wait_for_run
@@ -39,22 +38,6 @@ def drift_of(target: str, project: str = "tenant-backend"):
     from dbpromote.config import load_project, load_target
 
     return check_drift.fn(load_project(project), load_target(target), target)
-
-
-@pytest.fixture(scope="module")
-def promoted(stack):
-    """Both databases reset to v1, then the release promoted through them as a user would."""
-    from dbpromote.runs import answer_approval
-    from tests.conftest import cancel_unfinished_runs
-
-    cancel_unfinished_runs()
-    for server in local_stack.SERVERS:
-        local_stack.reset_database(stack, server)
-    promotion = PromotionInBackground()
-    answer_approval(str(promotion.paused_run().id), "approve", "alice", "release", acknowledge_risks=True)
-    promotion.finish()
-    assert promotion.error is None, promotion.error
-    return stack
 
 
 def test_no_drift_right_after_a_promotion_of_the_release(promoted):

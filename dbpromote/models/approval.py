@@ -8,6 +8,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field, create_model
 
 from dbpromote.models.backup import Backup
+from dbpromote.models.fix import FixRun, FixScript
 from dbpromote.models.plan import Plan, PlannedMigration
 from dbpromote.models.report import Rehearsal, StepReport
 
@@ -227,6 +228,53 @@ def reconcile_request(target: str, migration: PlannedMigration, file_hash: str, 
             ]
         ),
         notice=f"recording {migration.label} as applied on {target} waits for approval",
+    )
+
+
+def fix_request(target: str, script: FixScript, dry: FixRun, done: list[FixRun]) -> ApprovalRequest:
+    """A data fix's approval: the script, its hash and purpose, what its dry run would change here and what it
+    changed on the targets before; a fix not scoped to tenants is a risk to acknowledge."""
+    scope = f"as the application role for tenant(s) {', '.join(dry.tenants)} (RLS confines it to them)"
+    risks = [] if dry.tenants else [f"{script.name}: unscoped: runs as the migration role over every tenant's rows"]
+    lines = [
+        f"## Approve the data fix **{script.name}** on **{target}**",
+        "",
+        f"Purpose: {script.purpose or '(none given)'}. Script hash **{script.hash}**; runs "
+        f"{scope if dry.tenants else 'unscoped, as the migration role'}.",
+        "",
+        f"### Its dry run on {target} (rolled back): {dry.rows} rows",
+        "",
+        *dry.markdown_lines(),
+    ]
+    for run in done:
+        lines += ["", f"### Done on {run.target}: {run.rows} rows", "", *run.markdown_lines()]
+    lines += ["", "### The script", "", "```sql", script.sql.strip(), "```", "", "### What happens next", ""]
+    lines.append(
+        f"On approve: {target} is backed up, then the script runs and commits only if it changes exactly the rows "
+        "counted above; the before-image of every changed row is saved first (`dbpromote fix-undo` puts them back). "
+        "On reject or timeout: nothing changes."
+    )
+    return ApprovalRequest(
+        action=f"fixing data on {target} with {script.name}",
+        target=target,
+        subject=f"{script.hash}:{dry.rows}",
+        items=[t.table for t in dry.tables],
+        risks=risks,
+        description="\n".join(lines),
+        notice=f"the data fix {script.name} ({dry.rows} rows) waits for approval on {target}",
+    )
+
+
+def undo_request(target: str, record: dict) -> ApprovalRequest:
+    return ApprovalRequest(
+        action=f"undoing the fix {record['script']} on {target}",
+        target=target,
+        subject=record["before_images"],
+        items=[t["table"] for t in record["tables"]],
+        description=f"## Approve putting back the {record['rows']} rows the fix **{record['script']}** "
+        f"({record['script_hash']}, run {record['flow_run_id']}) changed on **{target}**\n\nFrom "
+        f"{record['before_images']}. Refused without changing anything if any of them changed again since.",
+        notice=f"undoing the fix {record['script']} on {target} waits for approval",
     )
 
 

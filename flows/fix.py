@@ -1,0 +1,132 @@
+"""Fix: a data fix script run like a promotion, staging first; dry run, bounds, approval, backup, before-images,
+verify after, on each target. And its undo."""
+
+from __future__ import annotations
+
+from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
+from dbpromote.tasks.backup import backup_to_gcs
+from dbpromote.tasks.fix import FixError, apply_fix, dry_run_fix, undo_fix
+from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
+from dbpromote.tasks.verify import run_verify_scripts
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from dbpromote.config import load_project, load_target
+from dbpromote.errors import ConfigError, VerificationError
+from dbpromote.models.approval import fix_request, undo_request
+from dbpromote.models.fix import FixRun, FixScript, RowBounds
+from dbpromote.notify import notify_failure
+from dbpromote.records import read_records, write_record
+
+DAY_S = 24 * 3600
+
+
+@flow(name="fix", on_failure=[notify_failure], flow_run_name="fix {script_name} through {through}")
+def fix(
+    project: str,
+    through: list[str],
+    script: str,
+    script_name: str = "fix.sql",
+    tenants: list[str] | None = None,
+    expect_rows: str = "",
+    purpose: str = "",
+    approval_timeout_s: int = DAY_S,
+    approval_poll_s: int = ANSWER_POLL_S,
+) -> list[FixRun]:
+    """The seed's checklist for a `fix_*` script: on each target in order, staging first, a dry run (rolled back)
+    counts what it would change, which must be within expect_rows; approval where the target requires it; a
+    backup; the real run, committed only if it changes exactly what the dry run counted and after every changed
+    row's before-image is in the bucket; the project's verify scripts. With tenants, the script runs as the
+    application role once per tenant, so RLS confines it to them."""
+    fix_script, bounds, tenants = (
+        FixScript(name=script_name, sql=script, purpose=purpose),
+        RowBounds.parse(expect_rows),
+        tenants or [],
+    )
+    django_project = load_project(project)
+    check_fix_input(through)
+    check_not_held(through)
+    runs = []
+    for target in through:
+        database = load_target(target)
+        check_database(database, target)
+        check_bucket(database, target)
+        dry = dry_run_fix(database, target, fix_script, tenants)
+        if not bounds.admits(dry.rows):
+            raise FixError(
+                f"The fix would change {dry.rows} rows on {target}, outside --expect-rows {bounds}; nothing was "
+                "committed on any target: check the script (the run's dry-run table names the tables), or give "
+                "the bounds you expect."
+            )
+        if database.requires_approval:
+            request = fix_request(target, fix_script, dry, runs)
+            record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
+        backup = backup_to_gcs(database, target) if dry.rows else None
+        done = apply_fix(database, target, fix_script, tenants, dry, bounds)
+        done.backup = backup.uri if backup else ""
+        runs.append(done)
+        record_fix(database, target, fix_script, done)
+        failed = [
+            f"{c.name} ({c.detail})" for c in run_verify_scripts(django_project, database, target) if not c.passed
+        ]
+        if failed:
+            raise VerificationError(
+                f"After the fix, {target} fails its verify scripts: {', '.join(failed)}; "
+                f"no later target was touched: undo it with `dbpromote fix-undo {flow_run.get_id()} --target {target}` "
+                "or correct the data."
+            )
+    create_markdown_artifact(summary(fix_script, runs), key="dbpromote-fix", description=f"Fix {script_name}")
+    get_run_logger().info("fix %s (%s) applied on %s", script_name, fix_script.hash, ", ".join(through))
+    return runs
+
+
+def check_fix_input(through: list[str]) -> None:
+    if not through:
+        raise ConfigError(
+            "No environments given; pass them in order, staging first, e.g. --through staging,production."
+        )
+    if load_target(through[0]).requires_approval:
+        raise ConfigError(
+            f"{through[0]} requires approval, so it cannot come first: a fix runs on a staging target first; put one "
+            f"first, e.g. --through staging,{through[0]}."
+        )
+
+
+def record_fix(database, target: str, script: FixScript, done: FixRun) -> None:
+    run_id = str(flow_run.get_id() or "")
+    record = {"flow_run_id": run_id, "script": script.name, "script_hash": script.hash, "purpose": script.purpose}
+    record |= {"sql": script.sql, "tenants": done.tenants, "rows": done.rows, "backup": done.backup}
+    record |= {"before_images": done.before_images, "tables": [t.model_dump() for t in done.tables]}
+    write_record(database, target, "fixes", run_id, record)
+
+
+def summary(script: FixScript, runs: list[FixRun]) -> str:
+    lines = [f"# Fix {script.name} ({script.hash})", "", script.purpose or "", ""]
+    for run in runs:
+        scope = f"tenants {', '.join(run.tenants)}" if run.tenants else "unscoped"
+        lines += [f"## {run.target}: {run.rows} rows, {scope}", "", *run.markdown_lines(), ""]
+        lines += [f"Backup: {run.backup or '-'}; before-images: {run.before_images or '-'}", ""]
+    return "\n".join(lines)
+
+
+@flow(name="fix-undo", on_failure=[notify_failure], flow_run_name="undo fix {fix_run} on {target}")
+def fix_undo(fix_run: str, target: str, approval_timeout_s: int = DAY_S, approval_poll_s: int = ANSWER_POLL_S) -> int:
+    """Put back every row a fix changed on a target, from the before-images it saved; refused, naming the rows,
+    where one changed again since. Approval first where the target requires it."""
+    database = load_target(target)
+    check_not_held([target])
+    found = [r for r in read_records(database, target, "fixes") if r["flow_run_id"] == fix_run]
+    if not found or not found[0].get("before_images"):
+        raise ConfigError(
+            f"No fix run {fix_run} with before-images is recorded on {target}; `dbpromote journal {target}` lists "
+            "the fixes made there."
+        )
+    if database.requires_approval:
+        record_approval(
+            database, target, wait_for_approval(undo_request(target, found[0]), approval_timeout_s, approval_poll_s)
+        )
+    put_back = undo_fix(database, target, found[0]["before_images"])
+    run_id = str(flow_run.get_id() or "")
+    write_record(database, target, "fixes", run_id, {"flow_run_id": run_id, "undoes": fix_run, "rows": put_back})
+    return put_back

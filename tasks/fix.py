@@ -1,0 +1,257 @@
+"""A guarded data fix on one target: a dry run that is rolled back, the real run with every changed row's
+before-image in the bucket before it commits, and the undo that puts those rows back.
+
+Rows are seen by capture triggers (AFTER ... FOR EACH ROW, a function in the session's pg_temp writing to a
+temporary table), created inside the fix's own transaction on exactly the tables the script changes and gone with
+it: nothing is left on the database, and a script that is ORM-free SQL or anything else is counted alike. Which
+tables those are comes from the transaction's own statistics (pg_stat_xact_user_tables) of a first pass that is
+rolled back: a trigger's lock (SHARE ROW EXCLUSIVE) is taken only on a table the script writes anyway.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import zstandard
+from prefect import task
+from prefect.runtime import flow_run
+from psycopg import sql
+
+from dbpromote.config import DatabaseTarget
+from dbpromote.errors import DbpromoteError, MigrationError, retry_if_transient
+from dbpromote.gcs import gcs_client, gcs_retry
+from dbpromote.models.fix import SAMPLE_KEYS, FixRun, FixScript, RowBounds, TableChanges
+from dbpromote.postgres import connect
+from dbpromote.records import record_folder
+
+CHANGES = sql.Identifier("pg_temp", "dbpromote_fix_changes")
+CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
+TRIGGER = sql.Identifier("dbpromote_fix_capture")
+
+
+class FixError(DbpromoteError):
+    """A fix was stopped before it committed anything on the target (or, undoing one, before it put anything back)."""
+
+
+@task(name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def dry_run_fix(target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str]) -> FixRun:
+    """What the script would change on the target, per table, with a few changed rows' keys; all rolled back."""
+    with fix_transaction(target, target_name) as conn:
+        changes = run_captured(conn, target, target_name, script, tenants)
+        conn.rollback()
+    return FixRun(target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=True)
+
+
+@task(name="apply-fix", retries=0)
+def apply_fix(
+    target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str], approved: FixRun, bounds: RowBounds
+) -> FixRun:
+    """The script for real, committed only when it changed exactly what the dry run counted (the data may have
+    moved since) within the bounds, and after the before-image of every changed row is in the bucket."""
+    with fix_transaction(target, target_name) as conn:
+        changes = run_captured(conn, target, target_name, script, tenants)
+        done = FixRun(
+            target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=False
+        )
+        if not done.same_counts(approved) or not bounds.admits(done.rows):
+            conn.rollback()
+            raise FixError(
+                f"The fix changed other rows on {target_name} than its dry run counted ({done.rows} rows, dry run "
+                f"{approved.rows}: the data changed in between); nothing was committed: run the fix again."
+            )
+        done.before_images = save_before_images(target, target_name, changes)
+        conn.commit()
+    return done
+
+
+def fix_transaction(target: DatabaseTarget, target_name: str) -> psycopg.Connection:
+    """The migration role's connection, with the target's lock_timeout and statement_timeout for the fix."""
+    conn = connect(target, target_name)
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{target.lock_timeout_ms}ms")))
+    conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{target.statement_timeout_ms}ms")))
+    return conn
+
+
+def run_captured(
+    conn: psycopg.Connection, target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str]
+) -> list[tuple]:
+    """Run the script twice in this transaction: first to learn which tables it writes (then rolled back to a
+    savepoint), then with capture triggers on those tables. The captured rows: (table, op, old row, new row)."""
+    conn.execute("SAVEPOINT dbpromote_fix_probe")
+    run_script(conn, target, target_name, script, tenants)
+    tables = [
+        table
+        for (table,) in conn.execute(
+            """
+            SELECT quote_ident(schemaname) || '.' || quote_ident(relname) FROM pg_stat_xact_user_tables
+            WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 AND schemaname NOT LIKE 'pg\\_temp%%'
+            """
+        )
+    ]
+    conn.execute("ROLLBACK TO SAVEPOINT dbpromote_fix_probe")
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} (tbl text, op text, old jsonb, new jsonb) ON COMMIT DROP").format(CHANGES)
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO {} VALUES "
+            "(quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME), TG_OP, "
+            "CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END); "
+            "RETURN NULL; END $$"
+        ).format(CAPTURE, CHANGES)
+    )
+    conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(CHANGES, sql.Identifier(target.app_role)))
+    for table in tables:
+        check_undoable(conn, table, target_name)
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+            ).format(TRIGGER, sql.SQL(table), CAPTURE)
+        )
+    run_script(conn, target, target_name, script, tenants)
+    changes = conn.execute(sql.SQL("SELECT tbl, op, old, new FROM {} ORDER BY tbl").format(CHANGES)).fetchall()
+    for table in tables:  # gone before the commit: nothing of the capture outlives the fix
+        conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(TRIGGER, sql.SQL(table)))
+    return changes
+
+
+def run_script(
+    conn: psycopg.Connection, target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str]
+) -> None:
+    """The statements as the migration role (unscoped) or, per tenant, as the application role with the tenant
+    setting set: RLS then confines every statement to that tenant's rows."""
+    try:
+        for tenant in tenants or [None]:
+            if tenant is not None:
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(target.app_role)))
+                conn.execute("SELECT set_config(%s, %s, true)", [target.tenant_setting, tenant])
+            conn.execute(script.sql)
+            conn.execute("RESET ROLE")
+    except psycopg.errors.LockNotAvailable:
+        raise MigrationError(
+            f"The fix {script.name} could not get its locks on {target_name} within lock_timeout "
+            f"({target.lock_timeout_ms} ms); nothing was committed: find the session holding them and run again.",
+            transient=True,
+        ) from None
+    except psycopg.Error as error:
+        scope = f" as {target.app_role} for tenant {tenant}" if tenant is not None else ""
+        raise FixError(
+            f"The fix {script.name} failed on {target_name}{scope} ({str(error).strip().splitlines()[0]}); nothing "
+            "was committed: correct the script and run the fix again."
+        ) from None
+
+
+def check_undoable(conn: psycopg.Connection, table: str, target_name: str) -> None:
+    if not primary_key(conn, table):
+        raise FixError(
+            f"The fix changes {table} on {target_name}, which has no primary key, so its rows could not be put back "
+            "by `dbpromote fix-undo`; nothing was committed: give the table a primary key, or restore a backup "
+            "to undo a fix of it."
+        )
+
+
+def primary_key(conn: psycopg.Connection, table: str) -> list[str]:
+    return [
+        column
+        for (column,) in conn.execute(
+            """
+            SELECT a.attname FROM pg_index i
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+            WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)
+            """,
+            [table],
+        )
+    ]
+
+
+COUNTED_AS = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}
+
+
+def summarise(changes: list[tuple]) -> list[TableChanges]:
+    """Counts per table and operation, and the first few changed rows' ids."""
+    tables: dict[str, TableChanges] = {}
+    for table, op, old, new in changes:
+        summary = tables.setdefault(table, TableChanges(table=table))
+        setattr(summary, COUNTED_AS[op], getattr(summary, COUNTED_AS[op]) + 1)
+        row = new or old
+        if len(summary.sample_keys) < SAMPLE_KEYS and "id" in row:
+            summary.sample_keys.append(str(row["id"]))
+    return list(tables.values())
+
+
+def save_before_images(target: DatabaseTarget, target_name: str, changes: list[tuple]) -> str:
+    """Every changed row as it was and as it became, one JSON line each, zstd-compressed, beside the records."""
+    run_id = str(flow_run.get_id() or "adhoc")
+    name = record_folder(target, target_name, "fixes", run_id) + "before-images.jsonl.zst"
+    lines = (json.dumps({"table": t, "op": op, "old": old, "new": new}) for t, op, old, new in changes)
+    body = zstandard.ZstdCompressor().compress("\n".join(lines).encode())
+    blob = gcs_client().bucket(target.bucket).blob(name)
+    blob.upload_from_string(body, content_type="application/zstd", retry=gcs_retry())
+    return f"gs://{target.bucket}/{name}"
+
+
+def read_before_images(uri: str) -> list[dict]:
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    body = gcs_client().bucket(bucket).blob(name).download_as_bytes(retry=gcs_retry())
+    text = zstandard.ZstdDecompressor().decompressobj().decompress(body).decode()
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+@task(name="undo-fix", retries=0)
+def undo_fix(target: DatabaseTarget, target_name: str, uri: str) -> int:
+    """Each row the fix changed put back as it was (inserted ones deleted, deleted ones inserted again), in one
+    transaction; refused, naming the rows, where a row is no longer what the fix left. The rows put back."""
+    rows = read_before_images(uri)
+    with fix_transaction(target, target_name) as conn:
+        keys = {row["table"]: primary_key(conn, row["table"]) for row in rows}
+        changed_since = []
+        for row in reversed(rows):  # the last change to a row first
+            table, key = row["table"], keys[row["table"]]
+            image = row["new"] or row["old"]
+            where = sql.SQL(" AND ").join(
+                sql.SQL("{} = (jsonb_populate_record(NULL::{}, %s)).{}").format(
+                    sql.Identifier(c), sql.SQL(table), sql.Identifier(c)
+                )
+                for c in key
+            )
+            current = conn.execute(
+                sql.SQL("SELECT to_jsonb(t) FROM {} t WHERE {}").format(sql.SQL(table), where),
+                [json.dumps(image)] * len(key),
+            ).fetchone()
+            if (current[0] if current else None) != row["new"]:
+                changed_since.append(f"{table} {', '.join(str(image[c]) for c in key)}")
+                continue
+            if row["op"] == "INSERT":
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE {}").format(sql.SQL(table), where), [json.dumps(image)] * len(key)
+                )
+            elif row["op"] == "DELETE":
+                conn.execute(
+                    sql.SQL("INSERT INTO {} SELECT * FROM jsonb_populate_record(NULL::{}, %s)").format(
+                        sql.SQL(table), sql.SQL(table)
+                    ),
+                    [json.dumps(row["old"])],
+                )
+            else:
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} t SET ({}) = (SELECT {} FROM jsonb_populate_record(NULL::{}, %s) r) WHERE {}"
+                    ).format(
+                        sql.SQL(table),
+                        sql.SQL(", ").join(sql.Identifier(c) for c in row["old"]),
+                        sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in row["old"]),
+                        sql.SQL(table),
+                        where,
+                    ),
+                    [json.dumps(row["old"]), *[json.dumps(image)] * len(key)],
+                )
+        if changed_since:
+            conn.rollback()
+            named = ", ".join(changed_since[:5]) + (" ..." if len(changed_since) > 5 else "")
+            raise FixError(
+                f"{len(changed_since)} row(s) on {target_name} changed again since the fix ({named}); nothing was "
+                "put back: restore the backup taken before the fix, or put those rows back by hand."
+            )
+        conn.commit()
+    return len(rows)

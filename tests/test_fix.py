@@ -1,0 +1,143 @@
+"""Guarded data fixes (issue 15) on real servers: the dry run changes nothing and counts exactly what the real run
+then changes; bounds stop a fix before anything commits anywhere; a tenant-scoped fix cannot touch another tenant;
+undo puts back the exact rows and refuses when one changed since; through the CLI, production waits for an
+approval showing the counts, and the fix is recorded."""
+
+import json
+
+import psycopg
+import pytest
+
+from tests.harness import cli, wait_for_run
+from tests.test_way_back import tenant_table_checksums
+
+# Updates some tasks, deletes a few task labels, inserts nothing: three kinds of change in two tables.
+SCRIPT = """
+UPDATE core_task SET title = upper(title) WHERE priority >= 0 AND id IN (SELECT id FROM core_task ORDER BY id LIMIT 7);
+DELETE FROM core_tasklabel WHERE id IN (SELECT id FROM core_tasklabel ORDER BY id LIMIT 3);
+"""
+
+
+def run_fix(through: list[str], script: str = SCRIPT, **parameters):
+    from dbpromote.flows.fix import fix
+
+    return fix("tenant-backend", through, script, script_name="upper_titles.sql", **parameters)
+
+
+def tenants(stack, server: str) -> list[str]:
+    with psycopg.connect(stack.database_url(server)) as conn:
+        return [str(t) for (t,) in conn.execute("SELECT id FROM core_tenant ORDER BY slug")]
+
+
+def test_a_dry_run_changes_nothing_and_counts_what_the_fix_then_changes_and_undo_puts_it_back(promoted):
+    from dbpromote.flows.fix import fix_undo
+    from dbpromote.tasks.fix import dry_run_fix
+
+    from dbpromote.config import load_target
+    from dbpromote.models.fix import FixScript
+
+    stack = promoted
+    before = tenant_table_checksums(stack, "staging")
+    dry = dry_run_fix.fn(load_target("staging"), "staging", FixScript(name="upper.sql", sql=SCRIPT), [])
+    assert tenant_table_checksums(stack, "staging") == before
+    assert sorted(t.counts() for t in dry.tables) == [("public.core_task", 0, 7, 0), ("public.core_tasklabel", 0, 0, 3)]
+    assert len(dry.tables[0].sample_keys) == 5
+
+    (done,) = run_fix(["staging"], expect_rows="1..20", purpose="titles in capitals")
+    assert done.same_counts(dry) and done.rows == 10 and done.backup and done.before_images
+    after = tenant_table_checksums(stack, "staging")
+    assert {t for t in before if before[t] != after[t]} == {"core_task", "core_tasklabel"}
+    assert after["core_tasklabel"][0] == before["core_tasklabel"][0] - 3
+
+    assert fix_undo(str(done_run_id(stack, "staging")), "staging") == 10
+    assert tenant_table_checksums(stack, "staging") == before  # the exact rows, back
+
+
+def done_run_id(stack, target: str) -> str:
+    """The newest fix recorded on the target."""
+    from dbpromote.config import load_target
+    from dbpromote.records import read_records
+
+    return next(r["flow_run_id"] for r in read_records(load_target(target), target, "fixes") if "script" in r)
+
+
+def test_undo_refuses_when_a_fixed_row_changed_again_and_puts_nothing_back(promoted):
+    from dbpromote.flows.fix import fix_undo
+
+    from dbpromote.errors import DbpromoteError
+
+    stack = promoted
+    run_fix(["staging"], script="UPDATE core_team SET name = name || ' (fixed)' WHERE id IN "
+            "(SELECT id FROM core_team ORDER BY id LIMIT 2)")  # fmt: skip
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        (changed,) = conn.execute("SELECT id FROM core_team WHERE name LIKE '%(fixed)' ORDER BY id LIMIT 1").fetchone()
+        conn.execute("UPDATE core_team SET name = 'renamed since' WHERE id = %s", [changed])
+    fixed = tenant_table_checksums(stack, "staging")
+    with pytest.raises(
+        DbpromoteError, match=rf"1 row\(s\) on staging changed again since the fix \(public.core_team {changed}\)"
+    ):
+        fix_undo(done_run_id(stack, "staging"), "staging")
+    assert tenant_table_checksums(stack, "staging") == fixed
+
+
+def test_rows_outside_the_expected_bounds_stop_the_fix_before_anything_commits_anywhere(promoted):
+    from dbpromote.errors import DbpromoteError
+
+    stack = promoted
+    before = {server: tenant_table_checksums(stack, server) for server in ("staging", "production")}
+    with pytest.raises(DbpromoteError, match=r"would change 10 rows on staging, outside --expect-rows 1\.\.5"):
+        run_fix(["staging", "production"], expect_rows="1..5")
+    assert {server: tenant_table_checksums(stack, server) for server in ("staging", "production")} == before
+
+
+def test_a_tenant_scoped_fix_changes_no_other_tenants_rows(promoted):
+    stack = promoted
+    first, *others = tenants(stack, "staging")
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        before = conn.execute(
+            "SELECT tenant_id::text, md5(string_agg(title, '|' ORDER BY id)) FROM core_task GROUP BY 1"
+        )
+        before = dict(before.fetchall())
+    (done,) = run_fix(["staging"], script="UPDATE core_task SET title = 'everyone''s?'", tenants=[first])
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        after = dict(
+            conn.execute("SELECT tenant_id::text, md5(string_agg(title, '|' ORDER BY id)) FROM core_task GROUP BY 1")
+        )
+        mine = conn.execute("SELECT count(*) FROM core_task WHERE tenant_id = %s", [first]).fetchone()[0]
+    assert done.rows == mine and done.tenants == [first]
+    assert after[first] != before[first] and all(after[t] == before[t] for t in others)
+
+
+def test_through_the_cli_production_waits_for_an_approval_showing_the_counts(promoted, tmp_path):
+    from dbpromote.config import load_target
+    from dbpromote.records import read_records
+    from dbpromote.runs import answer_approval
+    from tests.harness import approval_form_text
+
+    stack = promoted
+    script = tmp_path / "fix_task_titles.sql"
+    script.write_text(SCRIPT)
+    tenant = tenants(stack, "production")[0]
+    started = cli("fix", "--project", "tenant-backend", "--through", "staging,production", "--script", str(script),
+                  "--tenant", tenant, "--purpose", "ticket 42: titles in capitals", "--until-paused")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split()[0]
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        form = approval_form_text(client.read_flow_run(run_id))
+    assert "ticket 42: titles in capitals" in form and "| public.core_task |" in form
+    assert "### Done on staging" in form
+    answer_approval(run_id, "approve", "alice", "ok", acknowledge_risks=False)  # scoped: no risk to acknowledge
+    assert wait_for_run(run_id).is_completed()
+
+    (record,) = [
+        r for r in read_records(load_target("production"), "production", "fixes") if r["flow_run_id"] == run_id
+    ]
+    assert record["script"] == "fix_task_titles.sql" and record["tenants"] == [tenant]
+    assert record["before_images"].startswith("gs://") and record["backup"].startswith("gs://")
+    assert json.dumps(record).count(tenant) >= 1
+
+    refused = cli("fix", "--project", "tenant-backend", "--through", "staging", "--script", str(tmp_path / "x.py"))
+    assert refused.returncode == 1 and "is not a .sql file" in refused.stderr
