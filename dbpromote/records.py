@@ -10,7 +10,7 @@ from dbpromote.config import DatabaseTarget
 from dbpromote.gcs import gcs_client, gcs_retry
 
 # "migrations": the hash of each migration file as applied; "drift": each drift check's report, under its run;
-# "fixes": each data fix's facts, and beside them (under the run) the changed rows' before-images.
+# "fixes": each data fix's facts (its rows' before-images are beside, under before-images/).
 KINDS = ("approvals", "promotions", "rollbacks", "steps", "migrations", "drift", "fixes")
 
 
@@ -20,7 +20,7 @@ def write_record(
     """Store one record under PREFIX/TARGET/KIND/[SCOPE/]; its URI. Names sort by time, so the newest is the last."""
     assert kind in KINDS, kind
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{flow_run_id[:8] or 'adhoc'}.json"
-    name = record_folder(target, target_name, kind, scope) + stamp
+    name = _folder(target, target_name, kind, scope) + stamp
     blob = gcs_client().bucket(target.bucket).blob(name)
     blob.upload_from_string(json.dumps(record, indent=2), content_type="application/json", retry=gcs_retry())
     return f"gs://{target.bucket}/{name}"
@@ -29,13 +29,13 @@ def write_record(
 def read_records(target: DatabaseTarget, target_name: str, kind: str, scope: str = "") -> list[dict]:
     """Every record of a kind (in a scope) for a target, newest first."""
     assert kind in KINDS, kind
-    prefix = record_folder(target, target_name, kind, scope)
+    prefix = _folder(target, target_name, kind, scope)
     blobs = gcs_client().list_blobs(target.bucket, prefix=prefix, retry=gcs_retry())
     ordered = sorted(blobs, key=lambda blob: blob.name, reverse=True)
     return [json.loads(blob.download_as_bytes(retry=gcs_retry())) for blob in ordered]
 
 
-def record_folder(target: DatabaseTarget, target_name: str, kind: str, scope: str = "") -> str:
+def _folder(target: DatabaseTarget, target_name: str, kind: str, scope: str) -> str:
     return f"{target.prefix}/{target_name}/{kind}/" + (f"{scope}/" if scope else "")
 
 

@@ -23,7 +23,6 @@ from dbpromote.errors import DbpromoteError, MigrationError, retry_if_transient
 from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.models.fix import SAMPLE_KEYS, FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.postgres import connect
-from dbpromote.records import record_folder
 
 CHANGES = sql.Identifier("pg_temp", "dbpromote_fix_changes")
 CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
@@ -181,9 +180,10 @@ def summarise(changes: list[tuple]) -> list[TableChanges]:
 
 
 def save_before_images(target: DatabaseTarget, target_name: str, changes: list[tuple]) -> str:
-    """Every changed row as it was and as it became, one JSON line each, zstd-compressed, beside the records."""
+    """Every changed row as it was and as it became, one JSON line each, zstd-compressed, beside the target's
+    records and backups (and like them, never deleted by dbpromote)."""
     run_id = str(flow_run.get_id() or "adhoc")
-    name = record_folder(target, target_name, "fixes", run_id) + "before-images.jsonl.zst"
+    name = f"{target.prefix}/{target_name}/before-images/{run_id}.jsonl.zst"
     lines = (json.dumps({"table": t, "op": op, "old": old, "new": new}) for t, op, old, new in changes)
     body = zstandard.ZstdCompressor().compress("\n".join(lines).encode())
     blob = gcs_client().bucket(target.bucket).blob(name)
