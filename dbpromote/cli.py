@@ -403,6 +403,22 @@ def check(
     raise typer.Exit(1 if report.blocking else 0)
 
 
+@app.command("journal")
+def journal(
+    target: str,
+    since: str = typer.Option("", help="From this date (YYYY-MM-DD) or time on."),
+    as_markdown: bool = typer.Option(False, "--markdown", help="As the migration notes a team keeps by hand."),
+) -> None:
+    """Every intervention on a target, newest first: promotions, fixes, restores, rollbacks, reconciliations."""
+    from dbpromote.config import load_target
+    from dbpromote.interventions import interventions, markdown
+
+    if since and not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][\d:.+Z-]*)?", since):
+        fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD, e.g. --since 2026-11-01.")
+    found = interventions(load_target(target), target, since)
+    typer.echo(markdown(target, found) if as_markdown else "\n".join(i.line() for i in found) or "nothing recorded")
+
+
 @app.command("backups")
 def backups(target: str) -> None:
     """The verified backups of a target, newest first: time, size, URI, migration state."""

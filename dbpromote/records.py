@@ -11,7 +11,7 @@ from dbpromote.gcs import gcs_client, gcs_retry
 
 # "migrations": the hash of each migration file as applied; "drift": each drift check's report, under its run;
 # "fixes": each data fix's facts (its rows' before-images are beside, under before-images/).
-KINDS = ("approvals", "promotions", "rollbacks", "steps", "migrations", "drift", "fixes")
+KINDS = ("approvals", "promotions", "rollbacks", "restores", "steps", "migrations", "drift", "fixes")
 
 
 def write_record(
@@ -32,7 +32,18 @@ def read_records(target: DatabaseTarget, target_name: str, kind: str, scope: str
     prefix = _folder(target, target_name, kind, scope)
     blobs = gcs_client().list_blobs(target.bucket, prefix=prefix, retry=gcs_retry())
     ordered = sorted(blobs, key=lambda blob: blob.name, reverse=True)
-    return [json.loads(blob.download_as_bytes(retry=gcs_retry())) for blob in ordered]
+    return [
+        json.loads(blob.download_as_bytes(retry=gcs_retry())) | {"recorded_at": _when(blob.name)} for blob in ordered
+    ]
+
+
+def _when(name: str) -> str:
+    """When a record was written, from its name (YYYYMMDDTHHMMSS.ffffffZ-RUN.json), as ISO 8601."""
+    stamp = name.rsplit("/", 1)[-1].split("-", 1)[0]
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).isoformat()
+    except ValueError:
+        return ""
 
 
 def _folder(target: DatabaseTarget, target_name: str, kind: str, scope: str) -> str:

@@ -13,6 +13,7 @@ from dbpromote.tasks.restore import (
 )
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from dbpromote.backups import find_backup
 from dbpromote.config import load_target
@@ -20,6 +21,7 @@ from dbpromote.errors import VerificationError
 from dbpromote.models.approval import restore_request
 from dbpromote.models.backup import Restored
 from dbpromote.notify import notify_failure
+from dbpromote.records import write_record
 
 DAY_S = 24 * 3600
 
@@ -52,6 +54,9 @@ def restore(
     if swap:
         restored.replaced = swap_in(database, target, chosen, restored.database, disconnect_wait_s)
         restored.database = database.database
+        run_id = str(flow_run.get_id() or "")
+        record = {"flow_run_id": run_id, "backup": chosen.uri, "kept_as": restored.replaced, "rows": restored.rows}
+        write_record(database, target, "restores", run_id, record)
     return _report(restored)
 
 

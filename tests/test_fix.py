@@ -141,3 +141,23 @@ def test_through_the_cli_production_waits_for_an_approval_showing_the_counts(pro
 
     refused = cli("fix", "--project", "tenant-backend", "--through", "staging", "--script", str(tmp_path / "x.py"))
     assert refused.returncode == 1 and "is not a .sql file" in refused.stderr
+
+
+def test_the_journal_lists_promotions_fixes_and_rollbacks_with_their_facts(promoted):
+    from dbpromote.flows.rollback import rollback
+    from dbpromote.models.fix import FixScript
+
+    rollback("tenant-backend", "staging")  # to the promotion's backup
+    lines = cli("journal", "staging").stdout.splitlines()
+    kinds = [line.split()[1] for line in lines]
+    assert kinds[0] == "rollback" and "fix" in kinds and "fix-undo" in kinds and kinds[-1] == "promotion"
+    script_hash = FixScript(name="upper_titles.sql", sql=SCRIPT).hash
+    assert any(f"script upper_titles.sql ({script_hash}) unscoped; 10 rows; backup gs://" in line for line in lines)
+
+    notes = cli("journal", "production", "--markdown").stdout
+    fix_entry = notes.split(": fix\n")[1].split("\n## ")[0]
+    assert "- purpose: ticket 42: titles in capitals" in fix_entry and "- approved by: alice" in fix_entry
+    assert "- before-images (`dbpromote fix-undo " in fix_entry and "- rows affected: 10" in fix_entry
+    assert "approved by: alice" in notes.split(": promotion\n")[1]
+    refused = cli("journal", "staging", "--since", "last week")
+    assert refused.returncode == 1 and "is not a date" in refused.stderr
