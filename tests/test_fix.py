@@ -145,12 +145,14 @@ def test_through_the_cli_production_waits_for_an_approval_showing_the_counts(pro
 
 def test_the_journal_lists_promotions_fixes_and_rollbacks_with_their_facts(promoted):
     from dbpromote.flows.rollback import rollback
+
     from dbpromote.models.fix import FixScript
 
     rollback("tenant-backend", "staging")  # to the promotion's backup
     lines = cli("journal", "staging").stdout.splitlines()
     kinds = [line.split()[1] for line in lines]
-    assert kinds[0] == "rollback" and "fix" in kinds and "fix-undo" in kinds and kinds[-1] == "promotion"
+    assert kinds[0] == "rollback" and {"fix", "fix-undo", "promotion"} <= set(kinds)
+    assert "back to the migration state of the backup, plan " in lines[0] and "; backup backups/staging/" in lines[0]
     script_hash = FixScript(name="upper_titles.sql", sql=SCRIPT).hash
     assert any(f"script upper_titles.sql ({script_hash}) unscoped; 10 rows; backup gs://" in line for line in lines)
 
