@@ -89,7 +89,7 @@ def promote(
 def fix(
     project: str = typer.Option(..., help="The project block, e.g. tenant-backend (its verify scripts run after)."),
     through: str = typer.Option(..., help="Targets in order, staging first: staging,production."),
-    script: str = typer.Option(..., help="A .sql file: the statements to run on each target."),
+    script: str = typer.Option(..., help="A .sql file (statements) or a .py file (run with Django set up)."),
     tenant: list[str] | None = typer.Option(
         None, help="Run as the application role for this tenant, RLS confining it (repeat); none: unscoped."
     ),
@@ -107,16 +107,14 @@ def fix(
     from dbpromote.runs import trigger
 
     path = Path(script)
-    if path.suffix != ".sql":
-        fail(f"{script} is not a .sql file; a fix script is SQL statements (Python fix scripts are not supported yet).")
     if not path.is_file():
-        fail(f"The fix script {script} does not exist; give the path of a .sql file.")
+        fail(f"The fix script {script} does not exist; give the path of a .sql or .py file.")
+    fix_script = FixScript(name=path.name, source=path.read_text(), purpose=purpose)
     RowBounds.parse(expect_rows)
     load_project(project)
     targets = [name.strip() for name in through.split(",") if name.strip()]
     check_fix_input(targets)
-    fix_script = FixScript(name=path.name, sql=path.read_text(), purpose=purpose)
-    parameters = {"project": project, "through": targets, "script": fix_script.sql, "script_name": path.name}
+    parameters = {"project": project, "through": targets, "script": fix_script.source, "script_name": path.name}
     parameters |= {"tenants": tenant or [], "expect_rows": expect_rows, "purpose": purpose}
     follow(trigger("fix/fix", parameters, wait=wait), wait, until_paused)
 

@@ -40,7 +40,7 @@ def fix(
     row's before-image is in the bucket; the project's verify scripts. With tenants, the script runs as the
     application role once per tenant, so RLS confines it to them."""
     fix_script, bounds, tenants = (
-        FixScript(name=script_name, sql=script, purpose=purpose),
+        FixScript(name=script_name, source=script, purpose=purpose),
         RowBounds.parse(expect_rows),
         tenants or [],
     )
@@ -52,7 +52,7 @@ def fix(
         database = load_target(target)
         check_database(database, target)
         check_bucket(database, target)
-        dry = dry_run_fix(database, target, fix_script, tenants)
+        dry = dry_run_fix(database, target, fix_script, tenants, django_project)
         if not bounds.admits(dry.rows):
             raise FixError(
                 f"The fix would change {dry.rows} rows on {target}, outside --expect-rows {bounds}; nothing was "
@@ -63,7 +63,7 @@ def fix(
             request = fix_request(target, fix_script, dry, runs)
             record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
         backup = backup_to_gcs(database, target) if dry.rows else None
-        done = apply_fix(database, target, fix_script, tenants, dry, bounds)
+        done = apply_fix(database, target, fix_script, tenants, dry, bounds, django_project)
         done.backup = backup.uri if backup else ""
         runs.append(done)
         record_fix(database, target, fix_script, done)
@@ -96,7 +96,7 @@ def check_fix_input(through: list[str]) -> None:
 def record_fix(database, target: str, script: FixScript, done: FixRun) -> None:
     run_id = str(flow_run.get_id() or "")
     record = {"flow_run_id": run_id, "script": script.name, "script_hash": script.hash, "purpose": script.purpose}
-    record |= {"sql": script.sql, "tenants": done.tenants, "rows": done.rows, "backup": done.backup}
+    record |= {"source": script.source, "tenants": done.tenants, "rows": done.rows, "backup": done.backup}
     record |= {"before_images": done.before_images, "tables": [t.model_dump() for t in done.tables]}
     write_record(database, target, "fixes", run_id, record)
 

@@ -18,11 +18,13 @@ from prefect import task
 from prefect.runtime import flow_run
 from psycopg import sql
 
-from dbpromote.config import DatabaseTarget
+from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import DbpromoteError, MigrationError, retry_if_transient
 from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.models.fix import SAMPLE_KEYS, FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.postgres import connect
+from dbpromote.probe import ProbeFailure, ProbeTransaction
+from dbpromote.probe.protocol import LOCK_SQLSTATES
 
 CHANGES = sql.Identifier("pg_temp", "dbpromote_fix_changes")
 CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
@@ -34,9 +36,11 @@ class FixError(DbpromoteError):
 
 
 @task(name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
-def dry_run_fix(target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str]) -> FixRun:
+def dry_run_fix(
+    target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str], project: DjangoProject
+) -> FixRun:
     """What the script would change on the target, per table, with a few changed rows' keys; all rolled back."""
-    with fix_transaction(target, target_name) as conn:
+    with fix_transaction(target, target_name, script, project) as conn:
         changes = run_captured(conn, target, target_name, script, tenants)
         conn.rollback()
     return FixRun(target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=True)
@@ -44,11 +48,17 @@ def dry_run_fix(target: DatabaseTarget, target_name: str, script: FixScript, ten
 
 @task(name="apply-fix", retries=0)
 def apply_fix(
-    target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str], approved: FixRun, bounds: RowBounds
+    target: DatabaseTarget,
+    target_name: str,
+    script: FixScript,
+    tenants: list[str],
+    approved: FixRun,
+    bounds: RowBounds,
+    project: DjangoProject,
 ) -> FixRun:
     """The script for real, committed only when it changed exactly what the dry run counted (the data may have
     moved since) within the bounds, and after the before-image of every changed row is in the bucket."""
-    with fix_transaction(target, target_name) as conn:
+    with fix_transaction(target, target_name, script, project) as conn:
         changes = run_captured(conn, target, target_name, script, tenants)
         done = FixRun(
             target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=False
@@ -64,8 +74,14 @@ def apply_fix(
     return done
 
 
-def fix_transaction(target: DatabaseTarget, target_name: str) -> psycopg.Connection:
-    """The migration role's connection, with the target's lock_timeout and statement_timeout for the fix."""
+def fix_transaction(
+    target: DatabaseTarget, target_name: str, script: FixScript | None = None, project: DjangoProject | None = None
+) -> psycopg.Connection | ProbeTransaction:
+    """The transaction a fix runs in, with the target's lock_timeout and statement_timeout: the migration role's
+    own connection for SQL; for a Python script, the project's connection in its own interpreter (the probe),
+    driven with the same statements."""
+    if script is not None and script.python:
+        return ProbeTransaction(project, target, script.source)
     conn = connect(target, target_name)
     conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{target.lock_timeout_ms}ms")))
     conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{target.statement_timeout_ms}ms")))
@@ -73,7 +89,11 @@ def fix_transaction(target: DatabaseTarget, target_name: str) -> psycopg.Connect
 
 
 def run_captured(
-    conn: psycopg.Connection, target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str]
+    conn: psycopg.Connection | ProbeTransaction,
+    target: DatabaseTarget,
+    target_name: str,
+    script: FixScript,
+    tenants: list[str],
 ) -> list[tuple]:
     """Run the script twice in this transaction: first to learn which tables it writes (then rolled back to a
     savepoint), then with capture triggers on those tables. The captured rows: (table, op, old row, new row)."""
@@ -109,36 +129,52 @@ def run_captured(
             ).format(TRIGGER, sql.SQL(table), CAPTURE)
         )
     run_script(conn, target, target_name, script, tenants)
-    changes = conn.execute(sql.SQL("SELECT tbl, op, old, new FROM {} ORDER BY tbl").format(CHANGES)).fetchall()
+    captured = sql.SQL("SELECT tbl, op, old::text, new::text FROM {} ORDER BY tbl").format(CHANGES)
+    changes = [(t, op, _json(old), _json(new)) for t, op, old, new in conn.execute(captured).fetchall()]
     for table in tables:  # gone before the commit: nothing of the capture outlives the fix
         conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(TRIGGER, sql.SQL(table)))
     return changes
 
 
 def run_script(
-    conn: psycopg.Connection, target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str]
+    conn: psycopg.Connection | ProbeTransaction,
+    target: DatabaseTarget,
+    target_name: str,
+    script: FixScript,
+    tenants: list[str],
 ) -> None:
-    """The statements as the migration role (unscoped) or, per tenant, as the application role with the tenant
-    setting set: RLS then confines every statement to that tenant's rows."""
+    """The script as the migration role (unscoped) or, per tenant, as the application role with the tenant
+    setting set: RLS then confines every statement (the ORM's too) to that tenant's rows."""
+    tenant = None
     try:
         for tenant in tenants or [None]:
             if tenant is not None:
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(target.app_role)))
                 conn.execute("SELECT set_config(%s, %s, true)", [target.tenant_setting, tenant])
-            conn.execute(script.sql)
+            if script.python:
+                conn.run_python()
+            else:
+                conn.execute(script.source)
             conn.execute("RESET ROLE")
-    except psycopg.errors.LockNotAvailable:
-        raise MigrationError(
-            f"The fix {script.name} could not get its locks on {target_name} within lock_timeout "
-            f"({target.lock_timeout_ms} ms); nothing was committed: find the session holding them and run again.",
-            transient=True,
-        ) from None
-    except psycopg.Error as error:
+    except (psycopg.Error, ProbeFailure) as error:
+        lock = isinstance(error, psycopg.errors.LockNotAvailable) or (
+            isinstance(error, ProbeFailure) and error.failure.sqlstate in LOCK_SQLSTATES
+        )
+        if lock:
+            raise MigrationError(
+                f"The fix {script.name} could not get its locks on {target_name} within lock_timeout "
+                f"({target.lock_timeout_ms} ms); nothing was committed: find the session holding them and run again.",
+                transient=True,
+            ) from None
         scope = f" as {target.app_role} for tenant {tenant}" if tenant is not None else ""
         raise FixError(
             f"The fix {script.name} failed on {target_name}{scope} ({str(error).strip().splitlines()[0]}); nothing "
             "was committed: correct the script and run the fix again."
         ) from None
+
+
+def _json(text: str | None):
+    return None if text is None else json.loads(text)
 
 
 def check_undoable(conn: psycopg.Connection, table: str, target_name: str) -> None:

@@ -18,10 +18,10 @@ DELETE FROM core_tasklabel WHERE id IN (SELECT id FROM core_tasklabel ORDER BY i
 """
 
 
-def run_fix(through: list[str], script: str = SCRIPT, **parameters):
+def run_fix(through: list[str], script: str = SCRIPT, script_name: str = "upper_titles.sql", **parameters):
     from dbpromote.flows.fix import fix
 
-    return fix("tenant-backend", through, script, script_name="upper_titles.sql", **parameters)
+    return fix("tenant-backend", through, script, script_name=script_name, **parameters)
 
 
 def tenants(stack, server: str) -> list[str]:
@@ -38,7 +38,7 @@ def test_a_dry_run_changes_nothing_and_counts_what_the_fix_then_changes_and_undo
 
     stack = promoted
     before = tenant_table_checksums(stack, "staging")
-    dry = dry_run_fix.fn(load_target("staging"), "staging", FixScript(name="upper.sql", sql=SCRIPT), [])
+    dry = dry_run_fix.fn(load_target("staging"), "staging", FixScript(name="upper.sql", source=SCRIPT), [])
     assert tenant_table_checksums(stack, "staging") == before
     assert sorted(t.counts() for t in dry.tables) == [("public.core_task", 0, 7, 0), ("public.core_tasklabel", 0, 0, 3)]
     assert len(dry.tables[0].sample_keys) == 5
@@ -78,6 +78,35 @@ def test_undo_refuses_when_a_fixed_row_changed_again_and_puts_nothing_back(promo
     ):
         fix_undo(done_run_id(stack, "staging"), "staging")
     assert tenant_table_checksums(stack, "staging") == fixed
+
+
+# The seed's fix_*.py kind: ORM code, run in the project's interpreter with Django set up, in the fix's transaction.
+PYTHON_SCRIPT = """
+from core.models import Task, Team
+
+for task in Task.objects.order_by("id")[:4]:
+    task.title += " (py)"
+    task.save(update_fields=["title"])
+Team.objects.filter(id__in=list(Team.objects.order_by("id").values_list("id", flat=True)[:2])).delete()
+"""
+
+
+def test_a_python_fix_script_is_counted_and_applied_with_the_orm(promoted):
+    from dbpromote.flows.fix import fix_undo
+
+    stack = promoted
+    before = tenant_table_checksums(stack, "staging")
+    (done,) = run_fix(["staging"], script=PYTHON_SCRIPT, script_name="fix_task_titles.py")
+    # Django's delete cascades to the teams' memberships: counted as the database saw it.
+    assert sorted(t.counts() for t in done.tables) == [
+        ("public.core_task", 0, 4, 0),
+        ("public.core_team", 0, 0, 2),
+        ("public.core_teammembership", 0, 0, 2),
+    ]
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        assert conn.execute("SELECT count(*) FROM core_task WHERE title LIKE '%% (py)'").fetchone()[0] == 4
+    fix_undo(done_run_id(stack, "staging"), "staging")
+    assert tenant_table_checksums(stack, "staging") == before
 
 
 def test_rows_outside_the_expected_bounds_stop_the_fix_before_anything_commits_anywhere(promoted):
@@ -139,8 +168,13 @@ def test_through_the_cli_production_waits_for_an_approval_showing_the_counts(pro
     assert record["before_images"].startswith("gs://") and record["backup"].startswith("gs://")
     assert json.dumps(record).count(tenant) >= 1
 
-    refused = cli("fix", "--project", "tenant-backend", "--through", "staging", "--script", str(tmp_path / "x.py"))
-    assert refused.returncode == 1 and "is not a .sql file" in refused.stderr
+    (tmp_path / "fix.rb").write_text("puts 1")
+    refused = cli("fix", "--project", "tenant-backend", "--through", "staging", "--script", str(tmp_path / "fix.rb"))
+    assert refused.returncode == 1
+    assert (
+        refused.stderr.strip()
+        == "error: fix.rb is neither a .sql nor a .py file; a fix script is SQL statements or Python."
+    )
 
 
 def test_the_journal_lists_promotions_fixes_and_rollbacks_with_their_facts(promoted):
@@ -153,7 +187,7 @@ def test_the_journal_lists_promotions_fixes_and_rollbacks_with_their_facts(promo
     kinds = [line.split()[1] for line in lines]
     assert kinds[0] == "rollback" and {"fix", "fix-undo", "promotion"} <= set(kinds)
     assert "back to the migration state of the backup, plan " in lines[0] and "; backup backups/staging/" in lines[0]
-    script_hash = FixScript(name="upper_titles.sql", sql=SCRIPT).hash
+    script_hash = FixScript(name="upper_titles.sql", source=SCRIPT).hash
     assert any(f"script upper_titles.sql ({script_hash}) unscoped; 10 rows; backup gs://" in line for line in lines)
 
     notes = cli("journal", "production", "--markdown").stdout

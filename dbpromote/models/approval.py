@@ -248,7 +248,8 @@ def fix_request(target: str, script: FixScript, dry: FixRun, done: list[FixRun])
     ]
     for run in done:
         lines += ["", f"### Done on {run.target}: {run.rows} rows", "", *run.markdown_lines()]
-    lines += ["", "### The script", "", "```sql", script.sql.strip(), "```", "", "### What happens next", ""]
+    language = "python" if script.python else "sql"
+    lines += ["", "### The script", "", f"```{language}", script.source.strip(), "```", "", "### What happens next", ""]
     lines.append(
         f"On approve: {target} is backed up, then the script runs and commits only if it changes exactly the rows "
         "counted above; the before-image of every changed row is saved first (`dbpromote fix-undo` puts them back). "

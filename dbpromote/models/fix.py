@@ -13,23 +13,35 @@ SAMPLE_KEYS = 5  # changed rows' keys kept per table for the approval form
 
 
 class FixScript(BaseModel):
-    """SQL statements to run on each target, as typed in the file; identified everywhere by their hash."""
+    """What a fix runs on each target, identified everywhere by its hash: SQL statements (`.sql`), or Python run in
+    the project's own interpreter with Django set up (`.py`: the seed's `fix_*.py`, ORM code)."""
 
     name: str
-    sql: str
+    source: str
     purpose: str = ""
 
-    @field_validator("sql")
+    @field_validator("name")
     @classmethod
-    def not_empty(cls, sql: str) -> str:
-        if not sql.strip():
-            raise ConfigError("The fix script is empty; give a file with the SQL statements to run.")
-        return sql
+    def sql_or_python(cls, name: str) -> str:
+        if not name.endswith((".sql", ".py")):
+            raise ConfigError(f"{name} is neither a .sql nor a .py file; a fix script is SQL statements or Python.")
+        return name
+
+    @field_validator("source")
+    @classmethod
+    def not_empty(cls, source: str) -> str:
+        if not source.strip():
+            raise ConfigError("The fix script is empty; give a file with what to run.")
+        return source
 
     @computed_field
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+        return hashlib.sha256(self.source.encode()).hexdigest()[:16]
+
+    @property
+    def python(self) -> bool:
+        return self.name.endswith(".py")
 
 
 class RowBounds(BaseModel):

@@ -20,13 +20,23 @@ from pydantic import Field, TypeAdapter, ValidationError
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, redact
 from dbpromote.lifeline import PARENT_PID
-from dbpromote.probe.protocol import Answer, FailureAnswer, PlanAnswer, StepAnswer
+from dbpromote.probe.protocol import Answer, FailureAnswer, PlanAnswer, RowsAnswer, StepAnswer
 
 PROBE = Path(__file__).with_name("django_probe.py")
 PROBE_TIMEOUT_S = 600
 ANSWER = TypeAdapter(Annotated[Answer, Field(discriminator="kind")])
 
-__all__ = ["FailureAnswer", "PlanAnswer", "ProbeSession", "StepAnswer", "run_probe", "start_probe"]
+__all__ = [
+    "FailureAnswer",
+    "PlanAnswer",
+    "ProbeFailure",
+    "ProbeSession",
+    "ProbeTransaction",
+    "RowsAnswer",
+    "StepAnswer",
+    "run_probe",
+    "start_probe",
+]
 
 
 def start_probe(
@@ -143,3 +153,96 @@ class ProbeSession:
             "--statement-timeout-ms",
             str(self.target.statement_timeout_ms),
         ]
+
+
+class Rows(list):
+    """A statement's rows, read as a cursor's are."""
+
+    def fetchall(self) -> list:
+        return list(self)
+
+    def fetchone(self):
+        return self[0] if self else None
+
+
+class ProbeFailure(Exception):
+    """A statement or the script failed in a fix session (the session ended, rolled back)."""
+
+    def __init__(self, failure: FailureAnswer):
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class ProbeTransaction:
+    """One transaction on the project's own connection, in its interpreter, for a Python fix script: the worker
+    sends the SQL it would run on its own connection (`execute`), asks for the script (`run_python`) and ends it
+    (`commit` / `rollback`); used like a psycopg connection by tasks/fix.py."""
+
+    def __init__(self, project: DjangoProject, target: DatabaseTarget, source: str):
+        self.script = tempfile.NamedTemporaryFile("w", suffix=".py", prefix="dbpromote-fix-")  # noqa: SIM115
+        self.script.write(source)
+        self.script.flush()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        arguments = ["fix-session", "--script", self.script.name, "--lock-timeout-ms", str(target.lock_timeout_ms)]
+        arguments += ["--statement-timeout-ms", str(target.statement_timeout_ms)]
+        self.process, self.secrets = start_probe(project, target, *arguments, stderr=self.stderr)
+        self.ended = False
+
+    def __enter__(self) -> ProbeTransaction:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.ended:
+            self.rollback()
+        self.script.close()
+        self.stderr.close()
+
+    def execute(self, query, params=None) -> Rows:
+        text = query if isinstance(query, str) else query.as_string()
+        return Rows(self._request({"sql": text, "params": params}).rows)
+
+    def run_python(self) -> None:
+        self._request({"run": True})
+
+    def commit(self) -> None:
+        self._end("commit")
+
+    def rollback(self) -> None:
+        self._end("rollback")
+
+    def _request(self, request: dict):
+        self._send(request)
+        answer = self._read()
+        if isinstance(answer, FailureAnswer):
+            self.ended = True
+            self.process.wait(timeout=30)
+            answer.message = redact(answer.message, *self.secrets)
+            raise ProbeFailure(answer)
+        return answer
+
+    def _end(self, how: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._send({"end": how})
+        answer = self._read()
+        self.process.wait(timeout=30)
+        if how == "commit" and not isinstance(answer, StepAnswer):
+            raise ConfigError(f"The fix session ended without committing ({answer}); nothing was committed.")
+
+    def _send(self, request: dict) -> None:
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died; the answer says how
+
+    def _read(self):
+        ready, _, _ = select.select([self.process.stdout], [], [], PROBE_TIMEOUT_S)
+        answer = parse_answer(self.process.stdout.readline()) if ready else None
+        if answer is None:
+            self.ended = True
+            self.stderr.seek(0)
+            tail = redact(self.stderr.read().decode(errors="replace").strip()[-500:], *self.secrets)
+            raise ProbeFailure(FailureAnswer(reason="error", message=f"the probe process ended or hung: {tail}"))
+        return answer

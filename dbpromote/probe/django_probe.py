@@ -45,12 +45,13 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "plan-back", "replay", "fake", "serve"])
+    parser.add_argument("command", choices=["plan", "plan-back", "replay", "fake", "serve", "fix-session"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--database", default="default", help="the DATABASES alias the target is")
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
     parser.add_argument("--lock-timeout-ms", type=int, default=0)
     parser.add_argument("--statement-timeout-ms", type=int, default=0)
+    parser.add_argument("--script", default="", help="fix-session: the Python fix script's file")
     parser.add_argument("--into", default="", help="replay: the empty database (same server) to replay into")
     parser.add_argument("--plus", default="", help="replay: app:migration to apply after the recorded ones")
     parser.add_argument(
@@ -64,6 +65,8 @@ def main() -> int:
     result = answer(lambda: setup_django(args))  # None when Django is set up
     if result is None and args.command == "serve":
         return serve(args, out)
+    if result is None and args.command == "fix-session":
+        return fix_session(args, out)
     if result is None:
         connection = connections_for(args)
         commands = {
@@ -517,6 +520,43 @@ def serve(args, out) -> int:
         out.write(protocol.encode(result) + "\n")
         out.flush()
     return 0
+
+
+def fix_session(args, out) -> int:
+    """One transaction on the project's own connection, driven by the worker line by line (tasks/fix.py drives
+    the same steps over its own connection for an SQL script): {"sql", "params"} runs a statement and answers its
+    rows; {"run": true} runs the Python fix script (Django set up, the ORM inside this transaction); {"end":
+    "commit" | "rollback"} ends it. A failure is answered and ends the session, rolled back."""
+    from django.db import transaction
+
+    code = compile(Path(args.script).read_text(), args.script, "exec")
+    connection = connections_for(args)
+    with transaction.atomic(using=args.database):
+        for line in sys.stdin:
+            request = json.loads(line)
+            if "end" in request:
+                transaction.set_rollback(request["end"] != "commit", using=args.database)
+                break
+            result = answer(lambda request=request: fix_step(connection, code, request))
+            out.write(protocol.encode(result) + "\n")
+            out.flush()
+            if isinstance(result, protocol.FailureAnswer):
+                transaction.set_rollback(True, using=args.database)
+                break
+        else:
+            transaction.set_rollback(True, using=args.database)  # the worker went away: nothing is committed
+    out.write(protocol.encode(protocol.StepAnswer(already_applied=False, duration_s=0.0)) + "\n")
+    out.flush()
+    return 0
+
+
+def fix_step(connection, code, request):
+    if request.get("run"):
+        exec(code, {"__name__": "__fix__"})  # noqa: S102 - the fix script the approver read
+        return protocol.RowsAnswer()
+    with connection.cursor() as cursor:
+        cursor.execute(request["sql"], request.get("params"))
+        return protocol.RowsAnswer(rows=[list(row) for row in cursor.fetchall()] if cursor.description else [])
 
 
 def run_locked(args, run):

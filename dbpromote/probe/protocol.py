@@ -98,9 +98,17 @@ class FailureAnswer:
     kind: Literal["failure"] = "failure"
 
 
-Answer = PlanAnswer | StepAnswer | FailureAnswer
+@dataclass
+class RowsAnswer:
+    """What one statement of a fix session returned (values as JSON gives them; others as text)."""
+
+    rows: list[list] = field(default_factory=list)
+    kind: Literal["rows"] = "rows"
+
+
+Answer = PlanAnswer | StepAnswer | FailureAnswer | RowsAnswer
 
 
 def encode(answer: Answer) -> str:
     """One line of JSON."""
-    return json.dumps(asdict(answer))
+    return json.dumps(asdict(answer), default=str)
