@@ -109,12 +109,17 @@ def run_captured(
         )
     ]
     conn.execute("ROLLBACK TO SAVEPOINT dbpromote_fix_probe")
+    # n keeps the order the rows changed in: undo walks it backwards (a child's row back after its parent's).
     conn.execute(
-        sql.SQL("CREATE TEMP TABLE {} (tbl text, op text, old jsonb, new jsonb) ON COMMIT DROP").format(CHANGES)
+        sql.SQL(
+            "CREATE TEMP TABLE {} (n bigint GENERATED ALWAYS AS IDENTITY, tbl text, op text, old jsonb, new jsonb) "
+            "ON COMMIT DROP"
+        ).format(CHANGES)
     )
     conn.execute(
         sql.SQL(
-            "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO {} VALUES "
+            "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO {} (tbl, op, old, new) VALUES "
             "(quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME), TG_OP, "
             "CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END); "
             "RETURN NULL; END $$"
@@ -129,7 +134,7 @@ def run_captured(
             ).format(TRIGGER, sql.SQL(table), CAPTURE)
         )
     run_script(conn, target, target_name, script, tenants)
-    captured = sql.SQL("SELECT tbl, op, old::text, new::text FROM {} ORDER BY tbl").format(CHANGES)
+    captured = sql.SQL("SELECT tbl, op, old::text, new::text FROM {} ORDER BY n").format(CHANGES)
     changes = [(t, op, _json(old), _json(new)) for t, op, old, new in conn.execute(captured).fetchall()]
     for table in tables:  # gone before the commit: nothing of the capture outlives the fix
         conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(TRIGGER, sql.SQL(table)))
