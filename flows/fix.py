@@ -47,23 +47,28 @@ def fix(
     django_project = load_project(project)
     check_fix_input(through)
     check_not_held(through)
-    runs = []
-    for target in through:
-        database = load_target(target)
+    databases = {target: load_target(target) for target in through}
+    for target, database in databases.items():
         check_database(database, target)
         check_bucket(database, target)
-        dry = dry_run_fix(database, target, fix_script, tenants, django_project)
-        if not bounds.admits(dry.rows):
-            raise FixError(
-                f"The fix would change {dry.rows} rows on {target}, outside --expect-rows {bounds}; nothing was "
-                "committed on any target: check the script (the run's dry-run table names the tables), or give "
-                "the bounds you expect."
-            )
+    # Every target's dry run first: a count out of bounds anywhere stops the fix before it commits anywhere.
+    dry = {
+        target: dry_run_fix(database, target, fix_script, tenants, django_project)
+        for target, database in databases.items()
+    }
+    for target in through:
+        get_run_logger().info("dry run on %s: %s", target, dry[target].describe())
+        check_bounds(dry[target], bounds)
+    runs = []
+    for target, database in databases.items():
+        if target != through[0]:  # counted again now, after the targets before it: what the approver sees
+            dry[target] = dry_run_fix(database, target, fix_script, tenants, django_project)
+            check_bounds(dry[target], bounds)
         if database.requires_approval:
-            request = fix_request(target, fix_script, dry, runs)
+            request = fix_request(target, fix_script, dry[target], runs)
             record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
-        backup = backup_to_gcs(database, target) if dry.rows else None
-        done = apply_fix(database, target, fix_script, tenants, dry, bounds, django_project)
+        backup = backup_to_gcs(database, target) if dry[target].rows else None
+        done = apply_fix(database, target, fix_script, tenants, dry[target], bounds, django_project)
         done.backup = backup.uri if backup else ""
         runs.append(done)
         record_fix(database, target, fix_script, done)
@@ -79,6 +84,15 @@ def fix(
     create_markdown_artifact(summary(fix_script, runs), key="dbpromote-fix", description=f"Fix {script_name}")
     get_run_logger().info("fix %s (%s) applied on %s", script_name, fix_script.hash, ", ".join(through))
     return runs
+
+
+def check_bounds(dry: FixRun, bounds: RowBounds) -> None:
+    if not bounds.admits(dry.rows):
+        raise FixError(
+            f"The fix would change {dry.rows} rows on {dry.target}, outside --expect-rows {bounds}; nothing was "
+            "committed on any target: check the script (the dry run's counts per table are in the run's log), or "
+            "give the bounds you expect."
+        )
 
 
 def check_fix_input(through: list[str]) -> None:

@@ -102,6 +102,11 @@ class FixRun(BaseModel):
     def same_counts(self, other: FixRun) -> bool:
         return sorted(t.counts() for t in self.tables) == sorted(t.counts() for t in other.tables)
 
+    def describe(self) -> str:
+        """One line: per table, rows inserted (+), updated (~) and deleted (-)."""
+        changes = [f"{t.table} +{t.inserted} ~{t.updated} -{t.deleted}" for t in self.tables]
+        return f"{self.rows} rows: {'; '.join(changes)}" if changes else "no row would change"
+
     def markdown_lines(self) -> list[str]:
         lines = ["| table | inserted | updated | deleted | sample keys |", "|---|---|---|---|---|"]
         lines += [
