@@ -22,20 +22,10 @@ PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,produ
 
 
 @pytest.fixture(scope="module")
-def clean_head(stack) -> tuple[str, dict[str, int]]:
+def clean_head(promoted) -> tuple[str, dict[str, int]]:
     """Production's schema and row counts after a clean promotion of the release: what every recovered promotion
     must give."""
-    from dbpromote.runs import answer_approval
-    from tests.conftest import cancel_unfinished_runs
-
-    cancel_unfinished_runs()  # what an earlier module left paused would hold the targets
-    for server in local_stack.SERVERS:
-        local_stack.reset_database(stack, server)
-    promotion = PromotionInBackground()
-    answer_approval(str(promotion.paused_run().id), "approve", "alice", "reference", acknowledge_risks=True)
-    promotion.finish()
-    assert promotion.error is None, promotion.error
-    return catalog_snapshot(stack, "production")[0], row_counts(stack, "production")
+    return catalog_snapshot(promoted, "production")[0], row_counts(promoted, "production")
 
 
 def row_counts(stack, server: str) -> dict[str, int]:
