@@ -38,7 +38,8 @@ def test_a_dry_run_changes_nothing_and_counts_what_the_fix_then_changes_and_undo
 
     stack = promoted
     before = tenant_table_checksums(stack, "staging")
-    dry = dry_run_fix.fn(load_target("staging"), "staging", FixScript(name="upper.sql", source=SCRIPT), [])
+    script = FixScript(name="upper.sql", source=SCRIPT)
+    dry = dry_run_fix.fn(load_target("staging"), "staging", script, [], load_project("tenant-backend"))
     assert tenant_table_checksums(stack, "staging") == before
     assert sorted(t.counts() for t in dry.tables) == [("public.core_task", 0, 7, 0), ("public.core_tasklabel", 0, 0, 3)]
     assert len(dry.tables[0].sample_keys) == 5
