@@ -33,7 +33,7 @@ def test_a_dry_run_changes_nothing_and_counts_what_the_fix_then_changes_and_undo
     from dbpromote.flows.fix import fix_undo
     from dbpromote.tasks.fix import dry_run_fix
 
-    from dbpromote.config import load_target
+    from dbpromote.config import load_project, load_target
     from dbpromote.models.fix import FixScript
 
     stack = promoted
