@@ -10,10 +10,14 @@ rolled back: a trigger's lock (SHARE ROW EXCLUSIVE) is taken only on a table the
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
+from collections.abc import Callable
 
 import psycopg
 import zstandard
+from dbpromote.tasks.migrate import LockBackoff
 from prefect import task
 from prefect.runtime import flow_run
 from psycopg import sql
@@ -40,10 +44,14 @@ def dry_run_fix(
     target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str], project: DjangoProject
 ) -> FixRun:
     """What the script would change on the target, per table, with a few changed rows' keys; all rolled back."""
-    with fix_transaction(target, target_name, script, project) as conn:
-        changes = run_captured(conn, target, target_name, script, tenants)
-        conn.rollback()
-    return FixRun(target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=True)
+
+    def attempt() -> FixRun:
+        with fix_transaction(target, target_name, script, project) as conn:
+            changes = run_captured(conn, target, target_name, script, tenants)
+            conn.rollback()
+        return FixRun(target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=True)
+
+    return retrying_locks(target, target_name, f"The fix {script.name}", attempt)
 
 
 @task(name="apply-fix", retries=0)
@@ -58,20 +66,46 @@ def apply_fix(
 ) -> FixRun:
     """The script for real, committed only when it changed exactly what the dry run counted (the data may have
     moved since) within the bounds, and after the before-image of every changed row is in the bucket."""
-    with fix_transaction(target, target_name, script, project) as conn:
-        changes = run_captured(conn, target, target_name, script, tenants)
-        done = FixRun(
-            target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=False
-        )
-        if not done.same_counts(approved) or not bounds.admits(done.rows):
-            conn.rollback()
-            raise FixError(
-                f"The fix changed other rows on {target_name} than its dry run counted ({done.rows} rows, dry run "
-                f"{approved.rows}: the data changed in between); nothing was committed: run the fix again."
+
+    def attempt() -> FixRun:
+        with fix_transaction(target, target_name, script, project) as conn:
+            changes = run_captured(conn, target, target_name, script, tenants)
+            done = FixRun(
+                target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=False
             )
-        done.before_images = save_before_images(target, target_name, changes)
-        conn.commit()
-    return done
+            if not done.same_counts(approved) or not bounds.admits(done.rows):
+                conn.rollback()
+                raise FixError(
+                    f"The fix changed other rows on {target_name} than its dry run counted ({done.rows} rows, dry "
+                    f"run {approved.rows}: the data changed in between); nothing was committed: run the fix again."
+                )
+            done.before_images = save_before_images(target, target_name, changes)
+            conn.commit()
+        return done
+
+    return retrying_locks(target, target_name, f"The fix {script.name}", attempt)
+
+
+class LocksBusy(Exception):
+    """The fix's transaction did not get a lock within lock_timeout (and was rolled back)."""
+
+
+def retrying_locks(target: DatabaseTarget, target_name: str, what: str, attempt: Callable[[], FixRun | int]):
+    """attempt() again, each time in a new transaction, while its locks are busy, as a migration is retried."""
+    backoff = LockBackoff(target)
+    for tries in itertools.count(1):
+        try:
+            return attempt()
+        except LocksBusy:
+            sleep = backoff.next()
+            if sleep is None:
+                raise MigrationError(
+                    f"{what} could not get its locks on {target_name} in {tries} attempts over "
+                    f"{target.max_lock_wait_s:.0f} s (lock_timeout {target.lock_timeout_ms} ms); nothing was "
+                    "committed: find the session holding them (pg_locks, pg_stat_activity) and run again."
+                ) from None
+            time.sleep(sleep)
+    raise AssertionError("unreachable")
 
 
 def fix_transaction(
@@ -166,11 +200,7 @@ def run_script(
             isinstance(error, ProbeFailure) and error.failure.sqlstate in LOCK_SQLSTATES
         )
         if lock:
-            raise MigrationError(
-                f"The fix {script.name} could not get its locks on {target_name} within lock_timeout "
-                f"({target.lock_timeout_ms} ms); nothing was committed: find the session holding them and run again.",
-                transient=True,
-            ) from None
+            raise LocksBusy from None
         scope = f" as {target.app_role} for tenant {tenant}" if tenant is not None else ""
         raise FixError(
             f"The fix {script.name} failed on {target_name}{scope} ({str(error).strip().splitlines()[0]}); nothing "
@@ -244,55 +274,68 @@ def undo_fix(target: DatabaseTarget, target_name: str, uri: str) -> int:
     """Each row the fix changed put back as it was (inserted ones deleted, deleted ones inserted again), in one
     transaction; refused, naming the rows, where a row is no longer what the fix left. The rows put back."""
     rows = read_before_images(uri)
-    with fix_transaction(target, target_name) as conn:
-        keys = {row["table"]: primary_key(conn, row["table"]) for row in rows}
-        changed_since = []
-        for row in reversed(rows):  # the last change to a row first
-            table, key = row["table"], keys[row["table"]]
-            image = row["new"] or row["old"]
-            where = sql.SQL(" AND ").join(
-                sql.SQL("{} = (jsonb_populate_record(NULL::{}, %s)).{}").format(
-                    sql.Identifier(c), sql.SQL(table), sql.Identifier(c)
-                )
-                for c in key
+    return retrying_locks(target, target_name, "The undo", lambda: put_back(target, target_name, rows))
+
+
+def put_back(target: DatabaseTarget, target_name: str, rows: list[dict]) -> int:
+    """One attempt at the undo, in one transaction."""
+    try:
+        with fix_transaction(target, target_name) as conn:
+            return put_back_rows(conn, target_name, rows)
+    except psycopg.errors.LockNotAvailable:
+        raise LocksBusy from None
+
+
+def put_back_rows(conn: psycopg.Connection, target_name: str, rows: list[dict]) -> int:
+    """Each captured row back as it was, the last change first; refused as a whole if any changed since."""
+    keys = {row["table"]: primary_key(conn, row["table"]) for row in rows}
+    changed_since = []
+    for row in reversed(rows):  # the last change to a row first
+        table, key = row["table"], keys[row["table"]]
+        image = row["new"] or row["old"]
+        where = sql.SQL(" AND ").join(
+            sql.SQL("{} = (jsonb_populate_record(NULL::{}, %s)).{}").format(
+                sql.Identifier(c), sql.SQL(table), sql.Identifier(c)
             )
-            current = conn.execute(
-                sql.SQL("SELECT to_jsonb(t) FROM {} t WHERE {}").format(sql.SQL(table), where),
-                [json.dumps(image)] * len(key),
-            ).fetchone()
-            if (current[0] if current else None) != row["new"]:
-                changed_since.append(f"{table} {', '.join(str(image[c]) for c in key)}")
-                continue
-            if row["op"] == "INSERT":
-                conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE {}").format(sql.SQL(table), where), [json.dumps(image)] * len(key)
-                )
-            elif row["op"] == "DELETE":
-                conn.execute(
-                    sql.SQL("INSERT INTO {} SELECT * FROM jsonb_populate_record(NULL::{}, %s)").format(
-                        sql.SQL(table), sql.SQL(table)
-                    ),
-                    [json.dumps(row["old"])],
-                )
-            else:
-                conn.execute(
-                    sql.SQL(
-                        "UPDATE {} t SET ({}) = (SELECT {} FROM jsonb_populate_record(NULL::{}, %s) r) WHERE {}"
-                    ).format(
-                        sql.SQL(table),
-                        sql.SQL(", ").join(sql.Identifier(c) for c in row["old"]),
-                        sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in row["old"]),
-                        sql.SQL(table),
-                        where,
-                    ),
-                    [json.dumps(row["old"]), *[json.dumps(image)] * len(key)],
-                )
-        if changed_since:
-            conn.rollback()
-            named = ", ".join(changed_since[:5]) + (" ..." if len(changed_since) > 5 else "")
-            raise FixError(
-                f"{len(changed_since)} row(s) on {target_name} changed again since the fix ({named}); nothing was "
-                "put back: restore the backup taken before the fix, or put those rows back by hand."
+            for c in key
+        )
+        current = conn.execute(
+            sql.SQL("SELECT to_jsonb(t) FROM {} t WHERE {}").format(sql.SQL(table), where),
+            [json.dumps(image)] * len(key),
+        ).fetchone()
+        if (current[0] if current else None) != row["new"]:
+            changed_since.append(f"{table} {', '.join(str(image[c]) for c in key)}")
+            continue
+        if row["op"] == "INSERT":
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE {}").format(sql.SQL(table), where), [json.dumps(image)] * len(key)
             )
-        conn.commit()
+        elif row["op"] == "DELETE":
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM jsonb_populate_record(NULL::{}, %s)").format(
+                    sql.SQL(table), sql.SQL(table)
+                ),
+                [json.dumps(row["old"])],
+            )
+        else:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} t SET ({}) = (SELECT {} FROM jsonb_populate_record(NULL::{}, %s) r) WHERE {}"
+                ).format(
+                    sql.SQL(table),
+                    sql.SQL(", ").join(sql.Identifier(c) for c in row["old"]),
+                    sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in row["old"]),
+                    sql.SQL(table),
+                    where,
+                ),
+                [json.dumps(row["old"]), *[json.dumps(image)] * len(key)],
+            )
+    if changed_since:
+        conn.rollback()
+        named = ", ".join(changed_since[:5]) + (" ..." if len(changed_since) > 5 else "")
+        raise FixError(
+            f"{len(changed_since)} row(s) on {target_name} changed again since the fix ({named}); nothing was "
+            "put back: restore the backup taken before the fix, or put those rows back by hand."
+        )
+    conn.commit()
     return len(rows)

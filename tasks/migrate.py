@@ -25,6 +25,25 @@ FIRST_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 4.0
 
 
+class LockBackoff:
+    """The waits between attempts at a step whose locks were not granted: from STALL_BACKOFF_FACTOR lock_timeouts,
+    doubling up to a bound, with jitter (so that two waiting runs do not retry in step), until the target's
+    max_lock_wait_s would be passed."""
+
+    def __init__(self, target: DatabaseTarget):
+        self.deadline = time.monotonic() + target.max_lock_wait_s
+        self.backoff = max(FIRST_BACKOFF_S, STALL_BACKOFF_FACTOR * target.lock_timeout_ms / 1000)
+        self.longest = max(MAX_BACKOFF_S, 2 * self.backoff)
+
+    def next(self) -> float | None:
+        """Seconds to sleep before the next attempt; None once the bound would be passed."""
+        sleep = self.backoff * random.uniform(0.75, 1.25)
+        if time.monotonic() + sleep > self.deadline:
+            return None
+        self.backoff = min(self.backoff * 2, self.longest)
+        return sleep
+
+
 @task(
     name="apply-migration",
     task_run_name="{migration.label}{migration.direction}",
@@ -39,9 +58,7 @@ def apply_migration(
     failure was a lock wait or a deadlock; a non-atomic one may have applied part of its operations.
     """
     logger = get_run_logger()
-    deadline = time.monotonic() + target.max_lock_wait_s
-    backoff = max(FIRST_BACKOFF_S, STALL_BACKOFF_FACTOR * target.lock_timeout_ms / 1000)
-    longest = max(MAX_BACKOFF_S, 2 * backoff)
+    backoff = LockBackoff(target)
     started = time.monotonic()
     for attempt in itertools.count(1):
         wait_for_long_transactions(target, target_name)
@@ -63,8 +80,8 @@ def apply_migration(
             )
         if outcome.reason != "lock":
             raise MigrationError(f"{migration.label} failed on {target_name} and was rolled back ({message}).")
-        sleep = backoff * random.uniform(0.75, 1.25)
-        if time.monotonic() + sleep > deadline:
+        sleep = backoff.next()
+        if sleep is None:
             raise MigrationError(
                 f"{migration.label} could not get its locks on {target_name} in {attempt} attempts over "
                 f"{target.max_lock_wait_s:.0f} s ({message}); it was rolled back: find the session holding "
@@ -74,7 +91,6 @@ def apply_migration(
             "%s: locks not granted on %s (attempt %d), retrying in %.2f s", migration.label, target_name, attempt, sleep
         )
         time.sleep(sleep)
-        backoff = min(backoff * 2, longest)
 
 
 def wait_for_long_transactions(target: DatabaseTarget, target_name: str) -> None:

@@ -98,10 +98,10 @@ class PromotionInBackground(InBackground):
 
 
 def hold_lock(
-    url: str, table: str, seconds: float, ready: threading.Event, after_a_wait: bool = False
+    url: str, table: str, seconds: float, ready: threading.Event, after_a_wait: bool = False, mode: str = "ACCESS SHARE"
 ) -> threading.Thread:
-    """A session holding ACCESS SHARE on table for `seconds` (after_a_wait: counted from the moment another session
-    first waits for it, so that whatever comes to alter it is refused at least once however slow it is to come)."""
+    """A session holding a lock on table (ACCESS SHARE: a reader's) for `seconds` (after_a_wait: counted from the
+    moment another session first waits for it, so that whatever comes is refused at least once however slow)."""
 
     def waited_for(conn) -> bool:
         return conn.execute(
@@ -111,7 +111,7 @@ def hold_lock(
     def hold():
         # A blocker outliving its test is ended when the next test resets the database: that is fine.
         with contextlib.suppress(psycopg.errors.AdminShutdown), psycopg.connect(url) as conn:
-            conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
+            conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
             ready.set()
             deadline = time.monotonic() + 120
             with psycopg.connect(url, autocommit=True) as watcher:

@@ -110,6 +110,21 @@ def test_a_python_fix_script_is_counted_and_applied_with_the_orm(promoted):
     assert tenant_table_checksums(stack, "staging") == before
 
 
+def test_a_fix_waits_for_a_held_lock_as_a_migration_does(promoted, make_target):
+    import threading
+
+    from tests.harness import hold_lock
+
+    stack = promoted
+    target = make_target("staging-fix-locks", lock_timeout_ms=300, max_lock_wait_s=60)
+    before = tenant_table_checksums(stack, "staging")
+    # A writer's lock: the fix's capture trigger must wait for it, is refused after 300 ms, and tries again.
+    blocker = hold_lock(stack.database_url("staging"), "core_task", 1, threading.Event(), True, "ROW EXCLUSIVE")
+    (done,) = run_fix([target])
+    blocker.join()
+    assert done.rows == 10 and tenant_table_checksums(stack, "staging")["core_task"] != before["core_task"]
+
+
 def test_rows_outside_the_expected_bounds_stop_the_fix_before_anything_commits_anywhere(promoted):
     from dbpromote.errors import DbpromoteError
 
