@@ -73,6 +73,10 @@ class VerificationError(DbpromoteError):
     """The database is migrated but a check afterwards failed."""
 
 
+class FixError(DbpromoteError):
+    """A data fix was stopped before it committed anything on the target (an undo, before it put anything back)."""
+
+
 class RestoreError(BackupError):
     """A backup could not be restored (or checked, or swapped in); the target is as it was."""
 

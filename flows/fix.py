@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
 from dbpromote.tasks.backup import backup_to_gcs
-from dbpromote.tasks.fix import FixError, apply_fix, dry_run_fix, undo_fix
+from dbpromote.tasks.fix import apply_fix, dry_run_fix, undo_fix
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.verify import run_verify_scripts
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from dbpromote.config import load_project, load_target
-from dbpromote.errors import ConfigError, VerificationError
+from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
+from dbpromote.errors import ConfigError, FixError, VerificationError
 from dbpromote.models.approval import fix_request, undo_request
 from dbpromote.models.fix import FixRun, FixScript, RowBounds
 from dbpromote.notify import notify_failure
@@ -52,14 +52,11 @@ def fix(
         check_database(database, target)
         check_bucket(database, target)
     # Every target's dry run first: a count out of bounds anywhere stops the fix before it commits anywhere.
-    dry = {
-        target: dry_run_fix(database, target, fix_script, tenants, django_project)
-        for target, database in databases.items()
-    }
+    dry = {target: dry_run_fix(db, target, fix_script, tenants, django_project) for target, db in databases.items()}
     for target in through:
         get_run_logger().info("dry run on %s: %s", target, dry[target].describe())
         check_bounds(dry[target], bounds)
-    runs = []
+    runs: list[FixRun] = []
     for target, database in databases.items():
         if target != through[0]:  # counted again now, after the targets before it: what the approver sees
             dry[target] = dry_run_fix(database, target, fix_script, tenants, django_project)
@@ -67,23 +64,27 @@ def fix(
         if database.requires_approval:
             request = fix_request(target, fix_script, dry[target], runs)
             record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
-        backup = backup_to_gcs(database, target) if dry[target].rows else None
-        done = apply_fix(database, target, fix_script, tenants, dry[target], bounds, django_project)
-        done.backup = backup.uri if backup else ""
-        runs.append(done)
-        record_fix(database, target, fix_script, done)
-        failed = [
-            f"{c.name} ({c.detail})" for c in run_verify_scripts(django_project, database, target) if not c.passed
-        ]
-        if failed:
-            raise VerificationError(
-                f"After the fix, {target} fails its verify scripts: {', '.join(failed)}; "
-                f"no later target was touched: undo it with `dbpromote fix-undo {flow_run.get_id()} --target {target}` "
-                "or correct the data."
-            )
+        runs.append(fix_target(django_project, database, target, fix_script, dry[target], bounds))
     create_markdown_artifact(summary(fix_script, runs), key="dbpromote-fix", description=f"Fix {script_name}")
     get_run_logger().info("fix %s (%s) applied on %s", script_name, fix_script.hash, ", ".join(through))
     return runs
+
+
+def fix_target(
+    project: DjangoProject, database: DatabaseTarget, target: str, script: FixScript, dry: FixRun, bounds: RowBounds
+) -> FixRun:
+    """On one target, approved: a backup, the real run, its record, the project's verify scripts."""
+    backup = backup_to_gcs(database, target) if dry.rows else None
+    done = apply_fix(database, target, script, dry.tenants, dry, bounds, project)
+    done.backup = backup.uri if backup else ""
+    record_fix(database, target, script, done)
+    failed = [f"{c.name} ({c.detail})" for c in run_verify_scripts(project, database, target) if not c.passed]
+    if failed:
+        raise VerificationError(
+            f"After the fix, {target} fails its verify scripts: {', '.join(failed)}; no later target was touched: "
+            f"undo it with `dbpromote fix-undo {flow_run.get_id()} --target {target}` or correct the data."
+        )
+    return done
 
 
 def check_bounds(dry: FixRun, bounds: RowBounds) -> None:

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from psycopg import sql
 
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import DbpromoteError, MigrationError, retry_if_transient
+from dbpromote.errors import FixError, MigrationError, retry_if_transient
 from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.models.fix import SAMPLE_KEYS, FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.postgres import connect
@@ -33,10 +33,6 @@ from dbpromote.probe.protocol import LOCK_SQLSTATES
 CHANGES = sql.Identifier("pg_temp", "dbpromote_fix_changes")
 CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
 TRIGGER = sql.Identifier("dbpromote_fix_capture")
-
-
-class FixError(DbpromoteError):
-    """A fix was stopped before it committed anything on the target (or, undoing one, before it put anything back)."""
 
 
 @task(name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
