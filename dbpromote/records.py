@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from google.api_core import exceptions as gcs_errors
+
 from dbpromote.config import DatabaseTarget
 from dbpromote.gcs import gcs_client, gcs_retry
 
@@ -31,10 +33,41 @@ def read_records(target: DatabaseTarget, target_name: str, kind: str, scope: str
     assert kind in KINDS, kind
     prefix = _folder(target, target_name, kind, scope)
     blobs = gcs_client().list_blobs(target.bucket, prefix=prefix, retry=gcs_retry())
-    ordered = sorted(blobs, key=lambda blob: blob.name, reverse=True)
+    names = sorted((blob.name for blob in blobs), reverse=True)
+    # Read by name: a listed object's media link names the host it was written through (a proxy, say).
+    bucket = gcs_client().bucket(target.bucket)
     return [
-        json.loads(blob.download_as_bytes(retry=gcs_retry())) | {"recorded_at": _when(blob.name)} for blob in ordered
+        json.loads(bucket.blob(name).download_as_bytes(retry=gcs_retry())) | {"recorded_at": _when(name)}
+        for name in names
     ]
+
+
+def record_migration_files(
+    target: DatabaseTarget, target_name: str, run_id: str, files: dict[str, str], reconciled: bool = False
+) -> None:
+    """The hash of each migration file a run applied (or recorded as applied): a record for the audit, and the
+    target's file ledger (one object, label -> hash and when) that a drift check reads in one request."""
+    record = {"flow_run_id": run_id, "files": files} | ({"reconciled": True} if reconciled else {})
+    write_record(target, target_name, "migrations", run_id, record)
+    ledger = read_migration_files(target, target_name)
+    now = datetime.now(UTC).isoformat()
+    ledger |= {label: {"sha256": sha, "recorded_at": now, "flow_run_id": run_id} for label, sha in files.items()}
+    blob = gcs_client().bucket(target.bucket).blob(_ledger(target, target_name))
+    blob.upload_from_string(json.dumps(ledger, indent=2), content_type="application/json", retry=gcs_retry())
+
+
+def read_migration_files(target: DatabaseTarget, target_name: str) -> dict[str, dict]:
+    """The target's file ledger: each migration dbpromote applied there, its file's hash then and when."""
+    blob = gcs_client().bucket(target.bucket).blob(_ledger(target, target_name))
+    try:
+        return json.loads(blob.download_as_bytes(retry=gcs_retry()))
+    except gcs_errors.NotFound:
+        return {}
+
+
+def _ledger(target: DatabaseTarget, target_name: str) -> str:
+    # One promotion, fix, restore or rollback of a target at a time (check_not_held): one writer of its ledger.
+    return f"{target.prefix}/{target_name}/migration-files.json"
 
 
 def _when(name: str) -> str:

@@ -19,7 +19,7 @@ from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
 from dbpromote.models.plan import Plan, describe_change
 from dbpromote.models.report import StepReport, Verification
 from dbpromote.probe import ProbeSession
-from dbpromote.records import write_record
+from dbpromote.records import record_migration_files
 
 
 def preflight(project: str, target: str, to: str = "") -> Plan:
@@ -90,5 +90,4 @@ def record_files(database: DatabaseTarget, report: StepReport) -> None:
         if not (migration.backwards or result.already_applied) and result.label in report.plan.file_hashes
     }
     if files:
-        run_id = str(flow_run.get_id() or "")
-        write_record(database, report.target, "migrations", run_id, {"flow_run_id": run_id, "files": files})
+        record_migration_files(database, report.target, str(flow_run.get_id() or ""), files)

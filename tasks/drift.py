@@ -23,7 +23,7 @@ from dbpromote.models.drift import Difference, DriftReport
 from dbpromote.postgres import connect, server_connection
 from dbpromote.probe import FailureAnswer, StepAnswer, run_probe
 from dbpromote.probe.protocol import PlanAnswer
-from dbpromote.records import read_records, write_record
+from dbpromote.records import read_migration_files, record_migration_files, write_record
 
 
 @task(name="check-drift", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
@@ -121,24 +121,34 @@ def governed(schema: Snapshot, target: DatabaseTarget) -> Snapshot:
 
 
 def edited_files(target: DatabaseTarget, target_name: str, history: PlanAnswer) -> list[Difference]:
-    """Applied migrations whose file changed since dbpromote applied it (the hashes it recorded then)."""
-    recorded: dict[str, str] = {}
-    for record in read_records(target, target_name, "migrations"):  # newest first: the last application counts
-        for label, file_hash in record["files"].items():
-            recorded.setdefault(label, file_hash)
-    applied = {f"{app}.{name}" for app, name in history.applied}
+    """Applied migrations whose file changed since dbpromote applied it (the hashes in the target's ledger). A
+    ledger entry older than the row's own `applied` time describes an earlier application (the database was
+    recreated or restored and migrated since by someone else): that migration is not judged."""
+    ledger = read_migration_files(target, target_name)
+    judged = {
+        label: entry["sha256"]
+        for label, entry in ledger.items()
+        if label in history.file_hashes and label in history.applied_at
+        and _aware(entry["recorded_at"]) >= _aware(history.applied_at[label])
+    }  # fmt: skip
     return [
         Difference(
             object=f"migration {label}",
             kind="edited",
-            expected=f"file sha256 {recorded[label]} when applied",
+            expected=f"file sha256 {recorded} when applied",
             live=f"file sha256 {history.file_hashes[label]} now",
             fix="restore the file as it was applied (the schema was made by that version); put changes in a new "
             "migration",
         )
-        for label in sorted(applied & recorded.keys() & history.file_hashes.keys())
-        if recorded[label] != history.file_hashes[label]
+        for label, recorded in sorted(judged.items())
+        if recorded != history.file_hashes[label]
     ]
+
+
+def _aware(text: str) -> datetime:
+    """A time as ISO 8601; without an offset (a project with USE_TZ = False), UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def orphaned_rows(history: PlanAnswer) -> list[Difference]:
@@ -177,6 +187,4 @@ def fake_apply(project: DjangoProject, target: DatabaseTarget, target_name: str,
     answer = run_probe(project, target, "fake", "--to", f"{app}:{name}")
     if not isinstance(answer, StepAnswer):
         raise ConfigError(f"{label} could not be recorded as applied on {target_name} ({answer.message}).")
-    run_id = str(flow_run.get_id() or "")
-    record = {"flow_run_id": run_id, "files": {label: file_hash}, "reconciled": True}
-    write_record(target, target_name, "migrations", run_id, record)
+    record_migration_files(target, target_name, str(flow_run.get_id() or ""), {label: file_hash}, reconciled=True)

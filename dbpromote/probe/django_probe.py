@@ -256,12 +256,15 @@ def history(connection):
     """What the database records as applied and what the project's files say of it, without planning: the
     conflicts, rows no file accounts for, partly applied squashes and each file's hash (what drift needs)."""
     from django.db.migrations.loader import MigrationLoader
+    from django.db.migrations.recorder import MigrationRecorder
 
     loader = MigrationLoader(connection)
     conflicts = {app: sorted(names) for app, names in loader.detect_conflicts().items()}
     applied = sorted((app, name) for app, name in loader.applied_migrations)
     result = protocol.PlanAnswer(applied=applied, migrations=[], conflicts=conflicts, file_hashes=file_hashes(loader))
     result.unknown_applied, result.partial_squashes = history_findings(connection, loader)
+    rows = MigrationRecorder(connection).migration_qs.values_list("app", "name", "applied")
+    result.applied_at = {f"{app}.{name}": applied.isoformat() for app, name, applied in rows}
     return result
 
 

@@ -74,6 +74,7 @@ class PlanAnswer:
     partial_squashes: list[str] = field(default_factory=list)
     extensions: dict[str, str] = field(default_factory=dict)  # extension -> the migration that creates it
     file_hashes: dict[str, str] = field(default_factory=dict)  # app.name -> SHA-256 of its file (16 hex digits)
+    applied_at: dict[str, str] = field(default_factory=dict)  # app.name -> its django_migrations.applied, ISO 8601
     kind: Literal["plan"] = "plan"
 
 
