@@ -112,10 +112,9 @@ def fix_transaction(
     driven with the same statements."""
     if script is not None and script.python:
         return ProbeTransaction(project, target, script.source)
-    conn = connect(target, target_name)
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{target.lock_timeout_ms}ms")))
-    conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{target.statement_timeout_ms}ms")))
-    return conn
+    # As the probe gives them to a migration's session: libpq options, set before the first statement.
+    timeouts = f"-c lock_timeout={target.lock_timeout_ms} -c statement_timeout={target.statement_timeout_ms}"
+    return connect(target, target_name, options=timeouts)
 
 
 def run_captured(
