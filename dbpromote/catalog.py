@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import psycopg
 
-from dbpromote.models.drift import Difference
+from dbpromote.models.drift import Difference, NameOrigin
 
 # Schemas of the server itself, never the project's.
 SYSTEM_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
@@ -183,18 +184,44 @@ def _extensions(conn, app_role) -> Iterator[tuple[str, str, dict]]:
         yield "extension", name, {"version": version}
 
 
+@dataclass(frozen=True)
+class Naming:
+    """What the migrations say of index and constraint names, each "table.name" (the replay's model state names
+    tables without their schema): which names they give themselves, which names migrations not yet applied find
+    objects by (bare names), and which live names are the ones Django's schema editor generated."""
+
+    explicit: frozenset[str] = frozenset()
+    used_later: frozenset[str] = frozenset()
+    django_named: frozenset[str] = frozenset()
+
+    def origin(self, expected: tuple[str, str], live: tuple[str, str]) -> NameOrigin:
+        """Who named a renamed object, which says whether its name matters (see NameOrigin)."""
+        if _table_and_name(expected) not in self.explicit:
+            return "generated"
+        if expected[1].rsplit(".", 1)[1] in self.used_later or _table_and_name(live) not in self.django_named:
+            return "explicit"
+        return "rewritten"
+
+
 def compare(
-    expected: Snapshot, live: Snapshot, healed: Callable[[tuple, dict | None, dict | None], bool]
+    expected: Snapshot,
+    live: Snapshot,
+    healed: Callable[[tuple, dict | None, dict | None], bool],
+    naming: Naming = Naming(),
 ) -> list[Difference]:
-    """What the live schema has that the expected one lacks, lacks that it has, or has otherwise; an index missing
-    under one name and present under another with the same definition is a rename. `healed(key, expected, live)`
-    tells a difference a promotion repairs by itself."""
+    """What the live schema has that the expected one lacks, lacks that it has, or has otherwise. An index or
+    constraint missing under one name and present under another with the same definition on the same table is one
+    object renamed, and `naming` says whether the name matters (Naming.origin). `healed(key, expected, live)` tells a
+    difference a promotion repairs by itself."""
     missing = sorted(key for key in expected.keys() - live.keys())
     unexpected = sorted(key for key in live.keys() - expected.keys())
     renamed = _renames(expected, live, missing, unexpected)
     gone = {_table_of(key) for key in missing if key[0] in ("table", "view")}
     new = {_table_of(key) for key in unexpected if key[0] in ("table", "view")}
-    differences = [Difference.renamed(old, new_, expected[old]) for old, new_ in renamed]
+    differences = [Difference.renamed(old, new_, naming.origin(old, new_)) for old, new_ in renamed]
+    # A renamed object whose other attributes differ too (say, left INVALID) is also reported as different.
+    changed_after_rename = [(old, new_) for old, new_ in renamed if expected[old] != live[new_]]
+    differences += [Difference.different(old, expected[old], live[new_]) for old, new_ in changed_after_rename]
     # What belongs to a missing or unexpected table is reported with it, not one by one.
     keys = [
         key
@@ -210,22 +237,29 @@ def compare(
     differences += [Difference.unexpected(key, live[key]) for key in added]
     changed = [key for key in sorted(expected.keys() & live.keys()) if expected[key] != live[key]]
     differences += [Difference.different(key, expected[key], live[key]) for key in changed]
-    keys += added + changed
-    for difference, key in zip(differences, [*(old for old, _ in renamed), *keys], strict=True):
+    keys = [old for old, _ in renamed] + [old for old, _ in changed_after_rename] + keys + added + changed
+    for difference, key in zip(differences, keys, strict=True):
         difference.healed_by_promotion = healed(key, expected.get(key), live.get(key))
     return sorted(differences, key=lambda d: (d.object, d.kind))
 
 
 def _renames(expected: Snapshot, live: Snapshot, missing: list, unexpected: list) -> list[tuple]:
-    """Pairs (expected key, live key) of indexes on one table with one definition under two names."""
+    """Pairs (expected key, live key) of indexes, or of constraints, on one table with one definition (columns and
+    expressions in order, method, predicate, included columns, operator classes, uniqueness, deferrability, as the
+    server deparses them without the name) under two names."""
     pairs, taken = [], set()
-    for old in (key for key in missing if key[0] == "index"):
-        for new in (key for key in unexpected if key[0] == "index" and key not in taken):
-            if _table_of(old) == _table_of(new) and expected[old] == live[new]:
+    for old in (key for key in missing if key[0] in ("index", "constraint")):
+        for new in (key for key in unexpected if key[0] == old[0] and key not in taken):
+            if _table_of(old) == _table_of(new) and expected[old]["definition"] == live[new]["definition"]:
                 pairs.append((old, new))
                 taken.add(new)
                 break
     return pairs
+
+
+def _table_and_name(key: tuple[str, str]) -> str:
+    """ "table.name" of an object on a table (the schema left out: the replay's model state names tables alone)."""
+    return key[1].split(".", 1)[1] if key[1].count(".") >= 2 else key[1]
 
 
 def _table_of(key: tuple[str, str]) -> str:

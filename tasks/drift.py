@@ -16,7 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from psycopg import sql
 
-from dbpromote.catalog import Snapshot, compare, snapshot
+from dbpromote.catalog import Naming, Snapshot, compare, snapshot
 from dbpromote.config import DatabaseTarget, DjangoProject, load_target
 from dbpromote.errors import ConfigError, retry_if_transient
 from dbpromote.models.drift import Difference, DriftReport
@@ -42,7 +42,12 @@ def check_drift(
     with connect(target, target_name) as conn:
         live = snapshot(conn, target.app_role)
     history, expected = replayed(project, target, target_name, extensions(live), plus)
-    differences = compare(governed(expected, target), governed(live, target), partial(repaired_by_rls_step, target))
+    differences = compare(
+        governed(expected, target),
+        governed(live, target),
+        partial(repaired_by_rls_step, target),
+        Naming(frozenset(history.explicit_names), frozenset(history.names_used_later), frozenset(history.django_named)),
+    )
     differences += orphaned_rows(history)
     if read_history:
         differences += edited_files(target, target_name, history)

@@ -7,10 +7,29 @@ from collections import Counter
 from typing import Literal
 
 from psycopg import sql
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 # "edited": a migration file changed after it was applied; "orphaned": a django_migrations row with no file.
 Kind = Literal["missing", "unexpected", "different", "renamed", "edited", "orphaned"]
+# Who named a renamed index or constraint, which says whether its name matters:
+# - "generated": Django's schema editor (unique_together, index_together, db_index, a foreign key, a field's check),
+#   whose names differ between Django versions and between paths through one history; Django finds such an object by
+#   table, columns and kind, never by name: a note.
+# - "explicit": the project (Meta.indexes, Meta.constraints, AddIndex, AddConstraint, RenameIndex), and the live name
+#   is not one Django generates (a person renamed it), or a migration not yet applied finds it by that name: blocks.
+# - "rewritten": the project names it now, but the live object carries the name Django generated when an earlier text
+#   of that migration made it (a package rewrote its history: django-taggit 5 turned its index_together and
+#   unique_together migrations into named AddIndex and AddConstraint), and no migration not yet applied finds it by
+#   name: a note with the rename that fixes it before one does.
+NameOrigin = Literal["", "explicit", "generated", "rewritten"]
+WHY = {
+    "explicit": "the project names it, and migrations alter, rename or drop it by that name",
+    "generated": "Django generated the name, which differs between Django versions and between the operations that "
+    "made the object; a later migration finds it by table, columns and kind, so only the name differs",
+    "rewritten": "the migrations name it now, but the live name is the one Django generated when an earlier text of "
+    "the migration made it; no migration not yet applied finds it by name, so it does not block: rename it (fix) "
+    "before one does",
+}
 
 
 class Difference(BaseModel):
@@ -22,6 +41,14 @@ class Difference(BaseModel):
     live: str = ""
     fix: str = ""  # SQL that would make live what is expected; empty where a person must decide
     healed_by_promotion: bool = False  # the RLS step of every promotion repairs it: reported, never blocking
+    name_origin: NameOrigin = ""  # for a rename: whether the name matters
+    why: str = ""  # why it blocks or does not, where that is not plain
+
+    @computed_field
+    @property
+    def blocks(self) -> bool:
+        """Whether it stops a promotion: not what the promotion repairs, nor a name Django generated otherwise."""
+        return not self.healed_by_promotion and self.name_origin not in ("generated", "rewritten")
 
     @classmethod
     def missing(cls, key: tuple[str, str], expected: dict) -> Difference:
@@ -43,13 +70,24 @@ class Difference(BaseModel):
         )
 
     @classmethod
-    def renamed(cls, old: tuple[str, str], new: tuple[str, str], expected: dict) -> Difference:
+    def renamed(cls, old: tuple[str, str], new: tuple[str, str], origin: NameOrigin) -> Difference:
+        """An index or constraint under another name; the fix renames it back, which only an explicit name needs."""
         schema, _, name = _split(new)
-        fix = sql.SQL("ALTER INDEX {} RENAME TO {};").format(
-            sql.Identifier(schema, name), sql.Identifier(_split(old)[2])
-        )
+        expected_name = sql.Identifier(_split(old)[2])
+        if old[0] == "index":
+            fix = sql.SQL("ALTER INDEX {} RENAME TO {};").format(sql.Identifier(schema, name), expected_name)
+        else:
+            fix = sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {};").format(
+                _table(new), sql.Identifier(name), expected_name
+            )
         return cls(
-            object=_label(old), kind="renamed", expected=_split(old)[2], live=_split(new)[2], fix=fix.as_string()
+            object=_label(old),
+            kind="renamed",
+            expected=_split(old)[2],
+            live=name,
+            fix=fix.as_string(),
+            name_origin=origin,
+            why=WHY[origin],
         )
 
 
@@ -64,48 +102,73 @@ class DriftReport(BaseModel):
 
     @property
     def found(self) -> bool:
-        return bool(self.differences)
+        """Whether anything differs beyond names Django generated otherwise (the notes)."""
+        return len(self.differences) > len(self.notes)
 
     @property
     def blocking(self) -> list[Difference]:
-        """What a promotion would not repair by itself: the differences that stop one."""
-        return [d for d in self.differences if not d.healed_by_promotion]
+        """The differences that stop a promotion: neither what it repairs by itself nor a generated name."""
+        return [d for d in self.differences if d.blocks]
+
+    @property
+    def notes(self) -> list[Difference]:
+        """Indexes and constraints whose only difference is a name Django generated: shown, never blocking."""
+        return [
+            d for d in self.differences if d.name_origin in ("generated", "rewritten") and not d.healed_by_promotion
+        ]
 
     def summary(self, at_most: int = 5) -> str:
         """One line: how many differences, the first few named."""
         if not self.differences:
             return f"no drift on {self.target} ({self.replayed} migrations replayed)"
+        if not self.blocking and not self.repaired:
+            return f"no blocking drift on {self.target} ({self.replayed} migrations replayed){self._notes_line('; ')}"
         count = f"{len(self.differences)} difference{'s' if len(self.differences) > 1 else ''} on {self.target}"
         if not at_most:
             return count
-        named = ", ".join(f"{d.object} ({d.kind})" for d in self.differences[:at_most])
+        first = sorted(self.differences, key=lambda d: not d.blocks)[:at_most]  # what blocks, named first
+        named = ", ".join(f"{d.object} ({d.kind})" for d in first)
         more = f" and {len(self.differences) - at_most} more" if len(self.differences) > at_most else ""
         return f"{count}: {named}{more}"
 
     def status(self) -> str:
         """One line for an approval form."""
         if not self.found:
-            return f"none ({self.replayed} migrations replayed and compared, {self.checked_at})"
-        healed = len(self.differences) - len(self.blocking)
+            return f"none ({self.replayed} migrations replayed and compared, {self.checked_at}){self._notes_line('; ')}"
+        healed = len(self.repaired)
         repaired = f"; this promotion's RLS step repairs {healed} of them" if healed else ""
-        return f"{self.summary()}{repaired}"
+        return f"{self.summary()}{repaired}{self._notes_line('; ')}"
 
     @property
     def repaired(self) -> list[Difference]:
         return [d for d in self.differences if d.healed_by_promotion]
 
+    def _notes_line(self, lead: str) -> str:
+        """How many objects differ only by a name Django generated (notes, never blocking)."""
+        if not self.notes:
+            return ""
+        count = len(self.notes)
+        return (
+            f"{lead}{count} only by a name Django generated (a note: Django finds such objects by table, columns "
+            "and kind, not by name)"
+        )
+
     def text(self) -> str:
         """For a terminal: the summary, each blocking difference with its expected and live values and its fix,
-        then in one line what a promotion repairs by itself."""
+        then in a line each what a promotion repairs by itself and which names Django generated otherwise."""
         lines = [self.summary(at_most=0 if self.found else 5)]
         for d in self.blocking:
             lines.append(f"  {d.kind:<10} {d.object}")
-            values = (("expected", d.expected), ("live", d.live), ("fix", d.fix))
+            values = (("expected", d.expected), ("live", d.live), ("fix", d.fix), ("why", d.why))
             lines += [f"             {label}: {value}" for label, value in values if value]
         if self.repaired:
             lines.append(
                 f"  a promotion's RLS step repairs the other {len(self.repaired)}: {_objects(self.repaired, 10)}"
             )
+        if self.notes:
+            named = ", ".join(f"{d.object} (live {d.live})" for d in self.notes[:10])
+            more = f" and {len(self.notes) - 10} more" if len(self.notes) > 10 else ""
+            lines.append(f"  note: {len(self.notes)} differ only by a name Django generated: {named}{more}")
         return "\n".join(lines)
 
     def markdown(self) -> str:
@@ -123,6 +186,20 @@ class DriftReport(BaseModel):
                 f"<details><summary>{len(self.repaired)} that a promotion's RLS step repairs by itself</summary>",
                 "",
                 _objects(self.repaired),
+                "",
+                "</details>",
+            ]
+        if self.notes:
+            lines += [
+                "",
+                f"<details><summary>{len(self.notes)} that differ only by a name Django generated (notes, never "
+                "blocking)</summary>",
+                "",
+                "| object | name the replay gave | live name |",
+                "|---|---|---|",
+                *(f"| {_cell(d.object)} | {_cell(d.expected)} | {_cell(d.live)} |" for d in self.notes),
+                "",
+                f"{WHY['generated'].capitalize()}.",
                 "",
                 "</details>",
             ]

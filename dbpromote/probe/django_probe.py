@@ -236,12 +236,14 @@ def file_hashes(loader) -> dict:
 def replay(connection, into: str, plus: str):
     """The database's recorded history (see history()); then exactly those migrations, and `plus`, applied to the
     empty database `into` on the same server, in dependency order, as `migrate` applies them: the schema that
-    history should have produced. The history is the answer."""
+    history should have produced. The history is the answer, with what drift needs to judge names: the names the
+    migrations give themselves, those a migration not yet applied refers to, and the live names Django generated."""
     from django.db.migrations.executor import MigrationExecutor
 
     recorded = history(connection)
     if recorded.conflicts:
         return recorded
+    live = connection.settings_dict["NAME"]
     connection.close()
     connection.settings_dict["NAME"] = into
     executor = MigrationExecutor(connection)
@@ -250,9 +252,68 @@ def replay(connection, into: str, plus: str):
     # On an empty database the loader uses a squash instead of what it replaces: it stands for them when all are.
     keys |= {squash for squash, migration in loader.replacements.items() if set(migration.replaces) <= keys}
     everything = executor.migration_plan(loader.graph.leaf_nodes(), clean_start=True)
-    executor.migrate([], plan=[(m, False) for m, _ in everything if (m.app_label, m.name) in keys])
+    state = executor.migrate([], plan=[(m, False) for m, _ in everything if (m.app_label, m.name) in keys])
+    recorded.explicit_names = explicit_names(state, connection)
+    recorded.names_used_later = sorted(
+        name for migration, _ in everything if (migration.app_label, migration.name) not in keys
+        for name in names_referred_to(migration)
+    )  # fmt: skip
+    connection.close()
+    connection.settings_dict["NAME"] = live
+    tables = {name.rsplit(".", 1)[0] for name in recorded.explicit_names}
+    recorded.django_named = django_named(connection, tables)
     connection.close()
     return recorded
+
+
+def explicit_names(state, connection) -> list[str]:
+    """ "table.name" of each index and constraint the migrations name themselves: the model state holds exactly those
+    (Meta.indexes and Meta.constraints as the migrations wrote them, AddIndex, AddConstraint, RenameIndex); what
+    unique_together, index_together, db_index, a foreign key or a field's check makes is named by the schema editor
+    and is not there. A name longer than the server takes is cut as the server cuts it."""
+    from django.db.backends.utils import truncate_name
+
+    longest = connection.ops.max_name_length()
+    names = set()
+    for (app_label, model_name), model in state.models.items():
+        table = model.options.get("db_table") or truncate_name(f"{app_label}_{model_name}", longest)
+        for item in [*model.options.get("indexes", []), *model.options.get("constraints", [])]:
+            if getattr(item, "name", None):
+                names.add(f"{table}.{item.name[:longest]}")
+    return sorted(names)
+
+
+def names_referred_to(migration) -> set[str]:
+    """The index and constraint names a migration's operations find by name (to remove, rename or alter)."""
+    names = set()
+    for operation in migration.operations:
+        kind = type(operation).__name__
+        if kind in ("RemoveIndex", "RemoveConstraint", "AlterConstraint"):
+            names.add(operation.name)
+        elif kind == "RenameIndex" and operation.old_name:
+            names.add(operation.old_name)
+    return names
+
+
+def django_named(connection, tables: set[str]) -> list[str]:
+    """ "table.name" of the indexes and constraints on `tables` whose name is the one Django's schema editor generates
+    for them (from their table, columns and kind: unique_together, index_together, db_index, a field's check, a
+    foreign key), found as Django finds them, by introspection."""
+    suffixes = ("", "_idx", "_uniq", "_check", "_like")
+    named = []
+    editor = connection.SchemaEditorClass(connection)  # for its naming alone: nothing is executed
+    with connection.cursor() as cursor:
+        existing = set(connection.introspection.table_names(cursor))
+        for table in sorted(tables & existing):
+            for name, found in connection.introspection.get_constraints(cursor, table).items():
+                columns = found["columns"] or []
+                generated = {editor._create_index_name(table, columns, suffix) for suffix in suffixes}
+                if found["foreign_key"]:
+                    to_table, to_column = found["foreign_key"]
+                    generated.add(editor._create_index_name(table, columns, f"_fk_{to_table}_{to_column}"))
+                if name in generated:
+                    named.append(f"{table}.{name}")
+    return named
 
 
 def history(connection):

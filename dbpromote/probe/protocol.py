@@ -75,6 +75,11 @@ class PlanAnswer:
     extensions: dict[str, str] = field(default_factory=dict)  # extension -> the migration that creates it
     file_hashes: dict[str, str] = field(default_factory=dict)  # app.name -> SHA-256 of its file (16 hex digits)
     applied_at: dict[str, str] = field(default_factory=dict)  # app.name -> its django_migrations.applied, ISO 8601
+    # A replay's "table.name" of every index and constraint the project names itself (Meta.indexes, Meta.constraints,
+    # AddIndex, AddConstraint, RenameIndex): later migrations find those by name, unlike the names Django generates.
+    explicit_names: list[str] = field(default_factory=list)
+    names_used_later: list[str] = field(default_factory=list)  # what migrations not yet applied find by name
+    django_named: list[str] = field(default_factory=list)  # live "table.name"s that Django's schema editor generated
     kind: Literal["plan"] = "plan"
 
 

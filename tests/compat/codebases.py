@@ -17,6 +17,8 @@ from pathlib import Path
 
 SITES = Path(__file__).resolve().parent / "sites"
 DJANGO = ["django>=5.2,<5.3", "psycopg[binary]>=3.2,<3.4"]
+# The LTS before: an old release that ran on it is migrated by it, so the upgrade crosses a Django version.
+DJANGO_42 = ["django>=4.2,<4.3", "psycopg[binary]>=3.2,<3.4"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class Codebase:
     # `dbpromote project add` options that give the settings what they read at import.
     project_options: list[str] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # variable -> value, stored in a Secret block
+    # A table and column of the codebase's own where a person's hand-made index, default and constraint must be found
+    # after the upgrade; and (upgrades across a Django version) what the live schema differs in by names alone.
+    hand_made_on: tuple[str, str] = ("auth_user", "last_name")
+    name_notes: set[str] = field(default_factory=set)
 
     @property
     def path(self) -> Path:
@@ -59,6 +65,7 @@ CODEBASES = [
             "SELECT id, email, true, true FROM auth_user WHERE username = 'alice'",
         ],
         check=("SELECT email FROM account_emailaddress", "alice@example.com"),  # RunPython lower-cased it
+        hand_made_on=("account_emailaddress", "email"),
     ),
     Codebase(
         name="filer",
@@ -68,6 +75,7 @@ CODEBASES = [
         covers="dj-database-url with no default; a squashed migration with replaces, applied by the old release, "
         "whose replaced migrations the new one builds on; easy-thumbnails beside it",
         expected=["filer.0018_alter_file_options"],
+        hand_made_on=("filer_file", "name"),
     ),
     Codebase(
         name="constance",
@@ -76,6 +84,7 @@ CODEBASES = [
         new=["django-constance==4.4.0"],
         covers="separate variables (POSTGRES_HOST, ...); a non-atomic RunPython migration",
         expected=["constance.0002_migrate_from_old_table", "constance.0003_drop_pickle"],
+        hand_made_on=("constance_constance", "key"),
         project_options=[
             "--database-url-env",
             "",
@@ -96,13 +105,73 @@ CODEBASES = [
 ]
 
 
+# Old releases on Django 4.2 LTS, migrated by it; new releases on Django 5.2 LTS. Long histories with both the names
+# Django generates (unique_together, index_together, db_index, checks) and names the packages give themselves.
+CROSS_VERSION = [
+    Codebase(
+        name="wagtail",
+        settings="settings",
+        old=[*DJANGO_42, "wagtail==5.2.8", "django-allauth[mfa,socialaccount]==0.61.1", "dj-database-url==3.1.2"],
+        new=["wagtail==7.0.3", "django-allauth[mfa,socialaccount]==65.21.1", "dj-database-url==3.1.2"],
+        covers="Wagtail 5.2 LTS and allauth 0.61 on Django 4.2 to Wagtail 7.0 LTS and allauth 65 on Django 5.2 (220 "
+        "migrations); django-taggit 6 rewrote its history: the unique_together and index_together of its 0002 and "
+        "0003 became an AddConstraint and an AddIndex with names, and its 0006 renames the index by its columns",
+        expected=[
+            "taggit.0006_rename_taggeditem_content_type_object_id_taggit_tagg_content_8fc721_idx",
+            "wagtailcore.0094_alter_page_locale",
+        ],  # fmt: skip
+        # The constraint keeps the name Django 4.2 generated (the name taggit now gives it is 65 characters).
+        name_notes={
+            "constraint public.taggit_taggeditem.taggit_taggeditem_content_type_id_object_id_tag_id_4bb97a8e_uni"
+        },
+        hand_made_on=("taggit_taggeditem", "object_id"),
+    ),
+    Codebase(
+        name="oscar",
+        settings="settings",
+        old=[*DJANGO_42, "django-oscar==3.2.6", "dj-database-url==3.1.2"],
+        new=["django-oscar==4.0", "dj-database-url==3.1.2"],
+        covers="django-oscar 3.2 on Django 4.2 to 4.0 on Django 5.2 (146 migrations over 20 apps); a "
+        "PositiveIntegerField check named by an AlterField on the live database and by the server when the replay "
+        "creates the table",
+        expected=["catalogue.0028_product_priority", "catalogue.0029_product_code"],
+        name_notes={"constraint public.address_useraddress.address_useraddress_num_orders_check"},
+        hand_made_on=("address_useraddress", "num_orders_as_shipping_address"),
+    ),
+    Codebase(
+        name="ops",
+        settings="settings",
+        old=[
+            *DJANGO_42,
+            "django-reversion==5.0.12",
+            "django-guardian==2.4.0",
+            "django-celery-beat==2.5.0",
+            "dj-database-url==3.1.2",
+        ],  # fmt: skip
+        new=[
+            "django-reversion==6.0.0",
+            "django-guardian==3.2.0",
+            "django-celery-beat==2.8.1",
+            "dj-database-url==3.1.2",
+        ],
+        covers="django-reversion, django-guardian and django-celery-beat on Django 4.2 to their releases on Django "
+        "5.2: unique_together in all three, named indexes, and a guardian migration that removes an index by its name",
+        expected=["guardian.0003_remove_groupobjectpermission_guardian_gr_content_ae6aec_idx_and_more"],
+        hand_made_on=("guardian_userobjectpermission", "object_pk"),
+    ),
+]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("DBPROMOTE_COMPAT_CACHE") or Path.home() / ".cache" / "dbpromote" / "compat")
 
 
 def venv_python(requirements: list[str]) -> Path:
-    """The interpreter of a venv holding Django 5.2 and `requirements`, built on first use."""
-    key = hashlib.sha256("\n".join([sys.version, *DJANGO, *sorted(requirements)]).encode()).hexdigest()[:16]
+    """The interpreter of a venv holding `requirements` and, unless they pin Django themselves, Django 5.2; built
+    on first use."""
+    if not any(requirement.lower().startswith("django>") for requirement in requirements):
+        requirements = [*DJANGO, *requirements]
+    key = hashlib.sha256("\n".join([sys.version, *sorted(requirements)]).encode()).hexdigest()[:16]
     venv = cache_dir() / key
     python = venv / "bin" / "python"
     if (venv / ".complete").is_file():
@@ -110,7 +179,7 @@ def venv_python(requirements: list[str]) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", *DJANGO, *requirements]
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", *requirements]
     result = subprocess.run(pip, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"installing {requirements} failed: {result.stderr[-2000:]}")
