@@ -1,10 +1,12 @@
 """`dbpromote`: the command-line front door; commands that change a database trigger a deployment."""
 
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 
 import httpx
 import pydantic
@@ -49,13 +51,19 @@ def stack_status(
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Working credentials (local stack only)."),
 ) -> None:
     """Every component with its address and health; exit code 1 when any is unhealthy."""
+    from prefect.settings import get_current_settings
+
     report = local_stack.status(show_secrets=show_secrets)
+    in_use = get_current_settings().api.url or "no Prefect server (none is set and there is no local stack)"
+    local = "prefect" in local_stack.Stack.load().ports and in_use == local_stack.Stack.load().prefect_api_url
+    report["prefect_in_use"] = f"the local stack's Prefect server ({in_use})" if local else in_use
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         for name, component in report["components"].items():
             where = component.get("address") or component.get("endpoint") or component.get("ui_url") or ""
             typer.echo(f"{name:<11} {'healthy' if component['healthy'] else 'DOWN':<8} {where}")
+        typer.echo(f"commands use {report['prefect_in_use']}")
     raise typer.Exit(0 if report["healthy"] else 1)
 
 
@@ -403,7 +411,8 @@ def check(
     from pathlib import Path
 
     from dbpromote.check import check as run_check
-    from dbpromote.config import DatabaseTarget, DjangoProject, check_database_url, load_project, load_target
+    from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
+    from dbpromote.conninfo import Conninfo
 
     if (Path(project) / "manage.py").is_file():
         settings = settings or os.environ.get("DJANGO_SETTINGS_MODULE", "")
@@ -414,7 +423,7 @@ def check(
         django_project = load_project(project)
     url = os.environ.get("DBPROMOTE_DATABASE_URL", "")
     if url:
-        check_database_url(url)
+        Conninfo(url)
         target = DatabaseTarget(url=url)
     else:
         target = load_target(against)
@@ -608,7 +617,11 @@ def approver_add(
 @target_app.command("add")
 def target_add(
     name: str,
-    url: str = typer.Option(..., help="postgresql://USER:PASSWORD@HOST:PORT/DB of the migration role."),
+    url: str = typer.Option(
+        ...,
+        help="The migration role's connection string, any form libpq accepts: postgresql://USER:PASSWORD@HOST:PORT/DB, "
+        "a socket (postgresql://USER:PASSWORD@/DB?host=/cloudsql/PROJECT:REGION:INSTANCE), host=HOST dbname=DB ...",
+    ),
     requires_approval: bool = typer.Option(False, "--requires-approval"),
     approvers: str = typer.Option("", help="Comma-separated names allowed to approve."),
     min_approvers: int = typer.Option(
@@ -628,11 +641,12 @@ def target_add(
 
     The URL is checked by connecting once (the server must be reachable from here; --no-check skips it).
     """
-    from dbpromote.config import DatabaseTarget, check_block_name, check_database_url
+    from dbpromote.config import DatabaseTarget, check_block_name
+    from dbpromote.conninfo import Conninfo
     from dbpromote.postgres import connect
 
     check_block_name(name, "target")
-    check_database_url(url)
+    Conninfo(url)
     names = [a.strip() for a in approvers.split(",") if a.strip()]
     if min_approvers > 1:
         from dbpromote.approvers import is_enrolled
@@ -662,13 +676,47 @@ def target_add(
 
 
 def main() -> None:
-    # Prefect reads its settings at import: point it at the local stack unless told otherwise.
-    if "PREFECT_API_URL" not in os.environ:
-        stack = local_stack.Stack.load()
-        if "prefect" in stack.ports:
-            os.environ.update(stack.client_env())
     # The client's event queue says "Still processing items" when a short command exits: noise for a CLI user.
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
+    with prefect_server() as chosen:
+        if chosen:
+            typer.echo(f"Prefect server: {chosen}", err=True)
+        run_app()
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[str]:
+    """Point the command at the Prefect server the user chose: PREFECT_API_URL from the environment or from the
+    active Prefect profile (`prefect profile use`, `prefect config set`, as Prefect itself resolves them) wins; the
+    local stack is the default only when neither names one. Yields where the chosen server came from, or "" for
+    the local stack (or no server at all)."""
+    from prefect.context import get_settings_context
+    from prefect.settings import temporary_settings
+
+    context = get_settings_context()
+    stack = local_stack.Stack.load()
+    chosen = context.settings.api.url
+    if chosen:
+        local = "prefect" in stack.ports and chosen.rstrip("/") == stack.prefect_api_url
+        source = (
+            "PREFECT_API_URL" if "PREFECT_API_URL" in os.environ else f"the Prefect profile {context.profile.name!r}"
+        )
+        yield "" if local else f"{chosen} (from {source})"
+        return
+    if "prefect" not in stack.ports:
+        yield ""
+        return
+    environment = stack.client_env()
+    os.environ.update(environment)  # the GCS client and any process this command starts read these
+    updates = {"api.url": environment["PREFECT_API_URL"]}
+    if "PREFECT_API_AUTH_STRING" in environment:
+        updates["api.auth_string"] = environment["PREFECT_API_AUTH_STRING"]
+    with temporary_settings(updates=updates):
+        yield ""
+
+
+def run_app() -> None:
+    """The command, its known failures each as one sentence and exit code 1."""
     try:
         app()
     except DbpromoteError as error:

@@ -5,12 +5,11 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from prefect.blocks.core import Block
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr
 
+from dbpromote.conninfo import Conninfo
 from dbpromote.errors import ConfigError
 from dbpromote.models.fleet import Share
 
@@ -63,16 +62,12 @@ class DjangoProject(Block):
         environment |= self.env
         for variable, block in self.env_secrets.items():
             environment[variable] = load_secret(block, variable)
+        conninfo = Conninfo(url)
         if self.database_url_env:
-            environment[self.database_url_env] = url
-        params = conninfo_to_dict(url)
+            environment[self.database_url_env] = conninfo.url()  # the URL form, whatever form the target's is in
         for part, variable in self.database_env.items():
-            environment[variable] = str(params.get(DATABASE_PARTS[part], ""))
+            environment[variable] = conninfo.database if part == "name" else conninfo.params.get(part, "")
         return environment
-
-
-# The names of a project's separate connection variables, and their libpq keyword.
-DATABASE_PARTS = {"host": "host", "port": "port", "name": "dbname", "user": "user", "password": "password"}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -116,7 +111,10 @@ class DatabaseTarget(Block):
     _block_type_name = "dbpromote database target"
     _block_type_slug = "dbpromote-database-target"
 
-    url: SecretStr = Field(description="postgresql:// URL of the role that runs migrations (owns the schema).")
+    url: SecretStr = Field(
+        description="Connection string of the role that runs migrations (owns the schema), in any form libpq "
+        "accepts: postgresql:// URL, a Unix socket in ?host=, several hosts, key=value."
+    )
     requires_approval: bool = Field(default=False, description="Pause for a named person's approval first.")
     approvers: list[str] = Field(default_factory=list, description="Who may approve; empty: anyone.")
     min_approvers: int = Field(
@@ -144,14 +142,17 @@ class DatabaseTarget(Block):
     )
 
     @property
+    def conninfo(self) -> Conninfo:
+        """The connection string as libpq reads it: where pg_dump, psycopg and the probe all take it from."""
+        return Conninfo(self.url.get_secret_value())
+
+    @property
     def database(self) -> str:
-        return conninfo_to_dict(self.url.get_secret_value()).get("dbname", "")
+        return self.conninfo.database
 
     def on_database(self, database: str) -> "DatabaseTarget":
         """The same server and role, another database (a restore's new database, a rehearsal's scratch copy)."""
-        parts = urlsplit(self.url.get_secret_value())
-        url = urlunsplit(parts._replace(path="/" + quote(database)))
-        return self.model_copy(update={"url": SecretStr(url)})
+        return self.model_copy(update={"url": SecretStr(self.conninfo.on_database(database))})
 
 
 class TargetGroup(Block):
@@ -190,29 +191,6 @@ def check_block_name(name: str, kind: str) -> None:
             f"The {kind} name {name!r} has characters a name cannot have; use lowercase letters, digits and "
             "dashes, starting with a letter or digit, e.g. shop-prod."
         )
-
-
-def check_database_url(url: str) -> None:
-    """A postgresql:// URL whose parts parse; the message never shows the URL (its password is in it)."""
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("The URL must start with postgresql://; give it as postgresql://USER:PASSWORD@HOST:PORT/DB.")
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number (a password's ':' or '/' read as one)
-        valid = parts.netloc.count("@") <= 1 and bool(parts.hostname) and not _BAD_ESCAPE.search(parts.netloc)
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ConfigError(
-            "The URL does not parse as postgresql://USER:PASSWORD@HOST:PORT/DB (it is not shown here: it holds "
-            "the password); percent-encode reserved characters in the user and password, @ as %40, : as %3A, "
-            "/ as %2F, % as %25, e.g. with python3 -c 'import urllib.parse,getpass; "
-            'print(urllib.parse.quote(getpass.getpass(), safe=""))\'.'
-        )
-
-
-# A % not followed by two hex digits: a raw % in a password.
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def load_project(name: str) -> DjangoProject:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import PreflightError, redact
@@ -46,17 +45,9 @@ def database_facts(conn: psycopg.Connection) -> dict:
 
 
 def libpq_env(target: DatabaseTarget) -> dict[str, str]:
-    """The target's connection as PG* variables: a password never goes on a command line, where `ps` shows it."""
-    params = conninfo_to_dict(target.url.get_secret_value())
-    names = {
-        "host": "PGHOST",
-        "port": "PGPORT",
-        "user": "PGUSER",
-        "password": "PGPASSWORD",
-        "dbname": "PGDATABASE",
-        "sslmode": "PGSSLMODE",
-    }
-    return os.environ | {names[key]: str(value) for key, value in params.items() if key in names}
+    """The environment with the target's connection as PG* variables: a password never goes on a command line,
+    where `ps` shows it."""
+    return os.environ | target.conninfo.libpq_env()
 
 
 def migration_state(conn: psycopg.Connection) -> list[tuple[str, str]]:

@@ -17,7 +17,6 @@ from dbpromote.tasks.verify import verify_target
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
-from psycopg.conninfo import conninfo_to_dict
 
 from dbpromote.config import DatabaseTarget, load_project, load_target
 from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
@@ -81,7 +80,7 @@ def migrate_environment(
 
 def server_limit(database: DatabaseTarget) -> str:
     """The name of a database server's global concurrency limit: its host and port (never the URL's secrets)."""
-    parts = conninfo_to_dict(database.url.get_secret_value())
+    parts = database.conninfo.params
     return f"dbpromote-server-{parts.get('host', 'localhost')}-{parts.get('port', '5432')}"
 
 

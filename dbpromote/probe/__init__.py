@@ -45,10 +45,11 @@ def start_probe(
 ) -> tuple[subprocess.Popen, list[str]]:
     """The probe in the project's interpreter against the target: its URL, and whatever the project's settings
     read, in the environment (never argv). With it, the secret values to mask in anything it prints."""
-    url = target.url.get_secret_value()
+    url, conninfo = target.url.get_secret_value(), target.conninfo
     project_env = project.environment(url)  # Secret blocks read once here
-    secrets = [url, *(project_env[variable] for variable in project.env_secrets)]
-    env = os.environ | project_env | {"DBPROMOTE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    secrets = [url, conninfo.password, *(project_env[variable] for variable in project.env_secrets)]
+    database = json.dumps(conninfo.django())
+    env = os.environ | project_env | {"DBPROMOTE_DATABASE": database, "PYTHONUNBUFFERED": "1"}
     env[PARENT_PID] = str(os.getpid())
     command = [project.interpreter(), str(PROBE), *args, "--settings", project.settings_module]
     command += ["--database", target.database_alias]
@@ -169,8 +170,8 @@ class ProbeSession:
             return run_probe(self.project, target, "plan", "--to", to)
         url, request = target.url.get_secret_value(), {"plan": to}
         if url != self.target.url.get_secret_value():
-            request["database"] = url  # over the pipe: never argv or the environment
-        answer = self._ask(request, url)
+            request["database"] = target.conninfo.django()  # over the pipe: never argv or the environment
+        answer = self._ask(request, url, target.conninfo.password)
         return masked(answer, self.project, self.secrets, lambda: ending(self.process, self.stderr, self.secrets))
 
     def _ask(self, request: dict, *secrets: str) -> Answer | None:

@@ -3,9 +3,10 @@
 This file is executed as a script (`python django_probe.py plan ...`), never imported by the worker: it may use
 only the standard library, its sibling protocol.py (the answers, shared with the worker), ../lifeline.py (it dies
 with the worker) and what the project
-itself has installed (Django and its database driver). The database to use comes from DBPROMOTE_DATABASE_URL in
-the environment (never the command line, which `ps` shows) and replaces the host, port, name, user and password
-of the project's default database.
+itself has installed (Django and its database driver). The database to use comes from DBPROMOTE_DATABASE in the
+environment (never the command line, which `ps` shows): the target's connection string as the worker's libpq parsed
+it, as a DATABASES entry, which replaces the host, port, name, user and password of the project's alias and adds
+the string's other parameters (sslmode, ...) to its OPTIONS.
 """
 
 import argparse
@@ -20,7 +21,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 
 def _load(name: str, path: Path):
@@ -120,9 +120,8 @@ def setup_django(args) -> None:
 def point_at_target(database: dict, args) -> None:
     """The target's host, port, name, user and password in the alias, PostgreSQL where the settings named no
     engine (a DATABASE_URL read without a default), and the step's timeouts added to the project's options."""
-    url = os.environ.get("DBPROMOTE_DATABASE_URL")
-    if url:
-        database.update(database_from_url(url))
+    if os.environ.get("DBPROMOTE_DATABASE"):
+        with_target(database, json.loads(os.environ["DBPROMOTE_DATABASE"]))
     if not database.get("ENGINE"):
         database["ENGINE"] = "django.db.backends.postgresql"
     options = database.setdefault("OPTIONS", {})
@@ -178,15 +177,16 @@ def connections_for(args):
     return connections[args.database]
 
 
-def database_from_url(url: str) -> dict:
-    parts = urlsplit(url)
-    return {
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-        "NAME": unquote(parts.path.lstrip("/")),
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-    }
+def with_target(database: dict, entry: dict) -> None:
+    """A target's connection (a DATABASES entry made from one parse of its string) in the alias's entry: its keys
+    replace the project's, its other libpq parameters join the project's OPTIONS (its `options` after theirs)."""
+    entry = dict(entry)
+    extra = dict(entry.pop("OPTIONS", {}))
+    database.update(entry)
+    options = database.setdefault("OPTIONS", {})
+    if extra.get("options") and options.get("options"):
+        extra["options"] = f"{options['options']} {extra['options']}"
+    options.update(extra)
 
 
 def plan(connection, to: str):
@@ -595,13 +595,14 @@ def serve(args, out) -> int:
     return 0
 
 
-def on_database(connection, url: str | None, to: str):
-    """The plan of the database at `url` (the target's when None); the alias points back at the target after."""
-    if not url:
+def on_database(connection, entry: dict | None, to: str):
+    """The plan of the database `entry` connects to (the target's when None); the alias points back at the target
+    after."""
+    if not entry:
         return plan(connection, to)
-    own = dict(connection.settings_dict)
+    own = dict(connection.settings_dict) | {"OPTIONS": dict(connection.settings_dict.get("OPTIONS", {}))}
     connection.close()
-    connection.settings_dict.update(database_from_url(url))
+    with_target(connection.settings_dict, entry)
     try:
         return plan(connection, to)
     finally:

@@ -3,7 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from dbpromote.config import check_block_name, check_database_url
+from dbpromote.config import check_block_name
+from dbpromote.conninfo import Conninfo
 from dbpromote.errors import ConfigError, redact
 from dbpromote.models.approval import ApprovalRequest, approval_form, refusal
 
@@ -14,19 +15,20 @@ from dbpromote.models.approval import ApprovalRequest, approval_form, refusal
         "postgresql://migrator:Zq@9%Xk@db:5432/shop",  # a raw @ and % in the password
         "postgresql://migrator:Zq:9/Xk@db:5432/shop",  # a raw : and / in the password
         "postgresql://migrator:100%Xk@db/shop",
+        "postgresql://migrator:Zq@Xk@db/shop",  # libpq itself would take "Xk@db" for the host
     ],
 )
 def test_a_password_with_reserved_characters_is_refused_without_showing_it(url):
     with pytest.raises(ConfigError) as error:
-        check_database_url(url)
+        Conninfo(url)
     message = str(error.value)
     assert "percent-encode reserved characters" in message and "@ as %40" in message
     assert "Xk" not in message and "Zq" not in message
 
 
 def test_a_percent_encoded_password_and_a_url_without_port_pass():
-    check_database_url("postgresql://migrator:p%40ss%25word@db:5432/shop")
-    check_database_url("postgres://migrator@db/shop")
+    Conninfo("postgresql://migrator:p%40ss%25word@db:5432/shop")
+    Conninfo("postgres://migrator@db/shop")
 
 
 def test_a_malformed_url_is_masked_whole_in_anything_printed():
