@@ -149,7 +149,9 @@ def fix_undo(
     """Put back the rows a fix changed on a target, from its before-images (refused if one changed since)."""
     from dbpromote.config import load_target
     from dbpromote.flows.fix import fix_to_undo
+    from dbpromote.runs import refuse_if_held
 
+    refuse_if_held([target])  # first: a held target is the reason that stands whatever the record says
     fix_to_undo(load_target(target), target, run_id)
     run_deployment("fix-undo/fix-undo", {"fix_run": run_id, "target": target}, wait)
 
@@ -329,7 +331,10 @@ def restore(
     """Restore a verified backup over a target: into a new database, checked, then swapped in (old one kept)."""
     from dbpromote.backups import find_backup
     from dbpromote.config import load_target
+    from dbpromote.runs import refuse_if_held
 
+    if swap:
+        refuse_if_held([target])  # before the backup is looked for: a held target is the reason that stands
     chosen = find_backup(load_target(target), target, backup)
     typer.echo(f"restoring {chosen.uri}")
     run_deployment("restore/restore", {"target": target, "backup": chosen.uri, "swap": swap}, wait)

@@ -20,10 +20,10 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.input.run_input import keyset_from_paused_state
 
-from dbpromote.errors import ApprovalRejected, ConfigError
+from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
 from dbpromote.notify import run_url
 
 # How often a waiting command asks whether its run ended: Prefect's default (5 s) added up to 5 s to every
@@ -33,7 +33,10 @@ WAIT_POLL_S = 1
 
 def trigger(deployment: str, parameters: dict, *, idempotency_key: str | None = None) -> FlowRun:
     """Create a run of a deployment (`flow/deployment`) for the worker; returned at once, so a command prints its
-    id and URL (where the approval is given) before waiting for anything (`wait_for`)."""
+    id and URL (where the approval is given) before waiting for anything (`wait_for`). A run that would change a
+    target another unfinished run holds is refused here, at the terminal, before it exists."""
+    if deployment.partition("/")[0] in APPROVAL_FLOWS and parameters.get("swap", True):  # swap: see restore
+        refuse_if_held(targets_in(parameters))
     try:
         return run_deployment(deployment, parameters=parameters, timeout=0, idempotency_key=idempotency_key)
     except (ValueError, ObjectNotFound):
@@ -85,20 +88,51 @@ def flow_runs(states: list[StateType] | None = None, limit: int = 200) -> list[t
 
 
 def run_targets(run: FlowRun) -> list[str]:
-    """The targets a run acts on, from its parameters."""
-    parameters = run.parameters or {}
+    """The targets (and groups) a run acts on, from its parameters."""
+    return targets_in(run.parameters or {})
+
+
+def targets_in(parameters: dict) -> list[str]:
+    """The targets (and groups) named by a flow's parameters."""
     named = parameters.get("through") or parameters.get("targets") or [parameters.get("target")]
     return [str(name) for name in named if name]
 
 
-def runs_holding(targets: list[str], excluding: UUID | str | None) -> list[tuple[FlowRun, str]]:
-    """Unfinished promotions, restores and rollbacks of any of these targets, other than `excluding` (the asking
-    run's id, which Prefect's runtime gives as a string)."""
-    return [
-        (run, flow)
-        for run, flow in flow_runs(NOT_FINAL)
-        if flow in APPROVAL_FLOWS and str(run.id) != str(excluding) and set(run_targets(run)) & set(targets)
-    ]
+def refuse_if_held(targets: list[str], excluding: UUID | str | None = None) -> None:
+    """A PreflightError naming the unfinished promotion, restore, rollback, reconciliation, fix or undo (other than
+    `excluding`, the asking run's id) that holds any of these targets; a group holds, and is held through, each of
+    its members."""
+    members = group_members()
+    wanted = _expanded(targets, members)
+    for run, flow in flow_runs(NOT_FINAL):
+        if flow not in APPROVAL_FLOWS or str(run.id) == str(excluding):
+            continue
+        shared = [target for target in wanted if target in _expanded(run_targets(run), members)]
+        if shared:
+            raise PreflightError(
+                f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} held by run {run.id} ({flow}, "
+                f"{run.state.name if run.state else 'unknown state'}, created {run.created:%Y-%m-%d %H:%M} UTC); "
+                f"nothing was run: wait for it to end, or end it with `dbpromote cancel {run.id} --reason TEXT`."
+            )
+
+
+def group_members() -> dict[str, list[str]]:
+    """Every target group's members, by group name (one read of the server's group blocks)."""
+    from dbpromote.config import TargetGroup
+
+    with get_client(sync_client=True) as client:
+        try:
+            documents = client.read_block_documents_by_type(TargetGroup.get_block_type_slug(), include_secrets=False)
+        except PrefectHTTPStatusError as error:
+            if error.response.status_code != 404:
+                raise
+            return {}  # no group was ever saved on this server: the block type is not there yet
+    return {document.name: list(document.data.get("members", [])) for document in documents}
+
+
+def _expanded(names: list[str], members: dict[str, list[str]]) -> list[str]:
+    """The names with each group replaced by its members, in order, each once."""
+    return list(dict.fromkeys(target for name in names for target in members.get(name, [name])))
 
 
 def cancel_run(run_id: str, reason: str, wait_s: float = 15) -> State:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
-from dbpromote.tasks.preflight import check_bucket, check_database
+from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.restore import (
     drop_restored,
     restore_into_new_database,
@@ -42,6 +42,8 @@ def restore(
     renamed into its place, in one transaction. With swap=false the restored database is left beside the target.
     """
     database = load_target(target)
+    if swap:  # a restore beside the target (swap=false) changes nothing of it
+        check_not_held([target])
     check_database(database, target)
     check_bucket(database, target)
     chosen = find_backup(database, target, backup)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dbpromote.flows.environment import carry_out
 from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
 from dbpromote.tasks.plan import plan_rollback
-from dbpromote.tasks.preflight import check_bucket, check_database
+from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.verify import verify_state
 from prefect import flow
 from prefect.runtime import flow_run
@@ -33,6 +33,7 @@ def rollback(
     A fresh backup is taken first (reversing drops what the migrations added); RLS is brought up to date after.
     """
     django_project, database = load_project(project), load_target(target)
+    check_not_held([target])
     check_database(database, target)
     check_bucket(database, target)
     chosen = find_backup(database, target, backup or newest_promotion_backup(database, target))

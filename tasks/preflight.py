@@ -50,15 +50,8 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
 
 @task(name="check-not-held", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def check_not_held(targets: list[str]) -> None:
-    """No other promotion, restore or rollback of these targets is unfinished (one whose worker died included)."""
-    from dbpromote.runs import run_targets, runs_holding
+    """No other promotion, restore, rollback, reconciliation, fix or undo of these targets (or of a group they are
+    in) is unfinished (one whose worker died included)."""
+    from dbpromote.runs import refuse_if_held
 
-    held = runs_holding(targets, excluding=flow_run.get_id())
-    if held:
-        run, flow = held[0]
-        shared = ", ".join(target for target in targets if target in run_targets(run))
-        raise PreflightError(
-            f"{shared} is held by run {run.id} ({flow}, {run.state.name if run.state else 'unknown state'}, "
-            f"created {run.created:%Y-%m-%d %H:%M} UTC); nothing was run: wait for it to end, or end it with "
-            f"`dbpromote cancel {run.id} --reason TEXT`."
-        )
+    refuse_if_held(targets, excluding=flow_run.get_id())

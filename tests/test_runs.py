@@ -20,7 +20,7 @@ def test_a_target_held_by_an_unfinished_run_is_refused_until_that_run_is_cancell
 
     with pytest.raises(PreflightError) as error:
         promote("tenant-backend", ["staging", "production"], approval_poll_s=1)
-    assert f"staging, production is held by run {run.id} (promote, Paused" in str(error.value)
+    assert f"staging, production are held by run {run.id} (promote, Paused" in str(error.value)
     assert f"`dbpromote cancel {run.id} --reason TEXT`" in str(error.value)
     assert applied(fresh_databases, "production") == ["core.0001_initial"]
 
@@ -44,3 +44,39 @@ def test_cancelling_a_run_that_ended_is_one_sentence(fresh_databases):
     result = cli("cancel", line.split()[0], "--reason", "by mistake")
     assert result.returncode == 1
     assert "has already ended (Completed); nothing to cancel." in result.stderr
+
+
+def test_every_command_that_changes_a_held_target_is_refused_at_the_terminal_before_any_run(fresh_databases, tmp_path):
+    """A promotion through staging and a group holding production waits for its approval. Restore, rollback, fix,
+    fix-undo, reconcile and a second promotion of production (the group's member, named as itself) and of the
+    group are each refused in one sentence naming the holding run; no run is created, nothing changes."""
+    from datetime import UTC, datetime
+
+    from tests.test_reliability import state_of
+
+    grouped = cli("group", "add", "held-pair", "--targets", "production", "--canary", "0")
+    assert grouped.returncode == 0, grouped.stderr
+    waiting = PromotionInBackground(through=["staging", "held-pair"])
+    run = waiting.paused_run()
+    script = tmp_path / "fix_titles.sql"
+    script.write_text("UPDATE core_task SET title = upper(title) WHERE id < 3")
+    since = datetime.now(UTC)
+    before = state_of(fresh_databases, since)
+
+    attempts = {
+        "restore": ["restore", "production"],
+        "rollback": ["rollback", "production", "--project", "tenant-backend"],
+        "fix": ["fix", "--project", "tenant-backend", "--through", "staging,production", "--script", str(script)],
+        "fix-undo": ["fix-undo", str(run.id), "--target", "production"],
+        "reconcile": ["reconcile", "production", "--project", "tenant-backend", "--migration", "core:0002_featureflag"],
+        "promote": ["promote", "--project", "tenant-backend", "--through", "staging,production"],
+        "promote the group": ["promote", "--project", "tenant-backend", "--through", "staging,held-pair"],
+    }
+    for command, arguments in attempts.items():
+        refused = cli(*arguments)
+        assert refused.returncode == 1, (command, refused.stdout, refused.stderr)
+        (line,) = refused.stderr.splitlines()
+        assert f"held by run {run.id} (promote, Paused" in line, (command, line)
+        assert f"`dbpromote cancel {run.id} --reason TEXT`" in line and refused.stdout == "", command
+    assert state_of(fresh_databases, since) == before  # no run created, no block or database changed
+    assert cli("cancel", str(run.id), "--reason", "test over").returncode == 0
