@@ -69,8 +69,9 @@ def is_enrolled(name: str) -> bool:
     return True
 
 
-def check_code(name: str, code: str) -> str:
-    """Why the code does not prove that the person approves now ('' when it does); a good code is used up."""
+def check_code(name: str, code: str, use: bool = True) -> str:
+    """Why the code does not prove that the person approves now ('' when it does); a good code is used up (unless
+    `use` is false: the CLI's check before it sends the answer, which the run then checks and uses up)."""
     from prefect.blocks.system import Secret
     from prefect.variables import Variable
 
@@ -85,5 +86,17 @@ def check_code(name: str, code: str) -> str:
     last = Variable.get(_last_step_variable(name), default=-1)
     if matching[0] <= int(last):
         return f"the code given for {name} was already used; wait for the next one"
-    Variable.set(_last_step_variable(name), matching[0], overwrite=True)
+    if use:
+        Variable.set(_last_step_variable(name), matching[0], overwrite=True)
     return ""
+
+
+def unproven(name: str, decision: str, code: str, so_far: list[str], use: bool = True) -> str:
+    """Why an answer does not prove an enrolled person's decision ('' when it does); a good code is used up (see
+    check_code)."""
+    name = name.strip()
+    if not is_enrolled(name):
+        return f"{name!r} is not an enrolled approver (`dbpromote approver add {name}`)"
+    if decision == "approve" and name in so_far:
+        return f"{name} has already approved; another approver must approve too"
+    return check_code(name, code, use)

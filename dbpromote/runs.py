@@ -198,6 +198,25 @@ def resume_run(run_id: str) -> FlowRun:
     return trigger(f"{flow}/{flow}", parameters | {"resume": first or str(run.id)})
 
 
+def refuse_unfit_answer(client, run: FlowRun, run_input: dict) -> None:
+    """An ApprovalRejected, before anything is sent, for an answer the run would not count: its approver is not on
+    the target's list, or (enrolled approvers) the code is not their current one. The run's own judgement, from
+    who may answer as the run stored it beside the wait; the code is not used up here (the run uses it)."""
+    from dbpromote.models.approval import Answerers, answerers_key
+
+    try:
+        stored = client.read_flow_run_input(run.id, answerers_key(run.state.state_details.pause_key))
+    except ObjectNotFound:
+        return  # a run of an earlier dbpromote: it judges the answer itself
+    approver, decision = run_input["approver"], run_input["decision"]
+    reason = Answerers.model_validate_json(stored).refusal(approver, decision, run_input.get("code", ""), use=False)
+    if reason:
+        raise ApprovalRejected(
+            f"Not {decision}d: {reason}; nothing was sent and run {run.id} still waits: answer as a permitted "
+            "approver, with their current code where approvers are enrolled."
+        )
+
+
 def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
     """The form of a paused run; the flow stores it just after pausing, so allow it a moment."""
     key = keyset_from_paused_state(run.state)["schema"]
@@ -253,6 +272,7 @@ def answer_approval(
                     "and approve again with --acknowledge-risks."
                 )
             run_input["acknowledge_risky_operations"] = acknowledge_risks
+        refuse_unfit_answer(client, run, run_input)
         response = client.resume_flow_run(run.id, run_input=run_input)
     if response.status == SetStateStatus.REJECT:
         raise ApprovalRejected(f"The server refused the answer ({response.details.reason}); correct it and try again.")

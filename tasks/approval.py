@@ -10,14 +10,22 @@ from datetime import UTC, datetime
 from prefect import get_run_logger, pause_flow_run, suspend_flow_run
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
-from prefect.input import RunInput, read_flow_run_input
+from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
 from prefect.input.run_input import keyset_from_base_key
 from prefect.runtime import flow_run
 
-from dbpromote.approvers import check_code, is_enrolled
+from dbpromote.approvers import is_enrolled
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected
-from dbpromote.models.approval import Approval, ApprovalRequest, approval_form, refusal, who_may_answer
+from dbpromote.models.approval import (
+    Answerers,
+    Approval,
+    ApprovalRequest,
+    answerers_key,
+    approval_form,
+    refusal,
+    who_may_answer,
+)
 from dbpromote.notify import notify, run_url
 from dbpromote.records import write_record
 
@@ -43,8 +51,11 @@ def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> 
         form = approval_form(bool(request.risks), coded).with_initial_data(
             description=request.description + who_may_answer(target.approvers, coded, target.min_approvers, so_far)
         )
+        answerers = Answerers(target=request.target, allowed=target.approvers, coded=coded, so_far=so_far)
+        _keep(answerers_key(_pause_key(request, attempt)), answerers.model_dump())
         answer = _pause_for_answer(request, attempt, form, deadline, timeout_s, poll_s)
-        reason = refusal(request, answer, target.approvers) or (_unproven(answer, so_far) if coded else "")
+        code = getattr(answer, "code", "")
+        reason = refusal(request, answer) or answerers.refusal(answer.approver, answer.decision, code)
         if reason:
             logger.warning("approval refused: %s; still waiting", reason)
             continue
@@ -72,14 +83,10 @@ def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> 
     raise AssertionError("unreachable")
 
 
-def _unproven(answer: RunInput, so_far: list[str]) -> str:
-    """Why an answer does not prove an enrolled person's decision ('' when it does); a good code is used up."""
-    name = answer.approver.strip()
-    if not is_enrolled(name):
-        return f"{name!r} is not an enrolled approver (`dbpromote approver add {name}`)"
-    if answer.decision == "approve" and name in so_far:
-        return f"{name} has already approved; another approver must approve too"
-    return check_code(name, getattr(answer, "code", ""))
+def _keep(key: str, value: dict) -> None:
+    """A flow run input of this run, once: a run carried on after its suspension finds it there already."""
+    if read_flow_run_input(key) is None:
+        create_flow_run_input(key, value)
 
 
 def _pause_key(request: ApprovalRequest, attempt: int) -> str:

@@ -33,14 +33,14 @@ def enrolled():
 
 
 def answered(run_id: str, approver: str, code: str, decision: str = "approve"):
-    """Answer as the CLI does; the run's state once it paused again (the answer refused or one more needed)."""
+    """Answer over the REST API as a CI job would (the route the CLI and the UI use, unchecked by either); the
+    run's state once it paused again (the answer refused or one more needed)."""
     from prefect import get_client
 
-    from dbpromote.runs import answer_approval
-
+    answer = {"decision": decision, "approver": approver, "comment": "", "code": code}
     with get_client(sync_client=True) as client:
         before = client.read_flow_run(run_id).state.id
-        answer_approval(str(run_id), decision, approver, "", acknowledge_risks=True, code=code)
+        client.resume_flow_run(run_id, run_input=answer | {"acknowledge_risky_operations": True})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             state = client.read_flow_run(run_id).state
@@ -68,6 +68,8 @@ def refused(run_id, reason: str, timeout_s: float = 15) -> bool:
 def test_two_enrolled_approvers_with_current_codes_are_needed_and_nothing_else_counts(
     fresh_databases, make_target, enrolled
 ):
+    from prefect import get_client
+
     from dbpromote.approvers import check_code
     from dbpromote.config import load_target
     from dbpromote.records import read_records
@@ -84,6 +86,23 @@ def test_two_enrolled_approvers_with_current_codes_are_needed_and_nothing_else_c
     promotion = PromotionInBackground(through=["staging", target])
     run = promotion.paused_run()
 
+    # From the CLI, an answer that would not count is refused at the terminal: nothing is sent, the run waits.
+    for approver, code, reason in [
+        ("alice", "000000", "the code given for alice is not their current one"),
+        ("mallory", alice.now(), "'mallory' may not approve production-2p (approvers: alice, bob, dave)"),
+        ("dave", alice.now(), "'dave' is not an enrolled approver (`dbpromote approver add dave`)"),
+    ]:
+        typed = cli("approve", str(run.id), "--approver", approver, "--code", code, "--acknowledge-risks")
+        assert typed.returncode == 1 and typed.stdout == "", typed.stdout
+        expected = (
+            f"error: Not approved: {reason}; nothing was sent and run {run.id} still waits: answer as a permitted "
+            "approver, with their current code where approvers are enrolled.\n"
+        )
+        assert typed.stderr == expected, typed.stderr
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.id == run.state.id  # still the same wait: nothing reached the run
+
+    # Over REST nothing checks before the run, which judges each answer itself and keeps waiting.
     assert answered(run.id, "alice", "000000").is_paused()  # not her current code
     assert answered(run.id, "mallory", alice.now()).is_paused()  # not on the list
     assert answered(run.id, "dave", alice.now()).is_paused()  # on the list, never enrolled
@@ -91,6 +110,8 @@ def test_two_enrolled_approvers_with_current_codes_are_needed_and_nothing_else_c
     assert answered(run.id, "alice", used).is_paused()  # approved: 1 of 2, still waiting
     assert "the code given for alice was already used" in check_code("alice", used)  # seen once, never replayed
     assert answered(run.id, "alice", alice.now()).is_paused()  # the same person twice is one approver
+    twice = cli("approve", str(run.id), "--approver", "alice", "--code", alice.now(), "--acknowledge-risks")
+    assert twice.returncode == 1 and "alice has already approved; another approver must approve too" in twice.stderr
     assert applied(fresh_databases, "production") == ["core.0001_initial"]
     assert refused(run.id, "the code given for alice is not their current one")
     assert refused(run.id, "'mallory' may not approve production-2p")

@@ -279,13 +279,35 @@ def undo_request(target: str, record: dict) -> ApprovalRequest:
     )
 
 
-def refusal(request: ApprovalRequest, answer: RunInput, allowed: list[str]) -> str:
-    """Why an answer cannot count ('' when it can): its approver is not on the list, or an approval of a risky
-    request did not acknowledge the risks. A rejection needs only a permitted approver."""
-    if not answer.approver.strip():
-        return "an answer without the approver's name"
-    if allowed and answer.approver.strip() not in allowed:
-        return f"{answer.approver!r} may not approve {request.target} (approvers: {', '.join(allowed)})"
+class Answerers(BaseModel):
+    """Who may answer one wait for approval, as the run asks it: kept beside the wait's form, so that an answer
+    that would not count is refused at the terminal, before it is sent."""
+
+    target: str
+    allowed: list[str] = Field(default_factory=list)  # empty: anyone
+    coded: bool = False  # each answer carries the approver's current one-time code
+    so_far: list[str] = Field(default_factory=list)  # who approved already (a target that needs several)
+
+    def refusal(self, approver: str, decision: str, code: str, use: bool = True) -> str:
+        """Why this person's answer cannot count ('' when it can): not on the list, or (coded) not proven by a
+        current one-time code, which is used up unless `use` is false (see approvers.check_code)."""
+        from dbpromote.approvers import unproven
+
+        if not approver.strip():
+            return "an answer without the approver's name"
+        if self.allowed and approver.strip() not in self.allowed:
+            return f"{approver!r} may not approve {self.target} (approvers: {', '.join(self.allowed)})"
+        return unproven(approver, decision, code, self.so_far, use) if self.coded else ""
+
+
+def answerers_key(pause_key: str) -> str:
+    """The flow run input beside a wait (its pause key) that says who may answer it."""
+    return f"{pause_key}-answerers"
+
+
+def refusal(request: ApprovalRequest, answer: RunInput) -> str:
+    """Why an answer cannot count for what it answers ('' when it can): an approval of a risky request that did
+    not acknowledge the risks."""
     if answer.decision == "approve" and request.risks and not getattr(answer, "acknowledge_risky_operations", False):
         return f"the approval by {answer.approver} did not acknowledge the risky operations"
     return ""

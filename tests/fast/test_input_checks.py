@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from dbpromote.config import check_block_name
 from dbpromote.conninfo import Conninfo
 from dbpromote.errors import ConfigError, redact
-from dbpromote.models.approval import ApprovalRequest, approval_form, refusal
+from dbpromote.models.approval import Answerers, approval_form
 
 
 @pytest.mark.parametrize(
@@ -44,8 +44,8 @@ def test_a_name_prefect_cannot_hold_is_one_sentence(name):
 def test_a_blank_approver_is_refused_by_the_form_and_by_the_flow():
     with pytest.raises(ValidationError):
         approval_form(False)(decision="approve", approver="   ", comment="")
-    request = ApprovalRequest(action="a", target="production", subject="s", items=[], description="", notice="")
+    answerers = Answerers(target="production", allowed=["alice"])
     blank = approval_form(False).model_construct(decision="approve", approver="   ", comment="")
-    assert refusal(request, blank, []) == "an answer without the approver's name"
+    assert answerers.refusal(blank.approver, blank.decision, "") == "an answer without the approver's name"
     padded = approval_form(False)(decision="approve", approver="  alice ", comment="")
-    assert refusal(request, padded, ["alice"]) == ""
+    assert answerers.refusal(padded.approver, padded.decision, "") == ""

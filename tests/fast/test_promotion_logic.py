@@ -4,7 +4,7 @@ import pytest
 from dbpromote.flows.promote import vouch_for
 
 from dbpromote.errors import PreflightError
-from dbpromote.models.approval import ApprovalRequest, approval_form, promotion_request, refusal
+from dbpromote.models.approval import Answerers, ApprovalRequest, approval_form, promotion_request, refusal
 from dbpromote.models.plan import Plan, PlannedMigration
 from dbpromote.models.report import MigrationResult, Rehearsal, StepReport
 from tests.harness import a_backup
@@ -109,10 +109,11 @@ def request(risks: list[str]) -> ApprovalRequest:
 
 
 def test_only_listed_approvers_count_and_risks_must_be_acknowledged_to_approve_but_not_to_reject():
-    assert refusal(request([]), answer(False), []) == ""
-    assert "may not approve production" in refusal(request([]), answer(False, approver="mallory"), ["alice"])
-    assert "may not approve" in refusal(request([]), answer(False, approver="mallory", decision="reject"), ["alice"])
+    anyone, alice = Answerers(target="production"), Answerers(target="production", allowed=["alice"])
+    assert refusal(request([]), answer(False)) == "" and anyone.refusal("bob", "approve", "") == ""
+    assert "may not approve production" in alice.refusal("mallory", "approve", "")
+    assert "may not approve" in alice.refusal("mallory", "reject", "")
     risky = request(["core.0003: drops a column"])
-    assert "did not acknowledge" in refusal(risky, answer(True, acknowledge_risky_operations=False), [])
-    assert refusal(risky, answer(True, acknowledge_risky_operations=True), ["alice"]) == ""
-    assert refusal(risky, answer(True, decision="reject", acknowledge_risky_operations=False), []) == ""
+    assert "did not acknowledge" in refusal(risky, answer(True, acknowledge_risky_operations=False))
+    assert refusal(risky, answer(True, acknowledge_risky_operations=True)) == ""
+    assert refusal(risky, answer(True, decision="reject", acknowledge_risky_operations=False)) == ""
