@@ -69,7 +69,13 @@ def stack_status(
 
 @stack_app.command("reset")
 def stack_reset() -> None:
-    """Return both databases to the sample project's v1 state with seeded tenants."""
+    """Return both databases to the sample project's v1 state with seeded tenants; the runs that held them (a
+    promotion still waiting for its approval, say) are ended first, the reason in their state."""
+    from dbpromote.runs import cancel_run, holders
+
+    for run, flow, _ in holders(list(local_stack.SERVERS)):
+        cancel_run(str(run.id), "the local stack was reset: its databases are back at v1")
+        typer.echo(f"ended run {run.id} ({flow}): it held the stack's databases")
     local_stack.reset()
     typer.echo("staging and production reset to v1 with seeded tenants")
 
@@ -134,7 +140,7 @@ def fix(
     RowBounds.parse(expect_rows)
     load_project(project)
     targets = [name.strip() for name in through.split(",") if name.strip()]
-    check_fix_input(targets, fix_script, batch_size)
+    check_fix_input(targets, fix_script, batch_size, expect_rows, tenant or [])
     parameters = {"project": project, "through": targets, "script": fix_script.source, "script_name": path.name}
     parameters |= {"tenants": tenant or [], "expect_rows": expect_rows, "purpose": purpose, "batch_size": batch_size}
     follow(trigger("fix/fix", parameters), wait, until_paused)
@@ -424,6 +430,11 @@ def check(
         if not settings:
             fail(f"{project} is a folder: name its settings module with --settings, e.g. --settings mysite.settings.")
         django_project = DjangoProject(path=str(Path(project).resolve()), settings_module=settings, python=python)
+    elif Path(project).is_dir() or "/" in project:
+        fail(
+            f"{project} holds no manage.py; give the folder that holds the project's manage.py, or the name of a "
+            "project registered with `dbpromote project add`."
+        )
     else:
         django_project = load_project(project)
     url = os.environ.get("DBPROMOTE_DATABASE_URL", "")

@@ -105,6 +105,10 @@ def load_secret(block: str, variable: str) -> str:
         ) from None
 
 
+# The parts a project's separate connection variables can receive (`project add --database-env PART=VARIABLE`).
+DATABASE_PARTS = ("host", "port", "name", "user", "password")
+
+
 class DatabaseTarget(Block):
     """One database a project is promoted to (an environment: staging, production, a shard)."""
 

@@ -99,21 +99,29 @@ def targets_in(parameters: dict) -> list[str]:
 
 
 def refuse_if_held(targets: list[str], excluding: UUID | str | None = None) -> None:
-    """A PreflightError naming the unfinished promotion, restore, rollback, reconciliation, fix or undo (other than
-    `excluding`, the asking run's id) that holds any of these targets; a group holds, and is held through, each of
-    its members."""
+    """A PreflightError naming the unfinished run (other than `excluding`, the asking run's id) that holds any of
+    these targets."""
+    for run, flow, shared in holders(targets, excluding):
+        raise PreflightError(
+            f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} held by run {run.id} ({flow}, "
+            f"{run.state.name if run.state else 'unknown state'}, created {run.created:%Y-%m-%d %H:%M} UTC); "
+            f"nothing was run: wait for it to end, or end it with `dbpromote cancel {run.id} --reason TEXT`."
+        )
+
+
+def holders(targets: list[str], excluding: UUID | str | None = None) -> list[tuple[FlowRun, str, list[str]]]:
+    """The unfinished promotions, restores, rollbacks, reconciliations, fixes and undoes (other than `excluding`)
+    that hold any of these targets, each with its flow's name and the targets it holds; a group holds, and is held
+    through, each of its members."""
     members = group_members()
     wanted = _expanded(targets, members)
+    found = []
     for run, flow in flow_runs(NOT_FINAL):
-        if flow not in APPROVAL_FLOWS or str(run.id) == str(excluding):
-            continue
-        shared = [target for target in wanted if target in _expanded(run_targets(run), members)]
-        if shared:
-            raise PreflightError(
-                f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} held by run {run.id} ({flow}, "
-                f"{run.state.name if run.state else 'unknown state'}, created {run.created:%Y-%m-%d %H:%M} UTC); "
-                f"nothing was run: wait for it to end, or end it with `dbpromote cancel {run.id} --reason TEXT`."
-            )
+        if flow in APPROVAL_FLOWS and str(run.id) != str(excluding):
+            shared = [target for target in wanted if target in _expanded(run_targets(run), members)]
+            if shared:
+                found.append((run, flow, shared))
+    return found
 
 
 def group_members() -> dict[str, list[str]]:

@@ -48,7 +48,7 @@ def fix(
         tenants or [],
     )
     django_project = load_project(project)
-    check_fix_input(through, fix_script, batch_size)
+    check_fix_input(through, fix_script, batch_size, expect_rows, tenants)
     check_not_held(through)
     fix_id = resume or str(flow_run.get_id() or "adhoc")
     databases = {target: load_target(target) for target in through}
@@ -120,7 +120,16 @@ def check_bounds(dry: FixRun, bounds: RowBounds) -> None:
         )
 
 
-def check_fix_input(through: list[str], script: FixScript, batch_size: int) -> None:
+def check_fix_input(
+    through: list[str], script: FixScript, batch_size: int, expect_rows: str = "", tenants: list[str] | None = None
+) -> None:
+    unbounded = script.unbounded() if not expect_rows and not tenants else []
+    if unbounded:
+        raise ConfigError(
+            f"{script.name} changes every row of {', '.join(unbounded)} (an UPDATE or DELETE without WHERE), for no "
+            "tenant and with no bound; say how many rows it may change on each target with --expect-rows MIN..MAX "
+            "(e.g. --expect-rows 1..500), or add a WHERE."
+        )
     if batch_size and script.python:
         raise ConfigError(
             f"--batch-size runs one SQL UPDATE or DELETE in batches, and {script.name} is Python; batch it in the "

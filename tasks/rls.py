@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from typing import NamedTuple
 
 import psycopg
@@ -369,8 +371,10 @@ class Observed(NamedTuple):
 
 
 def _prove_table(conn: psycopg.Connection, target: DatabaseTarget, table: str, column_type: str) -> TableProof:
-    """All inside one rolled-back transaction: probe rows for two tenants are made here when the table lacks them."""
+    """All inside one rolled-back transaction: on rows of two tenants, made here (synthetic tenants too) when the
+    table has fewer; where no synthetic row fits the table's constraints, its policy is checked in the catalog."""
     name = sql.Identifier(target.schema_name, table)
+    unfit = None
     try:
         with conn.transaction(force_rollback=True):
             tenants = [
@@ -379,18 +383,52 @@ def _prove_table(conn: psycopg.Connection, target: DatabaseTarget, table: str, c
                     sql.SQL("SELECT DISTINCT {} FROM {} LIMIT 2").format(sql.Identifier(target.tenant_column), name)
                 )
             ]
+            proven_by = "rows" if len(tenants) >= 2 else "synthetic rows"
             if len(tenants) < 2:
-                tenants = _make_probe_rows(conn, target, table, tenants)
-            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(target.app_role)))
-            observed = _observe_as_app(conn, target, name, column_type, *(str(t) for t in tenants[:2]))
+                try:
+                    with conn.transaction():
+                        tenants = _make_probe_rows(conn, target, table, tenants)
+                except psycopg.Error as error:
+                    unfit = str(error).strip().splitlines()[0]
+            if unfit is None:
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(target.app_role)))
+                observed = _observe_as_app(conn, target, name, column_type, *(str(t) for t in tenants[:2]))
     except psycopg.Error as error:
         return TableProof(table=table, passed=False, detail=f"probe failed: {error}".strip())
+    if unfit is not None:
+        return _proof_by_policy(conn, target, table, column_type, unfit)
     findings = _isolation_findings(observed)
     return TableProof(
         table=table,
         passed=not findings,
         detail="; ".join(findings)
         or "unset/empty sees 0 rows, other tenants invisible, cross-tenant insert and update refused",
+        proven_by=proven_by,
+    )
+
+
+def _proof_by_policy(
+    conn: psycopg.Connection, target: DatabaseTarget, table: str, column_type: str, unfit: str
+) -> TableProof:
+    """A table no synthetic row fits: RLS on and dbpromote's policy, for the application role, with exactly the
+    expected tenant predicate in USING and WITH CHECK, read from the catalog."""
+    expected = _expected_expression(conn, target, column_type)
+    found = conn.execute(
+        """
+        SELECT c.relrowsecurity, p.cmd, p.permissive, p.roles::text[], p.qual, p.with_check
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_policies p ON p.schemaname = n.nspname AND p.tablename = c.relname AND p.policyname = %s
+        WHERE n.nspname = %s AND c.relname = %s
+        """,
+        [policy_name(table), target.schema_name, table],
+    ).fetchone()
+    holds = found is not None and found[0] and found[1:] == ("ALL", "PERMISSIVE", [target.app_role], expected, expected)
+    verdict = "RLS on, its policy current" if holds else "its policy is not the tenant predicate, or RLS is off"
+    return TableProof(
+        table=table,
+        passed=bool(holds),
+        detail=f"proven from the catalog: {verdict} (no synthetic row fits the table: {unfit})",
+        proven_by="policy",
     )
 
 
@@ -450,68 +488,125 @@ def _refused(conn: psycopg.Connection, statement: sql.Composable, params: list) 
     return False
 
 
-def _make_probe_rows(conn: psycopg.Connection, target: DatabaseTarget, table: str, tenants: list) -> list:
-    """As the owner, inside the caller's rolled-back transaction: one row for each of two tenants."""
-    columns = conn.execute(
+class Column(NamedTuple):
+    name: str
+    type: str
+    required: bool  # NOT NULL without a default: an INSERT must give it
+    ref_table: str | None  # a foreign key's table (regclass text) and column
+    ref_column: str | None
+
+
+def _columns(conn: psycopg.Connection, relation: str) -> dict[str, Column]:
+    """A table's columns (`relation` as regclass text), each with its foreign key where it has one."""
+    rows = conn.execute(
         """
-        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef OR a.attidentity <> '',
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+               a.attnotnull AND NOT (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''),
                fk.confrelid::regclass::text, fa.attname
         FROM pg_attribute a
         LEFT JOIN pg_constraint fk ON fk.conrelid = a.attrelid AND fk.contype = 'f' AND fk.conkey = ARRAY[a.attnum]
         LEFT JOIN pg_attribute fa ON fa.attrelid = fk.confrelid AND fa.attnum = fk.confkey[1]
         WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
         """,
-        [sql.Identifier(target.schema_name, table).as_string(conn)],
+        [relation],
     ).fetchall()
-    tenant_fk = next((c for c in columns if c[0] == target.tenant_column), None)
-    if tenant_fk and tenant_fk[4]:
+    return {row[0]: Column(*row) for row in rows}
+
+
+def _make_probe_rows(conn: psycopg.Connection, target: DatabaseTarget, table: str, tenants: list) -> list:
+    """As the owner, inside the caller's rolled-back transaction: one row for each of two tenants. Where the tenant
+    column refers to a table of tenants holding fewer than two, synthetic tenants are made there first (a new shard
+    or region starts with none)."""
+    relation = sql.Identifier(target.schema_name, table).as_string(conn)
+    columns = _columns(conn, relation)
+    tenant = columns[target.tenant_column]
+    if tenant.ref_table:
         pool = [
             row[0]
             for row in conn.execute(
-                sql.SQL("SELECT {} FROM {} LIMIT 2").format(sql.Identifier(tenant_fk[5]), sql.SQL(tenant_fk[4]))
+                sql.SQL("SELECT {} FROM {} LIMIT 2").format(
+                    sql.Identifier(tenant.ref_column), sql.SQL(tenant.ref_table)
+                )
             )
         ]
+        while len(dict.fromkeys([*tenants, *pool])) < 2:
+            pool.append(_synthetic_row(conn, tenant.ref_table, tenant.ref_column, {}))
     else:
-        pool = [row[0] for row in conn.execute("SELECT gen_random_uuid() FROM generate_series(1, 2)")]
+        pool = [_distinct_value(tenant.type) for _ in range(2)]
     chosen = list(dict.fromkeys([*tenants, *pool]))[:2]
-    if len(chosen) < 2:
-        raise psycopg.DataError(f"no two tenants to probe {table} with")
-    types = {column: column_type for column, column_type, *_ in columns}
-    for tenant in chosen:
-        names = [sql.Identifier(target.tenant_column)]
-        values = [sql.SQL("{}::{}").format(sql.Literal(str(tenant)), sql.SQL(types[target.tenant_column]))]
-        for column, column_type, not_null, has_default, ref_table, ref_column in columns:
-            if column == target.tenant_column or has_default or not not_null:
-                continue
-            names.append(sql.Identifier(column))
-            if ref_table:
-                values.append(
-                    sql.SQL("(SELECT {} FROM {} LIMIT 1)").format(sql.Identifier(ref_column), sql.SQL(ref_table))
-                )
-            else:
-                values.append(sql.SQL("{}::{}").format(sql.Literal(_probe_value(column_type)), sql.SQL(column_type)))
-        conn.execute(
-            sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                sql.Identifier(target.schema_name, table), sql.SQL(", ").join(names), sql.SQL(", ").join(values)
-            )
-        )
+    for value in chosen:
+        tenant_value = sql.SQL("{}::{}").format(sql.Literal(str(value)), sql.SQL(tenant.type))
+        _synthetic_row(conn, relation, None, {target.tenant_column: tenant_value})
     return chosen
 
 
-def _probe_value(column_type: str) -> str:
-    if column_type in ("integer", "bigint", "smallint", "numeric", "double precision", "real"):
-        return "0"
+def _synthetic_row(
+    conn: psycopg.Connection, relation: str, returning: str | None, given: dict[str, sql.Composable], depth: int = 0
+):
+    """Insert one row into `relation` with `given` values and a made-up value for every other column an INSERT
+    must give (a row of a referenced table too, made the same way where it has none); the `returning` column's
+    value."""
+    if depth > 4:
+        raise psycopg.DataError(f"foreign keys nest too deep to make a probe row of {relation}")
+    names, values = [], []
+    for column in _columns(conn, relation).values():
+        if column.name in given:
+            value = given[column.name]
+        elif not column.required:
+            continue
+        elif column.ref_table:
+            existing = conn.execute(
+                sql.SQL("SELECT {}::text FROM {} LIMIT 1").format(
+                    sql.Identifier(column.ref_column), sql.SQL(column.ref_table)
+                )
+            ).fetchone()
+            key = existing[0] if existing else _synthetic_row(conn, column.ref_table, column.ref_column, {}, depth + 1)
+            value = sql.SQL("{}::{}").format(sql.Literal(str(key)), sql.SQL(column.type))
+        else:
+            value = sql.SQL("{}::{}").format(sql.Literal(_distinct_value(column.type)), sql.SQL(column.type))
+        names.append(sql.Identifier(column.name))
+        values.append(value)
+    insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.SQL(relation), sql.SQL(", ").join(names), sql.SQL(", ").join(values)
+    )
+    if not names:
+        insert = sql.SQL("INSERT INTO {} DEFAULT VALUES").format(sql.SQL(relation))
+    if returning:
+        insert += sql.SQL(" RETURNING {}::text").format(sql.Identifier(returning))
+    row = conn.execute(insert).fetchone() if returning else conn.execute(insert)
+    return row[0] if returning else None
+
+
+_made = itertools.count(1)  # a fresh number for every made-up value: unique columns take two rows
+
+
+def _distinct_value(column_type: str) -> str:
+    """A made-up value of the type, different each call (for unique columns); numbers positive (a
+    PositiveIntegerField's check) and high (never a real serial key of a young database)."""
+    n = next(_made)
+    if column_type == "smallint":
+        return str(30_000 + n % 2_000)
+    if column_type in ("integer", "bigint", "numeric", "double precision", "real"):
+        return str(2_000_000_000 - n)
     if column_type == "boolean":
         return "false"
     if column_type in ("json", "jsonb"):
         return "{}"
     if column_type == "uuid":
-        return "00000000-0000-0000-0000-000000000000"
+        return str(uuid.uuid4())
     if column_type.startswith("timestamp"):
         return "2000-01-01T00:00:00Z"
     if column_type == "date":
         return "2000-01-01"
-    return "dbpromote-probe"
+    if column_type == "interval":
+        return "0"
+    return f"dbpromote-probe-{n}"[: _length(column_type)]
+
+
+def _length(column_type: str) -> int:
+    """The length a character(n)/varchar(n) column takes; plenty for others."""
+    inside = column_type.partition("(")[2].rstrip(")")
+    return int(inside) if inside.isdigit() else 64
 
 
 def _bypassing_views(conn: psycopg.Connection, target: DatabaseTarget, tables: list[str]) -> list[str]:

@@ -246,7 +246,8 @@ def test_a_batched_fix_killed_mid_way_carries_on_without_applying_a_batch_twice(
     batches = -(-len(before) // size)  # about eight
     try:
         run_id = started("fix", "--project", "tenant-backend", "--through", "staging", "--script", str(script),
-                         "--batch-size", str(size), "--purpose", "bump")  # fmt: skip
+                         "--batch-size", str(size), "--expect-rows", f"1..{len(before)}",
+                         "--purpose", "bump")  # fmt: skip
         wait_until(lambda: len(before_image_objects("staging", run_id)) >= 3, "three batches", timeout_s=180)
         kill(stack, run_id, worker=False)
         crashed(run_id)

@@ -68,7 +68,9 @@ def bad_inputs(stack) -> list[tuple[str, list[str]]]:
     scripts = stack.home / "bad-input-scripts"
     scripts.mkdir(exist_ok=True)
     for name, text in [
-        ("fix.sql", "UPDATE core_task SET title = upper(title)"),
+        ("fix.sql", "UPDATE core_task SET title = upper(title) WHERE id < 10"),
+        ("schema.sql", "UPDATE core_task SET title = 'a' WHERE id = 1; ALTER TABLE core_task ADD COLUMN note text"),
+        ("every_row.sql", "UPDATE core_task SET title = upper(title)"),
         ("fix.py", "from core.models import Task\nTask.objects.update(title='x')\n"),
         ("two.sql", "UPDATE core_task SET title = 'a'; DELETE FROM core_task"),
         ("empty.sql", "  \n"),
@@ -117,6 +119,9 @@ def bad_inputs(stack) -> list[tuple[str, list[str]]]:
         ("a negative batch size", [*fix, str(scripts / "fix.sql"), "--batch-size", "-5"]),
         ("a fix on production first", [*fix[:3], "--through", "production,staging", "--script", f"{scripts}/fix.sql"]),
         ("undoing a fix that never ran", ["fix-undo", run, "--target", "staging"]),
+        ("a fix that changes the schema", [*fix, str(scripts / "schema.sql")]),
+        ("a fix of every row with no bound", [*fix, str(scripts / "every_row.sql")]),
+        ("a check of a folder without manage.py", ["check", "--project", str(scripts), "--against", "staging"]),
     ]
 
 

@@ -149,3 +149,27 @@ def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging
         from dbpromote.tasks.rls import apply_rls_policies
 
         apply_rls_policies.fn(staging(), "staging")
+
+
+@pytest.mark.parametrize("tenants", [0, 1], ids=["no tenants yet", "one tenant"])
+def test_a_database_with_fewer_than_two_tenants_is_proven_on_rows_of_its_own_making_and_nothing_is_left(stack, tenants):
+    """A new shard or region starts with no tenants: its promotion's RLS step proves isolation on synthetic rows
+    of two tenants (synthetic tenants too), made and rolled back inside the proof."""
+    from dbpromote.flows.environment import migrate_environment
+    from dbpromote.tasks.rls import prove_tenant_isolation
+
+    from dbpromote.localstack import reset_database
+    from dbpromote.postgres import connect, row_counts
+
+    reset_database(stack, "staging", tenants=tenants)
+    report = migrate_environment("tenant-backend", "staging")
+
+    assert report.isolation.passed, report.isolation
+    proofs = {proof.table: proof for proof in report.isolation.tables}
+    assert proofs["core_task"].proven_by == "synthetic rows"  # a tenant's table with a tenant's foreign keys
+    assert {proof.proven_by for proof in proofs.values()} <= {"synthetic rows", "policy"}
+    with connect(staging(), "staging") as conn:
+        before = row_counts(conn)
+    assert prove_tenant_isolation.fn(staging(), "staging").passed
+    with connect(staging(), "staging") as conn:
+        assert row_counts(conn) == before  # nothing the proof wrote is left behind

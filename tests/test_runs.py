@@ -80,3 +80,27 @@ def test_every_command_that_changes_a_held_target_is_refused_at_the_terminal_bef
         assert f"`dbpromote cancel {run.id} --reason TEXT`" in line and refused.stdout == "", command
     assert state_of(fresh_databases, since) == before  # no run created, no block or database changed
     assert cli("cancel", str(run.id), "--reason", "test over").returncode == 0
+
+
+def test_a_stack_reset_ends_the_runs_that_held_its_databases_and_says_so(fresh_databases):
+    """`make demo` twice: the first demo's promotion still waits for its approval when the second resets the
+    databases under it; the reset ends it, the reason in its state, and a new promotion is not refused."""
+    from prefect import get_client
+
+    from dbpromote.runs import refuse_if_held
+
+    waiting = PromotionInBackground()
+    run = waiting.paused_run()
+
+    reset = cli("stack", "reset")
+
+    assert reset.returncode == 0, reset.stderr
+    assert f"ended run {run.id} (promote): it held the stack's databases" in reset.stdout
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state
+    assert (
+        state.is_cancelled() and state.message == "cancelled: the local stack was reset: its databases are back at v1"
+    )
+    assert applied(fresh_databases, "staging") == ["core.0001_initial"]
+
+    refuse_if_held(["staging", "production"])  # free for the next demo

@@ -8,7 +8,7 @@ import re
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
-from pydantic import BaseModel, Field, computed_field, field_validator
+from pydantic import BaseModel, Field, computed_field, field_validator, model_validator
 
 from dbpromote.errors import ConfigError
 
@@ -37,6 +37,20 @@ class FixScript(BaseModel):
             raise ConfigError("The fix script is empty; give a file with what to run.")
         return source
 
+    @model_validator(mode="after")
+    def data_only(self) -> FixScript:
+        """A SQL script changes data, never the schema: the statements it may hold are DATA_STATEMENTS. (Python
+        code cannot be read so: a `fix_*.py` is ORM code by convention.)"""
+        for number, statement in enumerate(self.statements(), 1):
+            if not isinstance(statement.stmt, DATA_STATEMENTS):
+                kind = " ".join(self.text_of(statement).split()[:2]).upper()
+                raise ConfigError(
+                    f"{self.name}'s statement {number} ({kind} ...) is not a data change, and a fix changes data "
+                    "only (SELECT, INSERT, UPDATE, DELETE, MERGE, SET): schema changes belong in a migration; "
+                    "reconcile covers SQL already applied by hand."
+                )
+        return self
+
     @computed_field
     @property
     def hash(self) -> str:
@@ -45,6 +59,39 @@ class FixScript(BaseModel):
     @property
     def python(self) -> bool:
         return self.name.endswith(".py")
+
+    def statements(self) -> list[ast.RawStmt]:
+        """The SQL script's statements as PostgreSQL's own parser reads them (none for Python)."""
+        if self.python:
+            return []
+        try:
+            return list(parse_sql(self.source))
+        except ParseError as error:
+            raise ConfigError(f"The fix script is not valid SQL ({error}); correct it and run the fix again.") from None
+
+    def text_of(self, statement: ast.RawStmt) -> str:
+        end = statement.stmt_location + statement.stmt_len if statement.stmt_len else len(self.source)
+        return self.source[statement.stmt_location : end].strip()
+
+    def unbounded(self) -> list[str]:
+        """The tables an UPDATE or DELETE without WHERE changes whole (every row of them)."""
+        return [
+            statement.stmt.relation.relname
+            for statement in self.statements()
+            if isinstance(statement.stmt, (ast.UpdateStmt, ast.DeleteStmt)) and statement.stmt.whereClause is None
+        ]
+
+
+# What a fix's SQL may run: reads, data changes and session settings; everything else (DDL, DO blocks, CALL,
+# COPY, transaction control) is not a data change it can count, guard and undo.
+DATA_STATEMENTS = (
+    ast.SelectStmt,
+    ast.InsertStmt,
+    ast.UpdateStmt,
+    ast.DeleteStmt,
+    ast.MergeStmt,
+    ast.VariableSetStmt,
+)
 
 
 class RowBounds(BaseModel):
@@ -132,10 +179,7 @@ class BatchedStatement:
     def __init__(self, source: str, size: int):
         if size < 1:
             raise ConfigError(f"--batch-size {size} is not a number of rows; give one of at least 1, e.g. 1000.")
-        try:
-            statements = parse_sql(source)
-        except ParseError as error:
-            raise ConfigError(f"The fix script is not valid SQL ({error}); correct it and run the fix again.") from None
+        statements = FixScript(name="batched.sql", source=source).statements()
         statement = statements[0].stmt if len(statements) == 1 else None
         if not isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)) or (
             statement.withClause or statement.returningClause or getattr(statement, "fromClause", None)

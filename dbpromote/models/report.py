@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from dbpromote.models.backup import Backup
@@ -59,9 +61,13 @@ class Coverage(BaseModel):
 
 
 class TableProof(BaseModel):
+    """One tenant table's proof: on its own rows of two tenants, on synthetic rows made (and rolled back) where it
+    has fewer, or, where no synthetic row fits its constraints, on its policy as the catalog holds it."""
+
     table: str
     passed: bool
     detail: str
+    proven_by: Literal["rows", "synthetic rows", "policy"] = "rows"
 
 
 class Isolation(BaseModel):

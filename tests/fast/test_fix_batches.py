@@ -5,7 +5,7 @@ import pytest
 from pglast import parse_sql
 
 from dbpromote.errors import ConfigError
-from dbpromote.models.fix import BatchedStatement
+from dbpromote.models.fix import BatchedStatement, FixScript
 
 
 def test_a_batch_is_the_statement_with_a_key_range_and_its_own_condition_kept_whole():
@@ -57,3 +57,36 @@ def test_invalid_sql_and_a_size_below_one_are_one_sentence_each():
         BatchedStatement("UPDAT a SET x = 1", 100)
     with pytest.raises(ConfigError, match=r"^--batch-size 0 is not a number of rows; give one of at least 1"):
         BatchedStatement("DELETE FROM a", 0)
+
+
+@pytest.mark.parametrize(
+    "source, kind",
+    [
+        ("ALTER TABLE core_task ADD COLUMN note text", "ALTER TABLE"),
+        ("UPDATE core_task SET title = 'a' WHERE id = 1;\nCREATE INDEX ON core_task (title)", "CREATE INDEX"),
+        ("DO $$ BEGIN EXECUTE 'DROP TABLE core_task'; END $$", "DO $$"),
+        ("TRUNCATE core_task", "TRUNCATE CORE_TASK"),
+        ("COMMIT", "COMMIT"),
+    ],
+)
+def test_a_fix_that_is_not_a_data_change_is_refused_as_it_is_read(source, kind):
+    with pytest.raises(ConfigError) as refused:
+        FixScript(name="fix_notes.sql", source=source)
+    assert f"({kind} ...) is not a data change" in str(refused.value)
+    assert "schema changes belong in a migration; reconcile covers SQL already applied by hand." in str(refused.value)
+
+
+def test_an_update_or_delete_of_every_row_asks_for_a_bound_unless_one_is_given_or_a_tenant_confines_it():
+    from dbpromote.flows.fix import check_fix_input
+
+    script = FixScript(
+        name="fix.sql", source="SELECT 1; UPDATE core_task SET title = upper(title); DELETE FROM core_tag"
+    )
+    assert script.unbounded() == ["core_task", "core_tag"]
+    with pytest.raises(ConfigError, match=r"changes every row of core_task, core_tag .* --expect-rows MIN\.\.MAX"):
+        check_fix_input([], script, 0)
+    with pytest.raises(ConfigError, match="No environments given"):  # past the bound: the next check speaks
+        check_fix_input([], script, 0, expect_rows="1..500")
+    with pytest.raises(ConfigError, match="No environments given"):
+        check_fix_input([], script, 0, tenants=["7"])
+    assert FixScript(name="fix.sql", source="UPDATE core_task SET title = 'a' WHERE id = 3").unbounded() == []
