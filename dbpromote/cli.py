@@ -101,6 +101,8 @@ def promote(
 
     targets = [name.strip() for name in through.split(",") if name.strip()]
     check_promotion_input(project, targets, to)
+    if to:
+        plan_here(project, targets[0], to)  # an unknown or a backwards --to, refused now
     parameters = {"project": project, "through": targets, "to": to}
     if rehearse:
         parameters |= {"rehearse": True, "rehearsal_slow_s": rehearsal_slow_s}
@@ -395,13 +397,30 @@ def reconcile(
     wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
 ) -> None:
     """Record a migration applied by hand as applied (`migrate --fake`), once its effect is proven to be there."""
-    from dbpromote.config import load_project, load_target
+    from dbpromote.flows.drift import check_next
     from dbpromote.models.plan import parse_target_migration
 
     parse_target_migration(migration)
-    load_project(project)
-    load_target(target)
+    answer = plan_here(project, target)
+    if answer is not None:
+        pending = [f"{m.app}.{m.name}" for m in answer.migrations]
+        check_next(pending, [f"{a}.{n}" for a, n in answer.applied], migration.replace(":", ".", 1), target)
     run_deployment("reconcile/reconcile", {"project": project, "target": target, "migration": migration}, wait)
+
+
+def plan_here(project: str, target: str, to: str = ""):
+    """The target's plan (the probe's answer) asked from this terminal, so that a migration named wrong is refused
+    before any run exists; None when the project's folder is not on this machine (the run asks it then)."""
+    from pathlib import Path
+
+    from dbpromote.config import load_project, load_target
+    from dbpromote.probe import run_probe
+    from dbpromote.tasks.plan import plan_answer
+
+    django_project, database = load_project(project), load_target(target)
+    if not (Path(django_project.path) / "manage.py").is_file():
+        return None
+    return plan_answer(run_probe(django_project, database, "plan", "--to", to), django_project, target, to)
 
 
 @app.command("check")

@@ -56,6 +56,23 @@ def preflight_drift(project: str, target: str) -> str:
     return report.status()
 
 
+def check_next(pending: list[str], applied: list[str], label: str, target: str) -> None:
+    """A PreflightError unless `label` is the next migration to apply on the target (its pending ones in order,
+    and those applied), saying which it is instead: applied already, not the project's, or not the next."""
+    if label in applied:
+        raise PreflightError(f"{label} is already applied on {target}; there is nothing to reconcile.")
+    if label not in pending:
+        raise PreflightError(
+            f"{label} is not a migration of the project (none of its files is that); name the migration whose effect "
+            "was applied by hand as APP:NAME, e.g. --migration core:0002_featureflag."
+        )
+    if pending[0] != label:
+        raise PreflightError(
+            f"{label} is not the next migration to apply on {target} (next: {pending[0]}); reconcile the next one "
+            "first, or let a promotion apply it."
+        )
+
+
 @flow(name="reconcile", on_failure=[notify_failure], flow_run_name="reconcile {migration} on {target}")
 def reconcile(
     project: str,
@@ -75,12 +92,7 @@ def reconcile(
     check_not_held([target])
     plan = plan_migrations(django_project, database, target)
     label = f"{app}.{name}"
-    if not plan.migrations or plan.migrations[0].label != label:
-        upcoming = plan.migrations[0].label if plan.migrations else "none: every migration is applied"
-        raise PreflightError(
-            f"{label} is not the next migration to apply on {target} (next: {upcoming}); reconcile the next one "
-            "first, or let a promotion apply it."
-        )
+    check_next([m.label for m in plan.migrations], [f"{a}.{n}" for a, n in plan.applied], label, target)
     report = check_drift(django_project, database, target, plus=(app, name))
     publish_drift(report)
     if report.blocking:

@@ -78,6 +78,7 @@ def bad_inputs(stack) -> list[tuple[str, list[str]]]:
     ]:
         (scripts / name).write_text(text)
     fix = ["fix", "--project", "tenant-backend", "--through", "staging,production", "--script"]
+    reconcile = ["reconcile", "staging", "--project", "tenant-backend", "--migration"]
     return [
         ("a URL that is not one", ["target", "add", "t1", "--url", "not a url", "--no-check"]),
         ("a raw @ in the password", ["target", "add", "t1", "--url", "postgresql://u:p@ss@127.0.0.1/db", "--no-check"]),
@@ -122,6 +123,10 @@ def bad_inputs(stack) -> list[tuple[str, list[str]]]:
         ("a fix that changes the schema", [*fix, str(scripts / "schema.sql")]),
         ("a fix of every row with no bound", [*fix, str(scripts / "every_row.sql")]),
         ("a check of a folder without manage.py", ["check", "--project", str(scripts), "--against", "staging"]),
+        ("a --to of another project", [*promote, "staging,production", "--to", "auth:0001_initial"]),
+        ("reconciling an applied migration", [*reconcile, "core:0001_initial"]),
+        ("reconciling a migration that is not one", [*reconcile, "core:0099_nope"]),
+        ("reconciling a migration not the next", [*reconcile, "core:0003_task_priority"]),
     ]
 
 
