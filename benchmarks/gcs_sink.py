@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import google_crc32c
 
-from tests.fault_proxy import forward
+from dbpromote.localstack.fault_proxy import forward
 
 
 class _Object:

@@ -14,7 +14,7 @@ import pytest
 
 from dbpromote.backups import list_backups
 from dbpromote.errors import BackupError, MigrationError
-from tests.fault_proxy import FaultProxy
+from dbpromote.localstack.fault_proxy import FaultProxy
 from tests.harness import RELEASE, applied, hold_lock
 
 

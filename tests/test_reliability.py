@@ -12,7 +12,7 @@ import psycopg
 
 from dbpromote import localstack as local_stack
 from dbpromote.errors import BackupError
-from tests.fault_proxy import FaultProxy
+from dbpromote.localstack.fault_proxy import FaultProxy
 from tests.harness import cli
 from tests.test_environment_faults import add_poorly_compressible_rows
 

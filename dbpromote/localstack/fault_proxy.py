@@ -1,5 +1,6 @@
-"""An HTTP proxy in front of the GCS emulator that injects faults into uploads: 503 answers or reset connections,
-or a slow link."""
+"""An HTTP proxy in front of the local stack's GCS emulator that injects faults into uploads: 503 answers or reset
+connections, or a slow link. The tests and the benchmarks put it between the real google-cloud-storage client and
+the emulator: faults at the real boundary."""
 
 import http.client
 import random
@@ -39,6 +40,8 @@ class FaultProxy:
         self.rate, self.random = rate, random.Random(seed)
         self.faults_injected = 0
         self.chunks_passed = 0  # upload chunks forwarded to the emulator unharmed
+        self.upload_bytes_passed = 0  # their bytes
+        self.upload_bytes_refused = 0  # bytes of upload requests answered with a fault: the client sends them again
         self.media_bytes_read = 0  # object contents downloaded (alt=media): what GCS bills as egress
         proxy = self
 
@@ -57,6 +60,7 @@ class FaultProxy:
                     body = body[:-1] + bytes([body[-1] ^ 0x01])
                     headers = {k: v for k, v in headers.items() if k.lower() != "x-goog-hash"}
                 elif "uploadType=resumable" in self.path and proxy.mode != "corrupt" and proxy._should_fail():
+                    proxy.upload_bytes_refused += len(body)
                     mode = proxy.random.choice(["503", "reset"]) if proxy.mode == "mixed" else proxy.mode
                     if mode == "reset":
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -69,6 +73,7 @@ class FaultProxy:
                     return
                 if data_chunk:
                     proxy.chunks_passed += 1
+                    proxy.upload_bytes_passed += len(body)
                     if proxy.upload_mb_per_s:
                         time.sleep(len(body) / (proxy.upload_mb_per_s * 1e6))
                 data = forward(self, body, proxy.upstream_port, headers)
