@@ -80,6 +80,35 @@ def stack_reset() -> None:
     typer.echo("staging and production reset to v1 with seeded tenants")
 
 
+@app.command("deploy")
+def deploy(
+    pool: str = typer.Option(
+        "dbpromote",
+        help="The work pool whose workers run the flows (made, of type process, "
+        "when the server has none by that name; an existing one is left as it is).",
+    ),
+) -> None:
+    """Register dbpromote's deployments (prefect.yaml's, from this installed package) and its crash detection on
+    the Prefect server in use; any worker of the pool where dbpromote is installed runs them. Run it again after
+    upgrading dbpromote."""
+    from prefect.settings import get_current_settings
+
+    from dbpromote.deployments.deploy import create_work_pool, deploy_flows, install_crash_detection
+
+    api = get_current_settings().api.url
+    if not api:
+        fail(
+            "No Prefect server is chosen and there is no local stack; point PREFECT_API_URL (or your Prefect "
+            "profile: `prefect profile use NAME`) at your server, or start the local stack with `dbpromote stack up`."
+        )
+    if create_work_pool(api, pool, replace=False):
+        typer.echo(f"work pool {pool} created (process); start a worker: prefect worker start --pool {pool}")
+    for name in deploy_flows(api, pool):
+        typer.echo(f"deployed {name}")
+    install_crash_detection(api)
+    typer.echo("crash detection installed (a run silent for 90 s is marked Crashed)")
+
+
 @app.command("promote")
 def promote(
     project: str = typer.Option(..., help="The project block, e.g. tenant-backend."),

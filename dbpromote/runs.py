@@ -42,7 +42,7 @@ def trigger(deployment: str, parameters: dict, *, idempotency_key: str | None = 
     except (ValueError, ObjectNotFound):
         raise ConfigError(
             f"Deployment {deployment!r} is not on the Prefect server (deployed before this dbpromote had it?); "
-            "deploy with `dbpromote stack up`, or `prefect --no-prompt deploy --all` on your own server."
+            "deploy with `dbpromote deploy` (or `dbpromote stack up` for the local stack)."
         ) from None
 
 

@@ -3,44 +3,64 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent
 # prefect.yaml's work pool, and the base job template of its process worker (the local stack's).
 WORK_POOL = "dbpromote"
 PROCESS_TEMPLATE = TEMPLATES / "process.json"
+# The deployments, for `prefect deploy` from a checkout (the repository's root links here) and for `dbpromote deploy`.
+PREFECT_YAML = TEMPLATES / "prefect.yaml"
 
 
 def create_work_pool(
-    api_url: str, name: str = WORK_POOL, template: Path = PROCESS_TEMPLATE, kind: str = "process"
-) -> None:
-    """The work pool with the base job template (created, or its template replaced)."""
+    api_url: str, name: str = WORK_POOL, template: Path = PROCESS_TEMPLATE, kind: str = "process", replace: bool = True
+) -> bool:
+    """The work pool with the base job template: created, or its template replaced (unless not `replace`: a team's
+    own pool is left as it is). Whether it was created or replaced."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     pool = WorkPoolCreate(name=name, type=kind, base_job_template=json.loads(template.read_text()))
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        if not replace:
+            try:
+                client.read_work_pool(name)
+                return False
+            except ObjectNotFound:
+                pass
         client.create_work_pool(pool, overwrite=True)
+    return True
 
 
-def deploy_flows(prefect_env: dict[str, str], repo: Path) -> None:
-    """`prefect deploy --all` of the repository's prefect.yaml; DBPROMOTE_REPO tells the worker where the flows are.
+def deploy_flows(api_url: str, pool: str = WORK_POOL) -> list[str]:
+    """prefect.yaml's deployments (shipped in this folder) registered from the installed package on the server at
+    api_url and the work pool `pool`: module entrypoints (`dbpromote.flows.promote.promote`), so that any worker
+    where dbpromote is installed runs them, without a checkout or a pull step; names, descriptions, parameters and
+    schedules as prefect.yaml has them. The names registered."""
+    import yaml
+    from prefect.deployments.runner import EntrypointType
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Cron
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    Nothing to do for an installed package without the repository (no prefect.yaml beside it).
-    """
-    # Here, not at the top: the local stack imports this module.
-    from dbpromote.localstack.processes import run, venv_script
-
-    if not (repo / "prefect.yaml").is_file():
-        return
-    run(
-        [venv_script("prefect"), "--no-prompt", "deploy", "--all"],
-        "deploying the flows",
-        env=os.environ | prefect_env | {"DBPROMOTE_REPO": str(repo)},
-        cwd=repo,
-    )
+    names = []
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        for entry in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]:
+            path, _, function = entry["entrypoint"].partition(":")
+            flow = load_flow_from_entrypoint(f"dbpromote.{path.removesuffix('.py').replace('/', '.')}.{function}")
+            deployment = flow.to_deployment(
+                name=entry["name"],
+                description=entry.get("description"),
+                parameters=entry.get("parameters", {}),
+                schedules=[Cron(s["cron"], timezone=s.get("timezone")) for s in entry.get("schedules", [])],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )
+            deployment.apply(work_pool_name=pool)
+            names.append(f"{flow.name}/{entry['name']}")
+    return names
 
 
 # A flow run emits a heartbeat every HEARTBEAT_S (the pool's PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect's minimum is

@@ -3,6 +3,7 @@
 import site
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -55,3 +56,55 @@ def test_every_prefect_yaml_entrypoint_loads_its_flow_from_the_repository():
         assert (REPO / path).is_file(), deployment
         flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
         assert flow.fn.__name__ == name, deployment
+
+
+def test_an_installed_wheel_runs_the_stack_deploys_backs_up_and_promotes_from_an_empty_folder(tmp_path, stack):
+    """As a team installs it: the wheel and its dependencies in a fresh venv, used from an empty folder outside the
+    checkout. `stack up` seeds the sample project shipped in the package and keeps its state in ./.dbpromote;
+    `deploy` registers the deployments from the package; a backup and a promotion (approved) complete."""
+    import os
+    from uuid import UUID
+
+    run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path])
+    (wheel,) = tmp_path.glob("dbpromote-*.whl")
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", venv])
+    run([venv / "bin" / "pip", "install", "-q", wheel])  # its dependencies from the registry, as pinned
+    folder = tmp_path / "ops"
+    folder.mkdir()
+    # A user's shell: no variable of this test session's stack or of the repository.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "DBPROMOTE_"))}
+    system = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env |= {"PATH": f"{venv / 'bin'}:{system}", "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    for variable in ("STORAGE_EMULATOR_HOST", "PYTHONPATH"):
+        env.pop(variable, None)
+    dbpromote = str(venv / "bin" / "dbpromote")
+
+    def typed(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([dbpromote, *args], cwd=folder, env=env, capture_output=True, text=True)
+        assert not check or result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    try:
+        typed("stack", "up")
+        assert (folder / ".dbpromote" / "state.json").is_file()
+        (site_packages,) = venv.glob("lib/python*/site-packages")
+        assert not (site_packages / ".dbpromote").exists()
+        deployed = typed("deploy").stdout
+        assert "deployed promote/promote" in deployed and "deployed backup/backup" in deployed
+        assert typed("backup", "staging", "--wait").stdout.splitlines()[-1] == "finished: Completed"
+
+        waiting = subprocess.Popen(
+            [dbpromote, "promote", "--project", "tenant-backend", "--through", "staging,production", "--wait"],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        run_id = UUID(waiting.stdout.readline().split()[0])
+        deadline = time.monotonic() + 300
+        while str(run_id) not in typed("pending").stdout:
+            assert waiting.poll() is None and time.monotonic() < deadline, waiting.communicate()
+            time.sleep(1)
+        typed("approve", str(run_id), "--approver", "ops", "--comment", "from the wheel", "--acknowledge-risks")
+        out, err = waiting.communicate(timeout=600)
+        assert waiting.returncode == 0 and out.splitlines()[-1] == "finished: Completed", out + err
+    finally:
+        typed("stack", "down", check=False)

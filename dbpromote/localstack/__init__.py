@@ -6,6 +6,8 @@ component; this module is what the `dbpromote stack` commands call.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,6 @@ from dbpromote.localstack.processes import free_port, stop
 from dbpromote.localstack.services import (
     gcs_healthy,
     prefect_client,
-    prefect_env,
     prefect_healthy,
     register_blocks,
     start_gcs_emulator,
@@ -33,7 +34,6 @@ from dbpromote.localstack.state import (
     BUCKET,
     DATABASE,
     MIGRATION_ROLE,
-    REPO_ROOT,
     SAMPLE_PROJECT,
     SERVERS,
     Stack,
@@ -86,8 +86,8 @@ def up(home: Path | None = None, *, deploy: bool = True, workers: int = 1, worke
                 started.append(worker_component(number))
         register_blocks(stack)
         if deploy:
-            deploy_flows(prefect_env(stack), REPO_ROOT)
             with prefect_client(stack):
+                deploy_flows(stack.prefect_api_url)
                 install_crash_detection(stack.prefect_api_url)
         for server in fresh_servers:
             reset_database(stack, server)
@@ -105,6 +105,11 @@ def _check_prerequisites(home: Path) -> None:
                 "install them with `apt-get install postgresql-15` (or `make install`), "
                 "or point DBPROMOTE_PG_BIN at their folder."
             )
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        raise StackError(
+            "The stack runs PostgreSQL as the postgres user (initdb refuses root) through runuser, which is not on "
+            "PATH; add /usr/sbin and /sbin to PATH, or run the stack as another user."
+        )
     try:
         home.mkdir(parents=True, exist_ok=True)
         probe = home / ".write-test"

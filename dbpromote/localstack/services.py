@@ -14,7 +14,7 @@ from psycopg import sql
 
 from dbpromote.deployments.deploy import HEARTBEAT_S, WORK_POOL, create_work_pool
 from dbpromote.localstack.processes import pick_port, spawn, venv_script, wait_until
-from dbpromote.localstack.state import APP_ROLE, BUCKET, REPO_ROOT, SAMPLE_PROJECT, SERVERS, Stack
+from dbpromote.localstack.state import APP_ROLE, BUCKET, SAMPLE_PROJECT, SERVERS, Stack
 
 
 def start_gcs_emulator(stack: Stack) -> None:
@@ -100,7 +100,7 @@ def start_worker(stack: Stack, number: int = 1, limit: int = 0) -> None:
     name = f"dbpromote-{stack.ports['prefect']}" + (f"-{number}" if number > 1 else "")
     command = [venv_script("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process", "--name", name]
     command += ["--limit", str(limit)] if limit else []
-    spawn(stack, component, command, prefect_env(stack) | WORKER_POLLING, REPO_ROOT)
+    spawn(stack, component, command, prefect_env(stack) | WORKER_POLLING, stack.home)
 
 
 def worker_component(number: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -9,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_PROJECT = REPO_ROOT / "examples" / "tenant_backend"
+# The sample project the stack seeds and promotes: package data of an installed dbpromote (dbpromote.examples is the
+# repository's examples/ folder, in a checkout too).
+SAMPLE_PROJECT = Path(importlib.util.find_spec("dbpromote.examples").submodule_search_locations[0]) / "tenant_backend"
+STATE = ".dbpromote"
 SERVERS = ("staging", "production")
 DATABASE = "tenant_backend"
 MIGRATION_ROLE = "tenant_owner"
@@ -24,7 +27,13 @@ SEED_TENANTS = 3
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get("DBPROMOTE_HOME") or REPO_ROOT / ".dbpromote").resolve()
+    """Where the local stack keeps its state: DBPROMOTE_HOME, else the `.dbpromote` folder of the project the
+    command runs in (this folder's, or the nearest parent's that has one), else a new one here; never inside the
+    installed package."""
+    if os.environ.get("DBPROMOTE_HOME"):
+        return Path(os.environ["DBPROMOTE_HOME"]).resolve()
+    here = Path.cwd().resolve()
+    return next((folder / STATE for folder in (here, *here.parents) if (folder / STATE).is_dir()), here / STATE)
 
 
 def pg_bin() -> Path:
