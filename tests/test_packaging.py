@@ -63,6 +63,8 @@ def test_an_installed_wheel_runs_the_stack_deploys_backs_up_and_promotes_from_an
     checkout. `stack up` seeds the sample project shipped in the package and keeps its state in ./.dbpromote;
     `deploy` registers the deployments from the package; a backup and a promotion (approved) complete."""
     import os
+    import shutil
+    import tempfile
     from uuid import UUID
 
     run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path])
@@ -70,8 +72,9 @@ def test_an_installed_wheel_runs_the_stack_deploys_backs_up_and_promotes_from_an
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", venv])
     run([venv / "bin" / "pip", "install", "-q", wheel])  # its dependencies from the registry, as pinned
-    folder = tmp_path / "ops"
-    folder.mkdir()
+    # An empty folder the postgres system user can reach (pytest's own are private to root), as a team's would be.
+    folder = Path(tempfile.mkdtemp(prefix="dbpromote-ops-"))
+    folder.chmod(0o711)
     # A user's shell: no variable of this test session's stack or of the repository.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "DBPROMOTE_"))}
     system = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -108,3 +111,4 @@ def test_an_installed_wheel_runs_the_stack_deploys_backs_up_and_promotes_from_an
         assert waiting.returncode == 0 and out.splitlines()[-1] == "finished: Completed", out + err
     finally:
         typed("stack", "down", check=False)
+        shutil.rmtree(folder, ignore_errors=True)
