@@ -44,6 +44,7 @@ class StreamRequest(BaseModel):
     snapshot: str
     chunk_size: int
     zstd_level: int
+    credentials_block: str = ""  # the target's GcpCredentials block, if it names one
 
 
 class Progress(BaseModel):
@@ -169,7 +170,7 @@ def upload_chunks(upload, transport, chunks: Chunks) -> None:
 def stream(request: StreamRequest) -> Streamed | StreamFailed:
     """pg_dump in the request's snapshot, compressed, into a new object, read whole by pg_restore on its way up;
     the object exists only if all went up and pg_restore read all of it."""
-    client = gcs_client()
+    client = gcs_client(request.credentials_block)
     blob = client.bucket(request.bucket).blob(request.object_name)
     blob.metadata = request.metadata
     chunks = Chunks(request.chunk_size)

@@ -16,7 +16,9 @@ from dbpromote.models.backup import Backup, Manifest, manifest_name
 
 def backup_objects(target: DatabaseTarget, target_name: str) -> tuple[list[Backup], list[Blob]]:
     """The verified backups of a target, newest first, and its dumps never marked verified."""
-    blobs = gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/{target_name}/", retry=gcs_retry())
+    blobs = gcs_client(target.gcp_credentials).list_blobs(
+        target.bucket, prefix=f"{target.prefix}/{target_name}/", retry=gcs_retry()
+    )
     verified, unverified = [], []
     for blob in blobs:
         if (blob.metadata or {}).get("verified") == "true":
@@ -31,8 +33,8 @@ def list_backups(target: DatabaseTarget, target_name: str) -> list[Backup]:
     return backup_objects(target, target_name)[0]
 
 
-def read_manifest(backup: Backup) -> Manifest:
-    blob = gcs_client().bucket(backup.bucket).blob(backup.manifest_name)
+def read_manifest(backup: Backup, target: DatabaseTarget) -> Manifest:
+    blob = gcs_client(target.gcp_credentials).bucket(backup.bucket).blob(backup.manifest_name)
     try:
         return Manifest.model_validate_json(blob.download_as_bytes(retry=gcs_retry()))
     except gcs_errors.NotFound:

@@ -699,6 +699,11 @@ def target_add(
     drift: str = typer.Option(
         "block", help="Drift found by a promotion's preflight: block (stop), warn (show it in the approval), off."
     ),
+    gcp_credentials: str = typer.Option(
+        "",
+        help="A prefect-gcp GcpCredentials block whose service account writes the backups (dbpromote[gcp]); "
+        "default: application default credentials.",
+    ),
     check: bool = typer.Option(True, help="Connect once to check the URL (--no-check: register it unchecked)."),
 ) -> None:
     """Register (or replace) a database target; the URL is stored as a secret and never printed.
@@ -732,7 +737,12 @@ def target_add(
         lock_timeout_ms=lock_timeout,
         database_alias=database_alias,
         drift=drift,
+        gcp_credentials=gcp_credentials,
     )
+    if gcp_credentials:
+        from dbpromote.gcs import credentials
+
+        credentials(gcp_credentials)  # the block exists, and prefect-gcp is here to read it
     if check:
         connect(target, name).close()
     target.save(name, overwrite=True)

@@ -139,6 +139,11 @@ class DatabaseTarget(Block):
     database_alias: str = Field(
         default="default", description="The project's DATABASES alias this target is (its routers decide what runs)."
     )
+    gcp_credentials: str = Field(
+        default="",
+        description="A prefect-gcp GcpCredentials block whose service account reads and writes the backups "
+        "(dbpromote[gcp]); empty: application default credentials.",
+    )
     drift: Literal["block", "warn", "off"] = Field(
         default="block",
         description="A promotion's preflight compares the schema with its migrations: block stops on drift a "

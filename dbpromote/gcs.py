@@ -1,4 +1,5 @@
-"""The Google Cloud Storage client, pointed at the emulator when STORAGE_EMULATOR_HOST is set."""
+"""The Google Cloud Storage client: the emulator's when STORAGE_EMULATOR_HOST is set, else built from a target's
+prefect-gcp GcpCredentials block when it names one, else from application default credentials."""
 
 import base64
 import os
@@ -10,12 +11,37 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 
-def gcs_client() -> storage.Client:
+def gcs_client(credentials_block: str = "") -> storage.Client:
+    """The client; `credentials_block` names a GcpCredentials block (the target's `gcp_credentials`)."""
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return storage.Client(
             project=os.environ.get("GOOGLE_CLOUD_PROJECT", "dbpromote-local"), credentials=AnonymousCredentials()
         )
+    if credentials_block:
+        return credentials(credentials_block).get_cloud_storage_client()
     return storage.Client()
+
+
+def credentials(block: str):
+    """A team's service account as prefect-gcp keeps it (a GcpCredentials block), or a ConfigError naming the fix.
+    The upload itself still streams through google-cloud-storage (prefect-gcp has no streaming writer)."""
+    from dbpromote.errors import ConfigError
+
+    try:
+        from prefect_gcp import GcpCredentials
+    except ImportError:
+        raise ConfigError(
+            f"The target names the GcpCredentials block {block!r}, and prefect-gcp is not installed; install it "
+            "with `pip install 'dbpromote[gcp]'` where the flows run, or drop the block from the target."
+        ) from None
+    try:
+        return GcpCredentials.load(block)
+    except ValueError:
+        raise ConfigError(
+            f"There is no GcpCredentials block {block!r}; create it in the UI (Blocks, GCP Credentials) with the "
+            "service account that writes the backups, or name another with `dbpromote target add ... "
+            "--gcp-credentials BLOCK`."
+        ) from None
 
 
 def gcs_retry() -> Retry:

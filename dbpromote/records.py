@@ -23,7 +23,7 @@ def write_record(
     assert kind in KINDS, kind
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{flow_run_id[:8] or 'adhoc'}.json"
     name = _folder(target, target_name, kind, scope) + stamp
-    blob = gcs_client().bucket(target.bucket).blob(name)
+    blob = gcs_client(target.gcp_credentials).bucket(target.bucket).blob(name)
     blob.upload_from_string(json.dumps(record, indent=2), content_type="application/json", retry=gcs_retry())
     return f"gs://{target.bucket}/{name}"
 
@@ -32,10 +32,10 @@ def read_records(target: DatabaseTarget, target_name: str, kind: str, scope: str
     """Every record of a kind (in a scope) for a target, newest first."""
     assert kind in KINDS, kind
     prefix = _folder(target, target_name, kind, scope)
-    blobs = gcs_client().list_blobs(target.bucket, prefix=prefix, retry=gcs_retry())
+    blobs = gcs_client(target.gcp_credentials).list_blobs(target.bucket, prefix=prefix, retry=gcs_retry())
     names = sorted((blob.name for blob in blobs), reverse=True)
     # Read by name: a listed object's media link names the host it was written through (a proxy, say).
-    bucket = gcs_client().bucket(target.bucket)
+    bucket = gcs_client(target.gcp_credentials).bucket(target.bucket)
     return [
         json.loads(bucket.blob(name).download_as_bytes(retry=gcs_retry())) | {"recorded_at": _when(name)}
         for name in names
@@ -52,13 +52,13 @@ def record_migration_files(
     ledger = read_migration_files(target, target_name)
     now = datetime.now(UTC).isoformat()
     ledger |= {label: {"sha256": sha, "recorded_at": now, "flow_run_id": run_id} for label, sha in files.items()}
-    blob = gcs_client().bucket(target.bucket).blob(_ledger(target, target_name))
+    blob = gcs_client(target.gcp_credentials).bucket(target.bucket).blob(_ledger(target, target_name))
     blob.upload_from_string(json.dumps(ledger, indent=2), content_type="application/json", retry=gcs_retry())
 
 
 def read_migration_files(target: DatabaseTarget, target_name: str) -> dict[str, dict]:
     """The target's file ledger: each migration dbpromote applied there, its file's hash then and when."""
-    blob = gcs_client().bucket(target.bucket).blob(_ledger(target, target_name))
+    blob = gcs_client(target.gcp_credentials).bucket(target.bucket).blob(_ledger(target, target_name))
     try:
         return json.loads(blob.download_as_bytes(retry=gcs_retry()))
     except gcs_errors.NotFound:

@@ -62,7 +62,7 @@ def backup_to_gcs(target: DatabaseTarget, target_name: str, read_back: bool = Fa
     backup."""
     run_id = str(flow_run.get_id() or "")
     started = time.monotonic()
-    bucket = gcs_client().bucket(target.bucket)
+    bucket = gcs_client(target.gcp_credentials).bucket(target.bucket)
     with backup_running(target, target_name, wait_s=target.max_lock_wait_s):
         with exported_snapshot(target, target_name) as (conn, snapshot), ThreadPoolExecutor(1) as counter:
             state = migration_state(conn)
@@ -125,6 +125,7 @@ def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int, snapsho
         snapshot=snapshot,
         chunk_size=CHUNK_SIZE,
         zstd_level=ZSTD_LEVEL,
+        credentials_block=target.gcp_credentials,
     )
     progress = _Progress(database_size, blob.name)
     streamer = subprocess.Popen(

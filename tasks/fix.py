@@ -179,7 +179,11 @@ class BeforeImages:
         lines = [json.dumps(header)]
         lines += (json.dumps({"table": t, "op": op, "old": old, "new": new}) for t, op, old, new in batch.changes)
         body = zstandard.ZstdCompressor().compress("\n".join(lines).encode())
-        blob = gcs_client().bucket(self.target.bucket).blob(f"{self.folder}{batch.number:06d}.jsonl.zst")
+        blob = (
+            gcs_client(self.target.gcp_credentials)
+            .bucket(self.target.bucket)
+            .blob(f"{self.folder}{batch.number:06d}.jsonl.zst")
+        )
         blob.upload_from_string(body, content_type="application/zstd", retry=gcs_retry())
 
     def exist(self) -> bool:
@@ -194,7 +198,9 @@ class BeforeImages:
             for name, (header, *rows) in ((name, self._read(name)) for name in self._names()):
                 (status,) = conn.execute("SELECT txid_status(%s)", [header["xid"]]).fetchone()
                 if status == "aborted":
-                    gcs_client().bucket(self.target.bucket).blob(name).delete(retry=gcs_retry())
+                    gcs_client(self.target.gcp_credentials).bucket(self.target.bucket).blob(name).delete(
+                        retry=gcs_retry()
+                    )
                     continue
                 if status != "committed":
                     raise FixError(
@@ -220,11 +226,18 @@ class BeforeImages:
         )
 
     def _names(self) -> list[str]:
-        blobs = gcs_client().list_blobs(self.target.bucket, prefix=self.folder, retry=gcs_retry())
+        blobs = gcs_client(self.target.gcp_credentials).list_blobs(
+            self.target.bucket, prefix=self.folder, retry=gcs_retry()
+        )
         return sorted(blob.name for blob in blobs)
 
     def _read(self, name: str) -> list[dict]:
-        body = gcs_client().bucket(self.target.bucket).blob(name).download_as_bytes(retry=gcs_retry())
+        body = (
+            gcs_client(self.target.gcp_credentials)
+            .bucket(self.target.bucket)
+            .blob(name)
+            .download_as_bytes(retry=gcs_retry())
+        )
         text = zstandard.ZstdDecompressor().decompressobj().decompress(body).decode()
         return [json.loads(line) for line in text.splitlines() if line]
 

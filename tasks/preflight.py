@@ -22,7 +22,7 @@ def check_database(target: DatabaseTarget, target_name: str) -> dict:
 @task(name="check-bucket", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
 def check_bucket(target: DatabaseTarget, target_name: str) -> None:
     """The backup bucket exists and accepts writes."""
-    client = gcs_client()
+    client = gcs_client(target.gcp_credentials)
     try:
         bucket = client.lookup_bucket(target.bucket, retry=gcs_retry())
     except gcs_errors.GoogleAPIError as error:

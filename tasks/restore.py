@@ -83,11 +83,11 @@ def drop_restored(target: DatabaseTarget, target_name: str, database: str) -> No
 def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: Backup, database: str) -> Restored:
     """The backup in a new database on the target's server, checked against its manifest; dropped on any failure."""
     started = time.monotonic()
-    manifest = read_manifest(backup)
+    manifest = read_manifest(backup, target)
     with server_connection(target, target_name) as conn:
         create_scratch(conn, target.database, database, f"restore of {backup.uri}")
         try:
-            blob = gcs_client().bucket(backup.bucket).blob(backup.object_name)
+            blob = gcs_client(target.gcp_credentials).bucket(backup.bucket).blob(backup.object_name)
             env = libpq_env(target) | {"PGDATABASE": database}
             result = read_back_into(blob, ["--exit-on-error", "--no-password", f"--dbname={database}"], env)
             if not result.ok:
@@ -149,7 +149,7 @@ def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backu
         return None
     return Restored.from_manifest(
         backup,
-        read_manifest(backup),
+        read_manifest(backup, target),
         target_name,
         target.database,
         duration_s=0.0,

@@ -43,7 +43,7 @@ def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, ke
     """Keep the newest keep_last backups, those younger than keep_days and every referenced one; delete the rest."""
     check_retention(keep_last, keep_days)
     now = datetime.now(UTC)
-    bucket = gcs_client().bucket(target.bucket)
+    bucket = gcs_client(target.gcp_credentials).bucket(target.bucket)
     backups, unverified = backup_objects(target, target_name)
     kept, deleted = retention_decisions(backups, referenced_backups(target, target_name), now, keep_last, keep_days)
     for backup in deleted:

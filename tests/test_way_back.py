@@ -273,10 +273,11 @@ def test_the_backup_manifest_holds_the_rows_and_state_of_the_dump(fresh_database
     from dbpromote.flows.backup import backup
 
     from dbpromote.backups import read_manifest
+    from dbpromote.config import load_target
 
     stack = fresh_databases
     taken = backup(["staging"])[0]
-    manifest = read_manifest(taken)
+    manifest = read_manifest(taken, load_target("staging"))
     counts = tenant_table_checksums(stack, "staging")
     assert {table: manifest.row_counts[f"public.{table}"] for table in counts} == {t: c[0] for t, c in counts.items()}
     assert manifest.migration_state == [("core", "0001_initial")] and manifest.crc32c == taken.crc32c
