@@ -303,6 +303,35 @@ def test_killed_with_its_worker_between_two_production_migrations(killed, clean_
     )
 
 
+def test_killed_with_its_worker_right_after_it_resumes_from_its_approval(killed, clean_head):
+    """Approved at once, its new process SIGKILLed with the worker a few seconds after the run resumes (after its
+    first heartbeat, while production's first migration waits for a lock): the crash automation still marks it
+    Crashed, and one command carries it on."""
+    stack = killed
+    run_id = started(*PROMOTE, "--until-paused")
+    wait_until(lambda: run_processes(run_id) == {}, "the suspended run's process to end", timeout_s=30)
+    with table_locked(stack.database_url("production"), "core_task"):
+        approved(run_id)
+        wait_until(lambda: any("prefect.engine" in c for c in run_processes(run_id).values()), "the resumed process")
+        time.sleep(8)  # a heartbeat is sent as the engine starts; the kill lands before the next one (30 s)
+        kill(stack, run_id, worker=True)
+    crashed(run_id)
+    assert applied(stack, "production")[:1] == ["core.0001_initial"]
+
+    recovered = cli(*PROMOTE, "--wait")  # one command: the approval given before the crash stands
+    assert recovered.returncode == 0, recovered.stderr
+    final_id = recovered.stdout.split()[0]
+    production_backups = 2 if len(applied(stack, "production")) > 1 else 1
+    assert_recovered(
+        stack,
+        clean_head,
+        "with its worker right after it resumed",
+        run_id,
+        final_id,
+        {"staging": 1, "production": production_backups},
+    )
+
+
 def test_resume_refuses_a_run_that_is_still_running_or_completed(fresh_databases):
     done = cli("backup", "staging", "--wait")
     assert done.returncode == 0, done.stderr
