@@ -219,8 +219,9 @@ def refuse_unfit_answer(client, run: FlowRun, run_input: dict) -> None:
     approver, decision = run_input["approver"], run_input["decision"]
     reason = Answerers.model_validate_json(stored).refusal(approver, decision, run_input.get("code", ""), use=False)
     if reason:
+        done = "approved" if decision == "approve" else "rejected"
         raise ApprovalRejected(
-            f"Not {decision}d: {reason}; nothing was sent and run {run.id} still waits: answer as a permitted "
+            f"Not {done}: {reason}; nothing was sent and run {run.id} still waits: answer as a permitted "
             "approver, with their current code where approvers are enrolled."
         )
 
