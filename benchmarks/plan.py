@@ -14,15 +14,13 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psycopg
-from common import stack  # points this process at the local stack
+from common import stack  # points this process at the local stack (and puts the repository on sys.path)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.compat.codebases import SITES, venv_python  # noqa: E402
+from compat.codebases import SITES, venv_python
 
 REQUIREMENTS = ["wagtail==8.0.1", "django-allauth[mfa,socialaccount]==65.21.1", "dj-database-url==3.1.2"]
 UPGRADE_PENDING = 20

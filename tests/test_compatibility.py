@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.compat.codebases import CODEBASES, CROSS_VERSION, Codebase, venv_python
+from compat.codebases import CODEBASES, CROSS_VERSION, Codebase, venv_python
 from tests.harness import cli, wait_for_run
 
 SERVERS = ("staging", "production")

@@ -1,6 +1,7 @@
-"""Real third-party Django codebases, from the package registry at two released versions each, and their venvs.
+"""Real third-party Django codebases, from the package registry at two released versions each, and their venvs:
+the compatibility suite's (tests/test_compatibility.py) and the plan benchmark's.
 
-Each codebase is a small site (tests/compat/sites/) configured the way its kind of project is configured, whose
+Each codebase is a small site (compat/sites/) configured the way its kind of project is configured, whose
 apps and migrations come from the packages. The venvs are built once per set of requirements and kept in
 DBPROMOTE_COMPAT_CACHE (default ~/.cache/dbpromote/compat): a fresh machine builds six, about a minute.
 """
