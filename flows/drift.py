@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.drift import check_drift, fake_apply, publish_drift
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_not_held
@@ -14,8 +14,6 @@ from dbpromote.models.approval import reconcile_request
 from dbpromote.models.drift import DriftReport
 from dbpromote.models.plan import parse_target_migration
 from dbpromote.notify import notify_failure
-
-DAY_S = 24 * 3600
 
 
 @flow(name="drift", on_failure=[notify_failure], flow_run_name="drift of {target}")
@@ -78,7 +76,7 @@ def reconcile(
     project: str,
     target: str,
     migration: str,
-    approval_timeout_s: int = DAY_S,
+    approval_timeout_s: int = APPROVAL_TIMEOUT_S,
     approval_poll_s: int = ANSWER_POLL_S,
 ) -> DriftReport:
     """Record a migration whose effect someone applied by hand (`migrate --fake`), only once the live schema is

@@ -3,7 +3,7 @@ verify after, on each target. And its undo."""
 
 from __future__ import annotations
 
-from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.fix import BeforeImages, apply_fix, dry_run_fix, undo_fix
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
@@ -19,8 +19,6 @@ from dbpromote.models.fix import BatchedStatement, FixRun, FixScript, RowBounds,
 from dbpromote.notify import notify_failure
 from dbpromote.records import read_records, write_record
 
-DAY_S = 24 * 3600
-
 
 @flow(name="fix", on_failure=[notify_failure], flow_run_name="fix {script_name} through {through}")
 def fix(
@@ -33,7 +31,7 @@ def fix(
     purpose: str = "",
     batch_size: int = 0,
     resume: str = "",
-    approval_timeout_s: int = DAY_S,
+    approval_timeout_s: int = APPROVAL_TIMEOUT_S,
     approval_poll_s: int = ANSWER_POLL_S,
 ) -> list[FixRun]:
     """The seed's checklist for a `fix_*` script: on each target in order, staging first, a dry run (rolled back)
@@ -179,7 +177,9 @@ def fix_to_undo(database: DatabaseTarget, target: str, fix_run: str) -> dict:
 
 
 @flow(name="fix-undo", on_failure=[notify_failure], flow_run_name="undo fix {fix_run} on {target}")
-def fix_undo(fix_run: str, target: str, approval_timeout_s: int = DAY_S, approval_poll_s: int = ANSWER_POLL_S) -> int:
+def fix_undo(
+    fix_run: str, target: str, approval_timeout_s: int = APPROVAL_TIMEOUT_S, approval_poll_s: int = ANSWER_POLL_S
+) -> int:
     """Put back every row a fix changed on a target, from the before-images it saved; refused, naming the rows,
     where one changed again since. Approval first where the target requires it."""
     database = load_target(target)

@@ -6,7 +6,7 @@ from dbpromote.flows.drift import preflight_drift
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.fleet import GroupStep
 from dbpromote.flows.rehearsal import rehearse_plan
-from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.journal import open_journal, record_step
 from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
@@ -23,15 +23,13 @@ from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
 
-DAY_S = 24 * 3600
-
 
 @flow(name="promote", on_failure=[notify_failure], flow_run_name="promote {project} through {through}")
 def promote(
     project: str,
     through: list[str],
     to: str = "",
-    approval_timeout_s: int = DAY_S,
+    approval_timeout_s: int = APPROVAL_TIMEOUT_S,
     approval_poll_s: int = ANSWER_POLL_S,
     rehearse: bool = False,
     rehearsal_slow_s: float = 60,

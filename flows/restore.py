@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.restore import (
     drop_restored,
@@ -23,8 +23,6 @@ from dbpromote.models.backup import Restored
 from dbpromote.notify import notify_failure
 from dbpromote.records import write_record
 
-DAY_S = 24 * 3600
-
 
 @flow(name="restore", on_failure=[notify_failure], flow_run_name="restore {target}")
 def restore(
@@ -32,7 +30,7 @@ def restore(
     backup: str = "",
     swap: bool = True,
     disconnect_wait_s: float = 30,
-    approval_timeout_s: int = DAY_S,
+    approval_timeout_s: int = APPROVAL_TIMEOUT_S,
     approval_poll_s: int = ANSWER_POLL_S,
 ) -> Restored:
     """Restore a verified backup of the target (the newest when none is named) and make it the target's database.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbpromote.flows.environment import carry_out
-from dbpromote.tasks.approval import ANSWER_POLL_S, record_approval, wait_for_approval
+from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.plan import plan_rollback
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.verify import verify_state
@@ -19,12 +19,14 @@ from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.records import newest_promotion_backup, read_records, write_record
 
-DAY_S = 24 * 3600
-
 
 @flow(name="rollback", on_failure=[notify_failure], flow_run_name="roll back {target}")
 def rollback(
-    project: str, target: str, backup: str = "", approval_timeout_s: int = DAY_S, approval_poll_s: int = ANSWER_POLL_S
+    project: str,
+    target: str,
+    backup: str = "",
+    approval_timeout_s: int = APPROVAL_TIMEOUT_S,
+    approval_poll_s: int = ANSWER_POLL_S,
 ) -> StepReport:
     """Return a target to the migration state recorded by a backup (when none is named, the one the newest
     promotion took: the state before it), reversing migrations one at a time with the same lock safety as migrate.

@@ -32,6 +32,9 @@ from dbpromote.records import write_record
 # A paused run asks the server this often whether it was answered: at 10 s, production started 9 s after
 # `dbpromote approve` on the stack (benchmarks/latency.py); reading one flow run every 2 s costs the server nothing.
 ANSWER_POLL_S = 2
+# How long a run waits for its approval before no answer counts as a rejection: a day, so a run started in the evening
+# is still there for the morning's approver.
+APPROVAL_TIMEOUT_S = 24 * 3600
 
 
 def wait_for_approval(request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:

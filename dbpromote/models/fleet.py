@@ -57,12 +57,3 @@ class MemberOutcome(BaseModel):
     started: str = ""
     ended: str = ""
     member_run: str = Field("", description="The flow run of the member's step")
-
-
-def outcome_table(group: str, outcomes: list[MemberOutcome]) -> str:
-    """Markdown: every member's outcome, wave by wave."""
-    lines = [f"## Group {group}", "", "| wave | member | outcome | worker | detail |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {o.wave or 'canary'} | {o.member} | {o.outcome} | {o.worker or '-'} | {o.detail or '-'} |" for o in outcomes
-    ]
-    return "\n".join(lines)

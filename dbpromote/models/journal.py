@@ -28,10 +28,6 @@ class Journal(BaseModel):
     carries_on: str = Field("", description="The crashed run this one carries on; empty for a new promotion")
     targets: dict[str, TargetJournal] = Field(default_factory=dict)
 
-    @property
-    def tag(self) -> str:
-        return f"{TAG_PREFIX}{self.promotion}"
-
     def continue_plans(self, plans: dict[str, Plan]) -> dict[str, Plan]:
         """Each target's plan to vouch for and approve: the recorded whole plan where the target is part-way
         through it (or done), so staging's recorded step still vouches for the targets after it."""
