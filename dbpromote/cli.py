@@ -20,9 +20,20 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local stack: PostgreSQL 
 app.add_typer(stack_app, name="stack")
 
 
+# Where the command's Prefect server came from, when it is not the local stack (main sets it): named in the one line
+# of an error and after the output of a command that succeeded.
+CHOSEN_SERVER = ""
+
+
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(error_line(message), err=True)
     raise typer.Exit(1)
+
+
+def error_line(message: str) -> str:
+    """An error's one line; with the Prefect server named when it is not the local stack (and not named already)."""
+    server = f" (Prefect server: {CHOSEN_SERVER})" if CHOSEN_SERVER and CHOSEN_SERVER.split()[0] not in message else ""
+    return f"error: {message}{server}"
 
 
 @stack_app.command("up")
@@ -752,9 +763,9 @@ def target_add(
 def main() -> None:
     # The client's event queue says "Still processing items" when a short command exits: noise for a CLI user.
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
+    global CHOSEN_SERVER
     with prefect_server() as chosen:
-        if chosen:
-            typer.echo(f"Prefect server: {chosen}", err=True)
+        CHOSEN_SERVER = chosen
         run_app()
 
 
@@ -793,20 +804,26 @@ def run_app() -> None:
     """The command, its known failures each as one sentence and exit code 1."""
     try:
         app()
+    except SystemExit as done:  # how click ends every command
+        if done.code in (0, None) and CHOSEN_SERVER:
+            typer.echo(f"Prefect server: {CHOSEN_SERVER}", err=True)
+        raise
     except DbpromoteError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(error_line(str(error)), err=True)
         sys.exit(1)
     except pydantic.ValidationError as error:  # an option the block refuses, e.g. --lock-timeout 0
         first = error.errors()[0]
         option = "--" + "-".join(str(part) for part in first["loc"]).replace("_", "-").removesuffix("-ms")
-        typer.echo(f"error: {option} {first['msg'].lower()}; give it again with a value that is.", err=True)
+        typer.echo(error_line(f"{option} {first['msg'].lower()}; give it again with a value that is."), err=True)
         sys.exit(1)
     except httpx.HTTPStatusError as error:
         if error.response.status_code != 401:
             raise
         typer.echo(
-            "error: The Prefect API refused this command's credential (401); set PREFECT_API_AUTH_STRING to the "
-            "server's (the local stack's: `dbpromote stack status --show-secrets`).",
+            error_line(
+                "The Prefect API refused this command's credential (401); set PREFECT_API_AUTH_STRING to the "
+                "server's (the local stack's: `dbpromote stack status --show-secrets`)."
+            ),
             err=True,
         )
         sys.exit(1)

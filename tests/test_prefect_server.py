@@ -57,14 +57,19 @@ def test_the_active_profile_s_server_wins_over_the_local_stack_and_is_named(stac
     env = profile_env(tmp_path, team_server)
     named = f"Prefect server: {team_server} (from the Prefect profile 'team')"
 
-    # The stack's own targets exist on the local stack's server, not on the team's: these reached the team's.
+    # The stack's own targets exist on the local stack's server, not on the team's: these reached the team's, and
+    # their one line of error says which server that was.
     backup = run(env, "backup", "staging")
-    assert backup.returncode == 1 and backup.stderr.splitlines()[0] == named, backup.stderr
-    assert "Unknown target 'staging'" in backup.stderr
+    (line,) = backup.stderr.splitlines()
+    assert backup.returncode == 1 and "Unknown target 'staging'" in line and line.endswith(f"({named})"), line
     promote = run(env, "promote", "--project", "tenant-backend", "--through", "staging,production")
-    assert promote.stderr.splitlines()[0] == named and "Unknown project 'tenant-backend'" in promote.stderr
+    (line,) = promote.stderr.splitlines()
+    assert "Unknown project 'tenant-backend'" in line and line.endswith(f"({named})"), line
     approve = run(env, "approve", "00000000-0000-0000-0000-000000000000", "--approver", "alice")
-    assert approve.returncode == 1 and approve.stderr.splitlines()[0] == named, approve.stderr
+    (line,) = approve.stderr.splitlines()
+    assert approve.returncode == 1 and line.endswith(f"({named})"), line
+    pending = run(env, "pending")  # a command that succeeds names it after its output
+    assert pending.returncode == 0 and pending.stderr.splitlines()[-1] == named, pending.stderr
     status = run(env, "stack", "status")
     assert status.stdout.splitlines()[-1] == f"commands use {team_server}", status.stdout
 
