@@ -213,12 +213,20 @@ def test_cli_bad_promotion_input_is_one_sentence_and_changes_nothing(fresh_datab
 
 
 def test_approval_from_someone_not_listed_is_refused_and_the_run_keeps_waiting(fresh_databases, make_target):
+    from prefect import get_client
+
+    from dbpromote.errors import ApprovalRejected
     from dbpromote.runs import answer_approval, pending_approvals
 
     make_target("production-guarded", server="production", requires_approval=True, approvers=["carol"])
     promotion = PromotionInBackground(through=["staging", "production-guarded"])
     run = promotion.paused_run()
-    answer_approval(str(run.id), "approve", "mallory", "let me in", acknowledge_risks=True)
+    # From the CLI the answer is refused before it is sent; over REST the run refuses it itself.
+    with pytest.raises(ApprovalRejected, match="'mallory' may not approve production-guarded"):
+        answer_approval(str(run.id), "approve", "mallory", "let me in", acknowledge_risks=True)
+    answer = {"decision": "approve", "approver": "mallory", "comment": "let me in"}
+    with get_client(sync_client=True) as client:
+        client.resume_flow_run(run.id, run_input=answer | {"acknowledge_risky_operations": True})
     time.sleep(3)
     assert promotion.thread.is_alive()
     assert applied(fresh_databases, "production") == ["core.0001_initial"]
