@@ -39,8 +39,11 @@ demo: install
 stop:
 	@if [ -x $(BIN)/dbpromote ]; then $(BIN)/dbpromote stack down; fi
 
+# The modules spread over TEST_WORKERS pytest-xdist workers, each with a stack of its own; a module stays on one
+# worker (its module-scoped fixtures are made once).
+TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest tests/fast

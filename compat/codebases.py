@@ -8,6 +8,7 @@ DBPROMOTE_COMPAT_CACHE (default ~/.cache/dbpromote/compat): a fresh machine buil
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -176,14 +177,20 @@ def venv_python(requirements: list[str]) -> Path:
     key = hashlib.sha256("\n".join([sys.version, *sorted(requirements)]).encode()).hexdigest()[:16]
     venv = cache_dir() / key
     python = venv / "bin" / "python"
-    if (venv / ".complete").is_file():
-        return python
-    shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers build the same venv at once: one builds it, the others wait for it on its lock file.
+    with open(venv.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".complete").is_file():
+            build_venv(venv, requirements)
+    return python
+
+
+def build_venv(venv: Path, requirements: list[str]) -> None:
+    shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", *requirements]
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", *requirements]
     result = subprocess.run(pip, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"installing {requirements} failed: {result.stderr[-2000:]}")
     (venv / ".complete").write_text("\n".join(requirements))
-    return python

@@ -1,4 +1,5 @@
-"""One real local stack (PostgreSQL x2, GCS emulator, Prefect server and worker) shared by the whole session."""
+"""One real local stack (PostgreSQL x2, GCS emulator, Prefect server and worker) per pytest process: the whole
+session's, or each xdist worker's own (`make test` runs the modules on several workers, a module on one worker)."""
 
 import os
 import shutil
@@ -13,12 +14,15 @@ os.environ["DBPROMOTE_HOME"] = str(HOME)
 
 from dbpromote import localstack as local_stack  # noqa: E402
 
-PREFECT_PORT = local_stack.free_port(4300)
-GCS_PORT = local_stack.free_port(9100)
+# Each xdist worker (gw0, gw1, ...) looks for its ports in a range of its own: workers start at the same moment, and
+# two of them probing the same range would both find the same port free.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+PREFECT_PORT = local_stack.free_port(4300 + 100 * WORKER)
+GCS_PORT = local_stack.free_port(9100 + 100 * WORKER)
 os.environ["DBPROMOTE_PORT_PREFECT"] = str(PREFECT_PORT)
 os.environ["DBPROMOTE_PORT_GCS"] = str(GCS_PORT)
-os.environ["DBPROMOTE_PORT_STAGING"] = str(local_stack.free_port(55400))
-os.environ["DBPROMOTE_PORT_PRODUCTION"] = str(local_stack.free_port(55420))
+os.environ["DBPROMOTE_PORT_STAGING"] = str(local_stack.free_port(55400 + 100 * WORKER))
+os.environ["DBPROMOTE_PORT_PRODUCTION"] = str(local_stack.free_port(55450 + 100 * WORKER))
 os.environ.update(
     # The credentials are made now, before anything starts: this session's Prefect client must carry the API's.
     local_stack.Stack(home=HOME, ports={"prefect": PREFECT_PORT, "gcs": GCS_PORT})
