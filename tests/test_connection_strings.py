@@ -27,7 +27,7 @@ def connection_strings(stack) -> dict[str, str]:
     secret = quote(password, safe="")
     user = local_stack.MIGRATION_ROLE
     sockets = stack.home / "pg" / "staging" / "run"
-    dead = local_stack.free_port(59000)  # nothing listens there: libpq goes on to the next host
+    dead = local_stack.free_port(stack.ports["gcs"] + 50)  # nothing listens there: libpq goes on to the next host
     return {
         "socket": f"postgresql://{user}:{secret}@/{database('socket')}?host={quote(str(sockets))}&port={port}",
         "several-hosts": f"postgresql://{user}:{secret}@127.0.0.1:{dead},127.0.0.1:{port}/{database('several-hosts')}",

@@ -317,11 +317,13 @@ def test_killed_with_its_worker_right_after_it_resumes_from_its_approval(killed,
         kill(stack, run_id, worker=True)
     crashed(run_id)
     assert applied(stack, "production")[:1] == ["core.0001_initial"]
+    # Production is backed up again by the recovery only if the killed run had changed it since its own backup
+    # (under load the kill can land before that backup or before the first migration).
+    production_backups = 2 if len(applied(stack, "production")) > 1 else 1
 
     recovered = cli(*PROMOTE, "--wait")  # one command: the approval given before the crash stands
     assert recovered.returncode == 0, recovered.stderr
     final_id = recovered.stdout.split()[0]
-    production_backups = 2 if len(applied(stack, "production")) > 1 else 1
     assert_recovered(
         stack,
         clean_head,

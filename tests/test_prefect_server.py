@@ -17,7 +17,7 @@ from dbpromote import localstack as local_stack
 def team_server(stack, tmp_path_factory):
     """A second Prefect server (the team's), with nothing of dbpromote's registered on it."""
     home = tmp_path_factory.mktemp("team-prefect")
-    port = local_stack.free_port(4500)
+    port = local_stack.free_port(stack.ports["prefect"] + 50)  # in this test worker's own range (conftest)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     prefect = str(Path(sys.executable).parent / "prefect")
