@@ -90,12 +90,16 @@ def install_crash_detection(api_url: str) -> None:
     flow_runs = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
     # Suspended: waiting for an approval, the run has left its process on purpose (tasks/approval.py).
     ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")}
+    # The watch starts at Pending and Running too, not only at a heartbeat (Prefect's own recipe): a run resumed
+    # from Suspended has closed its watch, and a process killed (with its worker) before its first heartbeat would
+    # otherwise never be watched again and stay Pending or Running for good (tests/test_crash_resume.py).
+    started = {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
     silent = Automation(
         name=CRASH_AUTOMATION,
         description=f"No heartbeat for {CRASHED_AFTER_S} s: the run's process is gone (killed, machine lost).",
         trigger=EventTrigger(
             match=flow_runs,
-            after={"prefect.flow-run.heartbeat"},
+            after=started,
             expect={"prefect.flow-run.heartbeat"} | ended,
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,

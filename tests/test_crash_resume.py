@@ -303,17 +303,23 @@ def test_killed_with_its_worker_between_two_production_migrations(killed, clean_
     )
 
 
-def test_killed_with_its_worker_right_after_it_resumes_from_its_approval(killed, clean_head):
-    """Approved at once, its new process SIGKILLed with the worker a few seconds after the run resumes (after its
-    first heartbeat, while production's first migration waits for a lock): the crash automation still marks it
-    Crashed, and one command carries it on."""
+@pytest.mark.parametrize("moment", ["before its first heartbeat", "after its first heartbeat"])
+def test_killed_with_its_worker_right_after_it_resumes_from_its_approval(killed, clean_head, moment):
+    """Approved at once, its new process SIGKILLed with the worker as the run resumes: the moment the process
+    exists (before it sends a heartbeat), or a few seconds later (after its first heartbeat, while production's
+    first migration waits for a lock). The crash automation still marks it Crashed, and one command carries it on."""
     stack = killed
     run_id = started(*PROMOTE, "--until-paused")
     wait_until(lambda: run_processes(run_id) == {}, "the suspended run's process to end", timeout_s=30)
     with table_locked(stack.database_url("production"), "core_task"):
         approved(run_id)
-        wait_until(lambda: any("prefect.engine" in c for c in run_processes(run_id).values()), "the resumed process")
-        time.sleep(8)  # a heartbeat is sent as the engine starts; the kill lands before the next one (30 s)
+        wait_until(
+            lambda: any("prefect.engine" in c for c in run_processes(run_id).values()),
+            "the resumed process",
+            poll_s=0.02,
+        )
+        if moment == "after its first heartbeat":
+            time.sleep(8)  # a heartbeat is sent as the engine starts; the kill lands before the next one (30 s)
         kill(stack, run_id, worker=True)
     crashed(run_id)
     assert applied(stack, "production")[:1] == ["core.0001_initial"]
