@@ -90,17 +90,20 @@ def install_crash_detection(api_url: str) -> None:
     flow_runs = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
     # Suspended: waiting for an approval, the run has left its process on purpose (tasks/approval.py).
     ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")}
-    # The watch starts at Pending and Running too, not only at a heartbeat (Prefect's own recipe): a run resumed
-    # from Suspended has closed its watch, and a process killed (with its worker) before its first heartbeat would
-    # otherwise never be watched again and stay Pending or Running for good (tests/test_crash_resume.py).
-    started = {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
+    # Any sign of life starts the watch and renews it: a heartbeat (Prefect's own recipe watches only these), and
+    # Pending and Running. With heartbeats alone, a run resumed from Suspended was never watched again if its
+    # process died (with its worker) before its first heartbeat: it stayed Running for good. Pending and Running
+    # must also be expected, not only start the watch: Prefect renews a watch only on an event that does both, and
+    # the Suspended that closed the previous watch keeps it open, satisfied, for the rest of its 90 s, swallowing a
+    # prompt resume's Pending and Running (tests/test_crash_resume.py, killed before its first heartbeat).
+    alive = {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
     silent = Automation(
         name=CRASH_AUTOMATION,
         description=f"No heartbeat for {CRASHED_AFTER_S} s: the run's process is gone (killed, machine lost).",
         trigger=EventTrigger(
             match=flow_runs,
-            after=started,
-            expect={"prefect.flow-run.heartbeat"} | ended,
+            after=alive,
+            expect=alive | ended,
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,

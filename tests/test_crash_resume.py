@@ -104,6 +104,14 @@ def wait_until(condition, what: str, timeout_s: float = 120, poll_s: float = 0.2
         time.sleep(poll_s)
 
 
+def waits_for_a_lock(stack, server: str) -> bool:
+    """A session of the migration role is waiting for a lock on the server (a migration retries with lock_timeout,
+    so it waits again within seconds)."""
+    with psycopg.connect(stack.database_url(server)) as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user AND wait_event_type = 'Lock'"
+        return conn.execute(query).fetchone()[0] > 0
+
+
 @contextlib.contextmanager
 def table_locked(url: str, table: str):
     """A session reading a table: a migration that alters it waits for its lock (and retries) until released."""
@@ -234,7 +242,7 @@ def test_killed_between_two_staging_migrations(killed, clean_head):
     with table_locked(stack.database_url("staging"), "core_task"):
         run_id = started(*PROMOTE)
         wait_until(lambda: applied(stack, "staging")[-1:] == [RELEASE[0]], "the first staging migration")
-        time.sleep(1)  # the second one waits for its lock, retrying
+        wait_until(lambda: waits_for_a_lock(stack, "staging"), "the second one to wait for its lock")
         kill(stack, run_id, worker=False)
     crashed(run_id)
     assert applied(stack, "staging") == ["core.0001_initial", RELEASE[0]]
@@ -285,7 +293,7 @@ def test_killed_with_its_worker_between_two_production_migrations(killed, clean_
     with table_locked(stack.database_url("production"), "core_task"):
         approved(run_id)
         wait_until(lambda: applied(stack, "production")[-1:] == [RELEASE[0]], "the first production migration")
-        time.sleep(1)
+        wait_until(lambda: waits_for_a_lock(stack, "production"), "the second one to wait for its lock")
         kill(stack, run_id, worker=True)
     crashed(run_id)
     assert applied(stack, "production") == ["core.0001_initial", RELEASE[0]]
@@ -306,8 +314,9 @@ def test_killed_with_its_worker_between_two_production_migrations(killed, clean_
 @pytest.mark.parametrize("moment", ["before its first heartbeat", "after its first heartbeat"])
 def test_killed_with_its_worker_right_after_it_resumes_from_its_approval(killed, clean_head, moment):
     """Approved at once, its new process SIGKILLed with the worker as the run resumes: the moment the process
-    exists (before it sends a heartbeat), or a few seconds later (after its first heartbeat, while production's
-    first migration waits for a lock). The crash automation still marks it Crashed, and one command carries it on."""
+    exists (before it has sent a heartbeat or read its approval), or once it has read the approval and production's
+    first migration waits for a lock (after its first heartbeat). The crash automation marks it Crashed both times,
+    and one command carries it on: an approval the run read stands; one it never read is asked for again."""
     stack = killed
     run_id = started(*PROMOTE, "--until-paused")
     wait_until(lambda: run_processes(run_id) == {}, "the suspended run's process to end", timeout_s=30)
@@ -319,25 +328,24 @@ def test_killed_with_its_worker_right_after_it_resumes_from_its_approval(killed,
             poll_s=0.02,
         )
         if moment == "after its first heartbeat":
-            time.sleep(8)  # a heartbeat is sent as the engine starts; the kill lands before the next one (30 s)
+            wait_until(lambda: waits_for_a_lock(stack, "production"), "production's migration to wait for its lock")
         kill(stack, run_id, worker=True)
     crashed(run_id)
     assert applied(stack, "production")[:1] == ["core.0001_initial"]
-    # Production is backed up again by the recovery only if the killed run had changed it since its own backup
-    # (under load the kill can land before that backup or before the first migration).
+    # Production is backed up again by the recovery only if the killed run had changed it since its own backup.
     production_backups = 2 if len(applied(stack, "production")) > 1 else 1
 
-    recovered = cli(*PROMOTE, "--wait")  # one command: the approval given before the crash stands
-    assert recovered.returncode == 0, recovered.stderr
-    final_id = recovered.stdout.split()[0]
+    if moment == "before its first heartbeat":
+        final_id = started(*PROMOTE, "--until-paused")  # the approval was never read: it is asked for again
+        approved(final_id)
+    else:
+        recovered = cli(*PROMOTE, "--wait")  # one command: the approval the run read stands
+        assert recovered.returncode == 0, recovered.stderr
+        final_id = recovered.stdout.split()[0]
     assert_recovered(
-        stack,
-        clean_head,
-        "with its worker right after it resumed",
-        run_id,
-        final_id,
+        stack, clean_head, f"with its worker as it resumed, {moment}", run_id, final_id,
         {"staging": 1, "production": production_backups},
-    )
+    )  # fmt: skip
 
 
 def test_resume_refuses_a_run_that_is_still_running_or_completed(fresh_databases):
