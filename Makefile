@@ -39,11 +39,11 @@ demo: install
 stop:
 	@if [ -x $(BIN)/dbpromote ]; then $(BIN)/dbpromote stack down; fi
 
-# The modules spread over TEST_WORKERS pytest-xdist workers, each with a stack of its own, heaviest first; a
-# module stays on one worker (tests/conftest.py says which are spread test by test).
+# The modules spread over TEST_WORKERS pytest-xdist workers, each with a stack of its own; a module stays on one
+# worker, so its module-scoped fixtures are made once.
 TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=20
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest tests/fast

@@ -43,39 +43,6 @@ os.environ.update(
 
 import pytest  # noqa: E402
 
-# `make test` hands work to the xdist workers heaviest first, so no worker is left with a long module at the end
-# while the others idle. Seconds each module took on its own (`pytest --durations=0`, 2 cores, an idle machine);
-# the others are lighter than a minute.
-MODULE_SECONDS = {
-    "test_compatibility": 515,
-    "test_fleet": 469,
-    "test_crash_resume": 570,
-    "test_way_back": 178,
-    "test_promote": 176,
-    "test_packaging": 150,
-    "test_environment_faults": 121,
-    "test_stack": 120,
-    "test_bad_input": 103,
-    "test_connection_strings": 95,
-    "test_drift": 92,
-    "test_reliability": 85,
-    "test_fix": 83,
-    "test_deployments": 67,
-}
-# Modules whose tests share no module-scoped fixture and are each minutes long: spread over the workers test by test.
-SPREAD = {"test_compatibility"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """A module is one unit of work for the xdist workers (`--dist loadgroup`: its module-scoped fixtures are made
-    once), except those in SPREAD; the heaviest modules come first."""
-    items.sort(key=lambda item: -MODULE_SECONDS.get(item.module.__name__.rsplit(".", 1)[-1], 0))
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if module not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(module))
-
 
 @pytest.fixture(autouse=True)
 def only_the_installed_namespace():

@@ -41,7 +41,8 @@ def test_lock_held_by_another_session_is_waited_for_and_retried(fresh_databases,
     from dbpromote.flows.environment import migrate_environment
 
     target = make_target("staging-short-locks", lock_timeout_ms=300, max_lock_wait_s=60)
-    blocker = hold_lock(fresh_databases.database_url("staging"), "core_task", 4, threading.Event())
+    # Held for a second from the migration's first wait (300 ms): refused at least once however slow the machine.
+    blocker = hold_lock(fresh_databases.database_url("staging"), "core_task", 1, threading.Event(), after_a_wait=True)
     report = migrate_environment("tenant-backend", target, to="core:0003_task_priority")
     blocker.join()
     by_label = {result.label: result for result in report.migrations}

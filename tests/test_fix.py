@@ -285,7 +285,7 @@ def test_the_journal_lists_promotions_fixes_and_rollbacks_with_their_facts(promo
     assert "back to the migration state of the backup, plan " in lines[0] and "; backup backups/staging/" in lines[0]
     script_hash = FixScript(name="upper_titles.sql", source=SCRIPT).hash
     facts = f"script upper_titles.sql ({script_hash}) unscoped; purpose: titles in capitals; 10 rows; backup gs://"
-    assert any(facts in line for line in lines), lines
+    assert any(facts in line for line in lines), "\n".join(lines)
 
     notes = cli("journal", "production", "--markdown").stdout
     fix_entry = notes.split(": fix\n")[1].split("\n## ")[0]
