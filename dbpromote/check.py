@@ -33,6 +33,13 @@ class CheckReport(BaseModel):
             found += [f"drift: {d.object} ({d.kind})" for d in self.drift.blocking]
         if self.plan is not None and not self.risks_allowed:
             found += [f"risk: {risk}" for risk in self.plan.risks]
+            found += [
+                f"breaks the running release: {change.line(m.label)}"
+                for m in self.plan.migrations
+                if m.marker != "after_deploy"
+                for change in m.breaking
+                if change.severity == "breaks"
+            ]
         return found
 
     def markdown(self) -> str:
@@ -44,8 +51,8 @@ class CheckReport(BaseModel):
         if self.plan is not None:
             lines += [f"### Plan {self.plan.hash}: {len(self.plan.migrations)} migration(s)", ""]
             if self.plan.migrations:
-                lines += ["| migration | atomic | reversible | risks |", "|---|---|---|---|"]
-                lines += [f"| {m.label} | {m.atomic} | {m.reversible} | {len(m.risks)} |" for m in self.plan.migrations]
+                lines += self.plan.table()
+            lines += self.plan.breaking_section()
             if self.plan.risks:
                 allowed = " (allowed: to be acknowledged at approval)" if self.risks_allowed else ""
                 lines += ["", f"**Risks{allowed}:**", ""] + [f"- {risk}" for risk in self.plan.risks]

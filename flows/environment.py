@@ -13,7 +13,7 @@ from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.report import publish_report
 from dbpromote.tasks.rls import apply_rls_policies, prove_tenant_isolation
-from dbpromote.tasks.verify import verify_target
+from dbpromote.tasks.verify import prove_compatibility, verify_target
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
@@ -114,6 +114,8 @@ def carry_out(
                 report.migrations.append(apply_migration(probe, database, target, migration))
         finally:
             record_files(database, report)
+        if proves_compatibility(database, plan):
+            report.proof = prove_compatibility(probe, plan)
         report.verification = verify()
         if not report.verification.passed:
             failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)
@@ -127,6 +129,14 @@ def carry_out(
         raise error.with_context(where) from error
     publish_report(report)
     return report
+
+
+def proves_compatibility(database: DatabaseTarget, plan: Plan) -> bool:
+    """Staging proves what the release running before the plan meets on the new schema: a SELECT and an INSERT
+    per model, rolled back (the INSERTs advance sequences; production is spared them). A database that had
+    nothing applied ran no release."""
+    forward = [m for m in plan.migrations if not m.backwards]
+    return bool(forward and plan.applied) and not database.requires_approval
 
 
 def record_files(database: DatabaseTarget, report: StepReport) -> None:

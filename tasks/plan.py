@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, PreflightError, retry_if_transient
 from dbpromote.lint import squawk_risks
-from dbpromote.models.plan import Plan, PlannedMigration, classify_risks, parse_target_migration
+from dbpromote.models.plan import Plan, PlannedMigration, assign_phases, classify_risks, parse_target_migration
 from dbpromote.postgres import connect
 from dbpromote.probe import FailureAnswer, PlanAnswer, ProbeSession, run_probe
 from dbpromote.probe.protocol import AppChanges
@@ -39,6 +39,7 @@ def compute_plan(
     check_history(answer, target_name)
     migrations = _planned(answer)
     classify_risks(migrations, project.lint_ignore)
+    assign_phases(migrations)
     notes = [
         f"{squash} is partly applied: Django applies the rest of what it replaces" for squash in answer.partial_squashes
     ]

@@ -15,9 +15,7 @@ def render_markdown(report: StepReport) -> str:
     lines = [f"# {report.target}: plan {plan.hash}", ""]
     if report.error:
         lines += [f"**FAILED**: {report.error}", "", f"Database is at the state after **{report.last_committed}**.", ""]
-    lines += ["## Plan", "", "| migration | atomic | reversible | risks |", "|---|---|---|---|"]
-    for m in plan.migrations:
-        lines.append(f"| {m.label} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |")
+    lines += ["## Plan", "", *plan.table(), *plan.breaking_section()]
     for m in plan.migrations:
         preview = "\n".join(m.sql[:SQL_PREVIEW_LINES]) + ("\n..." if len(m.sql) > SQL_PREVIEW_LINES else "")
         lines += ["", f"### {m.label}", "```sql", preview, "```"]
@@ -34,6 +32,8 @@ def render_markdown(report: StepReport) -> str:
     if report.migrations:
         lines += ["", "## Migrations applied", "", "| migration | seconds | attempts |", "|---|---|---|"]
         lines += [f"| {r.label} | {r.duration_s:.2f} | {r.attempts} |" for r in report.migrations]
+    if report.proof:
+        lines += ["", "## The running release on the new schema", "", *report.proof.markdown_lines(plan, report.target)]
     if report.verification:
         lines += ["", "## Verify", "", "| check | result | detail |", "|---|---|---|"]
         lines += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from dbpromote.tasks.plan import compute_plan
@@ -11,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import retry_if_transient
 from dbpromote.models.plan import Plan
-from dbpromote.models.report import Check, Verification
+from dbpromote.models.report import Check, CompatibilityProof, Verification
 from dbpromote.postgres import connect, migration_state
 from dbpromote.probe import ProbeSession
 
@@ -33,6 +34,13 @@ def verify_target(
     ]
     checks += run_verify_scripts(project, target, target_name)
     return Verification(checks=checks)
+
+
+@task(name="prove-compatibility", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+def prove_compatibility(probe: ProbeSession, plan: Plan) -> CompatibilityProof:
+    """The release running before the plan (its models: the state at the plan's applied migrations) against the
+    migrated target; what fails is proven to break it."""
+    return CompatibilityProof.model_validate(asdict(probe.prove(plan.applied)))
 
 
 @task(name="verify-state", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)

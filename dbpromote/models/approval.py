@@ -82,10 +82,9 @@ def describe_promotion(
         "",
         f"Plan **{plan.hash}**: {len(plan.migrations)} migration(s).",
         "",
-        "| migration | atomic | reversible | risks |",
-        "|---|---|---|---|",
+        *plan.table(),
+        *plan.breaking_section(),
     ]
-    lines += [f"| {m.label} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |" for m in plan.migrations]
     if plan.risks:
         lines += ["", "**Risky operations (acknowledge to approve):**", ""] + [f"- {risk}" for risk in plan.risks]
     if plan.notes:
@@ -101,6 +100,8 @@ def describe_promotion(
             lines += ["", f"Backup: {report.backup.uri}"]
         if report.verification:
             lines += ["", f"Verify: {'all checks passed' if report.verification.passed else 'FAILED'}"]
+        if report.proof:
+            lines += ["", *report.proof.markdown_lines(report.plan, report.target)]
     lines += sql_section(plan)
     lines += [
         "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -101,6 +101,41 @@ class Operation(BaseModel):
     imports_models: bool = False
 
 
+# What to do instead, by what a migration breaks for the release still running (probe/compatibility.py).
+COMPATIBLE_RECIPES = {
+    "column-gone": "remove the field from the model first (SeparateDatabaseAndState, state only) and drop the "
+    "column a release later; for a rename, add the new column, write both, then drop the old one",
+    "table-gone": "remove the model from the state first (SeparateDatabaseAndState) and drop the table a release "
+    "later; for a rename, keep the table name with Meta.db_table",
+    "type-changed": "add a column of the new type, write both, switch reads, drop the old column a release later",
+    "not-null-without-db-default": "give the field a db_default (Django 5) so the database fills it, or add it "
+    "null=True, backfill, and make it NOT NULL a release later",
+    "becomes-not-null": "make it NOT NULL a release after the code stops writing NULL",
+    "new-unique": "ship the code that keeps it unique a release before the constraint",
+    "new-check": "ship the code that satisfies it a release before the constraint",
+}
+BEFORE_DEPLOY, AFTER_DEPLOY = "before-deploy", "after-deploy"
+
+
+class BreakingChange(BaseModel):
+    """What a migration breaks for the release that runs while it is applied (the models at the applied
+    migrations): computed from the migration states by the probe."""
+
+    kind: str
+    table: str
+    model: str
+    field: str
+    breaks: str = Field(description="'reads and writes' or 'writes'")
+    what: str
+    severity: Literal["breaks", "warning"] = "breaks"
+
+    def line(self, label: str) -> str:
+        """One sentence: where, what, what fails, and the fix."""
+        fails = "fail" if self.severity == "breaks" else "may fail"
+        fix = COMPATIBLE_RECIPES.get(self.kind, "change it in two releases")
+        return f"{label}: {self.model}: {self.what}, so the running release's {self.breaks} {fails} ({fix})"
+
+
 class PlannedMigration(BaseModel):
     app: str
     name: str
@@ -110,6 +145,12 @@ class PlannedMigration(BaseModel):
     sql: list[str]
     risks: list[str] = Field(default_factory=list)
     backwards: bool = False
+    parents: list[str] = Field(default_factory=list, description="app.name of the migrations it depends on")
+    marker: str = Field("", description="django-safemigrate's `safe`: always, before_deploy or after_deploy")
+    marker_delay_s: float | None = None
+    breaking: list[BreakingChange] = Field(default_factory=list)
+    phase: Literal["before-deploy", "after-deploy"] = BEFORE_DEPLOY
+    phase_reason: str = ""
 
     @property
     def label(self) -> str:
@@ -149,6 +190,36 @@ class Plan(BaseModel):
     @property
     def risks(self) -> list[str]:
         return [f"{m.label}: {risk}" for m in self.migrations for risk in m.risks]
+
+    @property
+    def breaking(self) -> list[str]:
+        """What breaks the running release, one sentence each (warnings included)."""
+        return [change.line(m.label) for m in self.migrations for change in m.breaking]
+
+    def phase(self, phase: str) -> list[PlannedMigration]:
+        return [m for m in self.migrations if m.phase == phase]
+
+    @property
+    def two_phases(self) -> bool:
+        """Some migrations run before the app deploy and some only after it."""
+        return bool(self.phase(BEFORE_DEPLOY)) and bool(self.phase(AFTER_DEPLOY))
+
+    def table(self) -> list[str]:
+        """The migrations as a markdown table: phase, atomicity, reversibility and risks."""
+        lines = ["| migration | phase | atomic | reversible | risks |", "|---|---|---|---|---|"]
+        for m in self.migrations:
+            phase = f"{m.phase} ({m.phase_reason})" if m.phase_reason else m.phase
+            lines.append(
+                f"| {m.label}{m.direction} | {phase} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |"
+            )
+        return lines
+
+    def breaking_section(self) -> list[str]:
+        """What the release running during the migration meets, for a markdown report ([] when nothing)."""
+        if not self.breaking:
+            return []
+        head = "**Breaks the release that is running while it migrates** (so it runs after the app deploy):"
+        return ["", head, ""] + [f"- {line}" for line in self.breaking]
 
     @property
     def labels(self) -> list[str]:
@@ -204,6 +275,24 @@ def classify_risks(migrations: list[PlannedMigration], ignore: dict[str, str] | 
                 if not (operation.kind in ON_A_NEW_TABLE_IS_SAFE and (migration.app, operation.model) in created):
                     rules.append(rule)
             migration.risks += [r.risk(operation.description) for r in rules if r.name not in (ignore or {})]
+
+
+def assign_phases(migrations: list[PlannedMigration]) -> None:
+    """Each forward migration's phase: after the app deploy when its authors marked it so (django-safemigrate's
+    after_deploy), when it breaks the running release, or when it depends on one that runs after the deploy (the
+    graph's order is kept); before it otherwise, so the release being deployed finds what it needs."""
+    after: set[str] = set()
+    for migration in migrations:
+        reasons = []
+        if migration.marker == "after_deploy":
+            reasons.append("marked after_deploy")
+        if any(change.severity == "breaks" for change in migration.breaking):
+            reasons.append("breaks the running release")
+        if waits_for := sorted(set(migration.parents) & after):
+            reasons.append(f"depends on {', '.join(waits_for)}")
+        if reasons and not migration.backwards:
+            migration.phase, migration.phase_reason = AFTER_DEPLOY, "; ".join(reasons)
+            after.add(migration.label)
 
 
 def parse_target_migration(to: str) -> tuple[str, str] | None:

@@ -120,6 +120,57 @@ class Rehearsal(BaseModel):
         return lines
 
 
+class ProofFailure(BaseModel):
+    table: str
+    model: str
+    action: Literal["reads", "writes"]
+    sqlstate: str = ""
+    error: str
+
+
+class CompatibilityProof(BaseModel):
+    """The running release's models (the state at the plan's applied migrations) run against the migrated
+    database: a SELECT and an INSERT per managed model, rolled back (probe/compatibility.py)."""
+
+    models: int
+    failures: list[ProofFailure]
+    duration_s: float
+
+    def findings(self, plan: Plan) -> list[str]:
+        """The proof beside what was computed: each computed break it reproduced (with the SQL error), each it did
+        not, and each failure nothing computed; never one without the other."""
+        computed = {
+            (change.table, action): (m.label, change)
+            for m in plan.migrations
+            for change in m.breaking
+            if change.severity == "breaks"
+            for action in change.breaks.split(" and ")
+        }
+        failed = {(failure.table, failure.action): failure for failure in self.failures}
+        lines = []
+        for key, (label, change) in computed.items():
+            if key in failed:
+                lines.append(f"proven: {label}: {change.model} {key[1]} fail: {failed[key].error}")
+            else:
+                lines.append(f"computed, not reproduced by the proof: {label}: {change.model} {key[1]}")
+        lines += [
+            f"the proof fails where nothing was computed: {f.model} {f.action}: {f.error}"
+            for key, f in failed.items()
+            if key not in computed
+        ]
+        return lines
+
+    def markdown_lines(self, plan: Plan, target: str) -> list[str]:
+        head = (
+            f"The running release's {self.models} models run against {target} after it migrated "
+            f"({self.duration_s:.2f} s, all rolled back): "
+        )
+        findings = self.findings(plan)
+        if not findings:
+            return [head + "every SELECT and INSERT works."]
+        return [head + f"{len(self.failures)} statement(s) fail.", ""] + [f"- {line}" for line in findings]
+
+
 class StepReport(BaseModel):
     """What happened on one target: enough to say where the database is and how to return."""
 
@@ -130,6 +181,7 @@ class StepReport(BaseModel):
     verification: Verification | None = None
     rls: Coverage | None = None
     isolation: Isolation | None = None
+    proof: CompatibilityProof | None = Field(None, description="The running release's models on the new schema")
     error: str = ""
     worker: str = Field("", description="The Prefect worker whose process ran the step (a fleet's members)")
 

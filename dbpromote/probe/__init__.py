@@ -21,7 +21,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, redact
 from dbpromote.lifeline import PARENT_PID
-from dbpromote.probe.protocol import Answer, FailureAnswer, PlanAnswer, RowsAnswer, StepAnswer
+from dbpromote.probe.protocol import Answer, FailureAnswer, PlanAnswer, ProofAnswer, RowsAnswer, StepAnswer
 
 PROBE = Path(__file__).with_name("django_probe.py")
 PROBE_TIMEOUT_S = 600
@@ -31,6 +31,7 @@ __all__ = [
     "FailureAnswer",
     "PlanAnswer",
     "ProbeFailure",
+    "ProofAnswer",
     "ProbeSession",
     "ProbeTransaction",
     "RowsAnswer",
@@ -173,6 +174,23 @@ class ProbeSession:
             request["database"] = target.conninfo.django()  # over the pipe: never argv or the environment
         answer = self._ask(request, url, target.conninfo.password)
         return masked(answer, self.project, self.secrets, lambda: ending(self.process, self.stderr, self.secrets))
+
+    def prove(self, applied: list[tuple[str, str]]) -> ProofAnswer:
+        """The models at `applied` (the release running before the plan) run against the session's target."""
+        answer = masked(
+            self._ask({"prove": applied}),
+            self.project,
+            self.secrets,
+            lambda: ending(self.process, self.stderr, self.secrets),
+        )
+        if isinstance(answer, FailureAnswer):
+            raise ConfigError(
+                f"The probe could not run the running release's models against the "
+                f"{self.target.conninfo.database} database: {answer.message}; report it with the project's migrations."
+            )
+        if not isinstance(answer, ProofAnswer):
+            raise ConfigError(f"The probe answered a proof request with a {answer.kind}; reinstall dbpromote.")
+        return answer
 
     def _ask(self, request: dict, *secrets: str) -> Answer | None:
         """The answer to one request line; None when the process ended or hung without one."""

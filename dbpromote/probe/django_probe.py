@@ -35,6 +35,7 @@ def _load(name: str, path: Path):
 HERE = Path(__file__).resolve().parent
 protocol = _load("dbpromote_probe_protocol", HERE / "protocol.py")
 lifeline = _load("dbpromote_lifeline", HERE.parent / "lifeline.py")
+compatibility = _load("dbpromote_probe_compatibility", HERE / "compatibility.py")
 # This folder leaves sys.path, so that none of its files can shadow a module of the project.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 
@@ -45,7 +46,7 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "plan-back", "replay", "fake", "serve", "fix-session"])
+    parser.add_argument("command", choices=["plan", "plan-back", "replay", "fake", "prove", "serve", "fix-session"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--database", default="default", help="the DATABASES alias the target is")
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
@@ -55,7 +56,9 @@ def main() -> int:
     parser.add_argument("--into", default="", help="replay: the empty database (same server) to replay into")
     parser.add_argument("--plus", default="", help="replay: app:migration to apply after the recorded ones")
     parser.add_argument(
-        "--state", default="[]", help="plan-back: JSON [[app, name], ...], the applied set to return to"
+        "--state",
+        default="[]",
+        help="plan-back: JSON [[app, name], ...], the applied set to return to; prove: the previous release's",
     )
     args = parser.parse_args()
     lifeline.end_with_parent()
@@ -74,6 +77,7 @@ def main() -> int:
             "plan-back": lambda: plan_back(connection, json.loads(args.state)),
             "replay": lambda: replay(connection, args.into, args.plus),
             "fake": lambda: fake(connection, args),
+            "prove": lambda: prove(connection, json.loads(args.state)),
         }
         result = answer(commands[args.command])
     out.write(protocol.encode(result) + "\n")
@@ -211,16 +215,23 @@ def plan(connection, to: str):
     else:
         targets = loader.graph.leaf_nodes()
     steps = executor.migration_plan(targets)
-    for (migration, backwards), sql in zip(steps, SqlCollector(executor).plan_sql(steps), strict=True):
+    breaking = compatibility.breaking_changes(loader, connection, steps)
+    for (migration, backwards), sql, found in zip(steps, SqlCollector(executor).plan_sql(steps), breaking, strict=True):
         if backwards:
             raise ProbeError(
                 "backwards", f"{to} is behind the database's applied state ({migration.app_label}.{migration.name})"
             )
-        result.migrations.append(describe_migration(migration, sql))
+        result.migrations.append(describe_migration(migration, sql, loader.graph))
+        result.migrations[-1].breaking = [protocol.BreakingChange(**each) for each in found]
         for operation in migration.operations:
             if type(operation).__name__.endswith("Extension") and isinstance(getattr(operation, "name", None), str):
                 result.extensions.setdefault(operation.name, f"{migration.app_label}.{migration.name}")
     return result
+
+
+def prove(connection, applied: list):
+    """The previous release's models (the state at `applied`) run against this database (compatibility.prove)."""
+    return protocol.ProofAnswer(**compatibility.prove(connection, applied, find_sqlstate))
 
 
 def file_hashes(loader) -> dict:
@@ -411,12 +422,14 @@ def plan_back(connection, state: list):
         raise ProbeError("state", f"returning to that state would apply {forwards}, which are not applied here")
     applied = sorted((app, name) for app, name in loader.applied_migrations)
     sqls = SqlCollector(executor).plan_sql(steps)
-    migrations = [describe_migration(migration, sql) for (migration, _), sql in zip(steps, sqls, strict=True)]
+    migrations = [describe_migration(m, sql, graph) for (m, _), sql in zip(steps, sqls, strict=True)]
     return protocol.PlanAnswer(applied=applied, migrations=migrations)
 
 
-def describe_migration(migration, sql: list[str]):
-    """A migration as the plan shows it: its operations, whether it can be reversed, and its SQL."""
+def describe_migration(migration, sql: list[str], graph):
+    """A migration as the plan shows it: its operations, whether it can be reversed, its SQL, the migrations it
+    depends on directly and the deploy phase its authors marked it with."""
+    when, delay = safemigrate_marker(migration)
     return protocol.MigrationInfo(
         app=migration.app_label,
         name=migration.name,
@@ -424,7 +437,30 @@ def describe_migration(migration, sql: list[str]):
         reversible=is_reversible(migration),
         operations=[describe_operation(operation) for operation in migration.operations],
         sql=sql,
+        parents=sorted(f"{p.key[0]}.{p.key[1]}" for p in graph.node_map[(migration.app_label, migration.name)].parents),
+        marker=when,
+        marker_delay_s=delay,
     )
+
+
+SAFEMIGRATE_WHEN = ("always", "before_deploy", "after_deploy")
+
+
+def safemigrate_marker(migration) -> tuple[str, float | None]:
+    """django-safemigrate's `safe` attribute as (when, delay in seconds): `Safe.after_deploy(delay=...)` (5.0 on),
+    the bare `Safe.after_deploy` (a classmethod), the Enum members of 2.x to 4.x and 1.x's True/False; ('', None)
+    when the migration has none (read without importing django-safemigrate, which the project may not have)."""
+    safe = getattr(migration, "safe", None)
+    if callable(safe) and not hasattr(safe, "when"):
+        safe = safe()
+    if isinstance(safe, bool):
+        return ("before_deploy" if safe else "after_deploy"), None
+    when = getattr(safe, "when", safe)
+    when = getattr(when, "value", when)
+    if when not in SAFEMIGRATE_WHEN:
+        return "", None
+    delay = getattr(safe, "delay", None)
+    return when, (delay.total_seconds() if delay is not None else None)
 
 
 def is_reversible(migration) -> bool:
@@ -582,6 +618,8 @@ def serve(args, out) -> int:
         request = json.loads(line)
         if "plan" in request:
             result = answer(lambda request=request: on_database(connection, request.get("database"), request["plan"]))
+        elif "prove" in request:
+            result = answer(lambda request=request: prove(connection, request["prove"]))
         else:
             step = argparse.Namespace(**vars(args) | {"app": request["app"], "name": request["name"]})
             result = answer(

@@ -42,6 +42,20 @@ class OperationInfo:
 
 
 @dataclass
+class BreakingChange:
+    """What a migration breaks for the release running before it (probe/compatibility.py): `breaks` its reads and
+    writes or its writes; a "warning" is a write that may fail, depending on the values it writes."""
+
+    kind: str  # table-gone, column-gone, type-changed, not-null-without-db-default, becomes-not-null, new-unique, ...
+    table: str
+    model: str  # app.Model of the running release (app.Model.field for an auto-created many-to-many table)
+    field: str
+    breaks: Literal["reads and writes", "writes"]
+    what: str
+    severity: Literal["breaks", "warning"] = "breaks"
+
+
+@dataclass
 class MigrationInfo:
     app: str
     name: str
@@ -49,6 +63,10 @@ class MigrationInfo:
     reversible: bool
     operations: list[OperationInfo]
     sql: list[str]
+    parents: list[str] = field(default_factory=list)  # app.name of the migrations it depends on directly
+    marker: str = ""  # django-safemigrate's `safe`: always, before_deploy or after_deploy ('' when not marked)
+    marker_delay_s: float | None = None  # after_deploy(delay=...)
+    breaking: list[BreakingChange] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +123,28 @@ class FailureAnswer:
 
 
 @dataclass
+class ProofFailure:
+    """A statement of the running release's models that failed on the migrated database."""
+
+    table: str
+    model: str
+    action: Literal["reads", "writes"]
+    sqlstate: str
+    error: str
+
+
+@dataclass
+class ProofAnswer:
+    """The running release's models (the state at the applied migrations given) run against a migrated database:
+    a SELECT and an INSERT per managed model, all rolled back."""
+
+    models: int
+    failures: list[ProofFailure]
+    duration_s: float
+    kind: Literal["proof"] = "proof"
+
+
+@dataclass
 class RowsAnswer:
     """What one statement of a fix session returned (values as JSON gives them; others as text)."""
 
@@ -112,7 +152,7 @@ class RowsAnswer:
     kind: Literal["rows"] = "rows"
 
 
-Answer = PlanAnswer | StepAnswer | FailureAnswer | RowsAnswer
+Answer = PlanAnswer | StepAnswer | FailureAnswer | RowsAnswer | ProofAnswer
 
 
 def encode(answer: Answer) -> str:
