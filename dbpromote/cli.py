@@ -134,6 +134,9 @@ def promote(
     skip_divergent: bool = typer.Option(
         False, "--skip-divergent", help="Leave out (and report) a group's members at another state than staging."
     ),
+    deploy_wait_on_staging: bool = typer.Option(
+        True, help="Wait for the app deploy between staging's two phases too (off: staging deploys itself)."
+    ),
 ) -> None:
     """Trigger the promote deployment; prints the run's UI URL. A name in --through may be a group's."""
     from dbpromote.flows.promote import check_promotion_input
@@ -148,6 +151,8 @@ def promote(
         parameters |= {"rehearse": True, "rehearsal_slow_s": rehearsal_slow_s}
     if skip_divergent:
         parameters |= {"skip_divergent": True}
+    if not deploy_wait_on_staging:
+        parameters |= {"deploy_wait_on_staging": False}
     follow(trigger("promote/promote", parameters), wait, until_paused)
 
 
@@ -225,11 +230,12 @@ UNTIL_PAUSED_S = 600
 
 def follow(run, wait: bool, until_paused: bool) -> None:
     """Print a run that may ask for approval; with until_paused, wait for its approval form; with wait, its end."""
-    from dbpromote.runs import run_url, wait_for
+    from dbpromote.runs import run_url, wait_for, waits_for_deploy
 
     typer.echo(f"{run.id} {run_url(run.id)}")
     if until_paused:
-        state = wait_for(run.id, paused=True, timeout_s=UNTIL_PAUSED_S).state
+        paused = wait_for(run.id, paused=True, timeout_s=UNTIL_PAUSED_S)
+        state = paused.state
         if state.is_final():
             fail(f"The run ended {state.name} before asking for approval: {why(state, run.id)}")
         if not state.is_paused():
@@ -237,19 +243,27 @@ def follow(run, wait: bool, until_paused: bool) -> None:
                 f"The run has not asked for approval within {UNTIL_PAUSED_S // 60} minutes (it is {state.name}); "
                 f"it goes on: follow it at {run_url(run.id)} or with `dbpromote runs`."
             )
-        typer.echo(f"waiting for approval in the UI: {run_url(run.id)}")
-        typer.echo(f"or: .venv/bin/dbpromote approve {run.id} --approver YOUR_NAME --comment TEXT --acknowledge-risks")
+        if waits_for_deploy(paused):
+            typer.echo(
+                f"waiting for the app deploy between two phases: deploy the new release, then answer in the UI: {run_url(run.id)}"
+            )
+            typer.echo(f"or: dbpromote deployed {run.id} --release LABEL --by YOUR_NAME")
+        else:
+            typer.echo(f"waiting for approval in the UI: {run_url(run.id)}")
+            typer.echo(f"or: dbpromote approve {run.id} --approver YOUR_NAME --comment TEXT --acknowledge-risks")
     if wait:
         report_end(run.id)
 
 
 @app.command("pending")
 def pending() -> None:
-    """Runs waiting for approval (promotions, restores, rollbacks): id, what waits, UI URL."""
-    from dbpromote.runs import pending_approvals, run_url
+    """Runs waiting for approval (promotions, restores, rollbacks) or for the app deploy between a promotion's two
+    phases: id, what waits, what for, UI URL."""
+    from dbpromote.runs import pending_approvals, run_url, waits_for_deploy
 
     for run in pending_approvals():
-        typer.echo(f"{run.id}  {run.name}  {run_url(run.id)}")
+        what = "the app deploy" if waits_for_deploy(run) else "approval"
+        typer.echo(f"{run.id}  {run.name}  waits for {what}  {run_url(run.id)}")
 
 
 @app.command("runs")
@@ -292,6 +306,22 @@ def approve(
     approver = named_approver(approver)
     answer_approval(run_id, "approve", approver, comment, acknowledge_risks, code.strip(), code_prompt())
     typer.echo(f"approved {run_id} as {approver}")
+
+
+@app.command("deployed")
+def deployed(
+    run_id: str,
+    release: str = typer.Option(..., help="The release now serving on every instance: a tag, an image, a commit."),
+    by: str = typer.Option(..., "--by", help="Your name: who deployed it (kept in the promotion's journal)."),
+    comment: str = typer.Option(""),
+) -> None:
+    """Tell a promotion waiting between its two phases that the new release is deployed; the rest runs."""
+    from dbpromote.runs import answer_deploy
+
+    if not release.strip() or not by.strip():
+        fail("--release and --by must not be blank; give the release's label and your name.")
+    answer_deploy(run_id, by.strip(), release.strip(), comment)
+    typer.echo(f"{run_id}: {release.strip()} deployed, as {by.strip()} says; the after-deploy phase runs now")
 
 
 @app.command("reject")
@@ -689,6 +719,9 @@ def approver_add(
     typer.echo(f"{name} enrolled: name them in a target's --approvers; each approval then needs their current code")
 
 
+DEPLOYS = ("rolling", "stopped")
+
+
 @target_app.command("add")
 def target_add(
     name: str,
@@ -710,6 +743,11 @@ def target_add(
     drift: str = typer.Option(
         "block", help="Drift found by a promotion's preflight: block (stop), warn (show it in the approval), off."
     ),
+    deploy: str = typer.Option(
+        "rolling",
+        help="How the app is deployed: rolling (the previous release serves while the database changes: a plan "
+        "that breaks it migrates in two phases around the deploy) or stopped (one phase).",
+    ),
     gcp_credentials: str = typer.Option(
         "",
         help="A prefect-gcp GcpCredentials block whose service account writes the backups (dbpromote[gcp]); "
@@ -727,6 +765,9 @@ def target_add(
 
     check_block_name(name, "target")
     Conninfo(url)
+    for option, value, allowed in (("--drift", drift, ("block", "warn", "off")), ("--deploy", deploy, DEPLOYS)):
+        if value not in allowed:
+            fail(f"{option} {value!r} is not one of {', '.join(allowed)}; pick one, e.g. {option} {allowed[0]}.")
     names = [a.strip() for a in approvers.split(",") if a.strip()]
     if min_approvers > 1:
         from dbpromote.approvers import is_enrolled
@@ -745,6 +786,7 @@ def target_add(
         app_role=app_role,
         approvers=names,
         min_approvers=min_approvers,
+        deploy=deploy,
         lock_timeout_ms=lock_timeout,
         database_alias=database_alias,
         drift=drift,

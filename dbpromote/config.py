@@ -144,6 +144,12 @@ class DatabaseTarget(Block):
         description="A prefect-gcp GcpCredentials block whose service account reads and writes the backups "
         "(dbpromote[gcp]); empty: application default credentials.",
     )
+    deploy: Literal["rolling", "stopped"] = Field(
+        default="rolling",
+        description="How the application is deployed: rolling (the previous release serves while the database "
+        "changes, so a plan that breaks it migrates in two phases around the deploy) or stopped (the "
+        "application is down during the deploy: one phase).",
+    )
     drift: Literal["block", "warn", "off"] = Field(
         default="block",
         description="A promotion's preflight compares the schema with its migrations: block stops on drift a "

@@ -58,6 +58,10 @@ class ApprovalRejected(DbpromoteError):
     """The approval was refused or timed out; production is untouched."""
 
 
+class DeployNotConfirmed(DbpromoteError):
+    """No one said the new release was deployed in time; the target ran its before-deploy phase only."""
+
+
 class BackupError(DbpromoteError):
     """No verified backup could be made; nothing was migrated."""
 

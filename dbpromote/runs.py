@@ -266,6 +266,11 @@ def answer_approval(
                 f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
                 "list the runs waiting with `dbpromote pending`."
             )
+        if waits_for_deploy(run):
+            raise ConfigError(
+                f"Run {run_id} waits for the application's deploy, not for an approval; once the new release "
+                f"serves everywhere, say so with `dbpromote deployed {run_id} --release LABEL --by YOUR_NAME`."
+            )
         schema = paused_form_schema(client, run)
         if '"code"' in schema:
             code = code or (ask_code() if ask_code else "")
@@ -285,3 +290,27 @@ def answer_approval(
         response = client.resume_flow_run(run.id, run_input=run_input)
     if response.status == SetStateStatus.REJECT:
         raise ApprovalRejected(f"The server refused the answer ({response.details.reason}); correct it and try again.")
+
+
+def waits_for_deploy(run: FlowRun) -> bool:
+    """Whether a paused run waits for the application's deploy between its two phases (tasks/approval.py)."""
+    from dbpromote.tasks.approval import DEPLOY_KEY_PREFIX
+
+    key = run.state.state_details.pause_key if run.state and run.state.state_details else None
+    return bool(key and key.startswith(DEPLOY_KEY_PREFIX))
+
+
+def answer_deploy(run_id: str, deployed_by: str, release: str, comment: str) -> None:
+    """Resume a promotion waiting for the application's deploy: the new release serves everywhere."""
+    with get_client(sync_client=True) as client:
+        run = read_run(client, run_id)
+        if not waits_for_deploy(run):
+            state = run.state.name if run.state else "unknown"
+            raise ConfigError(
+                f"Run {run_id} is not waiting for a deploy (it is {state}); nothing was sent: `dbpromote pending` "
+                "lists the runs that wait, and what for."
+            )
+        answer = {"deployed_by": deployed_by, "release": release, "comment": comment}
+        response = client.resume_flow_run(run.id, run_input=answer)
+    if response.status == SetStateStatus.REJECT:
+        raise ConfigError(f"The server refused the answer ({response.details.reason}); correct it and try again.")

@@ -6,7 +6,13 @@ from dbpromote.flows.drift import preflight_drift
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.fleet import GroupStep
 from dbpromote.flows.rehearsal import rehearse_plan
-from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
+from dbpromote.tasks.approval import (
+    ANSWER_POLL_S,
+    APPROVAL_TIMEOUT_S,
+    record_approval,
+    wait_for_approval,
+    wait_for_deploy,
+)
 from dbpromote.tasks.journal import open_journal, record_step
 from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
@@ -17,7 +23,7 @@ from dbpromote.config import load_group, load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
 from dbpromote.models.approval import Approval, ApprovalRequest, promotion_request
 from dbpromote.models.journal import Journal
-from dbpromote.models.plan import Plan, parse_target_migration
+from dbpromote.models.plan import BEFORE_DEPLOY, Plan, parse_target_migration
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
@@ -35,6 +41,7 @@ def promote(
     rehearsal_slow_s: float = 60,
     resume: str = "",
     skip_divergent: bool = False,
+    deploy_wait_on_staging: bool = True,
 ) -> list[StepReport]:
     """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order.
 
@@ -48,6 +55,11 @@ def promote(
     A name in `through` may be a group's: its members are planned with the rest (each must have the plan staging
     vouches for; skip_divergent leaves out and reports those that do not), one approval covers them all, and
     they are promoted in the group's waves (flows/fleet.py).
+
+    A plan with migrations the running release does not survive (after-deploy), on a target deployed rolling,
+    runs in two phases there: the before-deploy migrations, then a wait (suspended) until someone says the new
+    release is deployed, then the rest. Staging waits too, so production's wait is rehearsed, unless
+    deploy_wait_on_staging is off (a staging that deploys itself).
     """
     check_promotion_input(project, through, to)
     groups = {name: group for name in through if (group := load_group(name))}
@@ -99,11 +111,14 @@ def promote(
                 request = promotion_request(project, target, plans[target], reports, rehearsal, drift[target])
                 approvals.append(honoured or approve(journal, request, approval_timeout_s, approval_poll_s))
         record_step(journal, target, plans[target])
-        # What preflight saw: the whole plan, or (carrying a crashed run on) what remains of it; exactly that runs.
-        reports.append(migrate_environment(project, target, to, expected_plan=now[target]))
-        record_step(journal, target, reports[-1])
+        waits = load_target(target).deploy == "rolling" and (target != through[0] or deploy_wait_on_staging)
+        phases = Phases(project, target, to, journal, approval_timeout_s, approval_poll_s)
+        reports += phases.run(plans[target], now[target]) if waits else phases.run_one(now[target])
 
-    for report in reports:  # what retention keeps, and a rollback finds, for each target
+    first_reports = {}
+    for report in reports:
+        first_reports.setdefault(report.target, report)  # its backup was taken before the promotion changed it
+    for report in first_reports.values():  # what retention keeps, and a rollback finds, for each target
         record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": plans[report.target].hash}
         record["backup"] = report.backup.object_name if report.backup else None
         write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
@@ -114,6 +129,35 @@ def promote(
     )
     get_run_logger().info("promoted %s through %s", project, ", ".join(through))
     return reports
+
+
+class Phases:
+    """One target's step: in one go, or in the two phases around the application's deploy."""
+
+    def __init__(self, project: str, target: str, to: str, journal: Journal, timeout_s: int, poll_s: int):
+        self.project, self.target, self.to, self.journal = project, target, to, journal
+        self.timeout_s, self.poll_s = timeout_s, poll_s
+
+    def run_one(self, now: Plan) -> list[StepReport]:
+        """What preflight saw (the whole plan, or what a crashed run left of it), exactly that, in one step."""
+        report = migrate_environment(self.project, self.target, self.to, expected_plan=now)
+        record_step(self.journal, self.target, report)
+        return [report]
+
+    def run(self, whole: Plan, now: Plan) -> list[StepReport]:
+        """The before-deploy migrations still pending, the wait for the deploy (unless recorded), then the rest;
+        phases as the whole plan had them when the promotion started. A plan with one phase runs in one step."""
+        if not whole.two_phases:
+            return self.run_one(now)
+        before = {m.label for m in whole.phase(BEFORE_DEPLOY)}
+        reports = []
+        if (first := now.only(before)).migrations:
+            reports += self.run_one(first)
+        if not self.journal.deployed(self.target, whole):
+            done = [label for label in whole.labels if label in before]
+            deployment = wait_for_deploy(self.project, self.target, whole, done, self.timeout_s, self.poll_s)
+            record_step(self.journal, self.target, deployment)
+        return reports + self.run_one(now.only(set(now.labels) - before))
 
 
 def approve(journal: Journal, request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:

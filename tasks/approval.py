@@ -16,16 +16,20 @@ from prefect.runtime import flow_run
 
 from dbpromote.approvers import is_enrolled
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import ApprovalRejected
+from dbpromote.errors import ApprovalRejected, DeployNotConfirmed
 from dbpromote.models.approval import (
     Answerers,
     Approval,
     ApprovalRequest,
+    DeployForm,
+    Deployment,
     answerers_key,
     approval_form,
+    describe_deploy_wait,
     refusal,
     who_may_answer,
 )
+from dbpromote.models.plan import Plan
 from dbpromote.notify import notify, run_url
 from dbpromote.records import write_record
 
@@ -136,6 +140,44 @@ def _pause_for_answer(
             f"No approval for {request.action} within {timeout_s} s, which counts as a rejection; "
             f"{request.target} is untouched: {request.on_reject}."
         ) from None
+
+
+# What the pause of a deploy wait is keyed by: `dbpromote deployed` answers only these, `approve` never.
+DEPLOY_KEY_PREFIX = "deploy-"
+
+
+def wait_for_deploy(project: str, target: str, plan: Plan, done: list[str], timeout_s: int, poll_s: int) -> Deployment:
+    """Suspend until someone says the new release serves everywhere (the UI's form, `dbpromote deployed` or
+    Prefect's REST resume); the answer is the deploy as recorded. No answer in time fails the run, the target left
+    at its before-deploy phase."""
+    subject = hashlib.sha256(f"deploy|{target}|{plan.hash}".encode()).hexdigest()[:16]
+    key = f"{DEPLOY_KEY_PREFIX}{subject}"
+    if not (_suspendable() and read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])):
+        notify(
+            f"dbpromote: {target} waits for the app deploy", f"{project} plan {plan.hash}: {run_url(flow_run.get_id())}"
+        )
+    form = DeployForm.with_initial_data(description=describe_deploy_wait(project, target, plan, done))
+    try:
+        if _suspendable():
+            answer = suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+        else:
+            answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key=key)
+    except FlowPauseTimeout:
+        raise DeployNotConfirmed(
+            f"No deploy of the new release was confirmed for {target} within {timeout_s} s; {target} ran its "
+            "before-deploy phase only, which the previous release survives: deploy the new release, then carry "
+            f"the promotion on with `dbpromote resume {flow_run.get_id()}`."
+        ) from None
+    get_run_logger().info("%s deployed %s for %s", answer.deployed_by, answer.release, target)
+    return Deployment(
+        target=target,
+        plan_hash=plan.hash,
+        release=answer.release.strip(),
+        deployed_by=answer.deployed_by.strip(),
+        comment=answer.comment,
+        deployed_at=datetime.now(UTC).isoformat(),
+        flow_run_id=str(flow_run.get_id() or ""),
+    )
 
 
 def record_approval(target: DatabaseTarget, target_name: str, approval: Approval) -> str:

@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, load_target
 from dbpromote.errors import ConfigError, retry_if_transient
-from dbpromote.models.approval import Approval
+from dbpromote.models.approval import Approval, Deployment
 from dbpromote.models.journal import TAG_PREFIX, Journal, TargetJournal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
@@ -105,16 +105,23 @@ def read_target_journal(database: DatabaseTarget, target: str, promotion: str) -
             journal.started = Plan.model_validate(record["plan"])
         elif record["step"] == "approved":
             journal.approval = Approval.model_validate(record["approval"])
+        elif record["step"] == "deployed":
+            journal.deployed = Deployment.model_validate(record["deployment"])
         elif record["step"] == "completed":
             journal.completed = StepReport.model_validate(record["report"])
     return journal
 
 
 @task(name="record-step", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
-def record_step(journal: Journal, target: str, step: Plan | Approval | StepReport) -> str:
-    """A target's step in the promotion's journal: its whole plan before it starts, its approval, its report when
-    it completed; the record's URI."""
-    kind = {Plan: ("started", "plan"), Approval: ("approved", "approval"), StepReport: ("completed", "report")}
+def record_step(journal: Journal, target: str, step: Plan | Approval | Deployment | StepReport) -> str:
+    """A target's step in the promotion's journal: its whole plan before it starts, its approval, the app deploy
+    between its phases, its report when it (or a phase of it) completed; the record's URI."""
+    kind = {
+        Plan: ("started", "plan"),
+        Approval: ("approved", "approval"),
+        Deployment: ("deployed", "deployment"),
+        StepReport: ("completed", "report"),
+    }
     name, field = kind[type(step)]
     run_id = str(flow_run.get_id() or "")
     record = {"promotion": journal.promotion, "flow_run_id": run_id, "step": name, field: step.model_dump()}

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, create_model
 
 from dbpromote.models.backup import Backup
 from dbpromote.models.fix import FixRun, FixScript
-from dbpromote.models.plan import Plan, PlannedMigration
+from dbpromote.models.plan import AFTER_DEPLOY, Plan, PlannedMigration
 from dbpromote.models.report import Rehearsal, StepReport
 
 # A Literal, not an Enum: the UI's form renders an inline enum as a choice, but not one behind a $ref.
@@ -43,6 +43,48 @@ class Approval(BaseModel):
     acknowledged_risks: list[str]
     approvers: list[str] = Field(default_factory=list, description="Everyone who approved, in order (two-person rule)")
     proven: bool = Field(False, description="Each approver gave a current one-time code of their enrolled secret")
+
+
+class DeployForm(RunInput):
+    """The answer to a promotion waiting for the application's deploy between its two phases."""
+
+    deployed_by: str = Field(description="Who deployed the new release (your name)")
+    release: str = Field(description="The release now serving on every instance: a tag, an image, a commit")
+    comment: str = Field("", description="Anything the journal should keep about the deploy")
+
+
+class Deployment(BaseModel):
+    """A deploy of the new release between a target's two phases, as it was confirmed: kept in the journal."""
+
+    target: str
+    plan_hash: str
+    release: str
+    deployed_by: str
+    comment: str = ""
+    deployed_at: str
+    flow_run_id: str
+
+
+def describe_deploy_wait(project: str, target: str, plan: Plan, done: list[str]) -> str:
+    """The deploy form's text: what ran, what waits and why, and how to answer."""
+    after = [m.label for m in plan.phase(AFTER_DEPLOY)]
+    lines = [
+        f"## Deploy the new release of **{project}** now: {target} waits for it",
+        "",
+        f"{target} ran the migrations the running release survives: {', '.join(done) or 'none were pending'}.",
+        "",
+        f"These wait until only the new release uses {target}: {', '.join(after)}.",
+        *plan.breaking_section(),
+        "",
+        "### What to do",
+        "",
+        f"Deploy the release with these migrations to every instance that uses {target} (let the rollout finish: "
+        "no instance of the previous release may be left), then answer here with the release's label, or run "
+        f"`dbpromote deployed RUN --release LABEL`. The plan is checked again before the rest runs. To stop "
+        f"here instead, cancel the run: {target} stays at the before-deploy phase, which the previous release "
+        "survives.",
+    ]
+    return "\n".join(lines)
 
 
 def approval_form(risky: bool, coded: bool = False) -> type[RunInput]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from dbpromote.models.approval import Approval
+from dbpromote.models.approval import Approval, Deployment
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 
@@ -18,7 +18,8 @@ class TargetJournal(BaseModel):
 
     started: Plan | None = Field(None, description="The whole plan, recorded before anything of it ran")
     approval: Approval | None = None
-    completed: StepReport | None = None
+    deployed: Deployment | None = Field(None, description="The app deploy between its two phases, as confirmed")
+    completed: StepReport | None = Field(None, description="Its last step (a phase of it, or all of it) completed")
 
 
 class Journal(BaseModel):
@@ -41,6 +42,11 @@ class Journal(BaseModel):
         """The recorded report of the target's step when it completed and nothing of its plan is pending now."""
         done = self.targets.get(target, TargetJournal()).completed
         return done if done is not None and not now.migrations and self._started_plan(target, now) else None
+
+    def deployed(self, target: str, plan: Plan) -> Deployment | None:
+        """The deploy a run of this promotion recorded between the two phases of exactly this plan."""
+        given = self.targets.get(target, TargetJournal()).deployed
+        return given if given is not None and given.plan_hash == plan.hash else None
 
     def approval(self, target: str, plan: Plan) -> Approval | None:
         """The approval a run of this promotion recorded for exactly this plan on this target."""

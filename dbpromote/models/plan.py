@@ -172,6 +172,9 @@ class Plan(BaseModel):
     file_hashes: dict[str, str] = Field(
         default_factory=dict, description="app.name -> SHA-256 of each migration's file; recorded when applied"
     )
+    deferred: list[str] = Field(
+        default_factory=list, description="Pending migrations left for a later phase (after the app deploy)"
+    )
 
     @property
     def hash(self) -> str:
@@ -180,12 +183,25 @@ class Plan(BaseModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def is_rest_of(self, earlier: Plan) -> bool:
-        """What remains of `earlier` once its first migrations were applied (all of it, or none): the same
-        migrations, with the same SQL, at its end. A plan that gained or changed a migration is not."""
-        if self.target != earlier.target or len(self.migrations) > len(earlier.migrations):
+        """What remains of `earlier` once some of its migrations were applied (all of it, or none): the same
+        migrations, with the same SQL, in the same order. Applied are the first of its before-deploy migrations (a
+        deploy's first phase, whole or crashed part-way), then the beginning of the rest (a crash leaves its end).
+        A plan that gained or changed a migration, or lost one out of that order, is not."""
+        if self.target != earlier.target:
             return False
-        rest = earlier.migrations[len(earlier.migrations) - len(self.migrations) :]
-        return [_identity(m) for m in self.migrations] == [_identity(m) for m in rest]
+        mine = [_identity(m) for m in self.migrations]
+        before = [_identity(m) for m in earlier.migrations if m.phase == BEFORE_DEPLOY]
+        first = 0
+        while first < len(before) and before[first] not in mine:
+            first += 1
+        rest = [identity for identity in map(_identity, earlier.migrations) if identity not in before[:first]]
+        return len(mine) <= len(rest) and rest[len(rest) - len(mine) :] == mine
+
+    def only(self, labels: set[str]) -> Plan:
+        """The part of the plan made of these migrations; the others are deferred (left pending on purpose)."""
+        kept = [m for m in self.migrations if m.label in labels]
+        deferred = [m.label for m in self.migrations if m.label not in labels]
+        return self.model_copy(update={"migrations": kept, "deferred": [*self.deferred, *deferred]})
 
     @property
     def risks(self) -> list[str]:
