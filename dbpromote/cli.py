@@ -245,7 +245,7 @@ def follow(run, wait: bool, until_paused: bool) -> None:
             )
         if waits_for_deploy(paused):
             typer.echo(
-                f"waiting for the app deploy between two phases: deploy the new release, then answer in the UI: {run_url(run.id)}"
+                f"waiting for the app deploy between two phases; once deployed, answer in the UI: {run_url(run.id)}"
             )
             typer.echo(f"or: dbpromote deployed {run.id} --release LABEL --by YOUR_NAME")
         else:
