@@ -1,5 +1,6 @@
 """What the benchmarks share: the local stack's client environment and a seeded copy of the sample project."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -54,3 +55,19 @@ def emulator_cpu_seconds() -> float:
     """CPU time the GCS emulator's server has used so far: on this machine it competes with what is measured."""
     fields = Path(f"/proc/{stack.pids['gcs']}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def deploys_stopped():
+    """The stack's targets deployed `stopped` for a benchmark's length, then as they were: the checklist a
+    promotion is compared with has no app deploy between two phases, and nobody waits for one here."""
+    from dbpromote.config import DatabaseTarget
+
+    saved = {server: DatabaseTarget.load(server) for server in local_stack.SERVERS}
+    for server, target in saved.items():
+        target.model_copy(update={"deploy": "stopped"}).save(server, overwrite=True)
+    try:
+        yield
+    finally:
+        for server, target in saved.items():
+            target.save(server, overwrite=True)

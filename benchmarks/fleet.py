@@ -24,7 +24,7 @@ from pathlib import Path
 from subprocess import DEVNULL
 from uuid import UUID
 
-from common import local_stack, stack  # points this process at the local stack
+from common import deploys_stopped, local_stack, stack  # points this process at the local stack
 from prefect import get_client
 
 DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
@@ -105,4 +105,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with deploys_stopped():
+        main()

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
-from common import local_stack, stack
+from common import deploys_stopped, local_stack, stack
 
 DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
 
@@ -134,4 +134,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with deploys_stopped():
+        main()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from common import add_seed_arguments, local_stack, stack  # points this process at the local stack
+from common import add_seed_arguments, deploys_stopped, local_stack, stack  # points this process at the local stack
 from psycopg import sql
 
 TEMPLATE = "tenant_backend_bench"
@@ -168,4 +168,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with deploys_stopped():
+        main()

@@ -114,7 +114,10 @@ WORKER_POLLING = {"PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER
 
 
 def register_blocks(stack: Stack) -> None:
-    """The sample project and the two targets as Prefect blocks, visible and editable in the UI."""
+    """The sample project and the two targets as Prefect blocks, visible and editable in the UI. A target saved
+    before keeps the settings someone gave it (in the UI, with `target add`); only its URL is the stack's again."""
+    from pydantic import SecretStr
+
     from dbpromote.config import DatabaseTarget, DjangoProject
 
     with prefect_client(stack):
@@ -122,10 +125,15 @@ def register_blocks(stack: Stack) -> None:
             "tenant-backend", overwrite=True
         )
         for server in SERVERS:
-            DatabaseTarget(
-                url=stack.database_url(server),
-                requires_approval=server == "production",
-                bucket=BUCKET,
-                prefix="backups",
-                app_role=APP_ROLE,
-            ).save(server, overwrite=True)
+            url = stack.database_url(server)
+            try:
+                target = DatabaseTarget.load(server).model_copy(update={"url": SecretStr(url)})
+            except ValueError:  # not saved yet
+                target = DatabaseTarget(
+                    url=url,
+                    requires_approval=server == "production",
+                    bucket=BUCKET,
+                    prefix="backups",
+                    app_role=APP_ROLE,
+                )
+            target.save(server, overwrite=True)
