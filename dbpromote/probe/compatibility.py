@@ -10,6 +10,7 @@ Like django_probe.py, this file may use only the standard library and Django.
 
 import copy
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ def breaking_changes(loader, connection, steps) -> list[list[dict]]:
         return [[] for _ in steps]
     old = schema(state, connection)
     seen: set = set()
+    dropped: set = set()  # (table, column), or (table, "") for a table, that raw SQL drops or renames
     found = []
     for migration, backwards in steps:
         if backwards:
@@ -72,7 +74,11 @@ def breaking_changes(loader, connection, steps) -> list[list[dict]]:
         operations = list(database_operations(migration.operations))
         for operation in operations:
             operation.state_forwards(migration.app_label, state)
-        new = [f for f in compare(old, schema(state, connection, only=set(old)), operations) if key(f) not in seen]
+            dropped |= raw_sql_drops(operation)
+            if type(operation).__name__ == "RenameField":  # its new column is the other end of a column-gone
+                seen.add((None, f"{migration.app_label}.{operation.model_name_lower}.{operation.new_name}"))
+        now = schema(state, connection, only=set(old))
+        new = [f for f in compare(old, now, operations, dropped) if key(f) not in seen and renamed(f) not in seen]
         seen |= {key(f) for f in new}
         found.append(new)
     return found
@@ -80,6 +86,38 @@ def breaking_changes(loader, connection, steps) -> list[list[dict]]:
 
 def key(finding: dict) -> tuple:
     return finding["table"], finding["field"], finding["kind"]
+
+
+def renamed(finding: dict) -> tuple:
+    """How a RenameField marks the new column it leaves (not a column the old release misses)."""
+    return None, f"{finding['model'].lower()}.{finding['field']}"
+
+
+# What hand-written SQL takes away from the tables it names (a database-only drop after a state-only removal).
+NAME = r'(?:"?\w+"?\.)?"?(\w+)"?'
+RAW_DROPS = [
+    re.compile(
+        rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{NAME}\s+DROP\s+(?!CONSTRAINT\b)(?:COLUMN\s+)?(?:IF\s+EXISTS\s+)?{NAME}",
+        re.I,
+    ),
+    re.compile(
+        rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{NAME}\s+RENAME\s+(?:COLUMN\s+)?(?!TO\b){NAME}\s+TO", re.I
+    ),
+]
+RAW_TABLE_DROPS = [
+    re.compile(rf"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?{NAME}", re.I),
+    re.compile(rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{NAME}\s+RENAME\s+TO\b", re.I),
+]
+
+
+def raw_sql_drops(operation) -> set:
+    """(table, column) pairs, and (table, "") for whole tables, that a RunSQL's forward SQL drops or renames."""
+    if type(operation).__name__ != "RunSQL":
+        return set()
+    sql = operation.sql if isinstance(operation.sql, list | tuple) else [operation.sql]
+    text = "\n".join(item[0] if isinstance(item, list | tuple) else str(item) for item in sql)
+    found = {(table, column) for pattern in RAW_DROPS for table, column in pattern.findall(text)}
+    return found | {(table, "") for pattern in RAW_TABLE_DROPS for table in pattern.findall(text)}
 
 
 def database_operations(operations):
@@ -157,15 +195,15 @@ def column_type(field, connection) -> str:
         return type(field).__name__
 
 
-def compare(old: dict[str, Table], now: dict[str, Table], operations) -> list[dict]:
-    """What the previous release's models meet in the database `now`, table by table."""
+def compare(old: dict[str, Table], now: dict[str, Table], operations, dropped: set) -> list[dict]:
+    """What the previous release's models meet in the database `now` (less what raw SQL `dropped`), table by table."""
     found = []
     for name, table in old.items():
-        if name not in now:
+        if name not in now or (name, "") in dropped:
             what = f"its table {name} is renamed or dropped ({cause(operations, table)})"
             found.append(finding("table-gone", name, table, "", "reads and writes", what))
             continue
-        found += compare_columns(name, table, now[name], operations)
+        found += compare_columns(name, table, now[name], operations, dropped)
         for columns in sorted(now[name].uniques - table.uniques):
             what = f"a new unique constraint on ({', '.join(columns)}): its writes may violate it"
             found.append(finding("new-unique", name, table, ",".join(columns), "writes", what, "warning"))
@@ -175,11 +213,10 @@ def compare(old: dict[str, Table], now: dict[str, Table], operations) -> list[di
     return found
 
 
-def compare_columns(name: str, table: Table, now: Table, operations) -> list[dict]:
+def compare_columns(name: str, table: Table, now: Table, operations, dropped: set) -> list[dict]:
     found = []
-    renamed_to = {getattr(op, "new_name", "") for op in operations if type(op).__name__ == "RenameField"}
     for column, before in table.columns.items():
-        after = now.columns.get(column)
+        after = None if (name, column) in dropped else now.columns.get(column)
         if after is None:
             what = f"column {column} is renamed or dropped ({cause(operations, table, before.field)})"
             found.append(finding("column-gone", name, table, before.field, "reads and writes", what))
@@ -193,8 +230,6 @@ def compare_columns(name: str, table: Table, now: Table, operations) -> list[dic
     for column, after in now.columns.items():
         if column in table.columns or after.null or after.db_default or after.primary_key:
             continue
-        if after.field in renamed_to:
-            continue  # the other end of a column-gone finding
         what = f"new column {column} is NOT NULL with no database default: its INSERTs leave it out"
         found.append(finding("not-null-without-db-default", name, table, after.field, "writes", what))
     return found
