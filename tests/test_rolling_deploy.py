@@ -294,7 +294,8 @@ def test_a_promotion_waits_for_the_app_deploy_between_its_phases_on_staging_and_
     assert applied(stack, "production") == ["core.0001_initial", "core.0002_featureflag"]
     response = resume_over_rest(stack, run_id, {"deployed_by": "ci", "release": "v2.0.0", "comment": "argo sync"})
     assert response.status_code in (200, 201), response.text
-    assert wait_for_run(run_id).state.is_completed()
+    ended = wait_for_run(run_id)
+    assert ended.is_completed(), ended.message
     assert applied(stack, "production") == applied(stack, "staging") == ["core.0001_initial", *RELEASE]
     assert not [r for r in pending_approvals() if str(r.id) == run_id]
 
