@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import psycopg
@@ -16,7 +15,20 @@ import pytest
 from psycopg import sql
 
 from dbpromote import localstack as local_stack
-from tests.harness import RELEASE, PromotionInBackground, applied, cli, target_changed, wait_for_run
+from tests.harness import (
+    RELEASE,
+    PromotionInBackground,
+    applied,
+    cli,
+    crashed,
+    kill,
+    run_processes,
+    table_locked,
+    target_changed,
+    wait_for_run,
+    wait_until,
+    waits_for_a_lock,
+)
 from tests.test_promote import catalog_snapshot
 
 PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,production"]
@@ -52,40 +64,6 @@ def killed(fresh_databases):
     return fresh_databases
 
 
-def run_processes(run_id: str) -> dict[int, str]:
-    """The live processes of a flow run (its engine and the children it started), by pid: their command lines."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                if (proc / "stat").read_text().split(") ")[1][0] != "Z":
-                    found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    return found
-
-
-def kill(stack, run_id: str, worker: bool) -> None:
-    """SIGKILL the run's flow process (and the worker): what started from it must end with it, at once."""
-    (engine,) = [pid for pid, command in run_processes(run_id).items() if "prefect.engine" in command]
-    if worker:
-        os.kill(local_stack.Stack.load(stack.home).pids["worker"], signal.SIGKILL)
-    os.kill(engine, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while run_processes(run_id) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert run_processes(run_id) == {}, "a probe or backup stream outlived the killed flow process"
-    if worker:
-        local_stack.up(stack.home, deploy=False)  # a new worker, as after a machine is replaced
-
-
-def crashed(run_id: str, timeout_s: float = 180):
-    """The run's state once Prefect marked it Crashed (with the worker dead: the heartbeat automation, <= 2 min)."""
-    state = wait_for_run(run_id, timeout_s)
-    assert state.is_crashed(), state
-    return state
-
-
 def started(*args: str) -> str:
     result = cli(*args)
     assert result.returncode == 0, result.stderr
@@ -95,30 +73,6 @@ def started(*args: str) -> str:
 def approved(run_id: str) -> None:
     result = cli("approve", run_id, "--approver", "alice", "--comment", "after the crash", "--acknowledge-risks")
     assert result.returncode == 0, result.stderr
-
-
-def wait_until(condition, what: str, timeout_s: float = 120, poll_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
-        time.sleep(poll_s)
-
-
-def waits_for_a_lock(stack, server: str) -> bool:
-    """A session of the migration role is waiting for a lock on the server (a migration retries with lock_timeout,
-    so it waits again within seconds)."""
-    with psycopg.connect(stack.database_url(server)) as conn:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user AND wait_event_type = 'Lock'"
-        return conn.execute(query).fetchone()[0] > 0
-
-
-@contextlib.contextmanager
-def table_locked(url: str, table: str):
-    """A session reading a table: a migration that alters it waits for its lock (and retries) until released."""
-    with psycopg.connect(url) as conn:
-        conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
-        yield
-        conn.rollback()
 
 
 def assert_recovered(stack, clean_head, point: str, crashed_id: str, final_id: str, backups: dict[str, int]) -> None:

@@ -5,6 +5,7 @@ database; the phases in `check`; and a promotion in two phases around the applic
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,13 +16,29 @@ import psycopg
 import pytest
 
 from dbpromote import localstack as local_stack
-from tests.harness import RELEASE, applied, approval_form_text, cli, target_changed, wait_for_run
+from tests.harness import (
+    RELEASE,
+    applied,
+    approval_form_text,
+    cli,
+    crashed,
+    kill,
+    run_processes,
+    table_locked,
+    target_changed,
+    wait_for_run,
+    wait_until,
+    waits_for_a_lock,
+)
 
 
 def migrate_sample(stack, server: str, app: str, name: str, folder=local_stack.SAMPLE_PROJECT) -> None:
     """`manage.py migrate APP NAME` on a stack's database, as a release before this one left it."""
     env = os.environ | {"DATABASE_URL": stack.database_url(server)}
     subprocess.run([sys.executable, "manage.py", "migrate", app, name, "-v0"], cwd=folder, env=env, check=True)
+
+
+PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,production"]
 
 
 def ci_check(stack, server: str, *options: str):
@@ -241,12 +258,6 @@ def waits_for_deploy(run_id: str, timeout_s: float = 300):
     return run
 
 
-def run_processes(run_id: str) -> list[str]:
-    """Processes of this machine running the given flow run (the worker starts one per run)."""
-    found = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in found if run_id in line and "pytest" not in line]
-
-
 def resume_over_rest(stack, run_id: str, answer: dict) -> httpx.Response:
     """Prefect's own REST API, as a CD pipeline would answer: POST /flow_runs/{id}/resume with the form's fields."""
     env = stack.client_env()
@@ -268,7 +279,7 @@ def test_a_promotion_waits_for_the_app_deploy_between_its_phases_on_staging_and_
     run = waits_for_deploy(run_id)
     assert applied(stack, "staging") == ["core.0001_initial", "core.0002_featureflag"]  # before-deploy only
     assert applied(stack, "production") == ["core.0001_initial"]
-    assert run_processes(run_id) == []  # suspended: the worker holds no process for it
+    wait_until(lambda: run_processes(run_id) == {}, "the suspended run's process to end", timeout_s=30)
     form = approval_form_text(run)
     assert "Deploy the new release of **tenant-backend** now: staging waits for it" in form
     assert "core.0003_task_priority, core.0004_task_tenant_created_idx" in form
@@ -320,3 +331,42 @@ def wait_for_approval(run_id: str):
             return run
         time.sleep(1)
     raise AssertionError("no approval asked")
+
+
+def test_the_deploy_wait_outlives_its_worker_and_a_crash_in_the_after_deploy_phase_is_resumed(rolling):
+    """Production deployed rolling (staging deploys itself: --no-deploy-wait-on-staging). The deploy wait holds
+    no process, so the machine may die then; the deploy is confirmed, and the new process is SIGKILLed while the
+    after-deploy phase waits for a lock; `dbpromote resume` carries it on without asking for the deploy again."""
+    from dbpromote.tasks.journal import read_target_journal
+
+    from dbpromote.backups import list_backups
+    from dbpromote.config import load_target
+
+    stack = rolling
+    before = {b.object_name for b in list_backups(load_target("production"), "production")}
+    typed = cli(*PROMOTE, "--no-deploy-wait-on-staging", "--until-paused")
+    assert typed.returncode == 0, typed.stderr
+    run_id = typed.stdout.split()[0]
+    assert applied(stack, "staging") == ["core.0001_initial", *RELEASE]  # one phase there
+    approved = cli("approve", run_id, "--approver", "alice", "--acknowledge-risks")
+    assert approved.returncode == 0, approved.stderr
+    waits_for_deploy(run_id)
+    wait_until(lambda: run_processes(run_id) == {}, "the suspended run's process to end", timeout_s=30)
+    os.kill(local_stack.Stack.load(stack.home).pids["worker"], signal.SIGKILL)
+    local_stack.up(stack.home, deploy=False)  # a new worker, as after a machine is replaced
+
+    with table_locked(stack.database_url("production"), "core_project"):  # 0005 waits; 0003 and 0004 run
+        assert cli("deployed", run_id, "--release", "v2", "--by", "carol").returncode == 0
+        wait_until(lambda: applied(stack, "production")[-1:] == [RELEASE[2]], "the after-deploy phase to begin")
+        wait_until(lambda: waits_for_a_lock(stack, "production"), "core.0005 to wait for its lock")
+        kill(stack, run_id, worker=False)
+    crashed(run_id)
+
+    recovered = cli("resume", run_id, "--wait")  # the approval and the deploy recorded before the crash stand
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert applied(stack, "production") == ["core.0001_initial", *RELEASE]  # each once, in order
+    journal = read_target_journal(load_target("production"), "production", run_id)
+    assert (journal.deployed.deployed_by, journal.deployed.release) == ("carol", "v2")
+    new = [b for b in list_backups(load_target("production"), "production") if b.object_name not in before]
+    states = sorted(len(b.migration_state) for b in new)  # before each phase, and before carrying the rest on
+    assert len(states) == 3 and len(set(states)) == 3, states
