@@ -44,6 +44,9 @@ class Codebase:
     # after the upgrade; and (upgrades across a Django version) what the live schema differs in by names alone.
     hand_made_on: tuple[str, str] = ("auth_user", "last_name")
     name_notes: set[str] = field(default_factory=set)
+    # What the upgrade breaks for the release running while it migrates, as upstream's release notes say:
+    # (app.migration, app.Model, field) that `check` must find (it may find more).
+    breaking: set[tuple[str, str, str]] = field(default_factory=set)
 
     @property
     def path(self) -> Path:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime, timedelta
+
 from dbpromote.flows.drift import preflight_drift
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.fleet import GroupStep
@@ -21,9 +24,9 @@ from prefect.runtime import flow_run
 
 from dbpromote.config import load_group, load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
-from dbpromote.models.approval import Approval, ApprovalRequest, promotion_request
+from dbpromote.models.approval import Approval, ApprovalRequest, Deployment, promotion_request
 from dbpromote.models.journal import Journal
-from dbpromote.models.plan import BEFORE_DEPLOY, Plan, parse_target_migration
+from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, Plan, parse_target_migration
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
@@ -153,11 +156,23 @@ class Phases:
         reports = []
         if (first := now.only(before)).migrations:
             reports += self.run_one(first)
-        if not self.journal.deployed(self.target, whole):
+        deployment = self.journal.deployed(self.target, whole)
+        if deployment is None:
             done = [label for label in whole.labels if label in before]
             deployment = wait_for_deploy(self.project, self.target, whole, done, self.timeout_s, self.poll_s)
             record_step(self.journal, self.target, deployment)
+        self.wait_out_delay(whole, deployment)
         return reports + self.run_one(now.only(set(now.labels) - before))
+
+    def wait_out_delay(self, whole: Plan, deployment: Deployment) -> None:
+        """django-safemigrate's `after_deploy(delay=...)`, counted from the recorded deploy (what its users ask
+        for, its issue 56): the after-deploy phase starts once the longest delay of its migrations has passed."""
+        delay = max((m.marker_delay_s or 0 for m in whole.phase(AFTER_DEPLOY)), default=0)
+        ready = datetime.fromisoformat(deployment.deployed_at) + timedelta(seconds=delay)
+        remaining = (ready - datetime.now(UTC)).total_seconds()
+        if remaining > 0:
+            get_run_logger().info("the after-deploy phase of %s starts at %s (a marked delay)", self.target, ready)
+            time.sleep(remaining)
 
 
 def approve(journal: Journal, request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:

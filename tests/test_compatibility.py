@@ -1,6 +1,7 @@
 """Real third-party Django codebases upgraded from an old release to a new one, through the CLI as a user types it:
 `project add`, `target add`, `promote`, `approve`; staging first, production after the approval."""
 
+import json
 import os
 import subprocess
 import sys
@@ -98,20 +99,21 @@ def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, 
     assert cli("target", "add", targets[0], "--url", urls["staging"]).returncode == 0
     assert cli("target", "add", targets[1], "--url", urls["production"], "--requires-approval").returncode == 0
 
-    # One terminal waits for the promotion; the id it prints at once is what another approves.
+    phases = phases_as_checked(project, targets[1])
+    print(f"\n{codebase.name}: " + "\n".join(f"{label} {phase} {found}" for label, (phase, found) in phases.items()))
+    breaking = {(label, model, field) for label, (_, found) in phases.items() for model, field, _ in found}
+    assert codebase.breaking <= breaking, breaking
+
+    # One terminal waits for the promotion; the id it prints at once is what another approves, and (deployed
+    # rolling, the default) what another says is deployed between each target's two phases.
     dbpromote = str(Path(sys.executable).parent / "dbpromote")
     promote = [dbpromote, "promote", "--project", project, "--through", ",".join(targets), "--wait"]
     waiting = subprocess.Popen(promote, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
     run_id = UUID(waiting.stdout.readline().split()[0])
-    deadline = time.monotonic() + 600
-    while str(run_id) not in cli("pending").stdout:
-        assert waiting.poll() is None and time.monotonic() < deadline, waiting.communicate()
-        time.sleep(1)
-    assert applied(urls["production"]) == before  # waiting for approval: production untouched
-    approved = cli("approve", str(run_id), "--approver", "ci", "--comment", codebase.covers, "--acknowledge-risks")
-    assert approved.returncode == 0, approved.stderr
+    answered = answer_until_it_ends(waiting, run_id, codebase, urls["production"], before)
     out, err = waiting.communicate(timeout=900)
-
+    two_phases = any(phase == "after-deploy" for phase, _ in phases.values())
+    assert answered == (["deploy", "approval", "deploy"] if two_phases else ["approval"]), (answered, out + err)
     assert waiting.returncode == 0 and out.splitlines()[-1] == "finished: Completed", out + err
     assert applied(urls["staging"]) == applied(urls["production"]) != before
     ran = {f"{app}.{name}" for app, name in set(applied(urls["production"])) - set(before)}
@@ -142,6 +144,44 @@ def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, 
         (f"column public.{table}.{column}", "different"),
         (f"constraint public.{table}.hand_made_check", "unexpected"),
     }
+
+
+def phases_as_checked(project: str, target: str) -> dict[str, tuple[str, list[tuple[str, str, str]]]]:
+    """`dbpromote check --json` against a target: each planned migration's phase, and what it breaks for the
+    running release (model, field, kind)."""
+    checked = cli("check", "--project", project, "--against", target, "--json", "--allow-risks")
+    report = json.loads(checked.stdout)
+    return {
+        f"{m['app']}.{m['name']}": (m["phase"], [(c["model"], c["field"], c["kind"]) for c in m["breaking"]])
+        for m in report["plan"]["migrations"]
+    }
+
+
+def answer_until_it_ends(waiting: subprocess.Popen, run_id: UUID, codebase: Codebase, production: str, before) -> list:
+    """Approve the promotion and say the new release is deployed whenever it waits for either, until it ends;
+    what was answered, in order. Production is untouched until its approval."""
+    from dbpromote.runs import wait_for, waits_for_deploy
+
+    answered, deadline = [], time.monotonic() + 1200
+    while waiting.poll() is None:
+        assert time.monotonic() < deadline, "the promotion did not end"
+        run = wait_for(str(run_id), paused=True, timeout_s=2)
+        if not run.state.is_paused():
+            continue
+        if waits_for_deploy(run):
+            said = cli("deployed", str(run_id), "--release", "new", "--by", "ci")
+            assert said.returncode == 0, said.stderr
+            answered.append("deploy")
+        else:
+            assert applied(production) == before  # waiting for approval: production untouched
+            approved = cli(
+                "approve", str(run_id), "--approver", "ci", "--comment", codebase.covers, "--acknowledge-risks"
+            )
+            assert approved.returncode == 0, approved.stderr
+            answered.append("approval")
+        while wait_for(str(run_id), timeout_s=0).state.is_paused():  # until the server took the answer
+            time.sleep(0.5)
+    return answered
 
 
 def drift_as_typed(project: str, target: str, exit_code: int):
