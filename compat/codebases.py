@@ -130,6 +130,23 @@ CROSS_VERSION = [
             "constraint public.taggit_taggeditem.taggit_taggeditem_content_type_id_object_id_tag_id_4bb97a8e_uni"
         },
         hand_made_on=("taggit_taggeditem", "object_id"),
+        # Wagtail 6.0's upgrade considerations: the search Query and QueryDailyHits models are removed (moved to
+        # wagtail.contrib.search_promotions in 5.0); GroupPagePermission.permission_type is removed (replaced by the
+        # `permission` foreign key in 5.1); and 0091 removes Revision.submitted_for_moderation (workflows replaced it).
+        breaking={
+            ("wagtailsearch.0008_remove_query_and_querydailyhits_models", "wagtailsearch.Query", ""),
+            ("wagtailsearch.0008_remove_query_and_querydailyhits_models", "wagtailsearch.QueryDailyHits", ""),
+            (
+                "wagtailcore.0090_remove_grouppagepermission_permission_type",
+                "wagtailcore.GroupPagePermission",
+                "permission_type",
+            ),
+            (
+                "wagtailcore.0091_remove_revision_submitted_for_moderation",
+                "wagtailcore.Revision",
+                "submitted_for_moderation",
+            ),
+        },  # fmt: skip
     ),
     Codebase(
         name="oscar",
@@ -143,6 +160,9 @@ CROSS_VERSION = [
         expected=["catalogue.0028_product_priority", "catalogue.0029_product_code"],
         name_notes={"constraint public.address_useraddress.address_useraddress_num_orders_check"},
         hand_made_on=("address_useraddress", "num_orders_as_shipping_address"),
+        # Oscar 4.0's release notes: products gain a `priority` (a SmallIntegerField with default 0: the column has
+        # no database default, so Oscar 3.2's product INSERTs fail until the new release serves).
+        breaking={("catalogue.0028_product_priority", "catalogue.Product", "priority")},
     ),
     Codebase(
         name="ops",

@@ -92,7 +92,7 @@ def migrate_target(project: str, target: str, to: str, expected_plan: Plan | Non
         plan = preflight(project, target, to, probe)
         if expected_plan is not None and expected_plan.deferred:  # one phase of it: the rest waits for a deploy
             plan = plan.only(set(plan.labels) - set(expected_plan.deferred))
-        if expected_plan is not None and plan.hash != expected_plan.hash:
+        if expected_plan is not None and not plan.runs_as(expected_plan.migrations):
             raise PreflightError(
                 f"The plan for {target} changed since it was staged and approved ({expected_plan.hash} -> "
                 f"{plan.hash}; {describe_change(expected_plan, plan)}); nothing was run on {target}: start a new "

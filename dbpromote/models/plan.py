@@ -9,6 +9,7 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from dbpromote.errors import ConfigError
+from dbpromote.probe.protocol import UNKNOWN_SQL
 
 
 class Rule(NamedTuple):
@@ -189,13 +190,22 @@ class Plan(BaseModel):
         A plan that gained or changed a migration, or lost one out of that order, is not."""
         if self.target != earlier.target:
             return False
-        mine = [_identity(m) for m in self.migrations]
-        before = [_identity(m) for m in earlier.migrations if m.phase == BEFORE_DEPLOY]
+        mine = {m.label for m in self.migrations}
+        before = [m.label for m in earlier.migrations if m.phase == BEFORE_DEPLOY]
         first = 0
         while first < len(before) and before[first] not in mine:
             first += 1
-        rest = [identity for identity in map(_identity, earlier.migrations) if identity not in before[:first]]
-        return len(mine) <= len(rest) and rest[len(rest) - len(mine) :] == mine
+        rest = [m for m in earlier.migrations if m.label not in before[:first]]
+        return len(self.migrations) <= len(rest) and self.runs_as(rest[len(rest) - len(self.migrations) :])
+
+    def runs_as(self, expected: list[PlannedMigration]) -> bool:
+        """Whether this plan runs exactly the `expected` steps: the same migrations in order, the same SQL where
+        it was known when `expected` was planned (SQL that reads the live schema is known only once the plan's
+        earlier migrations are applied: such a step runs whatever they leave it to run, as `migrate` would)."""
+        return len(self.migrations) == len(expected) and all(
+            _identity(mine) == _identity(theirs) or (_step(mine) == _step(theirs) and sql_unknown(theirs))
+            for mine, theirs in zip(self.migrations, expected, strict=True)
+        )
 
     def only(self, labels: set[str]) -> Plan:
         """The part of the plan made of these migrations; the others are deferred (left pending on purpose)."""
@@ -252,6 +262,15 @@ class Plan(BaseModel):
 def _identity(migration: PlannedMigration) -> tuple:
     """What makes two planned migrations the same step: the plan hash covers exactly this."""
     return (migration.app, migration.name, migration.atomic, migration.sql, migration.backwards)
+
+
+def _step(migration: PlannedMigration) -> tuple:
+    """A planned migration but for its SQL."""
+    return (migration.app, migration.name, migration.atomic, migration.backwards)
+
+
+def sql_unknown(migration: PlannedMigration) -> bool:
+    return any(line.startswith(UNKNOWN_SQL) for line in migration.sql)
 
 
 # What reversing an operation loses or runs.

@@ -498,7 +498,7 @@ class SqlCollector:
                 self.state = step(self.state, editor, collect_sql=True)
         except Exception as error:  # the migration itself will tell when it runs
             self.state = None  # half-applied to the state: the next migration starts from the graph
-            return [f"-- SQL not known before the earlier migrations of the plan are applied: {type(error).__name__}"]
+            return [f"{protocol.UNKNOWN_SQL}: {type(error).__name__}"]
         return editor.collected_sql
 
 

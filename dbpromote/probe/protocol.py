@@ -15,6 +15,8 @@ from typing import Literal
 LOCK_SQLSTATES = {"55P03": "lock_not_available", "40P01": "deadlock_detected"}
 # What a statement_timeout around a LOCK TABLE raises when it fires.
 QUERY_CANCELED = "57014"
+# The SQL line of a planned migration whose SQL reads a schema the plan's earlier migrations have not made yet.
+UNKNOWN_SQL = "-- SQL not known before the earlier migrations of the plan are applied"
 
 # Why the probe could not do what was asked: the worker turns each into one sentence naming the fix.
 FailureReason = Literal[

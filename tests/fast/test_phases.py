@@ -79,6 +79,19 @@ def test_what_remains_after_the_first_phase_and_after_a_crash_in_the_second_is_t
     assert not plan("production", blog5, crm2).is_rest_of(whole)  # the after-deploy ones ran before the others
 
 
+def test_sql_unknown_when_planned_runs_as_whatever_the_earlier_migrations_let_it_be():
+    from dbpromote.probe.protocol import UNKNOWN_SQL
+
+    unknown = migration("shop", "0003", ["shop.0002"])
+    unknown.sql = [f"{UNKNOWN_SQL}: ValueError"]
+    known = unknown.model_copy(update={"sql": ['ALTER TABLE "shop_a" DROP CONSTRAINT "c"']})
+    other = known.model_copy(update={"sql": ['ALTER TABLE "shop_a" DROP COLUMN "x"']})
+    assert plan("production", known).runs_as([unknown])  # planned before 0002 ran: now known
+    assert not plan("production", other).runs_as([known])  # known then, changed since
+    assert not plan("production", unknown).runs_as([known.model_copy(update={"atomic": False})])
+    assert plan("production", known).is_rest_of(plan("production", migration("shop", "0002", []), unknown))
+
+
 def test_the_proof_beside_the_computation_reports_what_agrees_and_what_does_not():
     migrations = [migration("shop", "0002", ["shop.0001"], breaks="reads and writes")]
     proof = CompatibilityProof(
