@@ -224,3 +224,16 @@ def table_locked(url: str, table: str):
         conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE")
         yield
         conn.rollback()
+
+
+def ci_check(stack, server: str, *options: str):
+    """`dbpromote check` as a CI job runs it: the project's folder, the database URL in the environment, and no
+    Prefect server anywhere (the API URL points at a closed port)."""
+    env = {
+        "DBPROMOTE_DATABASE_URL": stack.database_url(server),
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+        "PREFECT_API_AUTH_STRING": "",
+    }
+    project = str(local_stack.SAMPLE_PROJECT)
+    args = ["check", "--project", project, "--settings", "tenant_backend.settings", "--against", server, *options]
+    return cli(*args, env=env)

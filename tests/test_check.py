@@ -6,8 +6,7 @@ import json
 
 import psycopg
 
-from dbpromote import localstack as local_stack
-from tests.harness import RELEASE, cli
+from tests.harness import RELEASE, ci_check, cli
 
 
 def rules(risks: list[str]) -> list[str]:
@@ -45,19 +44,6 @@ def test_a_rule_the_project_ignores_is_a_note_not_a_risk(fresh_databases, projec
     plan = compute_plan(load_project(name), load_target("staging"), "staging")
     assert "runpython" not in rules(plan.risks)
     assert "lint rule runpython is ignored for this project: data migrations are reviewed with the code" in plan.notes
-
-
-def ci_check(stack, server: str, *options: str):
-    """`dbpromote check` as a CI job runs it: the project's folder, the database URL in the environment, and no
-    Prefect server anywhere (the API URL points at a closed port)."""
-    env = {
-        "DBPROMOTE_DATABASE_URL": stack.database_url(server),
-        "PREFECT_API_URL": "http://127.0.0.1:9/api",
-        "PREFECT_API_AUTH_STRING": "",
-    }
-    project = str(local_stack.SAMPLE_PROJECT)
-    args = ["check", "--project", project, "--settings", "tenant_backend.settings", "--against", server, *options]
-    return cli(*args, env=env)
 
 
 def test_check_in_ci_fails_on_blocking_findings_and_passes_a_clean_plan(fresh_databases):

@@ -20,6 +20,7 @@ from tests.harness import (
     RELEASE,
     applied,
     approval_form_text,
+    ci_check,
     cli,
     crashed,
     kill,
@@ -39,18 +40,6 @@ def migrate_sample(stack, server: str, app: str, name: str, folder=local_stack.S
 
 
 PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,production"]
-
-
-def ci_check(stack, server: str, *options: str):
-    """`dbpromote check` as a CI job runs it: the database URL in the environment, no Prefect server."""
-    env = {
-        "DBPROMOTE_DATABASE_URL": stack.database_url(server),
-        "PREFECT_API_URL": "http://127.0.0.1:9/api",
-        "PREFECT_API_AUTH_STRING": "",
-    }
-    project = str(local_stack.SAMPLE_PROJECT)
-    args = ["check", "--project", project, "--settings", "tenant_backend.settings", "--against", server, *options]
-    return cli(*args, env=env)
 
 
 def phases_and_fields(report: dict) -> dict[str, tuple[str, list[str]]]:
