@@ -29,7 +29,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-# The stack up, both databases back at v1, the sample release promoted on staging and waiting for approval.
+# The stack up, both databases back at v1, the sample release promoted: staging's before-deploy phase run, the
+# promotion waiting for the app deploy (`dbpromote deployed RUN ...`), then for production's approval.
 demo: install
 	$(BIN)/dbpromote stack up
 	$(BIN)/dbpromote stack reset
