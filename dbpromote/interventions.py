@@ -52,11 +52,14 @@ def interventions(target: DatabaseTarget, target_name: str, since: str = "") -> 
 
 
 def _promotion(record: dict) -> Intervention:
+    what = f"{record.get('project', '')} plan {record.get('plan_hash', '')}"
+    if deployed := record.get("deployed"):
+        what += f" in two phases, {deployed['release']} deployed between them by {deployed['deployed_by']}"
     return Intervention(
         at=record["recorded_at"],
         kind="promotion",
         run=record["flow_run_id"],
-        what=f"{record.get('project', '')} plan {record.get('plan_hash', '')}",
+        what=what,
         backup=record.get("backup") or "",
     )
 

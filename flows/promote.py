@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from dbpromote.config import load_group, load_project, load_target
 from dbpromote.errors import ConfigError, PreflightError
 from dbpromote.models.approval import Approval, ApprovalRequest, Deployment, promotion_request
-from dbpromote.models.journal import Journal
+from dbpromote.models.journal import Journal, TargetJournal
 from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, Plan, parse_target_migration
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
@@ -124,6 +124,8 @@ def promote(
     for report in first_reports.values():  # what retention keeps, and a rollback finds, for each target
         record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": plans[report.target].hash}
         record["backup"] = report.backup.object_name if report.backup else None
+        if deployment := journal.deployed(report.target, plans[report.target]):
+            record["deployed"] = deployment.model_dump()
         write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
     create_markdown_artifact(
         summary(project, reports, approvals),
@@ -161,6 +163,7 @@ class Phases:
             done = [label for label in whole.labels if label in before]
             deployment = wait_for_deploy(self.project, self.target, whole, done, self.timeout_s, self.poll_s)
             record_step(self.journal, self.target, deployment)
+            self.journal.targets.setdefault(self.target, TargetJournal()).deployed = deployment
         self.wait_out_delay(whole, deployment)
         return reports + self.run_one(now.only(set(now.labels) - before))
 
