@@ -307,7 +307,9 @@ def test_a_promotion_waits_for_the_app_deploy_between_its_phases_on_staging_and_
     assert (deploys["staging"].deployed_by, deploys["staging"].release) == ("carol", "v2.0.0")
     assert (deploys["production"].deployed_by, deploys["production"].comment) == ("ci", "argo sync")
     journal = cli("journal", "production")
-    assert "plan " in journal.stdout and "in two phases, v2.0.0 deployed between them by ci;" in journal.stdout, journal.stdout
+    assert "plan " in journal.stdout and "in two phases, v2.0.0 deployed between them by ci;" in journal.stdout, (
+        journal.stdout
+    )
 
 
 def wait_for_approval(run_id: str):
