@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import DbpromoteError
+from dbpromote.errors import ConfigError, DbpromoteError
 from dbpromote.models.drift import DriftReport
 from dbpromote.models.plan import Plan
 
@@ -72,15 +72,19 @@ def check(
     target_name: str,
     allow_risks: bool,
     records: bool,
+    previous_code: DjangoProject | None = None,
 ) -> CheckReport:
     """Plan, lint, drift and history of one target, by the tasks' code; `records`: the bucket beside the target
-    holds the hashes of the migration files as applied (without it, edited files cannot be told)."""
+    holds the hashes of the migration files as applied (without it, edited files cannot be told).
+    `previous_code`: the running release's own tree, whose models are judged instead of the migration state at
+    the target's applied migrations (where a team's models and migrations disagree)."""
     from dbpromote.tasks.drift import check_drift
     from dbpromote.tasks.plan import compute_plan
 
     report = CheckReport(project=project_name, target=target_name, risks_allowed=allow_risks)
     try:
-        report.plan = compute_plan(project, target, target_name)
+        previous = previous_models(previous_code, target, report) if previous_code else None
+        report.plan = compute_plan(project, target, target_name, previous=previous)
     except DbpromoteError as error:
         report.refused.append(str(error))
     try:
@@ -93,3 +97,27 @@ def check(
             "not read; check against a registered target to include them)"
         )
     return report
+
+
+def previous_models(tree: DjangoProject, target: DatabaseTarget, report: CheckReport) -> dict:
+    """The tables the running release's own code defines (its tree's models), and a note on whether they agree
+    with its migrations."""
+    from dbpromote.probe import FailureAnswer, ModelsAnswer, run_probe
+    from dbpromote.tasks.plan import describe_changes
+
+    answer = run_probe(tree, target, "models")
+    if isinstance(answer, FailureAnswer):
+        raise ConfigError(
+            f"The previous code at {tree.path} does not load ({answer.message}); give the previous release's tree "
+            "with --previous-code (and its interpreter with --previous-python)."
+        )
+    if not isinstance(answer, ModelsAnswer):
+        raise ConfigError(f"The probe answered a models request with a {answer.kind}; reinstall dbpromote.")
+    if answer.changes:
+        report.notes.append(
+            f"the previous code at {tree.path} has models that differ from its migrations in "
+            f"{describe_changes(answer.changes)}: what it reads and writes is judged from its models"
+        )
+    else:
+        report.notes.append(f"the previous code at {tree.path}: its models agree with its migrations")
+    return answer.tables

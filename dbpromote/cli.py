@@ -505,6 +505,12 @@ def check(
         False, "--allow-risks", help="List lint risks (to acknowledge at approval) without failing on them."
     ),
     as_json: bool = typer.Option(False, "--json", help="The findings as JSON on stdout."),
+    previous_code: str = typer.Option(
+        "",
+        help="The running release's own tree (a folder holding its manage.py): its models are judged instead of "
+        "the migration state at the target's applied migrations.",
+    ),
+    previous_python: str = typer.Option("", help="The interpreter of --previous-code (default: the project's)."),
 ) -> None:
     """For CI on a pull request: plan against a target, lint, drift and history, as markdown for a PR comment;
     exit 1 on a blocking finding. Given a folder and DBPROMOTE_DATABASE_URL it needs no Prefect server."""
@@ -532,7 +538,14 @@ def check(
         target = DatabaseTarget(url=url)
     else:
         target = load_target(against)
-    report = run_check(django_project, project, target, against, allow_risks, records=not url)
+    previous = None
+    if previous_code:
+        if not (Path(previous_code) / "manage.py").is_file():
+            fail(f"--previous-code {previous_code} holds no manage.py; give the folder of the previous release's tree.")
+        previous = django_project.model_copy(
+            update={"path": str(Path(previous_code).resolve()), "python": previous_python or django_project.python}
+        )
+    report = run_check(django_project, project, target, against, allow_risks, records=not url, previous_code=previous)
     if as_json:
         typer.echo(json.dumps(report.model_dump(mode="json") | {"blocking": report.blocking}, indent=2))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
 
 import psycopg
@@ -27,12 +28,24 @@ def plan_migrations(
 
 
 def compute_plan(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, to: str = "", probe: ProbeSession | None = None
+    project: DjangoProject,
+    target: DatabaseTarget,
+    target_name: str,
+    to: str = "",
+    probe: ProbeSession | None = None,
+    previous: dict | None = None,
 ) -> Plan:
     """The plan, refused when the project has conflicting migrations or model changes without migrations; asked
-    of `probe` when given (a Django already started), of a probe of its own when not."""
+    of `probe` when given (a Django already started), of a probe of its own when not. `previous`: the running
+    release's tables as its own code defines them (`check --previous-code`), instead of the migration state."""
     parse_target_migration(to)
-    asked = probe.plan(to, target) if probe else run_probe(project, target, "plan", "--to", to)
+    if previous is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as tables:
+            tables.write(json.dumps(previous))
+            tables.flush()
+            asked = run_probe(project, target, "plan", "--to", to, "--previous", tables.name)
+    else:
+        asked = probe.plan(to, target) if probe else run_probe(project, target, "plan", "--to", to)
     answer = plan_answer(asked, project, target_name, to)
     check_conflicts(answer)
     check_model_changes(answer.model_changes, project, target_name)

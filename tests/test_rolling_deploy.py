@@ -5,6 +5,7 @@ database; the phases in `check`; and a promotion in two phases around the applic
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,36 @@ def test_the_sample_release_breaks_the_release_before_it_and_check_says_which_mi
     markdown = ci_check(stack, "staging").stdout
     assert "| core.0005_project_slug | before-deploy |" in markdown
     assert "| core.0006_rename_milestone_due | after-deploy (breaks the running release) |" in markdown
+
+
+def test_the_previous_release_s_own_code_is_judged_where_its_models_and_migrations_disagree(fresh_databases, tmp_path):
+    """A team removed Invoice.legacy_reference from its model and shipped that release without the migration
+    (0007 comes with the next one). Its code no longer reads the column, so dropping it breaks nothing, though
+    the migration state at the applied migrations still has the field."""
+    stack = fresh_databases
+    migrate_sample(stack, "staging", "core", "0006_rename_milestone_due")
+    previous = tmp_path / "previous"
+    shutil.copytree(local_stack.SAMPLE_PROJECT, previous, ignore=shutil.ignore_patterns("__pycache__"))
+    for later in ("0007_remove_invoice_legacy_reference.py", "0008_default_task_statuses.py"):
+        (previous / "core" / "migrations" / later).unlink()
+
+    by_state = phases_and_fields(json.loads(ci_check(stack, "staging", "--json").stdout))
+    assert by_state["0007_remove_invoice_legacy_reference"] == ("after-deploy", ["legacy_reference"])
+    checked = ci_check(stack, "staging", "--json", "--previous-code", str(previous))
+    report = json.loads(checked.stdout)
+    assert phases_and_fields(report) == {
+        "0007_remove_invoice_legacy_reference": ("before-deploy", []),
+        "0008_default_task_statuses": ("before-deploy", []),
+    }
+    assert checked.returncode == 1  # the lint risks stay (a drop, RunPython): only the break is gone
+    assert not [line for line in report["blocking"] if line.startswith("breaks the running release")]
+    notes = "\n".join(report["notes"])
+    assert f"the previous code at {previous} has models that differ from its migrations in core (Remove field " in notes
+    missing = ci_check(stack, "staging", "--previous-code", str(tmp_path))
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(
+        f"error: --previous-code {tmp_path} holds no manage.py; give the folder of the previous release's tree."
+    )
 
 
 SCRATCH_MODELS = """

@@ -21,7 +21,15 @@ from pydantic import Field, TypeAdapter, ValidationError
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import ConfigError, redact
 from dbpromote.lifeline import PARENT_PID
-from dbpromote.probe.protocol import Answer, FailureAnswer, PlanAnswer, ProofAnswer, RowsAnswer, StepAnswer
+from dbpromote.probe.protocol import (
+    Answer,
+    FailureAnswer,
+    ModelsAnswer,
+    PlanAnswer,
+    ProofAnswer,
+    RowsAnswer,
+    StepAnswer,
+)
 
 PROBE = Path(__file__).with_name("django_probe.py")
 PROBE_TIMEOUT_S = 600
@@ -29,6 +37,7 @@ ANSWER = TypeAdapter(Annotated[Answer, Field(discriminator="kind")])
 
 __all__ = [
     "FailureAnswer",
+    "ModelsAnswer",
     "PlanAnswer",
     "ProbeFailure",
     "ProofAnswer",

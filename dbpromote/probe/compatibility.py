@@ -13,7 +13,7 @@ import random
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from dataclasses import field as attribute
 from datetime import date, datetime, timedelta, timezone
 from datetime import time as clock
@@ -55,15 +55,19 @@ def previous_state(loader, applied):
     return loader.project_state(leaves(loader.graph, keys), at_end=True) if keys else None
 
 
-def breaking_changes(loader, connection, steps) -> list[list[dict]]:
-    """For each planned (migration, backwards) step, what it breaks for the models at the applied migrations:
-    found when the database it leaves no longer serves them (each finding once, at the migration that causes
-    it). The database's state is followed, not the models': SeparateDatabaseAndState counts by its
-    database_operations, so removing a field from the state alone breaks nothing."""
+def breaking_changes(loader, connection, steps, previous: dict | None = None) -> list[list[dict]]:
+    """For each planned (migration, backwards) step, what it breaks for the running release's models: found when
+    the database it leaves no longer serves them (each finding once, at the migration that causes it). Those
+    models are the state at the applied migrations, or `previous` (the previous release's own code, read by
+    `current_models` in its tree) where its columns are in the database. The database's state is followed, not
+    the models': SeparateDatabaseAndState counts by its database_operations, so removing a field from the state
+    alone breaks nothing."""
     state = previous_state(loader, loader.applied_migrations)
     if state is None:  # an empty database: no release is running on it
         return [[] for _ in steps]
     old = schema(state, connection)
+    if previous is not None:
+        old = {name: in_database(table, old[name]) for name, table in from_json(previous).items() if name in old}
     seen: set = set()
     dropped: set = set()  # (table, column), or (table, "") for a table, that raw SQL drops or renames
     found = []
@@ -82,6 +86,41 @@ def breaking_changes(loader, connection, steps) -> list[list[dict]]:
         seen |= {key(f) for f in new}
         found.append(new)
     return found
+
+
+def current_models(connection) -> dict:
+    """The tables of the models this tree's code defines (not its migrations), as JSON: what `breaking_changes`
+    takes as `previous`."""
+    from django.apps import apps
+    from django.db.migrations.state import ProjectState
+
+    return {
+        name: {
+            "model": table.model,
+            "columns": {column: asdict(value) for column, value in table.columns.items()},
+            "uniques": sorted(list(columns) for columns in table.uniques),
+            "checks": sorted(table.checks),
+        }
+        for name, table in schema(ProjectState.from_apps(apps), connection).items()
+    }
+
+
+def from_json(tables: dict) -> dict[str, Table]:
+    return {
+        name: Table(
+            model=table["model"],
+            columns={column: Column(**value) for column, value in table["columns"].items()},
+            uniques={tuple(columns) for columns in table["uniques"]},
+            checks=set(table["checks"]),
+        )
+        for name, table in tables.items()
+    }
+
+
+def in_database(code: Table, database: Table) -> Table:
+    """The code's table less the columns the database never had (the code's own problem, not a migration's)."""
+    columns = {column: value for column, value in code.columns.items() if column in database.columns}
+    return Table(model=code.model, columns=columns, uniques=code.uniques, checks=code.checks)
 
 
 def key(finding: dict) -> tuple:

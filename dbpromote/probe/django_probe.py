@@ -46,7 +46,9 @@ class LockNotGranted(Exception):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["plan", "plan-back", "replay", "fake", "prove", "serve", "fix-session"])
+    parser.add_argument(
+        "command", choices=["plan", "plan-back", "replay", "fake", "prove", "models", "serve", "fix-session"]
+    )
     parser.add_argument("--settings", required=True)
     parser.add_argument("--database", default="default", help="the DATABASES alias the target is")
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
@@ -55,6 +57,9 @@ def main() -> int:
     parser.add_argument("--script", default="", help="fix-session: the Python fix script's file")
     parser.add_argument("--into", default="", help="replay: the empty database (same server) to replay into")
     parser.add_argument("--plus", default="", help="replay: app:migration to apply after the recorded ones")
+    parser.add_argument(
+        "--previous", default="", help="plan: a JSON file of the previous release's tables (the `models` answer)"
+    )
     parser.add_argument(
         "--state",
         default="[]",
@@ -73,11 +78,14 @@ def main() -> int:
     if result is None:
         connection = connections_for(args)
         commands = {
-            "plan": lambda: plan(connection, args.to),
+            "plan": lambda: plan(
+                connection, args.to, json.loads(Path(args.previous).read_text()) if args.previous else None
+            ),
             "plan-back": lambda: plan_back(connection, json.loads(args.state)),
             "replay": lambda: replay(connection, args.into, args.plus),
             "fake": lambda: fake(connection, args),
             "prove": lambda: prove(connection, json.loads(args.state)),
+            "models": lambda: models(connection),
         }
         result = answer(commands[args.command])
     out.write(protocol.encode(result) + "\n")
@@ -193,8 +201,10 @@ def with_target(database: dict, entry: dict) -> None:
     options.update(extra)
 
 
-def plan(connection, to: str):
-    """What `migrate` would apply up to `to` (every leaf when empty), and what `makemigrations` would write."""
+def plan(connection, to: str, previous: dict | None = None):
+    """What `migrate` would apply up to `to` (every leaf when empty), and what `makemigrations` would write; each
+    migration with what it breaks for the running release (its tables `previous` when given, see
+    compatibility.breaking_changes)."""
     from django.db.migrations.executor import MigrationExecutor
 
     executor = MigrationExecutor(connection)
@@ -215,7 +225,7 @@ def plan(connection, to: str):
     else:
         targets = loader.graph.leaf_nodes()
     steps = executor.migration_plan(targets)
-    breaking = compatibility.breaking_changes(loader, connection, steps)
+    breaking = compatibility.breaking_changes(loader, connection, steps, previous)
     for (migration, backwards), sql, found in zip(steps, SqlCollector(executor).plan_sql(steps), breaking, strict=True):
         if backwards:
             raise ProbeError(
@@ -227,6 +237,15 @@ def plan(connection, to: str):
             if type(operation).__name__.endswith("Extension") and isinstance(getattr(operation, "name", None), str):
                 result.extensions.setdefault(operation.name, f"{migration.app_label}.{migration.name}")
     return result
+
+
+def models(connection):
+    """The tables this tree's own models define, and what makemigrations would write for them: the previous
+    release's code as it is, where it disagrees with its migrations."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    return protocol.ModelsAnswer(tables=compatibility.current_models(connection), changes=model_changes(loader))
 
 
 def prove(connection, applied: list):

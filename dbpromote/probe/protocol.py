@@ -147,6 +147,16 @@ class ProofAnswer:
 
 
 @dataclass
+class ModelsAnswer:
+    """The tables a tree's own models define (probe/compatibility.py current_models), and what makemigrations
+    would write for it: where its models and its migrations disagree."""
+
+    tables: dict
+    changes: list[AppChanges] = field(default_factory=list)
+    kind: Literal["models"] = "models"
+
+
+@dataclass
 class RowsAnswer:
     """What one statement of a fix session returned (values as JSON gives them; others as text)."""
 
@@ -154,7 +164,7 @@ class RowsAnswer:
     kind: Literal["rows"] = "rows"
 
 
-Answer = PlanAnswer | StepAnswer | FailureAnswer | RowsAnswer | ProofAnswer
+Answer = PlanAnswer | StepAnswer | FailureAnswer | RowsAnswer | ProofAnswer | ModelsAnswer
 
 
 def encode(answer: Answer) -> str:
