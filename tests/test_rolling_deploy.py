@@ -319,6 +319,12 @@ def test_a_promotion_waits_for_the_app_deploy_between_its_phases_on_staging_and_
     early = cli("deployed", run_id, "--release", "v2.0.0", "--by", "carol")  # production has not been approved yet
     assert early.returncode == 1
     assert early.stderr.strip().startswith(f"error: Run {run_id} is not waiting for a deploy (it is ")
+    form = approval_form_text(approval)  # staging's proof, beside what was computed
+    assert (
+        'proven: core.0003_task_priority: core.Task writes fail: IntegrityError: null value in column "priority"'
+        in form
+    )
+    assert "proven: core.0007_remove_invoice_legacy_reference: core.Invoice reads fail: " in form
     answer_approval(str(approval.id), "approve", "alice", "release", acknowledge_risks=True)
 
     waits_for_deploy(run_id)
