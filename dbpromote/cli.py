@@ -752,6 +752,9 @@ def target_add(
     prefix: str = typer.Option("backups"),
     app_role: str = typer.Option("django_app"),
     lock_timeout: int = typer.Option(2000, help="lock_timeout in ms."),
+    max_app_wait: float = typer.Option(
+        5, min=0, help="Seconds an app session may wait behind a migration before it is cancelled; 0: never."
+    ),
     database_alias: str = typer.Option("default", help="The project's DATABASES alias this database is."),
     drift: str = typer.Option(
         "block", help="Drift found by a promotion's preflight: block (stop), warn (show it in the approval), off."
@@ -801,6 +804,7 @@ def target_add(
         min_approvers=min_approvers,
         deploy=deploy,
         lock_timeout_ms=lock_timeout,
+        max_app_wait_s=max_app_wait,
         database_alias=database_alias,
         drift=drift,
         gcp_credentials=gcp_credentials,

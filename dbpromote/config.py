@@ -129,6 +129,12 @@ class DatabaseTarget(Block):
     lock_timeout_ms: int = Field(default=2000, gt=0, description="lock_timeout of each migration's session.")
     statement_timeout_ms: int = Field(default=600_000, ge=0, description="statement_timeout; 0 means none.")
     max_lock_wait_s: float = Field(default=300, gt=0, description="Bound on retrying a lock that is not granted.")
+    max_app_wait_s: float = Field(
+        default=5,
+        ge=0,
+        description="How long an application session may wait behind a migration's locks before the migration is "
+        "cancelled (an atomic one rolls back whole); 0: never cancelled.",
+    )
     long_transaction_s: float = Field(default=60, gt=0, description="A transaction older than this blocks DDL.")
     long_transaction_wait_s: float = Field(default=120, ge=0, description="How long to wait for such transactions.")
     tenant_column: str = Field(default="tenant_id", description="The column that scopes a row to a tenant.")

@@ -16,6 +16,7 @@ from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
 from dbpromote.postgres import connect
 from dbpromote.probe import ProbeSession, StepAnswer
+from dbpromote.watch import Watcher
 
 # Every attempt that waits for a lock stalls the application for up to lock_timeout: its queries queue behind the
 # waiting DDL. Sleeping at least three lock_timeouts before the next attempt keeps it running 3/4 of the time
@@ -62,14 +63,26 @@ def apply_migration(
     started = time.monotonic()
     for attempt in itertools.count(1):
         wait_for_long_transactions(target, target_name)
-        with migration_running(target, target_name, wait_s=target.max_lock_wait_s):
+        # An atomic migration may be cancelled (it rolls back whole); a non-atomic one only watched.
+        watching = Watcher(target, target_name, probe.application_name, cancel=migration.atomic)
+        with migration_running(target, target_name, wait_s=target.max_lock_wait_s), watching:
             outcome = probe.request(migration.app, migration.name, migration.backwards)
+        impact = watching.impact
         if isinstance(outcome, StepAnswer):
             return MigrationResult(
                 label=migration.label,
                 duration_s=round(time.monotonic() - started, 3),
                 attempts=attempt,
                 already_applied=outcome.already_applied,
+                **impact.model_dump(include={"strongest_lock", "longest_app_wait_s", "sessions_blocked"}),
+            )
+        if impact.cancelled:
+            raise MigrationError(
+                f"{migration.label} was cancelled on {target_name}: it held {impact.strongest_lock} on "
+                f"{', '.join(impact.tables) or 'its tables'} and {impact.sessions_blocked} application session(s) "
+                f"waited behind it, the longest {impact.longest_app_wait_s:.1f} s (max_app_wait_s "
+                f"{target.max_app_wait_s:g} s); it was rolled back, nothing of it is applied: run it in a maintenance "
+                "window, or split it (add the column nullable, backfill in batches, constrain it in a later release)."
             )
         message = redact(outcome.message or "unknown error", target.url.get_secret_value())
         if not migration.atomic:

@@ -30,8 +30,18 @@ def render_markdown(report: StepReport) -> str:
             f"- {b.duration_s:.1f} s, server {b.server_version}, verified by a full read-back",
         ]
     if report.migrations:
-        lines += ["", "## Migrations applied", "", "| migration | seconds | attempts |", "|---|---|---|"]
-        lines += [f"| {r.label} | {r.duration_s:.2f} | {r.attempts} |" for r in report.migrations]
+        lines += [
+            "",
+            "## Migrations applied",
+            "",
+            "| migration | seconds | attempts | strongest lock | longest app wait (s) | app sessions blocked |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {r.strongest_lock or '-'} | "
+            f"{r.longest_app_wait_s:.2f} | {r.sessions_blocked} |"
+            for r in report.migrations
+        ]
     if report.proof:
         lines += ["", "## The running release on the new schema", "", *report.proof.markdown_lines(plan, report.target)]
     if report.verification:
@@ -63,7 +73,19 @@ def publish_report(report: StepReport) -> str:
     create_markdown_artifact(markdown, key=key, description=f"Promotion step on {report.target}")
     if report.migrations:
         create_table_artifact(
-            [{"migration": r.label, "seconds": r.duration_s, "attempts": r.attempts} for r in report.migrations],
+            [
+                r.model_dump(
+                    include={
+                        "label",
+                        "duration_s",
+                        "attempts",
+                        "strongest_lock",
+                        "longest_app_wait_s",
+                        "sessions_blocked",
+                    }
+                )
+                for r in report.migrations
+            ],
             key=f"{key}-migrations",
             description=f"Migrations applied on {report.target}",
         )

@@ -136,8 +136,14 @@ def describe_promotion(
     if rehearsal is not None:
         lines += ["", *rehearsal.markdown_lines()]
     for report in reports:
-        lines += ["", f"### Already done on {report.target}", "", "| migration | seconds | attempts |", "|---|---|---|"]
-        lines += [f"| {r.label} | {r.duration_s:.2f} | {r.attempts} |" for r in report.migrations]
+        lines += ["", f"### Already done on {report.target}", ""]
+        lines += ["| migration | seconds | attempts | strongest lock (held that long here) | longest app wait (s) |"]
+        lines += ["|---|---|---|---|---|"]
+        lines += [
+            f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {r.strongest_lock or '-'} "
+            f"| {r.longest_app_wait_s:.2f} |"
+            for r in report.migrations
+        ]
         if report.backup:
             lines += ["", f"Backup: {report.backup.uri}"]
         if report.verification:

@@ -15,6 +15,9 @@ class MigrationResult(BaseModel):
     duration_s: float
     attempts: int
     already_applied: bool = False
+    strongest_lock: str = Field("", description="The strongest table lock it held, as sampled (dbpromote/watch.py)")
+    longest_app_wait_s: float = Field(0.0, description="The longest an application session waited behind it")
+    sessions_blocked: int = Field(0, description="Application sessions that waited behind it")
 
 
 class Check(BaseModel):

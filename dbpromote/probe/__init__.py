@@ -12,6 +12,7 @@ import os
 import select
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Annotated
@@ -51,16 +52,19 @@ __all__ = [
 
 
 def start_probe(
-    project: DjangoProject, target: DatabaseTarget, *args: str, **popen
+    project: DjangoProject, target: DatabaseTarget, *args: str, application_name: str = "", **popen
 ) -> tuple[subprocess.Popen, list[str]]:
     """The probe in the project's interpreter against the target: its URL, and whatever the project's settings
-    read, in the environment (never argv). With it, the secret values to mask in anything it prints."""
+    read, in the environment (never argv). With it, the secret values to mask in anything it prints.
+    `application_name`: what its database sessions call themselves (dbpromote/watch.py finds them by it)."""
     url, conninfo = target.url.get_secret_value(), target.conninfo
     project_env = project.environment(url)  # Secret blocks read once here
     secrets = [url, conninfo.password, *(project_env[variable] for variable in project.env_secrets)]
     database = json.dumps(conninfo.django())
     env = os.environ | project_env | {"DBPROMOTE_DATABASE": database, "PYTHONUNBUFFERED": "1"}
     env[PARENT_PID] = str(os.getpid())
+    if application_name:
+        env["DBPROMOTE_APPLICATION_NAME"] = application_name
     command = [project.interpreter(), str(PROBE), *args, "--settings", project.settings_module]
     command += ["--database", target.database_alias]
     try:
@@ -143,6 +147,7 @@ class ProbeSession:
     def __init__(self, project: DjangoProject, target: DatabaseTarget):
         self.project, self.target, self.process, self.secrets = project, target, None, []
         self.stderr = tempfile.TemporaryFile()
+        self.application_name = f"dbpromote-{uuid.uuid4().hex[:12]}"  # its sessions' name: the watcher's handle
 
     def __enter__(self) -> ProbeSession:
         return self
@@ -205,7 +210,11 @@ class ProbeSession:
         """The answer to one request line; None when the process ended or hung without one."""
         if self.process is None:
             self.process, self.secrets = start_probe(
-                self.project, self.target, *self._serve_arguments(), stderr=self.stderr
+                self.project,
+                self.target,
+                *self._serve_arguments(),
+                application_name=self.application_name,
+                stderr=self.stderr,
             )
         self.secrets += [secret for secret in secrets if secret not in self.secrets]
         try:

@@ -137,6 +137,8 @@ def point_at_target(database: dict, args) -> None:
     if not database.get("ENGINE"):
         database["ENGINE"] = "django.db.backends.postgresql"
     options = database.setdefault("OPTIONS", {})
+    if os.environ.get("DBPROMOTE_APPLICATION_NAME"):  # how the worker's watcher finds this process's sessions
+        options["application_name"] = os.environ["DBPROMOTE_APPLICATION_NAME"]
     # One connection per request, closed after it: a pool (Django 5.1+) would keep connections to the database a
     # request planned on (on_database) and hand them to the next.
     options.pop("pool", None)
