@@ -755,6 +755,12 @@ def target_add(
     max_app_wait: float = typer.Option(
         5, min=0, help="Seconds an app session may wait behind a migration before it is cancelled; 0: never."
     ),
+    health_url: str = typer.Option("", help="Asked after the target migrates: it must answer 2xx."),
+    health_tries: int = typer.Option(5, min=1, help="Tries of --health-url before the app counts as down."),
+    health_within: float = typer.Option(30, min=1, help="Seconds the --health-url tries are spread over."),
+    smoke_command: str = typer.Option(
+        "", help="Run in the project's folder after the target migrates, e.g. 'manage.py check'; must exit 0."
+    ),
     database_alias: str = typer.Option("default", help="The project's DATABASES alias this database is."),
     drift: str = typer.Option(
         "block", help="Drift found by a promotion's preflight: block (stop), warn (show it in the approval), off."
@@ -805,6 +811,10 @@ def target_add(
         deploy=deploy,
         lock_timeout_ms=lock_timeout,
         max_app_wait_s=max_app_wait,
+        health_url=health_url,
+        health_tries=health_tries,
+        health_within_s=health_within,
+        smoke_command=smoke_command,
         database_alias=database_alias,
         drift=drift,
         gcp_credentials=gcp_credentials,

@@ -135,6 +135,14 @@ class DatabaseTarget(Block):
         description="How long an application session may wait behind a migration's locks before the migration is "
         "cancelled (an atomic one rolls back whole); 0: never cancelled.",
     )
+    health_url: str = Field(default="", description="Asked after the target migrates: it must answer 2xx.")
+    health_tries: int = Field(default=5, ge=1, le=100, description="Tries of the health URL before it counts as down.")
+    health_within_s: float = Field(default=30, gt=0, description="The time the health URL's tries are spread over.")
+    smoke_command: str = Field(
+        default="",
+        description="Run in the project's folder after the target migrates, e.g. `manage.py check --database "
+        "default`; it must exit 0.",
+    )
     long_transaction_s: float = Field(default=60, gt=0, description="A transaction older than this blocks DDL.")
     long_transaction_wait_s: float = Field(default=120, ge=0, description="How long to wait for such transactions.")
     tenant_column: str = Field(default="tenant_id", description="The column that scopes a row to a tenant.")

@@ -13,7 +13,7 @@ from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.report import publish_report
 from dbpromote.tasks.rls import apply_rls_policies, prove_tenant_isolation
-from dbpromote.tasks.verify import prove_compatibility, verify_target
+from dbpromote.tasks.verify import check_application_health, prove_compatibility, verify_target
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
@@ -124,6 +124,13 @@ def carry_out(
             raise VerificationError(f"Verification failed on {target}: {failed}; fix the data or the release.")
         report.rls = apply_rls_policies(database, target)
         report.isolation = prove_tenant_isolation(database, target)
+        if database.health_url or database.smoke_command:
+            report.health = check_application_health(probe.project, database, target)
+            if not report.health.passed:
+                raise VerificationError(
+                    f"The application on {target} is unhealthy after the migration ({report.health.detail}); it was "
+                    "not restored, as it may have taken writes since: fix it, or go back as below."
+                )
     except DbpromoteError as error:
         report.error = str(error)
         publish_report(report)

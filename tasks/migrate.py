@@ -8,9 +8,11 @@ import time
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import MigrationError, redact
+from dbpromote.events import target_resource
 from dbpromote.exclusion import migration_running
 from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
@@ -69,6 +71,11 @@ def apply_migration(
             outcome = probe.request(migration.app, migration.name, migration.backwards)
         impact = watching.impact
         if isinstance(outcome, StepAnswer):
+            emit_event(
+                event="dbpromote.migration.applied",
+                resource=target_resource(target_name),
+                payload={"migration": migration.label, "attempts": attempt, **impact.model_dump()},
+            )
             return MigrationResult(
                 label=migration.label,
                 duration_s=round(time.monotonic() - started, 3),
@@ -77,6 +84,11 @@ def apply_migration(
                 **impact.model_dump(include={"strongest_lock", "longest_app_wait_s", "sessions_blocked"}),
             )
         if impact.cancelled:
+            emit_event(
+                event="dbpromote.migration.cancelled",
+                resource=target_resource(target_name),
+                payload={"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
+            )
             raise MigrationError(
                 f"{migration.label} was cancelled on {target_name}: it held {impact.strongest_lock} on "
                 f"{', '.join(impact.tables) or 'its tables'} and {impact.sessions_blocked} application session(s) "

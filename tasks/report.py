@@ -44,6 +44,9 @@ def render_markdown(report: StepReport) -> str:
         ]
     if report.proof:
         lines += ["", "## The running release on the new schema", "", *report.proof.markdown_lines(plan, report.target)]
+    if report.health:
+        verdict = "healthy" if report.health.passed else "UNHEALTHY"
+        lines += ["", f"## The application: {verdict}", ""] + [f"- {check}" for check in report.health.checks]
     if report.verification:
         lines += ["", "## Verify", "", "| check | result | detail |", "|---|---|---|"]
         lines += [

@@ -8,11 +8,14 @@ from pathlib import Path
 from dbpromote.tasks.plan import compute_plan
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import retry_if_transient
+from dbpromote.events import target_resource
+from dbpromote.health import check_application
 from dbpromote.models.plan import Plan
-from dbpromote.models.report import Check, CompatibilityProof, Verification
+from dbpromote.models.report import Check, CompatibilityProof, Health, Verification
 from dbpromote.postgres import connect, migration_state
 from dbpromote.probe import ProbeSession
 
@@ -42,6 +45,18 @@ def prove_compatibility(probe: ProbeSession, plan: Plan) -> CompatibilityProof:
     """The release running before the plan (its models: the state at the plan's applied migrations) against the
     migrated target; what fails is proven to break it."""
     return CompatibilityProof.model_validate(asdict(probe.prove(plan.applied)))
+
+
+@task(name="check-application", cache_policy=NO_CACHE)
+def check_application_health(project: DjangoProject, target: DatabaseTarget, target_name: str) -> Health:
+    """The application asked after the target migrated (its health URL, its smoke command); an event either way."""
+    health = check_application(project, target)
+    emit_event(
+        event=f"dbpromote.health.{'passed' if health.passed else 'failed'}",
+        resource=target_resource(target_name),
+        payload={"checks": health.checks},
+    )
+    return health
 
 
 @task(name="verify-state", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)

@@ -3,6 +3,7 @@ that holds its table's lock while the application queues behind it is cancelled 
 the target's max_app_wait_s, rolled back whole, and the step fails with one sentence; without the load it runs, and
 its record says which lock it held and what the application waited."""
 
+import http.server
 import os
 import subprocess
 import sys
@@ -97,3 +98,61 @@ def test_a_migration_the_application_waits_behind_past_the_limit_is_cancelled_an
         0,
     )
     assert applied(stack, "staging")[-1] == "core.0009_slow_rewrite"
+
+
+class Unhealthy(http.server.BaseHTTPRequestHandler):
+    """An application that answers its health URL with a 500 (and counts the asks)."""
+
+    asked = 0
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        Unhealthy.asked += 1
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def dbpromote_events(target: str, timeout_s: float = 30) -> list[str]:
+    """The names of the dbpromote events the Prefect server holds for a target, once the health one arrived."""
+    from prefect import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    wanted = EventFilter(
+        event=EventNameFilter(prefix=["dbpromote."]), resource=EventResourceFilter(id=[f"dbpromote.target.{target}"])
+    )
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            names = [event.event for event in client.read_events(filter=wanted, limit=50).events]
+            if any(name.startswith("dbpromote.health.") for name in names) or time.monotonic() > deadline:
+                return names
+            time.sleep(0.5)
+
+
+def test_an_unhealthy_application_after_staging_stops_the_promotion_before_production(fresh_databases):
+    from dbpromote.flows.promote import promote
+
+    from dbpromote.errors import VerificationError
+
+    stack = fresh_databases
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unhealthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/health"
+    smoke = "manage.py check --database default"
+    try:
+        with target_changed("staging", health_url=url, health_tries=2, health_within_s=1, smoke_command=smoke):
+            with pytest.raises(VerificationError) as failed:
+                promote("tenant-backend", ["staging", "production"])
+    finally:
+        server.shutdown()
+    assert str(failed.value).startswith(
+        f"The application on staging is unhealthy after the migration ({url} answered HTTP 500 on each of 2 "
+        f"tries; `{smoke}` exited 0); it was not restored, as it may have taken writes since: fix it, or go back "
+        "as below. staging is at the state after core.0008_default_task_statuses; the way back: reverse with "
+    ), str(failed.value)
+    assert Unhealthy.asked == 2
+    assert applied(stack, "production") == ["core.0001_initial"]  # the promotion stopped before it
+    events = dbpromote_events("staging")
+    assert "dbpromote.health.failed" in events and events.count("dbpromote.migration.applied") == 7, events

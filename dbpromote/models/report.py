@@ -174,6 +174,17 @@ class CompatibilityProof(BaseModel):
         return [head + f"{len(self.failures)} statement(s) fail.", ""] + [f"- {line}" for line in findings]
 
 
+class Health(BaseModel):
+    """What the application answered after the target migrated (dbpromote/health.py): each check's line."""
+
+    passed: bool
+    checks: list[str]
+
+    @property
+    def detail(self) -> str:
+        return "; ".join(self.checks)
+
+
 class StepReport(BaseModel):
     """What happened on one target: enough to say where the database is and how to return."""
 
@@ -185,6 +196,7 @@ class StepReport(BaseModel):
     rls: Coverage | None = None
     isolation: Isolation | None = None
     proof: CompatibilityProof | None = Field(None, description="The running release's models on the new schema")
+    health: Health | None = Field(None, description="The application asked after the target migrated")
     error: str = ""
     worker: str = Field("", description="The Prefect worker whose process ran the step (a fleet's members)")
 
