@@ -39,9 +39,10 @@ def deploy_flows(api_url: str, pool: str = WORK_POOL) -> list[str]:
     """prefect.yaml's deployments (shipped in this folder) registered from the installed package on the server at
     api_url and the work pool `pool`: module entrypoints (`dbpromote.flows.promote.promote`), so that any worker
     where dbpromote is installed runs them, without a checkout or a pull step; names, descriptions, parameters and
-    schedules as prefect.yaml has them. The names registered."""
+    schedules and event triggers as prefect.yaml has them. The names registered."""
     import yaml
     from prefect.deployments.runner import EntrypointType
+    from prefect.events import DeploymentEventTrigger
     from prefect.flows import load_flow_from_entrypoint
     from prefect.schedules import Cron
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -56,6 +57,7 @@ def deploy_flows(api_url: str, pool: str = WORK_POOL) -> list[str]:
                 description=entry.get("description"),
                 parameters=entry.get("parameters", {}),
                 schedules=[Cron(s["cron"], timezone=s.get("timezone")) for s in entry.get("schedules", [])],
+                triggers=[DeploymentEventTrigger(**trigger) for trigger in entry.get("triggers", [])],
                 entrypoint_type=EntrypointType.MODULE_PATH,
             )
             deployment.apply(work_pool_name=pool)
