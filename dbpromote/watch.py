@@ -32,21 +32,27 @@ LOCK_MODES = [
     "ExclusiveLock",
     "AccessExclusiveLock",
 ]
+# One pass over pg_stat_activity and pg_locks (each read once: both are built anew on every reference).
 SAMPLE = """
-WITH migration AS (SELECT pid FROM pg_stat_activity WHERE application_name = %(name)s AND datname = current_database())
+WITH activity AS MATERIALIZED (
+    SELECT pid, usename, application_name FROM pg_stat_activity WHERE datname = current_database()
+), migration AS (
+    SELECT pid FROM activity WHERE application_name = %(name)s
+), locks AS MATERIALIZED (
+    SELECT pid, mode, granted, relation, locktype, waitstart FROM pg_locks WHERE database = (
+        SELECT oid FROM pg_database WHERE datname = current_database()) OR NOT granted
+), held AS (
+    SELECT l.mode, l.relation FROM locks l JOIN migration m USING (pid) WHERE l.granted AND l.locktype = 'relation'
+), waiting AS (
+    SELECT w.pid, w.waitstart FROM locks w JOIN activity a USING (pid), migration m
+    WHERE NOT w.granted AND a.usename <> current_user AND m.pid = ANY(pg_blocking_pids(w.pid))
+)
 SELECT
-    (SELECT array_agg(DISTINCT l.mode) FROM pg_locks l JOIN migration m ON l.pid = m.pid
-        WHERE l.granted AND l.locktype = 'relation'),
-    (SELECT array_agg(DISTINCT c.relname) FROM pg_locks l JOIN migration m ON l.pid = m.pid
-        JOIN pg_class c ON c.oid = l.relation
-        WHERE l.granted AND l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
-          AND c.relnamespace = 'public'::regnamespace),
-    (SELECT coalesce(max(extract(epoch FROM now() - w.waitstart)), 0) FROM pg_locks w
-        JOIN pg_stat_activity a ON a.pid = w.pid, migration m
-        WHERE NOT w.granted AND a.usename <> current_user AND m.pid = ANY(pg_blocking_pids(w.pid))),
-    (SELECT array_agg(DISTINCT w.pid) FROM pg_locks w
-        JOIN pg_stat_activity a ON a.pid = w.pid, migration m
-        WHERE NOT w.granted AND a.usename <> current_user AND m.pid = ANY(pg_blocking_pids(w.pid))),
+    (SELECT array_agg(DISTINCT mode) FROM held),
+    (SELECT array_agg(DISTINCT c.relname) FROM held h JOIN pg_class c ON c.oid = h.relation
+        WHERE h.mode = 'AccessExclusiveLock' AND c.relnamespace = %(schema)s::regnamespace),
+    (SELECT coalesce(max(extract(epoch FROM now() - waitstart)), 0) FROM waiting),
+    (SELECT array_agg(DISTINCT pid) FROM waiting),
     (SELECT min(pid) FROM migration)
 """
 
@@ -94,7 +100,9 @@ class Watcher:
 
     def sample(self) -> None:
         """One look at the migration's locks and who waits behind them; the cancel when the limit is passed."""
-        modes, tables, longest, blocked, pid = self.connection.execute(SAMPLE, {"name": self.name}).fetchone()
+        modes, tables, longest, blocked, pid = self.connection.execute(
+            SAMPLE, {"name": self.name, "schema": self.target.schema_name}
+        ).fetchone()
         self.modes |= set(modes or [])
         self.impact.strongest_lock = ([""] + [mode for mode in LOCK_MODES if mode in self.modes])[-1]
         self.impact.tables = sorted(set(self.impact.tables) | set(tables or []))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -114,13 +115,16 @@ class Unhealthy(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def dbpromote_events(target: str, timeout_s: float = 30) -> list[str]:
-    """The names of the dbpromote events the Prefect server holds for a target, once the health one arrived."""
+def dbpromote_events(target: str, since: datetime, timeout_s: float = 30) -> list[str]:
+    """The names of the dbpromote events the Prefect server holds for a target since then, once the health one
+    arrived."""
     from prefect import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
     wanted = EventFilter(
-        event=EventNameFilter(prefix=["dbpromote."]), resource=EventResourceFilter(id=[f"dbpromote.target.{target}"])
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(prefix=["dbpromote."]),
+        resource=EventResourceFilter(id=[f"dbpromote.target.{target}"]),
     )
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
@@ -137,6 +141,7 @@ def test_an_unhealthy_application_after_staging_stops_the_promotion_before_produ
     from dbpromote.errors import VerificationError
 
     stack = fresh_databases
+    since = datetime.now(UTC)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unhealthy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/health"
@@ -154,5 +159,5 @@ def test_an_unhealthy_application_after_staging_stops_the_promotion_before_produ
     ), str(failed.value)
     assert Unhealthy.asked == 2
     assert applied(stack, "production") == ["core.0001_initial"]  # the promotion stopped before it
-    events = dbpromote_events("staging")
+    events = dbpromote_events("staging", since)
     assert "dbpromote.health.failed" in events and events.count("dbpromote.migration.applied") == 7, events
