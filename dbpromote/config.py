@@ -128,6 +128,12 @@ class DatabaseTarget(Block):
     prefix: str = Field(default="backups", description="Object name prefix in the bucket.")
     lock_timeout_ms: int = Field(default=2000, gt=0, description="lock_timeout of each migration's session.")
     statement_timeout_ms: int = Field(default=600_000, ge=0, description="statement_timeout; 0 means none.")
+    concurrent_lock_timeout_ms: int = Field(
+        default=600_000,
+        gt=0,
+        description="lock_timeout of a migration of concurrent operations (CREATE INDEX CONCURRENTLY, VALIDATE "
+        "CONSTRAINT): they wait for old snapshots by design and take no lock the application waits behind.",
+    )
     max_lock_wait_s: float = Field(default=300, gt=0, description="Bound on retrying a lock that is not granted.")
     max_app_wait_s: float = Field(
         default=5,

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from dbpromote import concurrent
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import MigrationError, redact
 from dbpromote.events import target_resource
@@ -67,8 +68,9 @@ def apply_migration(
         wait_for_long_transactions(target, target_name)
         # An atomic migration may be cancelled (it rolls back whole); a non-atomic one only watched.
         watching = Watcher(target, target_name, probe.application_name, cancel=migration.atomic)
+        lock_timeout_ms = target.concurrent_lock_timeout_ms if concurrent.is_concurrent(migration) else 0
         with migration_running(target, target_name, wait_s=target.max_lock_wait_s), watching:
-            outcome = probe.request(migration.app, migration.name, migration.backwards)
+            outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
         impact = watching.impact
         if isinstance(outcome, StepAnswer):
             emit_event(
@@ -98,8 +100,21 @@ def apply_migration(
             )
         message = redact(outcome.message or "unknown error", target.url.get_secret_value())
         if not migration.atomic:
+            dropped = (
+                concurrent.drop_invalid(target, target_name, migration) if concurrent.is_concurrent(migration) else []
+            )
+            if dropped and outcome.reason == "lock" and concurrent.only_builds_indexes(migration):
+                built = concurrent.existing(target, target_name, concurrent.indexes_built(migration))
+                if not built and (sleep := backoff.next()) is not None:  # nothing of it is left: it runs again
+                    logger.warning(
+                        "%s: its build was cancelled (%s) and left %s INVALID, dropped; retrying in %.2f s",
+                        migration.label, message, ", ".join(dropped), sleep,
+                    )  # fmt: skip
+                    time.sleep(sleep)
+                    continue
+            left = f"; the INVALID indexes it left were dropped: {', '.join(dropped)}" if dropped else ""
             raise MigrationError(
-                f"{migration.label} is not atomic and failed part-way on {target_name} ({message}); operations "
+                f"{migration.label} is not atomic and failed part-way on {target_name} ({message}{left}); operations "
                 "before the failing one may have been applied and it is not recorded as applied: inspect it "
                 "(e.g. an INVALID index left by CREATE INDEX CONCURRENTLY), repair, then run again."
             )

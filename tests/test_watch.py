@@ -161,3 +161,61 @@ def test_an_unhealthy_application_after_staging_stops_the_promotion_before_produ
     assert applied(stack, "production") == ["core.0001_initial"]  # the promotion stopped before it
     events = dbpromote_events("staging", since)
     assert "dbpromote.health.failed" in events and events.count("dbpromote.migration.applied") == 7, events
+
+
+def hold_a_snapshot(url: str, seconds: float) -> threading.Thread:
+    """A session with an open REPEATABLE READ transaction (a report, a backup) until an index build has waited
+    for it `seconds`: a build concurrently waits for every older snapshot to end."""
+    ready = threading.Event()
+
+    def hold():
+        with psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as watcher:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.execute("SELECT count(*) FROM core_tenant")
+            ready.set()
+            waiting = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'virtualxid' AND NOT granted)"
+            deadline = time.monotonic() + 120
+            while not watcher.execute(waiting).fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(seconds)
+            conn.rollback()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    ready.wait(10)
+    return thread
+
+
+def index_state(url: str, name: str):
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s", [name]
+        ).fetchone()
+    return None if row is None else ("valid" if row[0] else "INVALID")
+
+
+def test_an_index_built_concurrently_waits_for_old_snapshots_and_a_cancelled_build_is_dropped_and_rebuilt(
+    fresh_databases,
+):
+    from dbpromote.flows.environment import migrate_environment
+
+    stack = fresh_databases
+    url, index, to = stack.database_url("staging"), "task_tenant_created_idx", "core:0004_task_tenant_created_idx"
+    env = os.environ | {"DATABASE_URL": url}
+    back = [sys.executable, "manage.py", "migrate", "core", "0003_task_priority", "-v0"]
+    subprocess.run(back, cwd=local_stack.SAMPLE_PROJECT, env=env, check=True)
+
+    # The target's lock_timeout is 2 s; the build waits 3 s for the snapshot, within its own timeout (10 min).
+    holder = hold_a_snapshot(url, 3)
+    (built,) = migrate_environment("tenant-backend", "staging", to).migrations
+    holder.join()
+    assert (built.label, built.attempts, index_state(url, index)) == ("core.0004_task_tenant_created_idx", 1, "valid")
+
+    # With a 1 s timeout of its own, the build is cancelled half-way: the INVALID index it left is dropped, and the
+    # migration runs again once the snapshot is gone.
+    subprocess.run(back, cwd=local_stack.SAMPLE_PROJECT, env=env, check=True)
+    with target_changed("staging", concurrent_lock_timeout_ms=1000):
+        holder = hold_a_snapshot(url, 2)
+        (rebuilt,) = migrate_environment("tenant-backend", "staging", to).migrations
+    assert (rebuilt.attempts, index_state(url, index)) == (2, "valid")
+    assert applied(stack, "staging")[-1] == "core.0004_task_tenant_created_idx"

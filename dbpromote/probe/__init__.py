@@ -165,9 +165,11 @@ class ProbeSession:
                 self.process.wait()
         self.stderr.close()
 
-    def request(self, app: str, name: str, backwards: bool) -> StepAnswer | FailureAnswer:
-        """The probe's outcome of one migration step, as `migrate_one`/`reverse_one` report it."""
-        answer = self._ask({"app": app, "name": name, "backwards": backwards})
+    def request(self, app: str, name: str, backwards: bool, lock_timeout_ms: int = 0) -> StepAnswer | FailureAnswer:
+        """The probe's outcome of one migration step, as `migrate_one`/`reverse_one` report it (lock_timeout_ms:
+        its own, instead of the target's)."""
+        request = {"app": app, "name": name, "backwards": backwards}
+        answer = self._ask(request | ({"lock_timeout_ms": lock_timeout_ms} if lock_timeout_ms else {}))
         if isinstance(answer, StepAnswer | FailureAnswer):
             return answer
         if answer is not None:

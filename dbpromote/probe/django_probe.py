@@ -642,16 +642,37 @@ def serve(args, out) -> int:
         elif "prove" in request:
             result = answer(lambda request=request: prove(connection, request["prove"]))
         else:
-            step = argparse.Namespace(**vars(args) | {"app": request["app"], "name": request["name"]})
-            result = answer(
-                lambda step=step, request=request: (reverse_one if request.get("backwards") else migrate_one)(
-                    connection, step
-                )
+            lock_timeout_ms = request.get("lock_timeout_ms") or args.lock_timeout_ms
+            step = argparse.Namespace(
+                **vars(args) | {"app": request["app"], "name": request["name"], "lock_timeout_ms": lock_timeout_ms}
             )
+            with session_lock_timeout(connection, lock_timeout_ms):
+                result = answer(
+                    lambda step=step, request=request: (reverse_one if request.get("backwards") else migrate_one)(
+                        connection, step
+                    )
+                )
         connection.close()
         out.write(protocol.encode(result) + "\n")
         out.flush()
     return 0
+
+
+@contextlib.contextmanager
+def session_lock_timeout(connection, lock_timeout_ms: int):
+    """The request's sessions with this lock_timeout (a migration of concurrent operations waits for old snapshots
+    by design: it gets a longer one), the session's own after."""
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+    before = options.get("options", "")
+    connection.close()
+    options["options"] = " ".join(
+        [re.sub(r"-c lock_timeout=\d+", "", before).strip(), f"-c lock_timeout={lock_timeout_ms}"]
+    )
+    try:
+        yield
+    finally:
+        connection.close()
+        options["options"] = before
 
 
 def on_database(connection, entry: dict | None, to: str):
