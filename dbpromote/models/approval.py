@@ -159,6 +159,12 @@ def describe_promotion(
         "backed up to GCS, migrated one migration at a time, verified. On reject or timeout: nothing runs "
         f"on {target}.",
     ]
+    if plan.two_phases:
+        lines += [
+            "",
+            f"Where {target} is deployed rolling, it runs the before-deploy migrations first, then waits for the "
+            "new release's deploy (`dbpromote deployed RUN --release LABEL --by NAME`) before the after-deploy ones.",
+        ]
     return "\n".join(lines)
 
 
