@@ -19,7 +19,7 @@ from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
 from dbpromote.postgres import connect
 from dbpromote.probe import ProbeSession, StepAnswer
-from dbpromote.watch import Watcher
+from dbpromote.watch import Impact, Watcher
 
 # Every attempt that waits for a lock stalls the application for up to lock_timeout: its queries queue behind the
 # waiting DDL. Sleeping at least three lock_timeouts before the next attempt keeps it running 3/4 of the time
@@ -86,51 +86,62 @@ def apply_migration(
                 **impact.model_dump(include={"strongest_lock", "longest_app_wait_s", "sessions_blocked"}),
             )
         if impact.cancelled:
-            emit_event(
-                event="dbpromote.migration.cancelled",
-                resource=target_resource(target_name),
-                payload={"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
-            )
-            raise MigrationError(
-                f"{migration.label} was cancelled on {target_name}: it held {impact.strongest_lock} on "
-                f"{', '.join(impact.tables) or 'its tables'} and {impact.sessions_blocked} application session(s) "
-                f"waited behind it, the longest {impact.longest_app_wait_s:.1f} s (max_app_wait_s "
-                f"{target.max_app_wait_s:g} s); it was rolled back, nothing of it is applied: run it in a maintenance "
-                "window, or split it (add the column nullable, backfill in batches, constrain it in a later release)."
-            )
+            raise cancelled(migration, target, target_name, impact)
         message = redact(outcome.message or "unknown error", target.url.get_secret_value())
         if not migration.atomic:
-            dropped = (
-                concurrent.drop_invalid(target, target_name, migration) if concurrent.is_concurrent(migration) else []
-            )
-            if dropped and outcome.reason == "lock" and concurrent.only_builds_indexes(migration):
-                built = concurrent.existing(target, target_name, concurrent.indexes_built(migration))
-                if not built and (sleep := backoff.next()) is not None:  # nothing of it is left: it runs again
-                    logger.warning(
-                        "%s: its build was cancelled (%s) and left %s INVALID, dropped; retrying in %.2f s",
-                        migration.label, message, ", ".join(dropped), sleep,
-                    )  # fmt: skip
-                    time.sleep(sleep)
-                    continue
-            left = f"; the INVALID indexes it left were dropped: {', '.join(dropped)}" if dropped else ""
-            raise MigrationError(
-                f"{migration.label} is not atomic and failed part-way on {target_name} ({message}{left}); operations "
-                "before the failing one may have been applied and it is not recorded as applied: inspect it "
-                "(e.g. an INVALID index left by CREATE INDEX CONCURRENTLY), repair, then run again."
-            )
-        if outcome.reason != "lock":
+            sleep = after_a_partial_failure(migration, target, target_name, outcome.reason, message, backoff)
+        elif outcome.reason != "lock":
             raise MigrationError(f"{migration.label} failed on {target_name} and was rolled back ({message}).")
-        sleep = backoff.next()
-        if sleep is None:
+        elif (sleep := backoff.next()) is None:
             raise MigrationError(
                 f"{migration.label} could not get its locks on {target_name} in {attempt} attempts over "
                 f"{target.max_lock_wait_s:.0f} s ({message}); it was rolled back: find the session holding "
                 "the lock (pg_locks, pg_stat_activity) and run again."
             )
         logger.warning(
-            "%s: locks not granted on %s (attempt %d), retrying in %.2f s", migration.label, target_name, attempt, sleep
+            "%s on %s (attempt %d): %s; retrying in %.2f s", migration.label, target_name, attempt, message, sleep
         )
         time.sleep(sleep)
+
+
+def cancelled(migration: PlannedMigration, target: DatabaseTarget, target_name: str, impact: Impact) -> MigrationError:
+    """The watcher cancelled it: an event, and the sentence that says what the application went through."""
+    emit_event(
+        event="dbpromote.migration.cancelled",
+        resource=target_resource(target_name),
+        payload={"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
+    )
+    return MigrationError(
+        f"{migration.label} was cancelled on {target_name}: it held {impact.strongest_lock} on "
+        f"{', '.join(impact.tables) or 'its tables'} and {impact.sessions_blocked} application session(s) "
+        f"waited behind it, the longest {impact.longest_app_wait_s:.1f} s (max_app_wait_s "
+        f"{target.max_app_wait_s:g} s); it was rolled back, nothing of it is applied: run it in a maintenance "
+        "window, or split it (add the column nullable, backfill in batches, constrain it in a later release)."
+    )
+
+
+def after_a_partial_failure(
+    migration: PlannedMigration,
+    target: DatabaseTarget,
+    target_name: str,
+    reason: str,
+    message: str,
+    backoff: LockBackoff,
+) -> float:
+    """A non-atomic migration failed: the seconds to wait before running it again when it only builds indexes
+    concurrently, its build was cancelled waiting for a lock and nothing of it is left (the INVALID indexes it left
+    dropped); otherwise the MigrationError that says what may be applied."""
+    dropped = concurrent.drop_invalid(target, target_name, migration) if concurrent.is_concurrent(migration) else []
+    if dropped and reason == "lock" and concurrent.only_builds_indexes(migration):
+        if not concurrent.existing(target, target_name, concurrent.indexes_built(migration)):
+            if (sleep := backoff.next()) is not None:
+                return sleep
+    left = f"; the INVALID indexes it left were dropped: {', '.join(dropped)}" if dropped else ""
+    raise MigrationError(
+        f"{migration.label} is not atomic and failed part-way on {target_name} ({message}{left}); operations "
+        "before the failing one may have been applied and it is not recorded as applied: inspect it "
+        "(e.g. an INVALID index left by CREATE INDEX CONCURRENTLY), repair, then run again."
+    )
 
 
 def wait_for_long_transactions(target: DatabaseTarget, target_name: str) -> None:
