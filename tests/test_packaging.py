@@ -98,7 +98,8 @@ def test_an_installed_wheel_runs_the_stack_deploys_backs_up_and_promotes_from_an
         assert typed("backup", "staging", "--wait").stdout.splitlines()[-1] == "finished: Completed"
 
         waiting = subprocess.Popen(
-            [dbpromote, "promote", "--project", "tenant-backend", "--through", "staging,production", "--wait"],
+            [dbpromote, "promote", "--project", "tenant-backend", "--through", "staging,production", "--wait",
+             "--no-deploy-wait-on-staging"],
             cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         run_id = UUID(waiting.stdout.readline().split()[0])
@@ -107,6 +108,11 @@ def test_an_installed_wheel_runs_the_stack_deploys_backs_up_and_promotes_from_an
             assert waiting.poll() is None and time.monotonic() < deadline, waiting.communicate()
             time.sleep(1)
         typed("approve", str(run_id), "--approver", "ops", "--comment", "from the wheel", "--acknowledge-risks")
+        # Production is deployed rolling (the default) and the sample release breaks the one before it.
+        while f"{run_id}  promote" not in (pending := typed("pending").stdout) or "the app deploy" not in pending:
+            assert waiting.poll() is None and time.monotonic() < deadline + 300, waiting.communicate()
+            time.sleep(1)
+        typed("deployed", str(run_id), "--release", "wheel", "--by", "ops")
         out, err = waiting.communicate(timeout=600)
         assert waiting.returncode == 0 and out.splitlines()[-1] == "finished: Completed", out + err
     finally:
