@@ -37,7 +37,7 @@ def typed(*args: str) -> str:
 def load(stop: Path) -> list[subprocess.Popen]:
     """Four clients of the release at v1 against production."""
     env = {"DATABASE_URL": stack.database_url("production"), "PATH": "/usr/bin:/bin"}
-    command = [sys.executable, str(Path(__file__).with_name("old_release_load.py")), "--settings"]
+    command = [sys.executable, str(Path(__file__).parent / "clients" / "old_release_load.py"), "--settings"]
     command += ["tenant_backend.settings", "--applied", json.dumps([["core", "0001_initial"]]), "--stop", str(stop)]
     return [
         subprocess.Popen(command, cwd=local_stack.SAMPLE_PROJECT, env=env, stdout=subprocess.PIPE, text=True)

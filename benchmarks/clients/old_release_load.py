@@ -1,7 +1,7 @@
 """One client of the previous release: its models (the migration state at --applied) run their SELECT and INSERT
 per model in a loop, each round rolled back, against DATABASE_URL until --stop names a file that exists; prints
 {"rounds", "statements", "errors", "first"} as JSON. Run in the project's folder with its interpreter
-(benchmarks/rolling_deploy.py starts four), like the probe it borrows the statements from."""
+(benchmarks/rolling_deploy.py starts four; a client, not a benchmark), like the probe it borrows the statements from."""
 
 import argparse
 import importlib.util
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-PROBE = Path(__file__).resolve().parents[1] / "dbpromote" / "probe"
+PROBE = Path(__file__).resolve().parents[2] / "dbpromote" / "probe"
 
 
 def main() -> None:
