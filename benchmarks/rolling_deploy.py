@@ -2,7 +2,7 @@
 
 The sample release (v1 -> head: a rename, a drop, a NOT NULL column without a database default) is promoted
 through staging and production as typed, the approval given at once, while four clients of the previous release
-(its models at v1: a SELECT and an INSERT per model, rolled back, in a loop; benchmarks/old_release_load.py) run
+(its models at v1: a SELECT and an INSERT per model, rolled back, in a loop; benchmarks/clients/old_release_load.py) run
 against production:
 - **two phases** (production deployed rolling): the old release serves until production waits for the deploy;
   then it is gone (the deploy) and `dbpromote deployed` lets the after-deploy phase run;
