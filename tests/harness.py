@@ -187,10 +187,13 @@ def kill(stack, run_id: str, worker: bool) -> None:
     if worker:
         os.kill(local_stack.Stack.load(stack.home).pids["worker"], signal.SIGKILL)
     os.kill(engine, signal.SIGKILL)
-    deadline = time.monotonic() + 5
+    # The kernel kills the probe and the backup stream with it (PR_SET_PDEATHSIG); the stream's pg_dump and
+    # pg_restore end on the broken pipe and the end of their input, which took more than 5 s on a loaded machine.
+    deadline = time.monotonic() + 15
     while run_processes(run_id) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert run_processes(run_id) == {}, "a probe or backup stream outlived the killed flow process"
+    left = run_processes(run_id)
+    assert left == {}, f"a probe or backup stream outlived the killed flow process: {left}"
     if worker:
         local_stack.up(stack.home, deploy=False)  # a new worker, as after a machine is replaced
 
