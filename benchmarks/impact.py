@@ -1,6 +1,6 @@
 """Benchmark: what the application waits while a release rewrites its busiest table.
 
-A table of --rows accounts (1M by default) on the stack's staging server, four clients of the application's role
+A table of --rows accounts (4M by default) on the stack's staging server, four clients of the application's role
 reading and updating random rows in a loop, and a release that adds an index without CONCURRENTLY and a column with
 a volatile default (a rewrite under ACCESS EXCLUSIVE). Measured in one run, the application's longest wait and its
 p99 request latency:
@@ -182,7 +182,8 @@ def ours(folder: Path, limit_s: float) -> tuple[str, float, int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    # 1M rows rewrote in 1.9 s on an idle machine, under the 2 s limit: 4M make the migration outlast it.
+    parser.add_argument("--rows", type=int, default=4_000_000)
     args = parser.parse_args()
     local_stack.reset()
     folder = project(args.rows)
@@ -192,6 +193,8 @@ def main() -> None:
     with Load(app_url, args.rows) as load:
         ended, seconds, _, _ = ours(folder, LIMIT_S)
     figures["dbpromote, max_app_wait 2 s"] = (*load.figures(), seconds, ended)
+    if ended == "applied":  # it finished within the limit: back to 0001 for the baseline
+        manage(folder, "migrate", "bank", "0001")
     with Load(app_url, args.rows) as load:
         seconds = manage(folder, "migrate", "bank", "0002")
     figures["bare manage.py migrate"] = (*load.figures(), seconds, "applied")
