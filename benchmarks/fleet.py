@@ -102,6 +102,10 @@ def main() -> None:
     for size, bare_s, checklist_s, ours_s, paused_s in rows:
         print(f"| {size} | {bare_s:.1f} | {checklist_s:.1f} | {ours_s:.1f} | {paused_s:.1f} | {ours_s / bare_s:.2f}x "
               f"| {ours_s / checklist_s:.2f}x |")  # fmt: skip
+    size, bare_s, _, ours_s, _ = rows[-1]
+    ratio = ours_s / bare_s
+    print(f"goal fleet-{size}-members: {ratio:.2f}x the migrate loop (goal <= 1.5x): "
+          f"{'met' if ratio <= 1.5 else 'NOT MET'}")  # fmt: skip
 
 
 if __name__ == "__main__":
