@@ -137,11 +137,22 @@ def promote(
     deploy_wait_on_staging: bool = typer.Option(
         True, help="Wait for the app deploy between staging's two phases too (off: staging deploys itself)."
     ),
+    now: bool = typer.Option(
+        False, "--now", help="Do not wait for the targets' maintenance windows (with --reason, kept in the journal)."
+    ),
+    reason: str = typer.Option("", help="Why --now: the step cannot wait for its window."),
 ) -> None:
     """Trigger the promote deployment; prints the run's UI URL. A name in --through may be a group's."""
     from dbpromote.flows.promote import check_promotion_input
     from dbpromote.runs import trigger
 
+    if now != bool(reason.strip()):
+        fail(
+            "--now needs --reason TEXT: say why the step cannot wait for its maintenance window (it is kept in the "
+            "promotion's journal)."
+            if now
+            else "--reason goes with --now (a promotion outside its maintenance windows); add --now, or leave it out."
+        )
     targets = [name.strip() for name in through.split(",") if name.strip()]
     check_promotion_input(project, targets, to)
     if to:
@@ -153,6 +164,8 @@ def promote(
         parameters |= {"skip_divergent": True}
     if not deploy_wait_on_staging:
         parameters |= {"deploy_wait_on_staging": False}
+    if now:
+        parameters |= {"now_reason": reason.strip()}
     follow(trigger("promote/promote", parameters), wait, until_paused)
 
 
@@ -230,7 +243,7 @@ UNTIL_PAUSED_S = 600
 
 def follow(run, wait: bool, until_paused: bool) -> None:
     """Print a run that may ask for approval; with until_paused, wait for its approval form; with wait, its end."""
-    from dbpromote.runs import run_url, wait_for, waits_for_deploy
+    from dbpromote.runs import run_url, wait_for, waits_for, window_opens
 
     typer.echo(f"{run.id} {run_url(run.id)}")
     if until_paused:
@@ -243,11 +256,14 @@ def follow(run, wait: bool, until_paused: bool) -> None:
                 f"The run has not asked for approval within {UNTIL_PAUSED_S // 60} minutes (it is {state.name}); "
                 f"it goes on: follow it at {run_url(run.id)} or with `dbpromote runs`."
             )
-        if waits_for_deploy(paused):
+        if waits_for(paused) == "deploy":
             typer.echo(
                 f"waiting for the app deploy between two phases; once deployed, answer in the UI: {run_url(run.id)}"
             )
             typer.echo(f"or: dbpromote deployed {run.id} --release LABEL --by YOUR_NAME")
+        elif waits_for(paused) == "window":
+            typer.echo(f"runs in the window starting {window_opens(paused):%Y-%m-%d %H:%M} UTC: {run_url(run.id)}")
+            typer.echo(f"to run it now instead: dbpromote run-now {run.id} --by YOUR_NAME --reason TEXT")
         else:
             typer.echo(f"waiting for approval in the UI: {run_url(run.id)}")
             typer.echo(f"or: dbpromote approve {run.id} --approver YOUR_NAME --comment TEXT --acknowledge-risks")
@@ -257,13 +273,14 @@ def follow(run, wait: bool, until_paused: bool) -> None:
 
 @app.command("pending")
 def pending() -> None:
-    """Runs waiting for approval (promotions, restores, rollbacks) or for the app deploy between a promotion's two
-    phases: id, what waits, what for, UI URL."""
-    from dbpromote.runs import pending_approvals, run_url, waits_for_deploy
+    """Runs waiting for approval (promotions, restores, rollbacks), for the app deploy between a promotion's two
+    phases or for a maintenance window: id, what waits, what for, UI URL."""
+    from dbpromote.runs import pending_approvals, run_url, waits_for, window_opens
 
     for run in pending_approvals():
-        what = "the app deploy" if waits_for_deploy(run) else "approval"
-        typer.echo(f"{run.id}  {run.name}  waits for {what}  {run_url(run.id)}")
+        what = {"deploy": "waits for the app deploy", "approval": "waits for approval"}.get(waits_for(run), "")
+        what = what or f"runs in the window starting {window_opens(run):%Y-%m-%d %H:%M} UTC"
+        typer.echo(f"{run.id}  {run.name}  {what}  {run_url(run.id)}")
 
 
 @app.command("runs")
@@ -316,12 +333,27 @@ def deployed(
     comment: str = typer.Option(""),
 ) -> None:
     """Tell a promotion waiting between its two phases that the new release is deployed; the rest runs."""
-    from dbpromote.runs import answer_deploy
+    from dbpromote.runs import answer_wait
 
     if not release.strip() or not by.strip():
         fail("--release and --by must not be blank; give the release's label and your name.")
-    answer_deploy(run_id, by.strip(), release.strip(), comment)
+    answer_wait(run_id, "deploy", {"deployed_by": by.strip(), "release": release.strip(), "comment": comment})
     typer.echo(f"{run_id}: {release.strip()} deployed, as {by.strip()} says; the after-deploy phase runs now")
+
+
+@app.command("run-now")
+def run_now(
+    run_id: str,
+    by: str = typer.Option(..., "--by", help="Your name: who runs it outside its window (kept in the journal)."),
+    reason: str = typer.Option(..., help="Why it cannot wait for its maintenance window (kept in the journal)."),
+) -> None:
+    """Run a promotion's step that waits for its maintenance window now, outside it."""
+    from dbpromote.runs import answer_wait
+
+    if len(reason.strip()) < 3 or not by.strip():
+        fail("--reason and --by must not be blank; say why it cannot wait for its window, and who you are.")
+    answer_wait(run_id, "window", {"opened_by": by.strip(), "reason": reason.strip()})
+    typer.echo(f"{run_id}: runs now, outside its window, as {by.strip()} says: {reason.strip()}")
 
 
 @app.command("reject")
@@ -761,6 +793,15 @@ def target_add(
     smoke_command: str = typer.Option(
         "", help="Run in the project's folder after the target migrates, e.g. 'manage.py check'; must exit 0."
     ),
+    window: list[str] | None = typer.Option(
+        None,
+        help="A maintenance window, DAYS HH:MM-HH:MM ZONE, e.g. 'sat,sun 01:00-05:00 Europe/Berlin' (repeat): a step "
+        "that held a heavy lock longer than --window-lock on staging, or may rewrite a table, waits for one.",
+    ),
+    window_lock: float = typer.Option(10, min=0, help="Seconds of a heavy lock on staging that need a window."),
+    watch_after: float | None = typer.Option(
+        None, min=0, help="Seconds the database is watched after it migrates; default 180 with approval, else 0."
+    ),
     database_alias: str = typer.Option("default", help="The project's DATABASES alias this database is."),
     drift: str = typer.Option(
         "block", help="Drift found by a promotion's preflight: block (stop), warn (show it in the approval), off."
@@ -815,6 +856,9 @@ def target_add(
         health_tries=health_tries,
         health_within_s=health_within,
         smoke_command=smoke_command,
+        windows=window or [],
+        window_lock_s=window_lock,
+        watch_after_s=watch_after,
         database_alias=database_alias,
         drift=drift,
         gcp_credentials=gcp_credentials,

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from dbpromote.conninfo import Conninfo
 from dbpromote.errors import ConfigError
 from dbpromote.models.fleet import Share
+from dbpromote.windows import check_windows
 
 
 class DjangoProject(Block):
@@ -109,6 +110,12 @@ def load_secret(block: str, variable: str) -> str:
 DATABASE_PARTS = ("host", "port", "name", "user", "password")
 
 
+# GitLab watches a post-deploy migration's effects for minutes (its batched migrations pause 10 min on a bad
+# health indicator); three minutes of production after it migrates catch the deadlocks and rollbacks a changed
+# schema causes in the application's first requests, and cost a promotion nothing it waits for.
+WATCH_AFTER_S = 180.0
+
+
 class DatabaseTarget(Block):
     """One database a project is promoted to (an environment: staging, production, a shard)."""
 
@@ -149,6 +156,21 @@ class DatabaseTarget(Block):
         description="Run in the project's folder after the target migrates, e.g. `manage.py check --database "
         "default`; it must exit 0.",
     )
+    windows: list[str] = Field(
+        default_factory=list,
+        description="Maintenance windows, each DAYS HH:MM-HH:MM ZONE (e.g. 'sat,sun 01:00-05:00 Europe/Berlin'): a "
+        "step whose migrations held a heavy lock longer than window_lock_s on staging (or a rehearsal), or may "
+        "rewrite a table, waits for the first one it fits in; none: it runs at once.",
+    )
+    window_lock_s: float = Field(
+        default=10, ge=0, description="A heavy lock held longer than this on staging makes the step wait for a window."
+    )
+    watch_after_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the database is watched after the target migrates (blocked sessions, deadlocks, "
+        "rollbacks, connections); unset: WATCH_AFTER_S where approval is required (production), else 0.",
+    )
     long_transaction_s: float = Field(default=60, gt=0, description="A transaction older than this blocks DDL.")
     long_transaction_wait_s: float = Field(default=120, ge=0, description="How long to wait for such transactions.")
     tenant_column: str = Field(default="tenant_id", description="The column that scopes a row to a tenant.")
@@ -175,6 +197,18 @@ class DatabaseTarget(Block):
         description="A promotion's preflight compares the schema with its migrations: block stops on drift a "
         "promotion would not repair, warn shows it in the approval form, off skips the check.",
     )
+
+    @field_validator("windows")
+    @classmethod
+    def _readable_windows(cls, windows: list[str]) -> list[str]:
+        return check_windows(windows)  # a ConfigError naming the fix, at `target add`
+
+    @property
+    def watch_after(self) -> float:
+        """How long the database is watched after the target migrates."""
+        if self.watch_after_s is not None:
+            return self.watch_after_s
+        return WATCH_AFTER_S if self.requires_approval else 0.0
 
     @property
     def conninfo(self) -> Conninfo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from dbpromote.config import DatabaseTarget
+from dbpromote.models.approval import WindowRun
 from dbpromote.records import read_records
 
 
@@ -55,6 +56,8 @@ def _promotion(record: dict) -> Intervention:
     what = f"{record.get('project', '')} plan {record.get('plan_hash', '')}"
     if deployed := record.get("deployed"):
         what += f" in two phases, {deployed['release']} deployed between them by {deployed['deployed_by']}"
+    if window := record.get("window"):
+        what += f"; {WindowRun.model_validate(window).line()}"
     return Intervention(
         at=record["recorded_at"],
         kind="promotion",

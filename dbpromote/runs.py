@@ -266,10 +266,15 @@ def answer_approval(
                 f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
                 "list the runs waiting with `dbpromote pending`."
             )
-        if waits_for_deploy(run):
+        if waits_for(run) == "deploy":
             raise ConfigError(
                 f"Run {run_id} waits for the application's deploy, not for an approval; once the new release "
                 f"serves everywhere, say so with `dbpromote deployed {run_id} --release LABEL --by YOUR_NAME`."
+            )
+        if waits_for(run) == "window":
+            raise ConfigError(
+                f"Run {run_id} was approved and waits for its maintenance window; it runs then by itself (to run it "
+                f"now: `dbpromote run-now {run_id} --by YOUR_NAME --reason TEXT`)."
             )
         schema = paused_form_schema(client, run)
         if '"code"' in schema:
@@ -292,25 +297,41 @@ def answer_approval(
         raise ApprovalRejected(f"The server refused the answer ({response.details.reason}); correct it and try again.")
 
 
-def waits_for_deploy(run: FlowRun) -> bool:
-    """Whether a paused run waits for the application's deploy between its two phases (tasks/approval.py)."""
+def waits_for(run: FlowRun) -> str:
+    """What a paused run waits for: "approval", "deploy" (the app's, between a promotion's two phases) or "window"
+    (a maintenance window), by its wait's key (tasks/approval.py, tasks/window.py)."""
     from dbpromote.tasks.approval import DEPLOY_KEY_PREFIX
+    from dbpromote.tasks.window import WINDOW_KEY_PREFIX
 
-    key = run.state.state_details.pause_key if run.state and run.state.state_details else None
-    return bool(key and key.startswith(DEPLOY_KEY_PREFIX))
+    key = (run.state.state_details.pause_key if run.state and run.state.state_details else None) or ""
+    if key.startswith(DEPLOY_KEY_PREFIX):
+        return "deploy"
+    return "window" if key.startswith(WINDOW_KEY_PREFIX) else "approval"
 
 
-def answer_deploy(run_id: str, deployed_by: str, release: str, comment: str) -> None:
-    """Resume a promotion waiting for the application's deploy: the new release serves everywhere."""
+def waits_for_deploy(run: FlowRun) -> bool:
+    """Whether a paused run waits for the application's deploy between its two phases."""
+    return waits_for(run) == "deploy"
+
+
+def window_opens(run: FlowRun) -> datetime | None:
+    """When the maintenance window a paused run waits for opens; None when it waits for something else."""
+    from dbpromote.tasks.window import opens_at
+
+    return opens_at(run.state.state_details.pause_key or "") if waits_for(run) == "window" else None
+
+
+def answer_wait(run_id: str, kind: str, answer: dict) -> None:
+    """Resume a promotion waiting for the app deploy or its maintenance window (`kind`) with the form's answer."""
     with get_client(sync_client=True) as client:
         run = read_run(client, run_id)
-        if not waits_for_deploy(run):
+        if not (run.state and run.state.is_paused() and waits_for(run) == kind):
             state = run.state.name if run.state else "unknown"
+            what = "a deploy" if kind == "deploy" else "its maintenance window"
             raise ConfigError(
-                f"Run {run_id} is not waiting for a deploy (it is {state}); nothing was sent: `dbpromote pending` "
+                f"Run {run_id} is not waiting for {what} (it is {state}); nothing was sent: `dbpromote pending` "
                 "lists the runs that wait, and what for."
             )
-        answer = {"deployed_by": deployed_by, "release": release, "comment": comment}
         response = client.resume_flow_run(run.id, run_input=answer)
     if response.status == SetStateStatus.REJECT:
         raise ConfigError(f"The server refused the answer ({response.details.reason}); correct it and try again.")

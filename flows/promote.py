@@ -18,6 +18,7 @@ from dbpromote.tasks.approval import (
 )
 from dbpromote.tasks.journal import open_journal, record_step
 from dbpromote.tasks.preflight import check_not_held
+from dbpromote.tasks.window import wait_for_window
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -31,6 +32,7 @@ from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
+from dbpromote.windows import Measured, when_it_runs
 
 
 @flow(name="promote", on_failure=[notify_failure], flow_run_name="promote {project} through {through}")
@@ -45,6 +47,7 @@ def promote(
     resume: str = "",
     skip_divergent: bool = False,
     deploy_wait_on_staging: bool = True,
+    now_reason: str = "",
 ) -> list[StepReport]:
     """The checklist: plan everywhere, refuse what staging cannot vouch for, then each environment in order.
 
@@ -63,6 +66,10 @@ def promote(
     runs in two phases there: the before-deploy migrations, then a wait (suspended) until someone says the new
     release is deployed, then the rest. Staging waits too, so production's wait is rehearsed, unless
     deploy_wait_on_staging is off (a staging that deploys itself).
+
+    A target with maintenance windows runs a step whose migrations held a heavy lock for long on staging (or the
+    rehearsal), or may rewrite a table, in the first window with room for staging's duration, suspended until it
+    opens; approval can be given before. now_reason runs such steps at once, the reason kept in the journal.
     """
     check_promotion_input(project, through, to)
     groups = {name: group for name in through if (group := load_group(name))}
@@ -105,17 +112,21 @@ def promote(
         if done := journal.completed(target, now[target]):
             reports.append(done)  # a crashed run of this promotion did it all: nothing runs twice
             continue
+        rehearsal = None
         if target != through[0]:
             honoured = journal.approval(target, plans[target])  # given for this very plan before a crash: it stands
-            rehearsal = None
             if rehearse and not honoured:
                 rehearsal = rehearse_plan(project, target, through[0], plans[target], rehearsal_slow_s)
-            if load_target(target).requires_approval:
-                request = promotion_request(project, target, plans[target], reports, rehearsal, drift[target])
-                approvals.append(honoured or approve(journal, request, approval_timeout_s, approval_poll_s))
+        measured = Measured.of(reports, through[0], rehearsal)
+        database = load_target(target)
+        if target != through[0] and database.requires_approval:
+            need = measured.need(plans[target], database.window_lock_s)
+            when = when_it_runs(database.windows, need, datetime.now(UTC), now_reason)
+            request = promotion_request(project, target, plans[target], reports, rehearsal, drift[target], when)
+            approvals.append(honoured or approve(journal, request, approval_timeout_s, approval_poll_s))
         record_step(journal, target, plans[target])
-        waits = load_target(target).deploy == "rolling" and (target != through[0] or deploy_wait_on_staging)
-        phases = Phases(project, target, to, journal, approval_timeout_s, approval_poll_s)
+        waits = database.deploy == "rolling" and (target != through[0] or deploy_wait_on_staging)
+        phases = Phases(project, target, to, journal, approval_timeout_s, approval_poll_s, measured, now_reason)
         reports += phases.run(plans[target], now[target]) if waits else phases.run_one(now[target])
 
     first_reports = {}
@@ -126,6 +137,8 @@ def promote(
         record["backup"] = report.backup.object_name if report.backup else None
         if deployment := journal.deployed(report.target, plans[report.target]):
             record["deployed"] = deployment.model_dump()
+        if window := journal.targets.get(report.target, TargetJournal()).window:
+            record["window"] = window.model_dump()
         write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
     create_markdown_artifact(
         summary(project, reports, approvals),
@@ -139,12 +152,25 @@ def promote(
 class Phases:
     """One target's step: in one go, or in the two phases around the application's deploy."""
 
-    def __init__(self, project: str, target: str, to: str, journal: Journal, timeout_s: int, poll_s: int):
+    def __init__(
+        self,
+        project: str,
+        target: str,
+        to: str,
+        journal: Journal,
+        timeout_s: int,
+        poll_s: int,
+        measured: Measured,
+        now_reason: str = "",
+    ):
         self.project, self.target, self.to, self.journal = project, target, to, journal
-        self.timeout_s, self.poll_s = timeout_s, poll_s
+        self.timeout_s, self.poll_s, self.measured, self.now_reason = timeout_s, poll_s, measured, now_reason
 
     def run_one(self, now: Plan) -> list[StepReport]:
-        """What preflight saw (the whole plan, or what a crashed run left of it), exactly that, in one step."""
+        """What preflight saw (the whole plan, or what a crashed run left of it), exactly that, in one step: in a
+        maintenance window where the target has them and the step needs one."""
+        if now.migrations:
+            self.wait_for_window(now)
         report = migrate_environment(self.project, self.target, self.to, expected_plan=now)
         record_step(self.journal, self.target, report)
         return [report]
@@ -166,6 +192,14 @@ class Phases:
             self.journal.targets.setdefault(self.target, TargetJournal()).deployed = deployment
         self.wait_out_delay(whole, deployment)
         return reports + self.run_one(now.only(set(now.labels) - before))
+
+    def wait_for_window(self, now: Plan) -> None:
+        """Suspended until the window this part of the step runs in opens (or a person runs it now); recorded."""
+        database = load_target(self.target)
+        need = self.measured.need(now, database.window_lock_s)
+        if window := wait_for_window(self.project, database, self.target, now, need, self.now_reason):
+            record_step(self.journal, self.target, window)
+            self.journal.targets.setdefault(self.target, TargetJournal()).window = window
 
     def wait_out_delay(self, whole: Plan, deployment: Deployment) -> None:
         """django-safemigrate's `after_deploy(delay=...)`, counted from the recorded deploy (what its users ask

@@ -105,7 +105,7 @@ def _pause_key(request: ApprovalRequest, attempt: int) -> str:
     return f"approval-{subject}-{attempt}"
 
 
-def _suspendable() -> bool:
+def suspendable() -> bool:
     """Whether this run is a deployment's, which the server can reschedule on any worker once answered."""
     context = FlowRunContext.get()
     return bool(context and context.flow_run and context.flow_run.deployment_id)
@@ -113,7 +113,7 @@ def _suspendable() -> bool:
 
 def _answered(request: ApprovalRequest, attempt: int) -> bool:
     """Whether this wait was answered already (this run suspended there, and was resumed with the answer)."""
-    if not _suspendable():
+    if not suspendable():
         return False
     keyset = keyset_from_base_key(f"suspended-{_pause_key(request, attempt)}")
     return read_flow_run_input(keyset["response"]) is not None
@@ -134,7 +134,7 @@ def _pause_for_answer(
     try:
         if remaining <= 0:
             raise FlowPauseTimeout("approval timed out")
-        if _suspendable():
+        if suspendable():
             return suspend_flow_run(wait_for_input=form, timeout=remaining, key=key)
         return pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=poll_s, key=key)
     except FlowPauseTimeout:
@@ -154,7 +154,7 @@ def wait_for_deploy(project: str, target: str, plan: Plan, done: list[str], time
     at its before-deploy phase."""
     subject = hashlib.sha256(f"deploy|{target}|{plan.hash}".encode()).hexdigest()[:16]
     key = f"{DEPLOY_KEY_PREFIX}{subject}"
-    if not (_suspendable() and read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])):
+    if not (suspendable() and read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])):
         notify(
             f"dbpromote: {target} waits for the app deploy", f"{project} plan {plan.hash}: {run_url(flow_run.get_id())}"
         )
@@ -165,7 +165,7 @@ def wait_for_deploy(project: str, target: str, plan: Plan, done: list[str], time
         payload={"project": project, "plan": plan.hash, "before_deploy": done},
     )
     try:
-        if _suspendable():
+        if suspendable():
             answer = suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
         else:
             answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_s, key=key)

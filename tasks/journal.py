@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, load_target
 from dbpromote.errors import ConfigError, retry_if_transient
-from dbpromote.models.approval import Approval, Deployment
+from dbpromote.models.approval import Approval, Deployment, WindowRun
 from dbpromote.models.journal import TAG_PREFIX, Journal, TargetJournal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
@@ -107,19 +107,23 @@ def read_target_journal(database: DatabaseTarget, target: str, promotion: str) -
             journal.approval = Approval.model_validate(record["approval"])
         elif record["step"] == "deployed":
             journal.deployed = Deployment.model_validate(record["deployment"])
+        elif record["step"] == "window":
+            journal.window = WindowRun.model_validate(record["window"])
         elif record["step"] == "completed":
             journal.completed = StepReport.model_validate(record["report"])
     return journal
 
 
 @task(name="record-step", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
-def record_step(journal: Journal, target: str, step: Plan | Approval | Deployment | StepReport) -> str:
+def record_step(journal: Journal, target: str, step: Plan | Approval | Deployment | WindowRun | StepReport) -> str:
     """A target's step in the promotion's journal: its whole plan before it starts, its approval, the app deploy
-    between its phases, its report when it (or a phase of it) completed; the record's URI."""
+    between its phases, the window it ran in (or the reason it did not wait), its report when it (or a phase of
+    it) completed; the record's URI."""
     kind = {
         Plan: ("started", "plan"),
         Approval: ("approved", "approval"),
         Deployment: ("deployed", "deployment"),
+        WindowRun: ("window", "window"),
         StepReport: ("completed", "report"),
     }
     name, field = kind[type(step)]

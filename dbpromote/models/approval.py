@@ -65,6 +65,62 @@ class Deployment(BaseModel):
     flow_run_id: str
 
 
+# Who answers a window wait when the window opens (flows/window.py); a person answers with their name.
+THE_WINDOW = "the window"
+
+
+class WindowForm(RunInput):
+    """The answer to a step waiting for its maintenance window: the window opened, or a person runs it now."""
+
+    opened_by: str = Field(description="Who runs it now, outside its window (your name)")
+    reason: str = Field(min_length=3, description="Why it cannot wait for the window (kept in the journal)")
+
+
+class WindowRun(BaseModel):
+    """When a step that needs a maintenance window ran: in which window, or outside one with a person's reason."""
+
+    target: str
+    plan_hash: str
+    needs: list[str] = Field(description="Why it needs a window: each migration's lock or rewrite")
+    window: str = Field("", description="The window it ran in; empty: outside any, for the reason given")
+    opens_at: str = ""
+    started_at: str
+    opened_by: str
+    reason: str = ""
+    flow_run_id: str
+
+    def line(self) -> str:
+        """One line for the journal and the promotion's summary."""
+        if self.window:
+            return f"ran in the window {self.window} (opened {self.opens_at}; {'; '.join(self.needs)})"
+        return f"ran outside its windows at {self.started_at}, by {self.opened_by}: {self.reason}"
+
+
+def describe_window_wait(
+    project: str, target: str, plan: Plan, needs: list[str], opening: str, expected_s: float
+) -> str:
+    """The window form's text: what waits, until when, why, and how to run it now instead."""
+    return "\n".join(
+        [
+            f"## {target} waits for its maintenance window starting {opening}",
+            "",
+            f"{project} plan {plan.hash}: {', '.join(plan.labels)}. Each of these stalls the application while it "
+            "runs, so it runs in a window:",
+            "",
+            *[f"- {need}" for need in needs],
+            "",
+            f"The step takes about {expected_s:.0f} s by the run that measured it; the run starts it in the first "
+            "window with that much time left, and holds no worker until then.",
+            "",
+            "### To run it now instead",
+            "",
+            "Answer here with your name and the reason it cannot wait (kept in the promotion's journal), or run "
+            f"`dbpromote run-now RUN --by YOUR_NAME --reason TEXT`. To stop here, cancel the run: nothing of "
+            f"this step has run on {target}.",
+        ]
+    )
+
+
 def describe_deploy_wait(project: str, target: str, plan: Plan, done: list[str]) -> str:
     """The deploy form's text: what ran, what waits and why, and how to answer."""
     after = [m.label for m in plan.phase(AFTER_DEPLOY)]
@@ -117,7 +173,13 @@ def approval_form(risky: bool, coded: bool = False) -> type[RunInput]:
 
 
 def describe_promotion(
-    project: str, target: str, plan: Plan, reports: list[StepReport], rehearsal: Rehearsal | None, drift: str
+    project: str,
+    target: str,
+    plan: Plan,
+    reports: list[StepReport],
+    rehearsal: Rehearsal | None,
+    drift: str,
+    when: str = "",
 ) -> str:
     lines = [
         f"## Approve promoting **{project}** to **{target}**",
@@ -165,6 +227,8 @@ def describe_promotion(
             f"Where {target} is deployed rolling, it runs the before-deploy migrations first, then waits for the "
             "new release's deploy (`dbpromote deployed RUN --release LABEL --by NAME`) before the after-deploy ones.",
         ]
+    if when:
+        lines += ["", f"**When:** {target} {when}. Approving now is fine: the run waits, suspended, until then."]
     return "\n".join(lines)
 
 
@@ -182,8 +246,10 @@ def promotion_request(
     reports: list[StepReport],
     rehearsal: Rehearsal | None = None,
     drift: str = "",
+    when: str = "",
 ) -> ApprovalRequest:
-    """A promotion's approval: a migration the rehearsal found slow becomes a risk to acknowledge."""
+    """A promotion's approval: a migration the rehearsal found slow becomes a risk to acknowledge; `when` says when
+    the step runs where it waits for a maintenance window."""
     if rehearsal is not None:
         plan = plan.model_copy(deep=True)
         for migration in plan.migrations:
@@ -195,7 +261,7 @@ def promotion_request(
         subject=plan.hash,
         items=plan.labels,
         risks=plan.risks,
-        description=describe_promotion(project, target, plan, reports, rehearsal, drift),
+        description=describe_promotion(project, target, plan, reports, rehearsal, drift, when),
         notice=f"{project} plan {plan.hash} ({len(plan.migrations)} migrations) passed on "
         f"{', '.join(r.target for r in reports)} and waits for approval on {target}",
         on_reject="fix the release and start a new promotion",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from dbpromote.models.approval import Approval, Deployment
+from dbpromote.models.approval import Approval, Deployment, WindowRun
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 
@@ -19,6 +19,7 @@ class TargetJournal(BaseModel):
     started: Plan | None = Field(None, description="The whole plan, recorded before anything of it ran")
     approval: Approval | None = None
     deployed: Deployment | None = Field(None, description="The app deploy between its two phases, as confirmed")
+    window: WindowRun | None = Field(None, description="The maintenance window its step ran in, or the reason not")
     completed: StepReport | None = Field(None, description="Its last step (a phase of it, or all of it) completed")
 
 
