@@ -59,13 +59,14 @@ def emulator_cpu_seconds() -> float:
 
 @contextlib.contextmanager
 def deploys_stopped():
-    """The stack's targets deployed `stopped` for a benchmark's length, then as they were: the checklist a
-    promotion is compared with has no app deploy between two phases, and nobody waits for one here."""
+    """The stack's targets deployed `stopped` and not watched after they migrate, for a benchmark's length, then as
+    they were: the checklist a promotion is compared with has no app deploy between two phases and no minutes of
+    watching after, and nobody waits for either here."""
     from dbpromote.config import DatabaseTarget
 
     saved = {server: DatabaseTarget.load(server) for server in local_stack.SERVERS}
     for server, target in saved.items():
-        target.model_copy(update={"deploy": "stopped"}).save(server, overwrite=True)
+        target.model_copy(update={"deploy": "stopped", "watch_after_s": 0}).save(server, overwrite=True)
     try:
         yield
     finally:

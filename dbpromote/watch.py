@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget
+from dbpromote.models.report import Aftermath
 from dbpromote.postgres import connect
 
 # GitLab samples its database health every few seconds; a limit of a few seconds needs four samples a second
@@ -57,6 +59,11 @@ SELECT
 """
 
 
+def strongest(*modes: str) -> str:
+    """The strongest of these lock modes ('' for none)."""
+    return max(modes, key=lambda mode: LOCK_MODES.index(mode) if mode in LOCK_MODES else -1, default="")
+
+
 class Impact(BaseModel):
     """What one migration did to the application, as sampled."""
 
@@ -64,15 +71,24 @@ class Impact(BaseModel):
     tables: list[str] = []  # those it held ACCESS EXCLUSIVE on
     longest_app_wait_s: float = 0.0
     sessions_blocked: int = 0
-    cancelled: bool = False
+    cancelled: bool = False  # cancelled (atomic), or asked to stop between statements
 
 
 class Watcher:
-    """A context: samples while the block runs; `impact` holds what it saw."""
+    """A context: samples while the block runs; `impact` holds what it saw. Past the limit an atomic migration is
+    cancelled (it rolls back whole); one that is not atomic is asked to stop before its next statement (`stop`):
+    cancelling it mid-statement could leave half an operation (an INVALID index) behind."""
 
-    def __init__(self, target: DatabaseTarget, target_name: str, application_name: str, cancel: bool):
+    def __init__(
+        self,
+        target: DatabaseTarget,
+        target_name: str,
+        application_name: str,
+        atomic: bool,
+        stop: Callable[[], None],
+    ):
         self.target, self.target_name, self.name = target, target_name, application_name
-        self.limit = target.max_app_wait_s if cancel else 0
+        self.limit, self.atomic, self.stop_between_statements = target.max_app_wait_s, atomic, stop
         self.impact = Impact()
         self.modes: set[str] = set()
         self.blocked: set[int] = set()
@@ -104,11 +120,56 @@ class Watcher:
             SAMPLE, {"name": self.name, "schema": self.target.schema_name}
         ).fetchone()
         self.modes |= set(modes or [])
-        self.impact.strongest_lock = ([""] + [mode for mode in LOCK_MODES if mode in self.modes])[-1]
+        self.impact.strongest_lock = strongest("", *self.modes)
         self.impact.tables = sorted(set(self.impact.tables) | set(tables or []))
         self.impact.longest_app_wait_s = round(max(self.impact.longest_app_wait_s, float(longest)), 2)
         self.blocked |= set(blocked or [])
         self.impact.sessions_blocked = len(self.blocked)
         if self.limit and pid and float(longest) > self.limit and not self.impact.cancelled:
-            self.connection.execute("SELECT pg_cancel_backend(%s)", [pid])
+            if self.atomic:
+                self.connection.execute("SELECT pg_cancel_backend(%s)", [pid])
+            else:
+                self.stop_between_statements()
             self.impact.cancelled = True
+
+
+# After the migration the questions are slower ones (do deadlocks or rollbacks climb, do sessions pile up), asked
+# for minutes: once a second is enough, and costs one autocommit query.
+AFTER_SAMPLE_S = 1.0
+AFTER = """
+SELECT
+    (SELECT count(*) FROM pg_locks WHERE NOT granted AND database = d.datid),
+    (SELECT coalesce(max(extract(epoch FROM now() - waitstart)), 0) FROM pg_locks
+        WHERE NOT granted AND database = d.datid),
+    d.numbackends, d.xact_commit, d.xact_rollback, d.deadlocks
+FROM pg_stat_database d WHERE d.datname = current_database()
+"""
+
+
+def watch_aftermath(
+    target: DatabaseTarget, target_name: str, seconds: float, sample_s: float = AFTER_SAMPLE_S
+) -> Aftermath:
+    """Sample the database for `seconds` after it migrated: sessions waiting for locks and connections at most,
+    and pg_stat_database's deadlocks, rollbacks and commits counted from the first sample (the watcher's own
+    commits left out)."""
+    deadline = time.monotonic() + seconds
+    with connect(target, target_name, autocommit=True) as conn:
+        waiting, longest, connections, commits, rollbacks, deadlocks = conn.execute(AFTER).fetchone()
+        first = (commits, rollbacks, deadlocks)
+        samples = 1
+        while time.monotonic() + sample_s <= deadline:
+            time.sleep(sample_s)
+            sample = conn.execute(AFTER).fetchone()
+            samples += 1
+            waiting, longest = max(waiting, sample[0]), max(float(longest), float(sample[1]))
+            connections, (commits, rollbacks, deadlocks) = max(connections, sample[2]), sample[3:]
+    return Aftermath(
+        seconds=seconds,
+        samples=samples,
+        most_waiting=waiting,
+        longest_wait_s=round(float(longest), 2),
+        deadlocks=deadlocks - first[2],
+        rollbacks=rollbacks - first[1],
+        commits=max(0, commits - first[0] - samples),
+        most_connections=connections,
+    )

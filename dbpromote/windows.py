@@ -144,9 +144,10 @@ class Measured(NamedTuple):
             result = results.get(migration.label)
             if result is not None:
                 need.expected_s += result.duration_s
-            if result is not None and result.strongest_lock in HEAVY_LOCKS and result.duration_s > lock_s:
+            held = result and (result.lock_held_s or result.duration_s)
+            if result is not None and result.strongest_lock in HEAVY_LOCKS and held > lock_s:
                 need.reasons.append(
-                    f"{migration.label} held {result.strongest_lock} for {result.duration_s:.1f} s on {self.on} "
+                    f"{migration.label} held {result.strongest_lock} for {held:.1f} s on {self.on} "
                     f"(the bound is {lock_s:g} s)"
                 )
             elif rules := [rule for rule in REWRITE_RULES if any(f"[{rule}:" in risk for risk in migration.risks)]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from dbpromote.tasks.crashed import close_left_running
+from dbpromote.tasks.crashed import close_left_running, undo_a_late_crash
 from prefect import flow
 
 
@@ -12,6 +12,10 @@ from prefect import flow
 def close_crashed(flow_run: str) -> list[str]:
     """The task runs and subflows a crashed run's dead process left Running, marked Crashed with it.
 
-    flow_run is the run's id, or the event resource naming it (`prefect.flow-run.<id>`).
+    flow_run is the run's id, or the event resource naming it (`prefect.flow-run.<id>`). A run that had ended
+    before it was marked Crashed gets its end back, and left nothing running.
     """
-    return close_left_running(UUID(flow_run.removeprefix("prefect.flow-run.")))
+    run_id = UUID(flow_run.removeprefix("prefect.flow-run."))
+    if undo_a_late_crash(run_id):
+        return []
+    return close_left_running(run_id)

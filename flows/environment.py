@@ -13,7 +13,12 @@ from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.report import publish_report
 from dbpromote.tasks.rls import apply_rls_policies, prove_tenant_isolation
-from dbpromote.tasks.verify import check_application_health, prove_compatibility, verify_target
+from dbpromote.tasks.verify import (
+    check_application_health,
+    prove_compatibility,
+    verify_target,
+    watch_after_migrating,
+)
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
@@ -131,6 +136,8 @@ def carry_out(
                     f"The application on {target} is unhealthy after the migration ({report.health.detail}); it was "
                     "not restored, as it may have taken writes since: fix it, or go back as below."
                 )
+        if plan.migrations and database.watch_after:
+            report.aftermath = watch_after_migrating(database, target)
     except DbpromoteError as error:
         report.error = str(error)
         publish_report(report)

@@ -1,4 +1,5 @@
-"""Crashed runs: what a dead flow run's process left Running (task runs send no heartbeat) marked Crashed too."""
+"""Crashed runs: what a dead flow run's process left Running (task runs send no heartbeat) marked Crashed too; and
+a run that had ended before it was marked Crashed given its end back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
+from prefect.client.schemas.objects import State
 from prefect.states import Crashed
 
 
@@ -39,3 +41,21 @@ def close_left_running(flow_run_id: UUID) -> list[str]:
                 runs.append(child.id)
     get_run_logger().info("closed what %s left running: %s", flow_run_id, ", ".join(closed) or "nothing")
     return closed
+
+
+@task(name="undo-a-late-crash", retries=2, retry_delay_seconds=3)
+def undo_a_late_crash(flow_run_id: UUID) -> str:
+    """The final state put back of a run marked Crashed after it had ended; the state's name, or "" for a run that
+    had not ended. A run that ends within a second of starting can have its first heartbeat reach the server after
+    its Completed (the client sends events in the background; the server records states at once): the crash
+    automation takes that heartbeat for a sign of life and, 90 s of silence later, marks the ended run Crashed
+    (seen on a window's opener, flows/window.py)."""
+    with get_client(sync_client=True) as client:
+        states = sorted(client.read_flow_run_states(flow_run_id), key=lambda state: state.timestamp)
+        if len(states) < 2 or not states[-1].is_crashed() or not states[-2].is_final() or states[-2].is_crashed():
+            return ""
+        ended = states[-2]
+        back = State(type=ended.type, name=ended.name, message=ended.message, data=ended.data)
+        client.set_flow_run_state(flow_run_id, back, force=True)
+    get_run_logger().info("%s had ended %s before it was marked Crashed: %s again", flow_run_id, ended.name, ended.name)
+    return ended.name

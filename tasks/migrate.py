@@ -19,7 +19,7 @@ from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
 from dbpromote.postgres import connect
 from dbpromote.probe import ProbeSession, StepAnswer
-from dbpromote.watch import Impact, Watcher
+from dbpromote.watch import Impact, Watcher, strongest
 
 # Every attempt that waits for a lock stalls the application for up to lock_timeout: its queries queue behind the
 # waiting DDL. Sleeping at least three lock_timeouts before the next attempt keeps it running 3/4 of the time
@@ -66,8 +66,7 @@ def apply_migration(
     started = time.monotonic()
     for attempt in itertools.count(1):
         wait_for_long_transactions(target, target_name)
-        # An atomic migration may be cancelled (it rolls back whole); a non-atomic one only watched.
-        watching = Watcher(target, target_name, probe.application_name, cancel=migration.atomic)
+        watching = Watcher(target, target_name, probe.application_name, migration.atomic, probe.stop_between_statements)
         lock_timeout_ms = target.concurrent_lock_timeout_ms if concurrent.is_concurrent(migration) else 0
         with migration_running(target, target_name, wait_s=target.max_lock_wait_s), watching:
             outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
@@ -83,11 +82,13 @@ def apply_migration(
                 duration_s=round(time.monotonic() - started, 3),
                 attempts=attempt,
                 already_applied=outcome.already_applied,
-                **impact.model_dump(include={"strongest_lock", "longest_app_wait_s", "sessions_blocked"}),
+                strongest_lock=strongest(impact.strongest_lock, outcome.strongest_lock),
+                lock_held_s=outcome.lock_held_s,
+                **impact.model_dump(include={"longest_app_wait_s", "sessions_blocked"}),
             )
-        if impact.cancelled:
-            raise cancelled(migration, target, target_name, impact)
         message = redact(outcome.message or "unknown error", target.url.get_secret_value())
+        if impact.cancelled:
+            raise cancelled(migration, target, target_name, impact, message)
         if not migration.atomic:
             sleep = after_a_partial_failure(migration, target, target_name, outcome.reason, message, backoff)
         elif outcome.reason != "lock":
@@ -104,19 +105,33 @@ def apply_migration(
         time.sleep(sleep)
 
 
-def cancelled(migration: PlannedMigration, target: DatabaseTarget, target_name: str, impact: Impact) -> MigrationError:
-    """The watcher cancelled it: an event, and the sentence that says what the application went through."""
+def cancelled(
+    migration: PlannedMigration, target: DatabaseTarget, target_name: str, impact: Impact, message: str
+) -> MigrationError:
+    """The watcher stopped it: an event, and the sentence that says what the application went through and what of
+    the migration is applied (nothing, when it is atomic; the statements before the stop, when not)."""
     emit_event(
         event="dbpromote.migration.cancelled",
         resource=target_resource(target_name),
         payload={"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
     )
+    waited = (
+        f"{impact.sessions_blocked} application session(s) waited behind it, the longest "
+        f"{impact.longest_app_wait_s:.1f} s (max_app_wait_s {target.max_app_wait_s:g} s)"
+    )
+    if not migration.atomic:
+        applied = message.partition("applied: ")[2] or f"unknown ({message})"
+        return MigrationError(
+            f"{migration.label} is not atomic and was stopped between statements on {target_name}: it held "
+            f"{impact.strongest_lock or 'its locks'} and {waited}; applied before the stop: {applied}; the rest "
+            "was not run and the migration is not recorded as applied: finish it by hand in a maintenance window "
+            "and record it with `dbpromote reconcile`, or undo those statements and run it again in a window."
+        )
     return MigrationError(
         f"{migration.label} was cancelled on {target_name}: it held {impact.strongest_lock} on "
-        f"{', '.join(impact.tables) or 'its tables'} and {impact.sessions_blocked} application session(s) "
-        f"waited behind it, the longest {impact.longest_app_wait_s:.1f} s (max_app_wait_s "
-        f"{target.max_app_wait_s:g} s); it was rolled back, nothing of it is applied: run it in a maintenance "
-        "window, or split it (add the column nullable, backfill in batches, constrain it in a later release)."
+        f"{', '.join(impact.tables) or 'its tables'} and {waited}; it was rolled back, nothing of it is applied: "
+        "run it in a maintenance window, or split it (add the column nullable, backfill in batches, constrain it in "
+        "a later release)."
     )
 
 

@@ -47,6 +47,8 @@ def render_markdown(report: StepReport) -> str:
     if report.health:
         verdict = "healthy" if report.health.passed else "UNHEALTHY"
         lines += ["", f"## The application: {verdict}", ""] + [f"- {check}" for check in report.health.checks]
+    if report.aftermath:
+        lines += ["", "## After the migration", "", report.aftermath.line()]
     if report.verification:
         lines += ["", "## Verify", "", "| check | result | detail |", "|---|---|---|"]
         lines += [

@@ -15,9 +15,10 @@ from dbpromote.errors import retry_if_transient
 from dbpromote.events import target_resource
 from dbpromote.health import check_application
 from dbpromote.models.plan import Plan
-from dbpromote.models.report import Check, CompatibilityProof, Health, Verification
+from dbpromote.models.report import Aftermath, Check, CompatibilityProof, Health, Verification
 from dbpromote.postgres import connect, migration_state
 from dbpromote.probe import ProbeSession
+from dbpromote.watch import watch_aftermath
 
 
 @task(name="verify", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
@@ -45,6 +46,14 @@ def prove_compatibility(probe: ProbeSession, plan: Plan) -> CompatibilityProof:
     """The release running before the plan (its models: the state at the plan's applied migrations) against the
     migrated target; what fails is proven to break it."""
     return CompatibilityProof.model_validate(asdict(probe.prove(plan.applied)))
+
+
+@task(name="watch-after-migrating", cache_policy=NO_CACHE)
+def watch_after_migrating(target: DatabaseTarget, target_name: str) -> Aftermath:
+    """The database watched for the target's watch_after seconds after it migrated; an event with what was seen."""
+    aftermath = watch_aftermath(target, target_name, target.watch_after)
+    emit_event(event="dbpromote.aftermath", resource=target_resource(target_name), payload=aftermath.model_dump())
+    return aftermath
 
 
 @task(name="check-application", cache_policy=NO_CACHE)

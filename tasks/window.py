@@ -23,7 +23,7 @@ from dbpromote.windows import Opening, WindowNeed, next_opening
 
 # What the pause of a window wait is keyed by, with the opening's time: `pending` reads when it runs from it.
 WINDOW_KEY_PREFIX = "window-"
-KEY_TIME = "%Y%m%dT%H%MZ"
+KEY_TIME = "%Y%m%d%H%M"  # pause keys take lowercase letters, digits and dashes only
 # A window wait that nobody resumed by an hour after its window closed (its opener never ran: no worker in all
 # that time) fails, and `dbpromote resume` carries the promotion on to the next window.
 CLOSED_GRACE_S = 3600

@@ -63,20 +63,22 @@ def stack():
     started = local_stack.up(HOME)
     assert started.ports["prefect"] == PREFECT_PORT and started.ports["gcs"] == GCS_PORT
     pause_schedules()
-    deploys_stopped()
+    as_the_tests_expect()
     yield started
     local_stack.down(HOME)
     shutil.rmtree(HOME, ignore_errors=True)
 
 
-def deploys_stopped() -> None:
-    """The sample's targets as a team that stops its application for a deploy registers them (`--deploy stopped`):
-    a promotion runs in one phase, as the tests written before two-phase promotions expect; the tests of the two
-    phases (test_rolling_deploy.py) deploy rolling for their length. `stack up` keeps it (register_blocks)."""
+def as_the_tests_expect() -> None:
+    """The sample's targets as a team that stops its application for a deploy registers them (`--deploy stopped`),
+    and production not watched after it migrates (`--watch-after 0`): a promotion runs in one phase and ends once
+    verified, as the tests written before issues 32 and 33 expect; the tests of two phases (test_rolling_deploy.py)
+    and of the watch (test_watch.py) set theirs for their length. `stack up` keeps it (register_blocks)."""
     from dbpromote.config import DatabaseTarget
 
     for server in local_stack.SERVERS:
-        DatabaseTarget.load(server).model_copy(update={"deploy": "stopped"}).save(server, overwrite=True)
+        target = DatabaseTarget.load(server).model_copy(update={"deploy": "stopped", "watch_after_s": 0})
+        target.save(server, overwrite=True)
 
 
 def pause_schedules() -> None:

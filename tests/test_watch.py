@@ -31,6 +31,24 @@ class Migration(migrations.Migration):
 """
 
 
+NOT_ATOMIC = """from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("core", "0008_default_task_statuses")]
+    operations = [
+        migrations.RunSQL(  # one statement that holds ACCESS EXCLUSIVE for seconds, as a rewrite of a large table
+            ["DO $$ BEGIN ALTER TABLE core_task ADD COLUMN first integer; PERFORM pg_sleep(4); END $$"],
+            ["ALTER TABLE core_task DROP COLUMN first"],
+        ),
+        migrations.RunSQL(
+            ["ALTER TABLE core_task ADD COLUMN second integer"], ["ALTER TABLE core_task DROP COLUMN second"]
+        ),
+    ]
+"""
+
+
 class ApplicationLoad:
     """Sessions of the application's role reading core_task in a loop; the longest any query took."""
 
@@ -99,6 +117,45 @@ def test_a_migration_the_application_waits_behind_past_the_limit_is_cancelled_an
         0,
     )
     assert applied(stack, "staging")[-1] == "core.0009_slow_rewrite"
+
+
+def test_a_migration_that_is_not_atomic_is_stopped_between_statements_and_the_sentence_says_what_was_applied(
+    fresh_databases, project_copy
+):
+    """It cannot be rolled back, and cancelling a statement half-way could leave half an operation: the statement
+    the application waits behind finishes, and the next one never starts."""
+    from dbpromote.flows.environment import migrate_environment
+
+    from dbpromote.errors import MigrationError
+
+    stack = fresh_databases
+    (project_copy.folder / "core" / "migrations" / "0009_not_atomic.py").write_text(NOT_ATOMIC)
+    project = project_copy("not-atomic")
+    env = os.environ | {"DATABASE_URL": stack.database_url("staging")}
+    migrate = [sys.executable, "manage.py", "migrate", "core", "0008_default_task_statuses", "-v0"]
+    subprocess.run(migrate, cwd=project_copy.folder, env=env, check=True)
+    with psycopg.connect(stack.database_url("staging"), autocommit=True) as conn:
+        conn.execute("GRANT SELECT ON core_task TO django_app")
+
+    app_url = stack.database_url("staging", local_stack.APP_ROLE)
+    with target_changed("staging", max_app_wait_s=1.0), ApplicationLoad(app_url) as load:
+        with pytest.raises(MigrationError) as failed:
+            migrate_environment(project, "staging")
+    message = str(failed.value)
+    assert message.startswith(
+        "core.0009_not_atomic is not atomic and was stopped between statements on staging: it held "
+        "AccessExclusiveLock and "
+    ), message
+    assert (
+        "(max_app_wait_s 1 s); applied before the stop: DO $$ BEGIN ALTER TABLE core_task ADD COLUMN first integer; "
+        "PERFORM pg_sleep(4); END $$; the rest was not run and the migration is not recorded as applied: " in message
+    ), message
+    assert 1 < load.longest < 6, load.longest  # the statement ran to its end; no other one started
+    assert applied(stack, "staging")[-1] == "core.0008_default_task_statuses"
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        columns = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'core_task'")
+        added = {name for (name,) in columns} & {"first", "second"}
+    assert added == {"first"}  # exactly what the sentence says
 
 
 class Unhealthy(http.server.BaseHTTPRequestHandler):

@@ -110,6 +110,9 @@ def worker_component(number: int) -> str:
 # The worker asks for runs every second: Prefect's default (10 s) made `dbpromote backup --wait` on the stack take
 # 6-11 s where it now takes 5.3 s (created -> first task 4.3-8.8 s -> 2.6-3.2 s, most of it the flow process
 # starting). The environment wins, so the test suite's own value still applies.
+# The stack's production is watched for seconds, not a real one's minutes, after it migrates: `make demo` shows
+# the watch in the step's report without a three-minute wait.
+LOCAL_WATCH_AFTER_S = 10.0
 WORKER_POLLING = {"PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1")}
 
 
@@ -132,6 +135,7 @@ def register_blocks(stack: Stack) -> None:
                 target = DatabaseTarget(
                     url=url,
                     requires_approval=server == "production",
+                    watch_after_s=LOCAL_WATCH_AFTER_S if server == "production" else 0,
                     bucket=BUCKET,
                     prefix="backups",
                     app_role=APP_ROLE,

@@ -15,7 +15,8 @@ class MigrationResult(BaseModel):
     duration_s: float
     attempts: int
     already_applied: bool = False
-    strongest_lock: str = Field("", description="The strongest table lock it held, as sampled (dbpromote/watch.py)")
+    strongest_lock: str = Field("", description="The strongest table lock it held (taken first, or sampled)")
+    lock_held_s: float = Field(0.0, description="How long it held the lock it took first (atomic migrations)")
     longest_app_wait_s: float = Field(0.0, description="The longest an application session waited behind it")
     sessions_blocked: int = Field(0, description="Application sessions that waited behind it")
 
@@ -185,6 +186,26 @@ class Health(BaseModel):
         return "; ".join(self.checks)
 
 
+class Aftermath(BaseModel):
+    """What the database went through in the minutes after the target migrated (dbpromote/watch.py)."""
+
+    seconds: float
+    samples: int
+    most_waiting: int = Field(description="Sessions waiting for a lock at once, at most")
+    longest_wait_s: float = Field(description="The longest any session had waited for a lock when sampled")
+    deadlocks: int
+    rollbacks: int
+    commits: int
+    most_connections: int
+
+    def line(self) -> str:
+        return (
+            f"{self.seconds:.0f} s watched ({self.samples} samples): {self.deadlocks} deadlock(s), {self.rollbacks} "
+            f"rollback(s) to {self.commits} commit(s), at most {self.most_waiting} session(s) waiting for a lock "
+            f"(the longest {self.longest_wait_s:.1f} s), at most {self.most_connections} connection(s)"
+        )
+
+
 class StepReport(BaseModel):
     """What happened on one target: enough to say where the database is and how to return."""
 
@@ -197,6 +218,7 @@ class StepReport(BaseModel):
     isolation: Isolation | None = None
     proof: CompatibilityProof | None = Field(None, description="The running release's models on the new schema")
     health: Health | None = Field(None, description="The application asked after the target migrated")
+    aftermath: Aftermath | None = Field(None, description="The database watched after the target migrated")
     error: str = ""
     worker: str = Field("", description="The Prefect worker whose process ran the step (a fleet's members)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -178,6 +179,11 @@ class ProbeSession:
             reason="error",
             message=f"the probe process gave no answer {ending(self.process, self.stderr, self.secrets)}",
         )
+
+    def stop_between_statements(self) -> None:
+        """Ask the migration step in progress to stop before its next statement (it answers "stopped")."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGUSR1)
 
     def plan(self, to: str, target: DatabaseTarget | None = None) -> Answer:
         """The plan up to `to` of the session's target, or of another target of the project (same alias), as

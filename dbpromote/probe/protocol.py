@@ -28,6 +28,7 @@ FailureReason = Literal[
     "state",  # a rollback's goal state cannot be reached by reversing
     "order",  # a migration requested out of its dependency order
     "lock",  # the locks were not granted within lock_timeout (retry)
+    "stopped",  # a non-atomic migration stopped between statements when asked (SIGUSR1): `message` lists the applied
     "error",  # anything else the project or the database raised
 ]
 
@@ -110,6 +111,8 @@ class StepAnswer:
     already_applied: bool
     duration_s: float
     kind: Literal["step"] = "step"
+    strongest_lock: str = ""  # the table lock an atomic step took first, held to its commit
+    lock_held_s: float = 0.0
 
 
 @dataclass

@@ -66,7 +66,9 @@ def test_a_window_that_cannot_be_read_is_refused_in_one_sentence_when_the_target
 
 
 def migration(name: str, risks: list[str] | None = None) -> PlannedMigration:
-    return PlannedMigration(app="core", name=name, atomic=True, reversible=True, operations=[], sql=[], risks=risks or [])
+    return PlannedMigration(
+        app="core", name=name, atomic=True, reversible=True, operations=[], sql=[], risks=risks or []
+    )
 
 
 def test_a_step_needs_a_window_for_a_long_heavy_lock_on_staging_or_a_rewrite_the_lint_marks():

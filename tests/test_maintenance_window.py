@@ -1,0 +1,146 @@
+"""Issue 33.3 on the stack, through the command line: a production step whose migrations held a heavy lock on
+staging waits for the target's maintenance window, approved beforehand, suspended (no process, its worker may die)
+until a scheduled run opens the window; a person can run it now with a reason instead; `--now` wants one."""
+
+import os
+import signal
+from datetime import UTC, datetime, timedelta
+
+from dbpromote import localstack as local_stack
+from tests.harness import (
+    RELEASE,
+    applied,
+    approval_form_text,
+    cli,
+    run_processes,
+    target_changed,
+    wait_for_run,
+    wait_until,
+)
+
+PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,production"]
+
+
+def window_from(now: datetime, lead_s: float, minutes: int = 10) -> tuple[str, datetime]:
+    """A window of every day in UTC opening at the first whole minute at least lead_s from now."""
+    opens = (now + timedelta(seconds=lead_s + 59)).replace(second=0, microsecond=0)
+    return f"* {opens:%H:%M}-{opens + timedelta(minutes=minutes):%H:%M} UTC", opens
+
+
+def started(*args: str) -> str:
+    typed = cli(*args)
+    assert typed.returncode == 0, typed.stderr
+    return typed.stdout.split()[0]
+
+
+def waits_for_its_window(run_id: str, timeout_s: float = 300):
+    """The run once it waits for its window (approved, suspended); fails if it ends or runs first."""
+    from dbpromote.runs import wait_for, waits_for
+
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
+    while datetime.now(UTC) < deadline:
+        run = wait_for(run_id, paused=True, timeout_s=5)
+        assert not run.state.is_final(), f"{run.state.name}: {run.state.message}"
+        if run.state.is_paused() and waits_for(run) == "window":
+            return run
+    raise AssertionError("the run never waited for its window")
+
+
+def window_record(run_id: str):
+    from dbpromote.tasks.journal import read_target_journal
+
+    from dbpromote.config import load_target
+
+    return read_target_journal(load_target("production"), "production", run_id).window
+
+
+def test_a_step_that_needs_a_window_waits_for_it_suspended_outliving_its_worker_and_then_runs(fresh_databases):
+    stack = fresh_databases
+    refused = cli(*PROMOTE, "--now")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: --now needs --reason TEXT: say why the step cannot wait for its maintenance window (it is kept in "
+        "the promotion's journal)."
+    )
+    spec, opens = window_from(datetime.now(UTC), lead_s=75)
+    # Every migration of the release holds ACCESS EXCLUSIVE on staging for some time: with a bound of 0 s, each
+    # needs production's window.
+    with target_changed("production", windows=[spec], window_lock_s=0):
+        run_id = started(*PROMOTE, "--until-paused")
+        form = approval_form_text(waits_for_approval(run_id))
+        assert (
+            f"**When:** production runs in the window starting {opens:%Y-%m-%d %H:%M} UTC ({spec}), as "
+            "core.0003_task_priority held AccessExclusiveLock for "
+        ) in form, form
+        assert cli("approve", run_id, "--approver", "alice", "--acknowledge-risks").returncode == 0
+
+        waits_for_its_window(run_id)
+        assert datetime.now(UTC) < opens, "the machine took the whole lead to get here: nothing was proven"
+        assert applied(stack, "production") == ["core.0001_initial"]
+        wait_until(lambda: run_processes(run_id) == {}, "the suspended run's process to end", timeout_s=30)
+        pending = cli("pending").stdout
+        assert f"{run_id}  promote" in pending and f"runs in the window starting {opens:%Y-%m-%d %H:%M} UTC" in pending
+        os.kill(local_stack.Stack.load(stack.home).pids["worker"], signal.SIGKILL)  # the machine dies meanwhile
+        local_stack.up(stack.home, deploy=False)
+
+        ended = wait_for_run(run_id)
+        assert ended.is_completed(), ended.message
+    assert applied(stack, "production") == ["core.0001_initial", *RELEASE]
+    window = window_record(run_id)
+    assert (window.window, window.opened_by) == (spec, "the window")
+    assert datetime.fromisoformat(window.started_at) >= opens  # not a moment before it opened
+    assert f"ran in the window {spec} (opened {opens.isoformat()}" in cli("journal", "production").stdout
+
+
+def waits_for_approval(run_id: str):
+    from dbpromote.runs import wait_for, waits_for
+
+    run = wait_for(run_id, paused=True, timeout_s=300)
+    assert run.state.is_paused() and waits_for(run) == "approval", f"{run.state.name}: {run.state.message}"
+    return run
+
+
+def test_a_person_runs_a_step_waiting_for_its_window_now_with_a_reason_kept_in_the_journal(fresh_databases):
+    stack = fresh_databases
+    spec, _ = window_from(datetime.now(UTC) + timedelta(hours=20), lead_s=0)  # tomorrow
+    with target_changed("production", windows=[spec], window_lock_s=0):
+        run_id = started(*PROMOTE, "--until-paused")
+        waits_for_approval(run_id)
+        assert cli("approve", run_id, "--approver", "alice", "--acknowledge-risks").returncode == 0
+        waits_for_its_window(run_id)
+        again = cli("approve", run_id, "--approver", "alice", "--acknowledge-risks")
+        assert again.returncode == 1
+        assert again.stderr.strip() == (
+            f"error: Run {run_id} was approved and waits for its maintenance window; it runs then by itself (to run "
+            f"it now: `dbpromote run-now {run_id} --by YOUR_NAME --reason TEXT`)."
+        )
+        now = cli("run-now", run_id, "--by", "bob", "--reason", "incident 42 needs the index tonight")
+        assert now.returncode == 0, now.stderr
+        ended = wait_for_run(run_id)
+        assert ended.is_completed(), ended.message
+    assert applied(stack, "production") == ["core.0001_initial", *RELEASE]
+    window = window_record(run_id)
+    assert (window.window, window.opened_by, window.reason) == ("", "bob", "incident 42 needs the index tonight")
+    assert "ran outside its windows at " in cli("journal", "production").stdout
+    assert "by bob: incident 42 needs the index tonight" in cli("journal", "production").stdout
+
+
+def test_a_run_marked_crashed_after_it_ended_gets_its_end_back(stack):
+    """A window's opener ends within a second; its first heartbeat can reach the server after its Completed, and
+    the crash automation, taking it for a sign of life, marked the ended run Crashed 90 s later. Injected here at
+    that boundary (the state change the automation makes): close-crashed puts the run's end back."""
+    from prefect import flow, get_client
+    from prefect.states import Crashed
+
+    @flow(name="ends-at-once")
+    def ends_at_once() -> int:
+        return 1
+
+    run_id = ends_at_once(return_state=True).state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Crashed(message="No heartbeat for 90 s"), force=True)
+        wait_until(
+            lambda: client.read_flow_run(run_id).state.is_completed(),
+            "close-crashed to give the run its end back",
+            timeout_s=120,
+        )
