@@ -7,6 +7,9 @@ p99 request latency:
 - bare `manage.py migrate` (the baseline: the application waits as long as the migration runs);
 - dbpromote's step with max_app_wait_s 2: the watcher cancels the migration (rolled back whole) once a client has
   waited 2 s;
+- dbpromote's promotion with a maintenance window that opens a minute or so later: the load runs until it opens
+  (the day) and stops then (the night: simulated as no load at all); the lint marks the release a table rewrite, so
+  the step waits for the window and the application meets no migration at all;
 - dbpromote's step with the watcher sampling but never cancelling (max_app_wait_s 0): its own cost, the time its
   samples took against the migration's.
 Goals: the longest wait <= max_app_wait + 0.5 s; the watcher's own cost <= 2 % of the migration's time.
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from common import local_stack, stack  # points this process at the local stack
+from common import deploys_stopped, local_stack, stack  # points this process at the local stack
 
 LIMIT_S = 2.0
 MODELS = """
@@ -180,6 +183,35 @@ def ours(folder: Path, limit_s: float) -> tuple[str, float, int, float]:
     return ended, seconds, len(sampled), sum(sampled)
 
 
+def in_a_window(app_url: str, rows: int) -> tuple[float, float, float, str]:
+    """dbpromote's promotion of staging with a window opening at the first whole minute 45 s away or more, the load
+    running until then: the load's longest request and p99, the seconds from the promotion's start to its end, and
+    how it ended."""
+    from datetime import UTC, datetime, timedelta
+
+    from dbpromote.flows.promote import promote
+
+    from dbpromote.config import DatabaseTarget
+
+    opens = (datetime.now(UTC) + timedelta(seconds=45 + 59)).replace(second=0, microsecond=0)
+    window = f"* {opens:%H:%M}-{opens + timedelta(minutes=30):%H:%M} UTC"
+    saved = DatabaseTarget.load("staging")
+    update = {"windows": [window], "window_lock_s": 0, "health_url": "", "smoke_command": ""}
+    saved.model_copy(update=update).save("staging", overwrite=True)
+    started = time.monotonic()
+    try:
+        with Load(app_url, rows) as load:
+            night = threading.Timer((opens - datetime.now(UTC)).total_seconds(), load.stop.set)
+            night.start()
+            (report,) = promote("impact-bench", ["staging"])
+            night.cancel()
+    finally:
+        saved.save("staging", overwrite=True)
+    (migrated,) = report.migrations
+    ended = f"applied in the window {window} ({migrated.duration_s:.1f} s, the load stopped at {opens:%H:%M})"
+    return *load.figures(), time.monotonic() - started, ended
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     # 1M rows rewrote in 1.9 s on an idle machine, under the 2 s limit: 4M make the migration outlast it.
@@ -198,6 +230,9 @@ def main() -> None:
     with Load(app_url, args.rows) as load:
         seconds = manage(folder, "migrate", "bank", "0002")
     figures["bare manage.py migrate"] = (*load.figures(), seconds, "applied")
+    manage(folder, "migrate", "bank", "0001")
+    with deploys_stopped():  # one phase, and no minutes of watching after
+        figures["dbpromote, in a window"] = in_a_window(app_url, args.rows)
     manage(folder, "migrate", "bank", "0001")
     ended, seconds, samples, sampling_s = ours(folder, 0)  # no load: the rewrite runs whole, watched
     print(

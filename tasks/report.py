@@ -38,7 +38,8 @@ def render_markdown(report: StepReport) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {r.strongest_lock or '-'} | "
+            f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {r.strongest_lock or '-'}"
+            f"{f' ({r.lock_held_s:.2f} s)' if r.lock_held_s else ''} | "
             f"{r.longest_app_wait_s:.2f} | {r.sessions_blocked} |"
             for r in report.migrations
         ]

@@ -3,6 +3,7 @@ that holds its table's lock while the application queues behind it is cancelled 
 the target's max_app_wait_s, rolled back whole, and the step fails with one sentence; without the load it runs, and
 its record says which lock it held and what the application waited."""
 
+import contextlib
 import http.server
 import os
 import subprocess
@@ -218,6 +219,59 @@ def test_an_unhealthy_application_after_staging_stops_the_promotion_before_produ
     assert applied(stack, "production") == ["core.0001_initial"]  # the promotion stopped before it
     events = dbpromote_events("staging", since)
     assert "dbpromote.health.failed" in events and events.count("dbpromote.migration.applied") == 7, events
+
+
+class Trouble:
+    """The application in trouble after a release, until stopped: in a loop, two sessions deadlocked on advisory
+    locks taken in opposite orders (PostgreSQL cancels one), and a transaction rolled back; each session closes
+    after, so its statistics reach pg_stat_database at once."""
+
+    def __init__(self, url: str):
+        self.url, self.stop = url, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def lock_both(self, first: int, second: int, ready: threading.Barrier) -> None:
+        with contextlib.suppress(psycopg.errors.DeadlockDetected), psycopg.connect(self.url) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [first])
+            ready.wait(5)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [second])
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            ready = threading.Barrier(2)
+            pair = [threading.Thread(target=self.lock_both, args=order + (ready,)) for order in ((1, 2), (2, 1))]
+            for thread in pair:
+                thread.start()
+            for thread in pair:
+                thread.join(10)
+            with psycopg.connect(self.url) as conn:
+                conn.execute("SELECT 1")
+                conn.rollback()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(15)
+
+
+def test_the_database_is_watched_after_it_migrates_and_the_report_says_what_it_saw(fresh_databases):
+    from dbpromote.flows.environment import migrate_environment
+    from dbpromote.tasks.report import render_markdown
+
+    stack = fresh_databases
+    with target_changed("staging", watch_after_s=4.0), Trouble(stack.database_url("staging")):
+        report = migrate_environment("tenant-backend", "staging")
+    aftermath = report.aftermath
+    assert aftermath.seconds == 4.0 and aftermath.samples >= 4
+    assert aftermath.deadlocks >= 1 and aftermath.rollbacks >= aftermath.deadlocks, aftermath
+    assert aftermath.most_connections >= 2
+    watched = f"4 s watched ({aftermath.samples} samples): {aftermath.deadlocks} deadlock(s)"
+    assert f"## After the migration\n\n{watched}" in render_markdown(report)
+    unwatched = migrate_environment("tenant-backend", "staging")  # nothing to migrate: nothing to watch
+    assert unwatched.aftermath is None
 
 
 def hold_a_snapshot(url: str, seconds: float) -> threading.Thread:
