@@ -53,17 +53,10 @@ def ended(clients: list[subprocess.Popen], stop: Path) -> dict:
     }
 
 
-def waiting(run_id: str, for_deploy: bool, timeout_s: float = 600) -> None:
-    from dbpromote.runs import wait_for, waits_for_deploy
+def waiting(run_id: str, for_deploy: bool) -> None:
+    from dbpromote.runs import paused_for
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run = wait_for(run_id, paused=True, timeout_s=5)
-        assert not run.state.is_final(), f"{run.state.name}: {run.state.message}"
-        if run.state.is_paused() and waits_for_deploy(run) == for_deploy:
-            return
-        time.sleep(0.5)
-    raise AssertionError("the run did not pause")
+    paused_for(run_id, "deploy" if for_deploy else "approval")
 
 
 def promotion(deploy: str) -> dict:

@@ -59,6 +59,20 @@ def wait_for(run_id: UUID | str, *, paused: bool = False, timeout_s: float | Non
             time.sleep(WAIT_POLL_S)
 
 
+def paused_for(run_id: UUID | str, kind: str, timeout_s: float = 600) -> FlowRun:
+    """The run once it waits for `kind` ("approval", "deploy" or "window", as waits_for tells them apart); a
+    RuntimeError when it ends first, a TimeoutError when it does not in timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = wait_for(run_id, paused=True, timeout_s=5)
+        if run.state.is_final():
+            raise RuntimeError(f"run {run_id} ended {run.state.name} before it waited for {kind}: {run.state.message}")
+        if run.state.is_paused() and waits_for(run) == kind:
+            return run
+        time.sleep(WAIT_POLL_S)
+    raise TimeoutError(f"run {run_id} did not wait for {kind} within {timeout_s:g} s")
+
+
 # The flows that pause for a person's approval, and that change a target's schema: one at a time per target.
 APPROVAL_FLOWS = ("promote", "restore", "rollback", "reconcile", "fix", "fix-undo")
 NOT_FINAL = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]

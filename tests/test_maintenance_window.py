@@ -33,17 +33,11 @@ def started(*args: str) -> str:
     return typed.stdout.split()[0]
 
 
-def waits_for_its_window(run_id: str, timeout_s: float = 300):
-    """The run once it waits for its window (approved, suspended); fails if it ends or runs first."""
-    from dbpromote.runs import wait_for, waits_for
+def waits_for_its_window(run_id: str):
+    """The run once it waits for its window (approved, suspended); fails if it ends first."""
+    from dbpromote.runs import paused_for
 
-    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
-    while datetime.now(UTC) < deadline:
-        run = wait_for(run_id, paused=True, timeout_s=5)
-        assert not run.state.is_final(), f"{run.state.name}: {run.state.message}"
-        if run.state.is_paused() and waits_for(run) == "window":
-            return run
-    raise AssertionError("the run never waited for its window")
+    return paused_for(run_id, "window", timeout_s=300)
 
 
 def window_record(run_id: str):
@@ -93,11 +87,9 @@ def test_a_step_that_needs_a_window_waits_for_it_suspended_outliving_its_worker_
 
 
 def waits_for_approval(run_id: str):
-    from dbpromote.runs import wait_for, waits_for
+    from dbpromote.runs import paused_for
 
-    run = wait_for(run_id, paused=True, timeout_s=300)
-    assert run.state.is_paused() and waits_for(run) == "approval", f"{run.state.name}: {run.state.message}"
-    return run
+    return paused_for(run_id, "approval", timeout_s=300)
 
 
 def test_a_person_runs_a_step_waiting_for_its_window_now_with_a_reason_kept_in_the_journal(fresh_databases):

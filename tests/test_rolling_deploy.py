@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import httpx
 import psycopg
@@ -269,13 +268,11 @@ def rolling(fresh_databases):
         yield fresh_databases
 
 
-def waits_for_deploy(run_id: str, timeout_s: float = 300):
+def waits_for_deploy(run_id: str):
     """The run once it waits for the app deploy (suspended: no flow-run process alive); fails if it ends first."""
-    from dbpromote.runs import wait_for, waits_for_deploy
+    from dbpromote.runs import paused_for
 
-    run = wait_for(run_id, paused=True, timeout_s=timeout_s)
-    assert run.state.is_paused() and waits_for_deploy(run), f"{run.state.name}: {run.state.message}"
-    return run
+    return paused_for(run_id, "deploy", timeout_s=300)
 
 
 def resume_over_rest(stack, run_id: str, answer: dict) -> httpx.Response:
@@ -351,16 +348,9 @@ def test_a_promotion_waits_for_the_app_deploy_between_its_phases_on_staging_and_
 
 def wait_for_approval(run_id: str):
     """The run once it waits for an approval (not for a deploy)."""
-    from dbpromote.runs import wait_for, waits_for_deploy
+    from dbpromote.runs import paused_for
 
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        run = wait_for(run_id, paused=True, timeout_s=5)
-        assert not run.state.is_final(), f"{run.state.name}: {run.state.message}"
-        if run.state.is_paused() and not waits_for_deploy(run):
-            return run
-        time.sleep(1)
-    raise AssertionError("no approval asked")
+    return paused_for(run_id, "approval", timeout_s=300)
 
 
 def test_the_deploy_wait_outlives_its_worker_and_a_crash_in_the_after_deploy_phase_is_resumed(rolling):

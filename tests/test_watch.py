@@ -77,26 +77,34 @@ class ApplicationLoad:
             thread.join(10)
 
 
-def test_a_migration_the_application_waits_behind_past_the_limit_is_cancelled_and_rolled_back(
-    fresh_databases, project_copy
-):
+def under_load_past_one_second(stack, project_copy, name: str, migration: str, project_name: str):
+    """Staging at the sample's 0008 and one more migration of the project's copy, migrated under the application's
+    load with max_app_wait_s 1: how the step failed (pytest's ExceptionInfo) and the load."""
     from dbpromote.flows.environment import migrate_environment
 
     from dbpromote.errors import MigrationError
 
-    stack = fresh_databases
-    (project_copy.folder / "core" / "migrations" / "0009_slow_rewrite.py").write_text(SLOW)
-    project = project_copy("slow-rewrite")
+    (project_copy.folder / "core" / "migrations" / f"{name}.py").write_text(migration)
+    project = project_copy(project_name)
     env = os.environ | {"DATABASE_URL": stack.database_url("staging")}
     migrate = [sys.executable, "manage.py", "migrate", "core", "0008_default_task_statuses", "-v0"]
     subprocess.run(migrate, cwd=project_copy.folder, env=env, check=True)
     with psycopg.connect(stack.database_url("staging"), autocommit=True) as conn:
         conn.execute("GRANT SELECT ON core_task TO django_app")  # what the RLS step grants on a promotion
-
     app_url = stack.database_url("staging", local_stack.APP_ROLE)
     with target_changed("staging", max_app_wait_s=1.0), ApplicationLoad(app_url) as load:
         with pytest.raises(MigrationError) as failed:
             migrate_environment(project, "staging")
+    return failed, load, project
+
+
+def test_a_migration_the_application_waits_behind_past_the_limit_is_cancelled_and_rolled_back(
+    fresh_databases, project_copy
+):
+    from dbpromote.flows.environment import migrate_environment
+
+    stack = fresh_databases
+    failed, load, project = under_load_past_one_second(stack, project_copy, "0009_slow_rewrite", SLOW, "slow-rewrite")
     message = str(failed.value)
     assert message.startswith(
         "core.0009_slow_rewrite was cancelled on staging: it held AccessExclusiveLock on core_task and "
@@ -117,6 +125,7 @@ def test_a_migration_the_application_waits_behind_past_the_limit_is_cancelled_an
         "AccessExclusiveLock",
         0,
     )
+    assert result.lock_held_s >= 6  # taken first, held through the rewrite's 6 s to the commit
     assert applied(stack, "staging")[-1] == "core.0009_slow_rewrite"
 
 
@@ -125,23 +134,8 @@ def test_a_migration_that_is_not_atomic_is_stopped_between_statements_and_the_se
 ):
     """It cannot be rolled back, and cancelling a statement half-way could leave half an operation: the statement
     the application waits behind finishes, and the next one never starts."""
-    from dbpromote.flows.environment import migrate_environment
-
-    from dbpromote.errors import MigrationError
-
     stack = fresh_databases
-    (project_copy.folder / "core" / "migrations" / "0009_not_atomic.py").write_text(NOT_ATOMIC)
-    project = project_copy("not-atomic")
-    env = os.environ | {"DATABASE_URL": stack.database_url("staging")}
-    migrate = [sys.executable, "manage.py", "migrate", "core", "0008_default_task_statuses", "-v0"]
-    subprocess.run(migrate, cwd=project_copy.folder, env=env, check=True)
-    with psycopg.connect(stack.database_url("staging"), autocommit=True) as conn:
-        conn.execute("GRANT SELECT ON core_task TO django_app")
-
-    app_url = stack.database_url("staging", local_stack.APP_ROLE)
-    with target_changed("staging", max_app_wait_s=1.0), ApplicationLoad(app_url) as load:
-        with pytest.raises(MigrationError) as failed:
-            migrate_environment(project, "staging")
+    failed, load, _ = under_load_past_one_second(stack, project_copy, "0009_not_atomic", NOT_ATOMIC, "not-atomic")
     message = str(failed.value)
     assert message.startswith(
         "core.0009_not_atomic is not atomic and was stopped between statements on staging: it held "

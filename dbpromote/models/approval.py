@@ -199,11 +199,11 @@ def describe_promotion(
         lines += ["", *rehearsal.markdown_lines()]
     for report in reports:
         lines += ["", f"### Already done on {report.target}", ""]
-        lines += ["| migration | seconds | attempts | strongest lock (held that long here) | longest app wait (s) |"]
-        lines += ["|---|---|---|---|---|"]
+        lines += ["| migration | seconds | attempts | strongest lock | held here (s) | longest app wait (s) |"]
+        lines += ["|---|---|---|---|---|---|"]
         lines += [
             f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {r.strongest_lock or '-'} "
-            f"| {r.longest_app_wait_s:.2f} |"
+            f"| {r.lock_held_s or r.duration_s:.2f} | {r.longest_app_wait_s:.2f} |"
             for r in report.migrations
         ]
         if report.backup:
