@@ -41,7 +41,13 @@ def verify_target(
     return Verification(checks=checks)
 
 
-@task(name="prove-compatibility", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="prove-compatibility",
+    retries=1,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,  # the probe session is an input: a process, nothing to hash
+)
 def prove_compatibility(probe: ProbeSession, plan: Plan) -> CompatibilityProof:
     """The release running before the plan (its models: the state at the plan's applied migrations) against the
     migrated target; what fails is proven to break it."""
