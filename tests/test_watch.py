@@ -125,7 +125,7 @@ def test_a_migration_the_application_waits_behind_past_the_limit_is_cancelled_an
         "AccessExclusiveLock",
         0,
     )
-    assert result.lock_held_s >= 6  # taken first, held through the rewrite's 6 s to the commit
+    assert result.duration_s >= 6  # RunSQL names no table to lock first: the watcher saw its lock
     assert applied(stack, "staging")[-1] == "core.0009_slow_rewrite"
 
 
