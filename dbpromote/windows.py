@@ -61,7 +61,8 @@ class Window:
             self.start, end_time = time.fromisoformat(start), time.fromisoformat(end)
         except ValueError:
             raise ConfigError(
-                f"The maintenance window {spec!r} has a time that is not HH:MM ({hours}); write it e.g. as {EXAMPLE!r}."
+                f"The maintenance window {spec!r} has a time that is not HH:MM or HH:MM:SS ({hours}); write it e.g. "
+                f"as {EXAMPLE!r}."
             ) from None
         try:
             self.zone = ZoneInfo(zone)
@@ -70,7 +71,7 @@ class Window:
                 f"The maintenance window {spec!r} names no time zone the tz database knows ({zone}); use a name "
                 "like Europe/Berlin, America/New_York or UTC."
             ) from None
-        self.cron = f"{self.start.minute} {self.start.hour} * * {days}"
+        self.cron = f"{self.start.second} {self.start.minute} {self.start.hour} * * {days}"  # cronsim's 6 fields
         try:
             CronSim(self.cron, datetime.now(self.zone))
         except CronSimError:

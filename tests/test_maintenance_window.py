@@ -22,9 +22,9 @@ PROMOTE = ["promote", "--project", "tenant-backend", "--through", "staging,produ
 
 
 def window_from(now: datetime, lead_s: float, minutes: int = 10) -> tuple[str, datetime]:
-    """A window of every day in UTC opening at the first whole minute at least lead_s from now."""
-    opens = (now + timedelta(seconds=lead_s + 59)).replace(second=0, microsecond=0)
-    return f"* {opens:%H:%M}-{opens + timedelta(minutes=minutes):%H:%M} UTC", opens
+    """A window of every day in UTC opening lead_s from now (to the second)."""
+    opens = (now + timedelta(seconds=lead_s)).replace(microsecond=0)
+    return f"* {opens:%H:%M:%S}-{opens + timedelta(minutes=minutes):%H:%M:%S} UTC", opens
 
 
 def started(*args: str) -> str:
@@ -56,7 +56,7 @@ def test_a_step_that_needs_a_window_waits_for_it_suspended_outliving_its_worker_
         "error: --now needs --reason TEXT: say why the step cannot wait for its maintenance window (it is kept in "
         "the promotion's journal)."
     )
-    spec, opens = window_from(datetime.now(UTC), lead_s=75)
+    spec, opens = window_from(datetime.now(UTC), lead_s=90)
     # Every migration of the release holds ACCESS EXCLUSIVE on staging for some time: with a bound of 0 s, each
     # needs production's window.
     with target_changed("production", windows=[spec], window_lock_s=0):

@@ -52,7 +52,7 @@ def test_a_window_past_midnight_closes_the_next_day_and_daylight_saving_moves_it
 @pytest.mark.parametrize(
     ("spec", "sentence"),
     [
-        ("sat 1-5 UTC", "has a time that is not HH:MM (1-5); write it e.g. as 'sat,sun 01:00-05:00 Europe/Berlin'."),
+        ("sat 1-5 UTC", "has a time that is not HH:MM or HH:MM:SS (1-5); write it e.g. as 'sat,sun 01:00-05:00"),
         ("sat 01:00-05:00 Mars/Base", "names no time zone the tz database knows (Mars/Base); use a name like"),
         ("weekends 01:00-05:00 UTC", "has days cron cannot read (weekends); use names or ranges like mon-fri"),
         ("sat 01:00 UTC", "is not DAYS HH:MM-HH:MM ZONE; write it e.g. as 'sat,sun 01:00-05:00 Europe/Berlin'."),
