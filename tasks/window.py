@@ -11,10 +11,11 @@ from dbpromote.tasks.approval import suspendable
 from prefect import get_run_logger, suspend_flow_run
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import PreflightError
+from dbpromote.errors import ConfigError, PreflightError
 from dbpromote.events import target_resource
 from dbpromote.models.approval import THE_WINDOW, WindowForm, WindowRun, describe_window_wait
 from dbpromote.models.plan import Plan
@@ -24,6 +25,8 @@ from dbpromote.windows import Opening, WindowNeed, next_opening
 # What the pause of a window wait is keyed by, with the opening's time: `pending` reads when it runs from it.
 WINDOW_KEY_PREFIX = "window-"
 KEY_TIME = "%Y%m%d%H%M"  # pause keys take lowercase letters, digits and dashes only
+# The deployment whose scheduled run opens a window (prefect.yaml, flows/window.py).
+OPENER = "open-window/open-window"
 # A window wait that nobody resumed by an hour after its window closed (its opener never ran: no worker in all
 # that time) fails, and `dbpromote resume` carries the promotion on to the next window.
 CLOSED_GRACE_S = 3600
@@ -46,7 +49,7 @@ def wait_for_window(
     if opening is None:
         raise PreflightError(
             f"No maintenance window of {target} ({'; '.join(database.windows)}) is long enough for its step "
-            f"({need.expected_s:.0f} s by {need.measured_on}): {'; '.join(need.reasons)}; nothing was run on "
+            f"({need.expected_s:.0f} s by {need.measured_on}): {'; '.join(need.reasons)}; nothing more was run on "
             f"{target}: give it a longer window (`dbpromote target add --window`), or run it now with --now "
             "--reason TEXT."
         )
@@ -96,14 +99,21 @@ def _suspend_until(project: str, target: str, plan: Plan, need: WindowNeed, open
         return WindowForm(opened_by=THE_WINDOW, reason=f"the window {opening.window} opened")
     run_id = str(flow_run.get_id())
     notify(f"dbpromote: {target} waits for its window starting {when}", f"{project} {plan.hash}: {run_url(run_id)}")
-    run_deployment(  # the opener: a scheduled run, idempotent, so a run carried on schedules none twice
-        "open-window/open-window",
-        parameters={"flow_run_id": run_id, "key": key, "target": target, "window": opening.window},
-        scheduled_time=opening.opens,
-        timeout=0,
-        as_subflow=False,
-        idempotency_key=f"{run_id}-{key}",
-    )
+    try:
+        run_deployment(  # the opener: a scheduled run, idempotent, so a run carried on schedules none twice
+            OPENER,
+            parameters={"flow_run_id": run_id, "key": key, "target": target, "window": opening.window},
+            scheduled_time=opening.opens,
+            timeout=0,
+            as_subflow=False,
+            idempotency_key=f"{run_id}-{key}",
+        )
+    except ObjectNotFound:
+        raise ConfigError(
+            f"The {OPENER} deployment is not on this Prefect server, so nothing would open {target}'s window; "
+            f"nothing more was run on {target}: register dbpromote's deployments with `dbpromote deploy`, then "
+            f"`dbpromote resume {run_id}`."
+        ) from None
     form = WindowForm.with_initial_data(
         description=describe_window_wait(project, target, plan, need.reasons, when, need.expected_s)
     )
