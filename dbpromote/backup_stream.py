@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from dbpromote.dumps import RestoreFeed
 from dbpromote.gcs import gcs_client, gcs_retry
-from dbpromote.lifeline import end_with_parent
+from dbpromote.lifeline import end_with_parent, tied
 
 READ_SIZE = 1024 * 1024
 PROGRESS_EVERY_S = 2.0
@@ -177,7 +177,7 @@ def stream(request: StreamRequest) -> Streamed | StreamFailed:
     # The verification a second download used to make, made on the bytes as they go: no egress, no second pass.
     verifier = RestoreFeed(["--file=/dev/null"], os.environ.copy())
     dump = subprocess.Popen(
-        ["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={request.snapshot}"],
+        tied(["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={request.snapshot}"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -13,6 +13,7 @@ import zstandard
 from pydantic import BaseModel
 
 from dbpromote.gcs import ChecksummingWriter
+from dbpromote.lifeline import tied
 
 # Decompressed output is handed on by the MiB.
 READ_SIZE = 1024 * 1024
@@ -81,7 +82,7 @@ class RestoreFeed:
 
     def __init__(self, restore_args: list[str], env: dict[str, str]):
         self.restore = subprocess.Popen(
-            ["pg_restore", *restore_args], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            tied(["pg_restore", *restore_args]), stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
         self.decompressing = _Decompressing(self.restore.stdin)
         self.feed = ChecksummingWriter(self.decompressing)
