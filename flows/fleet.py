@@ -10,19 +10,21 @@ from datetime import UTC, datetime
 from dbpromote.flows.environment import server_limit
 from dbpromote.tasks.approval import record_approval, wait_for_approval
 from dbpromote.tasks.journal import read_target_journal, record_step
+from dbpromote.tasks.window import wait_for_window
 from prefect import get_client, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from dbpromote.config import TargetGroup, load_target
-from dbpromote.errors import MigrationError
+from dbpromote.errors import MigrationError, PreflightError
 from dbpromote.models.approval import Approval, promotion_request
 from dbpromote.models.fleet import MemberOutcome, Share, waves
-from dbpromote.models.journal import Journal
+from dbpromote.models.journal import Journal, TargetJournal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.records import write_record
+from dbpromote.windows import Measured
 
 MEMBER_DEPLOYMENT = "migrate-environment/migrate-environment"
 # How often the promotion reads its members' states: a member takes seconds at least, a read costs the server
@@ -87,6 +89,32 @@ class GroupStep:
             record_approval(load_target(member), member, given)
             record_step(self.journal, member, given)
         return approval
+
+    def wait_for_window(self, members: list[str], now: dict[str, Plan], measured: Measured, now_reason: str) -> None:
+        """The members still to migrate run in their maintenance window when any of them needs one: those share
+        their windows (the group goes as one, in waves), and the wait is for the first opening with room for every
+        wave at the slowest member's pace by staging's run; the window recorded on each."""
+        waiting = [member for member in members if now[member].migrations]
+        targets = {member: load_target(member) for member in waiting}
+        needs = {m: measured.need(now[m], t.window_lock_s) for m, t in targets.items() if t.windows}
+        needs = {member: need for member, need in needs.items() if need}
+        if not needs:
+            return
+        if len(windows := {"; ".join(targets[member].windows) for member in needs}) > 1:
+            raise PreflightError(
+                f"The members of {self.name} that need a maintenance window have different windows "
+                f"({' | '.join(sorted(windows))}); nothing more was run: give them the same (`dbpromote target add "
+                "MEMBER ... --window`), or run the group now with --now --reason TEXT."
+            )
+        first = next(iter(needs))
+        rounds = len([wave for wave in waves(waiting, *self.shape()) if wave])
+        slowest = max(need.expected_s for need in needs.values())
+        need = needs[first].model_copy(update={"expected_s": round(slowest * rounds, 1)})
+        if window := wait_for_window(self.project, targets[first], self.name, now[first], need, now_reason):
+            for member in needs:
+                given = window.model_copy(update={"target": member})
+                record_step(self.journal, member, given)
+                self.journal.targets.setdefault(member, TargetJournal()).window = given
 
     def shape(self) -> tuple[int, Share]:
         return self.group.canary, self.wave_size

@@ -107,6 +107,7 @@ def promote(
             fleet.skip([member for member in groups[target].members if member in divergent], plans)
             if approval := fleet.approve(members, now, plans, reports, drift, approval_timeout_s, approval_poll_s):
                 approvals.append(approval)
+            fleet.wait_for_window(members, now, Measured.of(reports, through[0]), now_reason)
             reports += fleet.run(members, now, plans)
             continue
         if done := journal.completed(target, now[target]):

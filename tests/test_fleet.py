@@ -1,8 +1,9 @@
 """Fleets (issue 16) on real servers and two workers: twelve tenant shards on the production server promoted as one
 group, canary first, in waves, under one approval; the per-server limit holds (sampled from pg_stat_activity);
 a failure halts the group and a re-run finishes it without touching the members done; a divergent member blocks
-or, with --skip-divergent, is left alone; a rejection touches no member."""
+or, with --skip-divergent, is left alone; a rejection touches no member; members that need a window run in it."""
 
+import contextlib
 import os
 import sys
 import threading
@@ -15,7 +16,7 @@ import pytest
 from dbpromote import localstack as local_stack
 from dbpromote.localstack.processes import run
 from tests.conftest import cancel_unfinished_runs
-from tests.harness import RELEASE, cli, fleet_databases, wait_for_run
+from tests.harness import RELEASE, cli, fleet_databases, target_changed, wait_for_run
 from tests.test_crash_resume import wait_until
 
 SHARDS = 12
@@ -215,3 +216,36 @@ def test_a_rejection_leaves_every_member_untouched(fleet):
     assert rejected.returncode == 0, rejected.stderr
     assert wait_for_run(run_id).is_failed()
     assert {s: shard_migrations(stack, s) for s in shards} == before
+
+
+def test_members_run_in_their_shared_window_and_members_with_different_windows_stop_the_group(fleet):
+    """Issue 33.3 for a group: every migration of the release held a lock on staging (bound 0 s), so each shard
+    needs a window. One shard with another window stops the group, after its approval, before any member runs;
+    with one window for all, open now, the group runs in it and each member's journal says so."""
+    from dbpromote.tasks.journal import read_target_journal
+
+    from dbpromote.config import load_target
+
+    stack, shards = fleet
+    open_now = "* 00:00:00-23:59:59 UTC"
+    before = {shard: shard_migrations(stack, shard) for shard in shards}
+    with contextlib.ExitStack() as changed:
+        for shard in shards:
+            changed.enter_context(target_changed(shard, windows=[open_now], window_lock_s=0))
+        with target_changed(shards[3], windows=["sun 01:00-05:00 Europe/Berlin"], window_lock_s=0):
+            run_id = promote_group()
+            approve(run_id)
+            state = wait_for_run(run_id)
+        assert state.is_failed()
+        assert (
+            "The members of shards that need a maintenance window have different windows (* 00:00:00-23:59:59 UTC | "
+            "sun 01:00-05:00 Europe/Berlin); nothing more was run: " in state.message
+        ), state.message
+        assert {shard: shard_migrations(stack, shard) for shard in shards} == before
+
+        run_id = promote_group()
+        approve(run_id)
+        assert wait_for_run(run_id).is_completed()
+    assert all(shard_migrations(stack, shard)[-len(RELEASE) :] == RELEASE for shard in shards)
+    windows = [read_target_journal(load_target(s), s, run_id).window for s in shards]
+    assert {(w.target, w.window, w.opened_by) for w in windows} == {(s, open_now, "the window") for s in shards}
