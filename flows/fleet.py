@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from dbpromote.flows.environment import server_limit
 from dbpromote.tasks.approval import record_approval, wait_for_approval
@@ -16,20 +17,29 @@ from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from dbpromote.config import TargetGroup, load_target
-from dbpromote.errors import MigrationError, PreflightError
+from dbpromote.config import DatabaseTarget, TargetGroup, load_target
+from dbpromote.errors import MigrationError
 from dbpromote.models.approval import Approval, promotion_request
 from dbpromote.models.fleet import MemberOutcome, Share, waves
 from dbpromote.models.journal import Journal, TargetJournal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.records import write_record
-from dbpromote.windows import Measured
+from dbpromote.windows import Measured, WindowNeed
 
 MEMBER_DEPLOYMENT = "migrate-environment/migrate-environment"
 # How often the promotion reads its members' states: a member takes seconds at least, a read costs the server
 # one query.
 MEMBER_POLL_S = 1.0
+
+
+class GroupWindow(NamedTuple):
+    """A group's members that wait for their shared maintenance window, and what the wait needs."""
+
+    members: list[str]
+    database: DatabaseTarget
+    plan: Plan
+    need: WindowNeed
 
 
 class GroupStep:
@@ -58,6 +68,7 @@ class GroupStep:
         drift: dict[str, str],
         timeout_s: int,
         poll_s: int,
+        when: str = "",
     ) -> Approval | None:
         """One approval for every member still to do that requires one (they share one approval policy: `group
         add` checks it); recorded on each of them. None when none needs it (or a crashed run got it)."""
@@ -71,7 +82,7 @@ class GroupStep:
             alike.setdefault(drift.get(member, "").replace(member, "each"), []).append(member)
         lines = [f"- **{', '.join(members)}**: {status}" for status, members in alike.items() if status]
         shape = [f"| {n or 'canary'} | {', '.join(w)} |" for n, w in enumerate(waves(waiting, *self.shape())) if w]
-        request = promotion_request(self.project, self.name, plan, reports, None, "").model_copy(
+        request = promotion_request(self.project, self.name, plan, reports, None, "", when).model_copy(
             update={"target": needed[0], "action": f"promoting to group {self.name} ({len(waiting)} members)"}
         )
         request.description += "\n".join(
@@ -90,29 +101,29 @@ class GroupStep:
             record_step(self.journal, member, given)
         return approval
 
-    def wait_for_window(self, members: list[str], now: dict[str, Plan], measured: Measured, now_reason: str) -> None:
-        """The members still to migrate run in their maintenance window when any of them needs one: those share
-        their windows (the group goes as one, in waves), and the wait is for the first opening with room for every
-        wave at the slowest member's pace by staging's run; the window recorded on each."""
+    def window_need(self, members: list[str], now: dict[str, Plan], measured: Measured) -> GroupWindow | None:
+        """The members still to migrate that need a maintenance window, one of their targets (they share their
+        windows: check_promotion_input), and the need: an opening with room for every wave at the slowest member's
+        pace by staging's run."""
         waiting = [member for member in members if now[member].migrations]
         targets = {member: load_target(member) for member in waiting}
         needs = {m: measured.need(now[m], t.window_lock_s) for m, t in targets.items() if t.windows}
         needs = {member: need for member, need in needs.items() if need}
         if not needs:
-            return
-        if len(windows := {"; ".join(targets[member].windows) for member in needs}) > 1:
-            raise PreflightError(
-                f"The members of {self.name} that need a maintenance window have different windows "
-                f"({' | '.join(sorted(windows))}); nothing more was run: give them the same (`dbpromote target add "
-                "MEMBER ... --window`), or run the group now with --now --reason TEXT."
-            )
+            return None
         first = next(iter(needs))
         rounds = len([wave for wave in waves(waiting, *self.shape()) if wave])
         slowest = max(need.expected_s for need in needs.values())
         need = needs[first].model_copy(update={"expected_s": round(slowest * rounds, 1)})
-        if window := wait_for_window(self.project, targets[first], self.name, now[first], need, now_reason):
-            for member in needs:
-                given = window.model_copy(update={"target": member})
+        return GroupWindow(list(needs), targets[first], now[first], need)
+
+    def wait_for_window(self, window: GroupWindow | None, now_reason: str) -> None:
+        """Suspended until the members' window opens (or a person runs them now); recorded on each member."""
+        if window is None:
+            return
+        if ran := wait_for_window(self.project, window.database, self.name, window.plan, window.need, now_reason):
+            for member in window.members:
+                given = ran.model_copy(update={"target": member})
                 record_step(self.journal, member, given)
                 self.journal.targets.setdefault(member, TargetJournal()).window = given
 

@@ -105,9 +105,11 @@ def promote(
             members = [member for member in groups[target].members if member not in divergent]
             fleet = GroupStep(project, target, groups[target], journal, to)
             fleet.skip([member for member in groups[target].members if member in divergent], plans)
-            if approval := fleet.approve(members, now, plans, reports, drift, approval_timeout_s, approval_poll_s):
-                approvals.append(approval)
-            fleet.wait_for_window(members, now, Measured.of(reports, through[0]), now_reason)
+            window = fleet.window_need(members, now, Measured.of(reports, through[0]))
+            when = when_it_runs(window.database.windows, window.need, datetime.now(UTC), now_reason) if window else ""
+            approval = fleet.approve(members, now, plans, reports, drift, approval_timeout_s, approval_poll_s, when)
+            approvals += [approval] if approval else []
+            fleet.wait_for_window(window, now_reason)
             reports += fleet.run(members, now, plans)
             continue
         if done := journal.completed(target, now[target]):
@@ -240,6 +242,8 @@ def check_promotion_input(project: str, through: list[str], to: str) -> None:
         group = load_group(name)
         if group is None:
             load_target(name)  # refused in one sentence when it is neither
+        else:
+            check_shared_windows(name, group.members)
         named += group.members if group else [name]
     if twice := sorted({name for name in named if named.count(name) > 1}):
         raise ConfigError(
@@ -250,6 +254,16 @@ def check_promotion_input(project: str, through: list[str], to: str) -> None:
         raise ConfigError(
             f"{through[0]} requires approval, so it cannot come first: a staging target must vouch for the plan "
             f"before it; put one first, e.g. --through staging,{through[0]}."
+        )
+
+
+def check_shared_windows(group: str, members: list[str]) -> None:
+    """A group goes as one, in waves: its members with maintenance windows must share them."""
+    windows = {"; ".join(windows) for member in members if (windows := load_target(member).windows)}
+    if len(windows) > 1:
+        raise ConfigError(
+            f"The members of {group} have different maintenance windows ({' | '.join(sorted(windows))}); nothing "
+            "was run: give them the same (`dbpromote target add MEMBER ... --window`); a group goes as one."
         )
 
 

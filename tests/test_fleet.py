@@ -16,7 +16,7 @@ import pytest
 from dbpromote import localstack as local_stack
 from dbpromote.localstack.processes import run
 from tests.conftest import cancel_unfinished_runs
-from tests.harness import RELEASE, cli, fleet_databases, target_changed, wait_for_run
+from tests.harness import RELEASE, approval_form_text, cli, fleet_databases, target_changed, wait_for_run
 from tests.test_crash_resume import wait_until
 
 SHARDS = 12
@@ -218,34 +218,37 @@ def test_a_rejection_leaves_every_member_untouched(fleet):
     assert {s: shard_migrations(stack, s) for s in shards} == before
 
 
-def test_members_run_in_their_shared_window_and_members_with_different_windows_stop_the_group(fleet):
+def test_members_run_in_their_shared_window_and_members_with_different_windows_are_refused(fleet):
     """Issue 33.3 for a group: every migration of the release held a lock on staging (bound 0 s), so each shard
-    needs a window. One shard with another window stops the group, after its approval, before any member runs;
-    with one window for all, open now, the group runs in it and each member's journal says so."""
+    needs a window. A group goes as one: one shard with another window is refused at the terminal before anything
+    runs; with one window for all, open now, the group runs in it and each member's journal says so."""
     from dbpromote.tasks.journal import read_target_journal
 
     from dbpromote.config import load_target
 
     stack, shards = fleet
     open_now = "* 00:00:00-23:59:59 UTC"
-    before = {shard: shard_migrations(stack, shard) for shard in shards}
     with contextlib.ExitStack() as changed:
         for shard in shards:
             changed.enter_context(target_changed(shard, windows=[open_now], window_lock_s=0))
-        with target_changed(shards[3], windows=["sun 01:00-05:00 Europe/Berlin"], window_lock_s=0):
-            run_id = promote_group()
-            approve(run_id)
-            state = wait_for_run(run_id)
-        assert state.is_failed()
-        assert (
-            "The members of shards that need a maintenance window have different windows (* 00:00:00-23:59:59 UTC | "
-            "sun 01:00-05:00 Europe/Berlin); nothing more was run: " in state.message
-        ), state.message
-        assert {shard: shard_migrations(stack, shard) for shard in shards} == before
-
+        with target_changed(shards[3], windows=["sun 01:00-05:00 Europe/Berlin"]):
+            refused = cli("promote", "--project", "tenant-backend", "--through", "staging,shards")
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            "error: The members of shards have different maintenance windows (* 00:00:00-23:59:59 UTC | sun "
+            "01:00-05:00 Europe/Berlin); nothing was run: give them the same (`dbpromote target add MEMBER ... "
+            "--window`); a group goes as one."
+        )
         run_id = promote_group()
+        assert "**When:** shards runs now, in the window that opened " in approval_form_text(pending_run(run_id))
         approve(run_id)
         assert wait_for_run(run_id).is_completed()
     assert all(shard_migrations(stack, shard)[-len(RELEASE) :] == RELEASE for shard in shards)
     windows = [read_target_journal(load_target(s), s, run_id).window for s in shards]
     assert {(w.target, w.window, w.opened_by) for w in windows} == {(s, open_now, "the window") for s in shards}
+
+
+def pending_run(run_id: str):
+    from dbpromote.runs import paused_for
+
+    return paused_for(run_id, "approval", timeout_s=60)
