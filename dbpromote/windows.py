@@ -8,6 +8,7 @@ the zone's clocks move; nothing here parses a calendar by hand.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, NamedTuple
@@ -19,14 +20,16 @@ from pydantic import BaseModel, Field
 from dbpromote.errors import ConfigError
 
 if TYPE_CHECKING:  # the target's settings read windows; the plan's modules import the probe, which reads settings
-    from dbpromote.models.plan import Plan
+    from dbpromote.models.plan import Plan, PlannedMigration
     from dbpromote.models.report import MigrationResult, Rehearsal, StepReport
 
 # Locks under which the application's writes (or reads too) queue: a migration that held one for longer than the
 # target's window_lock_s in staging's run (or a rehearsal) waits for a window on the targets after it.
 HEAVY_LOCKS = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
-# Lint rules that mark a table rewrite.
-REWRITE_RULES = ("alter-column", "changing-column-type", "adding-field-with-default")
+# What marks a table rewrite: squawk's finding on a column added with a volatile default, and a column's type
+# changed in the SQL (dbpromote's own alter-column rule fires on every AlterField, most of which change no type).
+VOLATILE_DEFAULT = "adding-field-with-default"
+TYPE_CHANGE = re.compile(r"\bALTER\s+COLUMN\s+\S+\s+(SET\s+DATA\s+)?TYPE\b", re.IGNORECASE)
 # How far ahead a window's next fitting opening is looked for: a window that never fits in a year never will.
 HORIZON = timedelta(days=366)
 EXAMPLE = "sat,sun 01:00-05:00 Europe/Berlin"
@@ -151,10 +154,18 @@ class Measured(NamedTuple):
                     f"{migration.label} held {result.strongest_lock} for {held:.1f} s on {self.on} "
                     f"(the bound is {lock_s:g} s)"
                 )
-            elif rules := [rule for rule in REWRITE_RULES if any(f"[{rule}:" in risk for risk in migration.risks)]:
-                need.reasons.append(f"{migration.label} may rewrite its table (lint: {', '.join(rules)})")
+            elif rewrites := rewrites_of(migration):
+                need.reasons.append(f"{migration.label} may rewrite its table ({', '.join(rewrites)})")
         need.expected_s = round(need.expected_s, 1)
         return need
+
+
+def rewrites_of(migration: PlannedMigration) -> list[str]:
+    """Why the migration's SQL may rewrite its table, as the form says it: its time grows with the table."""
+    found = ["a column's type changes"] if any(TYPE_CHANGE.search(statement) for statement in migration.sql) else []
+    if any(f"[{VOLATILE_DEFAULT}:" in risk for risk in migration.risks):
+        found.append(f"lint: {VOLATILE_DEFAULT}")
+    return found
 
 
 def when_it_runs(specs: list[str], need: WindowNeed, now: datetime, now_reason: str = "") -> str:

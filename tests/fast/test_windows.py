@@ -65,9 +65,9 @@ def test_a_window_that_cannot_be_read_is_refused_in_one_sentence_when_the_target
     assert str(refused.value).startswith(f"The maintenance window {spec!r} {sentence}")
 
 
-def migration(name: str, risks: list[str] | None = None) -> PlannedMigration:
+def migration(name: str, risks: list[str] | None = None, sql: list[str] | None = None) -> PlannedMigration:
     return PlannedMigration(
-        app="core", name=name, atomic=True, reversible=True, operations=[], sql=[], risks=risks or []
+        app="core", name=name, atomic=True, reversible=True, operations=[], sql=sql or [], risks=risks or []
     )
 
 
@@ -78,7 +78,13 @@ def test_a_step_needs_a_window_for_a_long_heavy_lock_on_staging_or_a_rewrite_the
         migrations=[
             migration("0002_index"),
             migration("0003_quick"),
-            migration("0004_type", ["ALTER TABLE ...: may change a column's type [alter-column: add a column ...]"]),
+            migration(
+                "0004_type",
+                ["ALTER TABLE ...: may change a column's type [alter-column: add a column ...]"],
+                ['ALTER TABLE "core_task" ALTER COLUMN "title" TYPE varchar(400) USING "title"::varchar(400);'],
+            ),
+            migration("0005_help_text", ["AlterField ...: may change a column's type [alter-column: ...]"]),
+            migration("0006_stamp", ["ALTER TABLE ...: Adding a volatile default [adding-field-with-default: ...]"]),
         ],
     )
     staging = StepReport(
@@ -93,8 +99,9 @@ def test_a_step_needs_a_window_for_a_long_heavy_lock_on_staging_or_a_rewrite_the
     need = Measured.of([staging], "staging").need(plan, lock_s=10)
     assert need.reasons == [
         "core.0002_index held ShareLock for 42.0 s on staging (the bound is 10 s)",
-        "core.0004_type may rewrite its table (lint: alter-column)",
-    ]
+        "core.0004_type may rewrite its table (a column's type changes)",
+        "core.0006_stamp may rewrite its table (lint: adding-field-with-default)",
+    ]  # 0005 alters a field's help text: no SQL, nothing rewritten
     assert need.expected_s == 43.2
     assert not Measured.of([staging], "staging").need(plan.only({"core.0003_quick"}), lock_s=10)
 
