@@ -97,7 +97,9 @@ def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, 
     add_project(codebase, new)
     targets = [f"{project}-{server}" for server in SERVERS]
     assert cli("target", "add", targets[0], "--url", urls["staging"]).returncode == 0
-    assert cli("target", "add", targets[1], "--url", urls["production"], "--requires-approval").returncode == 0
+    # Watched for 2 s after it migrates, not a production's 180: the watch runs on their schema, the suite moves on.
+    production = ["--requires-approval", "--watch-after", "2"]
+    assert cli("target", "add", targets[1], "--url", urls["production"], *production).returncode == 0
 
     phases = phases_as_checked(project, targets[1])
     print(f"\n{codebase.name}: " + "\n".join(f"{label} {phase} {found}" for label, (phase, found) in phases.items()))
@@ -248,7 +250,7 @@ def deployed(stack, codebase: Codebase, python: Path, databases: dict[str, tuple
         with psycopg.connect(urls[target]) as conn:
             for statement in codebase.seed:
                 conn.execute(statement)
-        approval = [] if server == "staging" else ["--requires-approval"]
+        approval = [] if server == "staging" else ["--requires-approval", "--watch-after", "2"]
         assert cli("target", "add", target, "--url", urls[target], *approval).returncode == 0
     return project, urls
 
