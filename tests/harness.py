@@ -183,17 +183,22 @@ def run_processes(run_id: str) -> dict[int, str]:
 
 def kill(stack, run_id: str, worker: bool) -> None:
     """SIGKILL the run's flow process (and the worker): what started from it must end with it, at once."""
-    (engine,) = [pid for pid, command in run_processes(run_id).items() if "prefect.engine" in command]
+    before = run_processes(run_id)
+    (engine,) = [pid for pid, command in before.items() if "prefect.engine" in command]
     if worker:
         os.kill(local_stack.Stack.load(stack.home).pids["worker"], signal.SIGKILL)
     os.kill(engine, signal.SIGKILL)
-    # The kernel kills the probe and the backup stream with it (PR_SET_PDEATHSIG); the stream's pg_dump and
-    # pg_restore end on the broken pipe and the end of their input, which took more than 5 s on a loaded machine.
+    # The kernel kills the probe, the backup stream and its pg_dump and pg_restore with it (PR_SET_PDEATHSIG). What
+    # Prefect's worker starts for the run afterwards (its crash-hook process, with the run's id in its environment)
+    # is not the dead process's: only the processes alive at the kill are judged.
     deadline = time.monotonic() + 15
-    while run_processes(run_id) and time.monotonic() < deadline:
+
+    def left() -> dict[int, str]:
+        return {pid: command for pid, command in run_processes(run_id).items() if pid in before}
+
+    while left() and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = run_processes(run_id)
-    assert left == {}, f"a probe or backup stream outlived the killed flow process: {left}"
+    assert left() == {}, f"a probe or backup stream outlived the killed flow process: {left()}"
     if worker:
         local_stack.up(stack.home, deploy=False)  # a new worker, as after a machine is replaced
 
