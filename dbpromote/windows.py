@@ -42,9 +42,9 @@ class Opening(NamedTuple):
     opens: datetime
     closes: datetime
 
-    def describe(self, zone: str = "") -> str:
+    def describe(self) -> str:
         """'2026-12-07 01:00 Europe/Berlin' in the window's own zone."""
-        zone = zone or self.window.split()[-1]
+        zone = self.window.split()[-1]
         return f"{self.opens.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M} {zone}"
 
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from dbpromote.flows.environment import server_limit
 from dbpromote.tasks.approval import record_approval, wait_for_approval
-from dbpromote.tasks.journal import read_target_journal, record_step
+from dbpromote.tasks.journal import read_target_journal, record_kept, record_step
 from dbpromote.tasks.window import wait_for_window
 from prefect import get_client, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -21,7 +21,7 @@ from dbpromote.config import DatabaseTarget, TargetGroup, load_target
 from dbpromote.errors import MigrationError
 from dbpromote.models.approval import Approval, promotion_request
 from dbpromote.models.fleet import MemberOutcome, Share, waves
-from dbpromote.models.journal import Journal, TargetJournal
+from dbpromote.models.journal import Journal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.records import write_record
@@ -123,9 +123,7 @@ class GroupStep:
             return
         if ran := wait_for_window(self.project, window.database, self.name, window.plan, window.need, now_reason):
             for member in window.members:
-                given = ran.model_copy(update={"target": member})
-                record_step(self.journal, member, given)
-                self.journal.targets.setdefault(member, TargetJournal()).window = given
+                record_kept(self.journal, member, ran.model_copy(update={"target": member}))
 
     def shape(self) -> tuple[int, Share]:
         return self.group.canary, self.wave_size

@@ -16,7 +16,7 @@ from dbpromote.tasks.approval import (
     wait_for_approval,
     wait_for_deploy,
 )
-from dbpromote.tasks.journal import open_journal, record_step
+from dbpromote.tasks.journal import open_journal, record_kept, record_step
 from dbpromote.tasks.preflight import check_not_held
 from dbpromote.tasks.window import wait_for_window
 from prefect import flow, get_run_logger
@@ -191,8 +191,7 @@ class Phases:
         if deployment is None:
             done = [label for label in whole.labels if label in before]
             deployment = wait_for_deploy(self.project, self.target, whole, done, self.timeout_s, self.poll_s)
-            record_step(self.journal, self.target, deployment)
-            self.journal.targets.setdefault(self.target, TargetJournal()).deployed = deployment
+            record_kept(self.journal, self.target, deployment)
         self.wait_out_delay(whole, deployment)
         return reports + self.run_one(now.only(set(now.labels) - before))
 
@@ -201,8 +200,7 @@ class Phases:
         database = load_target(self.target)
         need = self.measured.need(now, database.window_lock_s)
         if window := wait_for_window(self.project, database, self.target, now, need, self.now_reason):
-            record_step(self.journal, self.target, window)
-            self.journal.targets.setdefault(self.target, TargetJournal()).window = window
+            record_kept(self.journal, self.target, window)
 
     def wait_out_delay(self, whole: Plan, deployment: Deployment) -> None:
         """django-safemigrate's `after_deploy(delay=...)`, counted from the recorded deploy (what its users ask

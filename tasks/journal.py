@@ -130,3 +130,9 @@ def record_step(journal: Journal, target: str, step: Plan | Approval | Deploymen
     run_id = str(flow_run.get_id() or "")
     record = {"promotion": journal.promotion, "flow_run_id": run_id, "step": name, field: step.model_dump()}
     return write_record(load_target(target), target, "steps", run_id, record, scope=journal.promotion)
+
+
+def record_kept(journal: Journal, target: str, step: Deployment | WindowRun) -> None:
+    """A deploy or a window recorded in the promotion's journal, and kept in this run's copy of it."""
+    record_step(journal, target, step)
+    journal.keep(target, step)

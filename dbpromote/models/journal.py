@@ -30,6 +30,14 @@ class Journal(BaseModel):
     carries_on: str = Field("", description="The crashed run this one carries on; empty for a new promotion")
     targets: dict[str, TargetJournal] = Field(default_factory=dict)
 
+    def keep(self, target: str, step: Deployment | WindowRun) -> None:
+        """A deploy or a window this run recorded, in its own copy of the journal too (its promotion record)."""
+        entry = self.targets.setdefault(target, TargetJournal())
+        if isinstance(step, Deployment):
+            entry.deployed = step
+        else:
+            entry.window = step
+
     def continue_plans(self, plans: dict[str, Plan]) -> dict[str, Plan]:
         """Each target's plan to vouch for and approve: the recorded whole plan where the target is part-way
         through it (or done), so staging's recorded step still vouches for the targets after it."""
