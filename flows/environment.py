@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from functools import partial
 
 from dbpromote.tasks.backup import backup_to_gcs
-from dbpromote.tasks.journal import record_step
 from dbpromote.tasks.migrate import apply_migration
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_bucket, check_database
@@ -20,12 +20,10 @@ from dbpromote.tasks.verify import (
     watch_after_migrating,
 )
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, load_project, load_target
 from dbpromote.errors import DbpromoteError, PreflightError, VerificationError
-from dbpromote.models.journal import Journal
 from dbpromote.models.plan import Plan, describe_change
 from dbpromote.models.report import StepReport, Verification
 from dbpromote.probe import ProbeSession
@@ -58,29 +56,13 @@ def preflight(
 
 
 @flow(name="migrate-environment", flow_run_name="migrate {target}")
-def migrate_environment(
-    project: str,
-    target: str,
-    to: str = "",
-    expected_plan: Plan | None = None,
-    per_server: int = 0,
-    promotion: str = "",
-) -> StepReport:
+def migrate_environment(project: str, target: str, to: str = "", expected_plan: Plan | None = None) -> StepReport:
     """Take one target to `to` (every leaf when empty), safely, and prove it.
 
     With expected_plan (what preflight saw, what staging vouched for and the approver saw), nothing runs unless the
-    plan is still exactly that one. A fleet's member (a deployment run on any worker) gets per_server and its
-    promotion: the step holds one slot of its database server's global concurrency limit from its first
-    connection to its last, so no more than that many members of any promotion migrate on one server at once, and
-    records its report in the promotion's journal in the bucket, where the promotion reads it (no worker's disk).
+    plan is still exactly that one.
     """
-    if not per_server:
-        return migrate_target(project, target, to, expected_plan)
-    with concurrency(server_limit(load_target(target)), occupy=1, strict=True):
-        report = migrate_target(project, target, to, expected_plan)
-    if promotion:
-        record_step(Journal(promotion=promotion), target, report)
-    return report
+    return migrate_target(project, target, to, expected_plan)
 
 
 def server_limit(database: DatabaseTarget) -> str:
@@ -89,12 +71,24 @@ def server_limit(database: DatabaseTarget) -> str:
     return f"dbpromote-server-{parts.get('host', 'localhost')}-{parts.get('port', '5432')}"
 
 
-def migrate_target(project: str, target: str, to: str, expected_plan: Plan | None) -> StepReport:
-    """The step itself, on one Django for its plan, migrations and verification: preflight again, refuse a plan
-    other than the expected one, carry it out."""
+def migrate_target(
+    project: str,
+    target: str,
+    to: str,
+    expected_plan: Plan | None,
+    probe: ProbeSession | None = None,
+    buckets: set[tuple[str, str]] | None = None,
+) -> StepReport:
+    """The step itself, on one Django for its plan, migrations and verification (`probe`, moved to the target,
+    when the caller keeps one warm for several targets: a fleet's lane): preflight again, refuse a plan other than
+    the expected one, carry it out."""
     django_project, database = load_project(project), load_target(target)
-    with ProbeSession(django_project, database) as probe:
-        plan = preflight(project, target, to, probe)
+    with contextlib.ExitStack() as stack:
+        if probe is None:
+            probe = stack.enter_context(ProbeSession(django_project, database))
+        else:
+            probe.retarget(database)
+        plan = preflight(project, target, to, probe, buckets)
         if expected_plan is not None and expected_plan.deferred:  # one phase of it: the rest waits for a deploy
             plan = plan.only(set(plan.labels) - set(expected_plan.deferred))
         if expected_plan is not None and not plan.runs_as(expected_plan.migrations):

@@ -1,36 +1,57 @@
-"""A group's step in a promotion: one approval for every member, then the members in waves, canary first, each
-member a deployment run of migrate-environment on whichever worker takes it, under Prefect's global concurrency
-limit of its database server. Prefect is the engine: dbpromote starts runs and reads their states, nothing more."""
+"""A group's step in a promotion: one approval for every member, then the members in waves, canary first. A wave
+runs in lanes: deployment runs of migrate-lane on whichever workers take them, each running its share of the
+wave's members one after another as task runs named after them, on one Django probe moved from member to member,
+every member under Prefect's global concurrency limit of its database server. Prefect is the engine: dbpromote
+starts runs and reads their states, nothing more."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import NamedTuple
+from uuid import UUID
 
-from dbpromote.flows.environment import server_limit
+from dbpromote.flows.environment import migrate_target, server_limit
 from dbpromote.tasks.approval import record_approval, wait_for_approval
 from dbpromote.tasks.journal import read_target_journal, record_kept, record_step
 from dbpromote.tasks.window import wait_for_window
-from prefect import get_client, get_run_logger
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+    TaskRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from dbpromote.config import DatabaseTarget, TargetGroup, load_target
+from dbpromote.config import DatabaseTarget, TargetGroup, load_project, load_target
 from dbpromote.errors import MigrationError
 from dbpromote.models.approval import Approval, promotion_request
-from dbpromote.models.fleet import MemberOutcome, Share, waves
+from dbpromote.models.fleet import MemberOutcome, Share, lanes, waves
 from dbpromote.models.journal import Journal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
+from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
 from dbpromote.windows import Measured, WindowNeed
 
-MEMBER_DEPLOYMENT = "migrate-environment/migrate-environment"
-# How often the promotion reads its members' states: a member takes seconds at least, a read costs the server
-# one query.
-MEMBER_POLL_S = 1.0
+LANE_DEPLOYMENT = "migrate-lane/migrate-lane"
+# The tag of a group run's member task runs, in every lane: FLEET_TAG + "<promotion run>:<group>"; and each
+# member's own. Lanes count the group's failures by the first; the promotion reads each member's outcome by both.
+FLEET_TAG = "dbpromote-fleet:"
+MEMBER_TAG = "dbpromote-member:"
+# How often the promotion reads its lanes' states: a lane takes seconds at least, a read costs the server one query.
+LANE_POLL_S = 1.0
+FAILED = [StateType.FAILED, StateType.CRASHED]
 
 
 class GroupWindow(NamedTuple):
@@ -132,6 +153,7 @@ class GroupStep:
         """Every member not done before, wave by wave; halts (raising, once the running ones end) when a canary
         fails or failures reach the bound. The reports of the members migrated, in member order."""
         self.plans = plans
+        self.fleet = f"{FLEET_TAG}{flow_run.get_id() or 'adhoc'}:{self.name}"
         done = {m: report for m in members if (report := self.journal.completed(m, now[m]))}
         try:
             return self._run(members, done)
@@ -170,52 +192,83 @@ class GroupStep:
         return [self.reports[m] for m in self.group.members if m in self.reports]
 
     def run_wave(self, number: int, wave: list[str], bound: int) -> bool:
-        """The wave's members, up to `parallel` at once; no new one once failures reach the bound. Whether it
-        halted."""
-        pending, running = list(wave), {}
-        while pending or running:
-            while pending and len(running) < self.group.parallel and not self.halted(bound):
-                member = pending.pop(0)
-                running[member] = self.start(number, member)
-            if self.halted(bound):
-                for member in pending:
-                    self.outcomes[member] = MemberOutcome(member=member, wave=number, outcome="not started")
-                pending = []
-            time.sleep(MEMBER_POLL_S)
-            with get_client(sync_client=True) as client:
-                for member, run_id in list(running.items()):
-                    run = client.read_flow_run(run_id)
-                    if run.state and run.state.is_final():
-                        self.finish(number, member, run)
-                        del running[member]
+        """The wave's members in up to `parallel` lanes, until every lane ends (a lane stops before its next
+        member once the group's failures reach the bound). Whether it halted."""
+        if wave and not self.halted(bound):
+            runs = {self.start(number, n, lane, bound): lane for n, lane in enumerate(lanes(wave, self.group.parallel))}
+            self.finish(number, runs, self.wait_for_lanes(list(runs)), bound)
+        for member in wave:
+            self.outcomes.setdefault(member, MemberOutcome(member=member, wave=number, outcome="not started"))
         return self.halted(bound)
 
-    def start(self, number: int, member: str) -> str:
-        """A deployment run of the member's step, as a subflow of this promotion; its id."""
-        record_step(self.journal, member, self.plans[member])
-        parameters = {"project": self.project, "target": member, "to": self.to, "per_server": self.group.per_server}
-        parameters["promotion"] = self.journal.promotion
-        parameters["expected_plan"] = self.plans[member].model_dump(mode="json")
-        run = run_deployment(MEMBER_DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=True)
-        get_run_logger().info("group %s wave %d: %s started as run %s", self.name, number, member, run.id)
+    def start(self, number: int, lane: int, members: list[str], bound: int) -> str:
+        """A lane of the wave: a deployment run of migrate-lane, as a subflow of this promotion; its id. Members
+        with the same plan share one copy of it in the run's parameters."""
+        plans: dict[str, int] = {}
+        for member in members:
+            plans.setdefault(self.plans[member].model_dump_json(), len(plans))
+        parameters = {
+            "project": self.project,
+            "group": self.name,
+            "wave": number,
+            "lane": lane,
+            "members": {member: plans[self.plans[member].model_dump_json()] for member in members},
+            "plans": [Plan.model_validate_json(plan).model_dump(mode="json") for plan in plans],
+            "to": self.to,
+            "promotion": self.journal.promotion,
+            "fleet": self.fleet,
+            "bound": bound,
+        }
+        run = run_deployment(LANE_DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=True)
+        get_run_logger().info("group %s wave %d: lane %d (%s) started as run %s", self.name, number, lane,
+                              ", ".join(members), run.id)  # fmt: skip
         return str(run.id)
 
-    def finish(self, number: int, member: str, run) -> None:
-        """A member's outcome from its ended run: its report when it completed, its error sentence when not."""
-        ended = datetime.now(UTC).isoformat()
-        started = run.start_time.isoformat() if run.start_time else ""
-        facts = {"member": member, "wave": number, "started": started, "ended": ended, "member_run": str(run.id)}
-        report = read_target_journal(load_target(member), member, self.journal.promotion).completed
-        if run.state.is_completed() and report is not None:  # recorded by the member's run in the journal
-            self.reports[member] = report
-            self.outcomes[member] = MemberOutcome(outcome="migrated", worker=report.worker, **facts)
-        elif run.state.is_completed():
-            detail = "its run completed without recording its report in the journal; run the promotion again"
-            self.outcomes[member] = MemberOutcome(outcome="failed", detail=detail, **facts)
+    def wait_for_lanes(self, lane_ids: list[str]) -> dict[str, FlowRun]:
+        """The lanes' runs once every one has ended."""
+        while True:
+            time.sleep(LANE_POLL_S)
+            with get_client(sync_client=True) as client:
+                ids = FlowRunFilterId(any_=[UUID(lane) for lane in lane_ids])
+                runs = {str(run.id): run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=ids))}
+            if len(runs) == len(lane_ids) and all(run.state and run.state.is_final() for run in runs.values()):
+                return runs
+
+    def finish(self, number: int, runs: dict[str, list[str]], ended: dict[str, FlowRun], bound: int) -> None:
+        """Each member's outcome from its task run in its lane: its report when it completed, its error sentence
+        when not; a member its lane never reached is not started when the group halted, failed when its lane
+        ended under it."""
+        steps = member_steps(self.fleet, list(runs))
+        for lane_id, members in runs.items():
+            for member in [member for member in members if member in steps]:
+                self.outcomes[member] = self.outcome(number, member, lane_id, steps[member], ended[lane_id])
+        for lane_id, members in runs.items():
+            lane = ended[lane_id].state
+            for member in [member for member in members if member not in steps]:
+                if lane.is_completed() or self.halted(bound):
+                    self.outcomes[member] = MemberOutcome(member=member, wave=number, outcome="not started")
+                else:
+                    detail = f"its lane (run {lane_id}) ended {lane.name} before it started: {lane.message}"
+                    facts = {"member": member, "wave": number, "member_run": lane_id}
+                    self.outcomes[member] = MemberOutcome(outcome="failed", detail=detail, **facts)
+        said = ", ".join(f"{member} {self.outcomes[member].outcome}" for lane in runs.values() for member in lane)
+        get_run_logger().info("group %s wave %d: %s", self.name, number, said)
+
+    def outcome(self, number: int, member: str, lane_id: str, step: TaskRun, lane: FlowRun) -> MemberOutcome:
+        """A member's outcome from its task run: migrated with its journal's report, or failed and why."""
+        facts = {"member": member, "wave": number, "member_run": lane_id}
+        facts |= {"started": when(step.start_time), "ended": when(step.end_time) or datetime.now(UTC).isoformat()}
+        if step.state and step.state.is_completed():
+            report = read_target_journal(load_target(member), member, self.journal.promotion).completed
+            if report is not None:  # recorded by the member's step in the journal
+                self.reports[member] = report
+                return MemberOutcome(outcome="migrated", worker=report.worker, **facts)
+            detail = "its step completed without recording its report in the journal; run the promotion again"
+        elif step.state and step.state.is_final():
+            detail = re.sub(r"^(Task|Flow) run encountered an exception[^:]*: ", "", step.state.message or "")
         else:
-            detail = (run.state.message or run.state.name).removeprefix("Flow run encountered an exception: ")
-            self.outcomes[member] = MemberOutcome(outcome="failed", detail=detail, **facts)
-        get_run_logger().info("group %s: %s %s", self.name, member, self.outcomes[member].outcome)
+            detail = f"its lane (run {lane_id}) ended {lane.state.name} while it ran: {lane.state.message}"
+        return MemberOutcome(outcome="failed", detail=detail, **facts)
 
     def halted(self, bound: int) -> bool:
         return len(self.failed()) >= bound
@@ -239,3 +292,89 @@ class GroupStep:
         rows = sorted(self.outcomes.values(), key=lambda o: order.get(o.member, len(order)))
         shown = {"member", "wave", "outcome", "worker", "detail", "started", "ended"}
         return [outcome.model_dump(include=shown) for outcome in rows]
+
+
+@flow(name="migrate-lane", flow_run_name="{group} wave {wave} lane {lane}")
+def migrate_lane(
+    project: str,
+    group: str,
+    wave: int,
+    lane: int,
+    members: dict[str, int],
+    plans: list[Plan],
+    to: str,
+    promotion: str,
+    fleet: str,
+    bound: int,
+) -> None:
+    """A lane of a group's wave: its members (each with its plan in `plans`) one after another in this process,
+    each a task run named after it with its own backup, migrations, verification, RLS proof, report and journal
+    entry, all on one Django probe moved from member to member (Django and the project are imported once a lane,
+    not three times a member). Before each member it counts the failures of the group's run in every lane (task
+    runs tagged `fleet`) and stops at `bound`, leaving the rest not started. The member after a failed one gets a
+    new probe. The lane fails at its end naming its members that failed; the promotion reads why from their runs.
+    """
+    failed: list[str] = []
+    buckets: set[tuple[str, str]] = set()  # checked once a lane: its members share one or a few
+    probe = ProbeSession(load_project(project), load_target(next(iter(members))))
+    try:
+        for member, plan in members.items():
+            if len(failed_members(fleet)) >= bound:
+                get_run_logger().info("the group halted: %d failed; %s not started", bound, member)
+                break
+            step = migrate_member.with_options(tags=[fleet, MEMBER_TAG + member])
+            try:
+                step(project, member, to, plans[plan], promotion, probe, buckets)
+            except Exception:  # any failure is the member's, recorded in its task run; the lane goes on
+                failed.append(member)
+                probe.__exit__()
+                probe = ProbeSession(load_project(project), load_target(member))
+    finally:
+        probe.__exit__()
+    if failed:
+        raise MigrationError(f"{', '.join(failed)} failed in {group}'s wave {wave}; the promotion's run says why.")
+
+
+@task(name="migrate-member", task_run_name="migrate {member}", cache_policy=NO_CACHE)
+def migrate_member(
+    project: str, member: str, to: str, plan: Plan, promotion: str, probe: ProbeSession, buckets: set
+) -> StepReport:
+    """A member's step in its lane, under one slot of its server's global concurrency limit from its first
+    connection to its last (no more than per_server members of any promotion migrate on one server at once):
+    its whole plan in the promotion's journal before, its report after (in the bucket, where the promotion reads
+    it: no worker's disk)."""
+    journal = Journal(promotion=promotion)
+    record_step(journal, member, plan)
+    with concurrency(server_limit(load_target(member)), occupy=1, strict=True):
+        report = migrate_target(project, member, to, plan, probe, buckets)
+    record_step(journal, member, report)
+    return report
+
+
+def failed_members(fleet: str) -> list[str]:
+    """The members of a group's run that failed so far, in any lane."""
+    with get_client(sync_client=True) as client:
+        state = TaskRunFilterState(type=TaskRunFilterStateType(any_=FAILED))
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[fleet]), state=state))
+    return [member_of(run) for run in runs]
+
+
+def member_steps(fleet: str, lane_ids: list[str]) -> dict[str, TaskRun]:
+    """The member task runs of the lanes, by member."""
+    found: dict[str, TaskRun] = {}
+    with get_client(sync_client=True) as client:
+        filtered = TaskRunFilter(
+            tags=TaskRunFilterTags(all_=[fleet]),
+            flow_run=TaskRunFilterFlowRunId(any_=[UUID(lane) for lane in lane_ids]),
+        )
+        while page := client.read_task_runs(task_run_filter=filtered, limit=200, offset=len(found)):
+            found |= {member_of(run): run for run in page}
+    return found
+
+
+def member_of(run: TaskRun) -> str:
+    return next(tag.removeprefix(MEMBER_TAG) for tag in run.tags if tag.startswith(MEMBER_TAG))
+
+
+def when(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else ""

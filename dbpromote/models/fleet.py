@@ -43,6 +43,13 @@ def waves(members: list[str], canary: int, size: Share) -> list[list[str]]:
     return [first] + [rest[i : i + step] for i in range(0, len(rest), step)]
 
 
+def lanes(wave: list[str], parallel: int) -> list[list[str]]:
+    """A wave's members dealt round-robin to at most `parallel` lanes (one process each, its members one after
+    another), so every lane gets its share of the wave and the first of each lane start at once."""
+    count = max(1, min(parallel, len(wave)))
+    return [lane for lane in (wave[i::count] for i in range(count)) if lane]
+
+
 Outcome = Literal["migrated", "failed", "skipped", "not started", "done before"]
 
 
@@ -56,4 +63,4 @@ class MemberOutcome(BaseModel):
     worker: str = ""
     started: str = ""
     ended: str = ""
-    member_run: str = Field("", description="The flow run of the member's step")
+    member_run: str = Field("", description="The flow run of the lane that ran the member's step")

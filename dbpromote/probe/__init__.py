@@ -180,6 +180,30 @@ class ProbeSession:
             message=f"the probe process gave no answer {ending(self.process, self.stderr, self.secrets)}",
         )
 
+    def retarget(self, target: DatabaseTarget) -> None:
+        """The session's next requests on `target`, another database of the same project (a lane's next member),
+        without starting Django again (~0.7 s of CPU a member under load): the probe rebuilds its alias from the
+        project's settings for it and opens a new connection (django_probe.retarget); its URL and password join the
+        secrets masked. A target on another alias gets a new process."""
+        if self.process is None or target is self.target:
+            self.target = target
+            return
+        if target.database_alias != self.target.database_alias:
+            self.__exit__()
+            self.__init__(self.project, target)
+            return
+        request = {"retarget": target.conninfo.django(), "lock_timeout_ms": target.lock_timeout_ms}
+        request["statement_timeout_ms"] = target.statement_timeout_ms
+        answer = self._ask(request, target.url.get_secret_value(), target.conninfo.password)
+        if not isinstance(answer, StepAnswer):
+            failed = isinstance(answer, FailureAnswer)
+            why = answer.message if failed else ending(self.process, self.stderr, self.secrets)
+            raise ConfigError(
+                f"The probe could not move to {target.conninfo.database} ({redact(str(why), *self.secrets)}); "
+                "report it with the project's settings."
+            )
+        self.target = target
+
     def stop_between_statements(self) -> None:
         """Ask the migration step in progress to stop before its next statement (it answers "stopped")."""
         if self.process is not None and self.process.poll() is None:

@@ -11,6 +11,7 @@ the string's other parameters (sslmode, ...) to its OPTIONS.
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import importlib.util
 import io
@@ -156,15 +157,17 @@ def setup_django(args) -> None:
             raise ProbeError(
                 "alias", f"DATABASES has no alias {args.database!r} (it has {', '.join(sorted(databases))})"
             )
-        point_at_target(databases[args.database], args)
+        args.project_database = copy.deepcopy(databases[args.database])  # as the project wrote it: retarget()
+        entry = json.loads(os.environ["DBPROMOTE_DATABASE"]) if os.environ.get("DBPROMOTE_DATABASE") else None
+        point_at_target(databases[args.database], args, entry)
         django.setup()
 
 
-def point_at_target(database: dict, args) -> None:
-    """The target's host, port, name, user and password in the alias, PostgreSQL where the settings named no
-    engine (a DATABASE_URL read without a default), and the step's timeouts added to the project's options."""
-    if os.environ.get("DBPROMOTE_DATABASE"):
-        with_target(database, json.loads(os.environ["DBPROMOTE_DATABASE"]))
+def point_at_target(database: dict, args, entry: dict | None) -> None:
+    """The target's host, port, name, user and password (`entry`) in the alias, PostgreSQL where the settings named
+    no engine (a DATABASE_URL read without a default), and the step's timeouts added to the project's options."""
+    if entry:
+        with_target(database, entry)
     if not database.get("ENGINE"):
         database["ENGINE"] = "django.db.backends.postgresql"
     options = database.setdefault("OPTIONS", {})
@@ -663,31 +666,51 @@ def serve(args, out) -> int:
 
     Django starts once for a whole environment step instead of once per request (~0.4 s each); each request
     still runs in its own database session (closed after it), so a failed migration leaves nothing behind for the
-    next.
+    next. {"retarget": entry, ...} points the alias at another database for the requests after it (a lane's next
+    member: retarget()).
     """
-    connection = connections_for(args)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a stop asked for between two steps stops nothing
     for line in sys.stdin:
         request = json.loads(line)
-        if "plan" in request:
-            result = answer(lambda request=request: on_database(connection, request.get("database"), request["plan"]))
-        elif "prove" in request:
-            result = answer(lambda request=request: prove(connection, request["prove"]))
-        else:
-            lock_timeout_ms = request.get("lock_timeout_ms") or args.lock_timeout_ms
-            step = argparse.Namespace(
-                **vars(args) | {"app": request["app"], "name": request["name"], "lock_timeout_ms": lock_timeout_ms}
-            )
-            with session_lock_timeout(connection, lock_timeout_ms):
-                result = answer(
-                    lambda step=step, request=request: (reverse_one if request.get("backwards") else migrate_one)(
-                        connection, step
-                    )
-                )
+        connection = connections_for(args)
+        result = answer(lambda request=request, connection=connection: handle(args, connection, request))
         connection.close()
         out.write(protocol.encode(result) + "\n")
         out.flush()
     return 0
+
+
+def handle(args, connection, request: dict):
+    """One request of serve()'s."""
+    if "retarget" in request:
+        return retarget(args, request)
+    if "plan" in request:
+        return on_database(connection, request.get("database"), request["plan"])
+    if "prove" in request:
+        return prove(connection, request["prove"])
+    lock_timeout_ms = request.get("lock_timeout_ms") or args.lock_timeout_ms
+    step = argparse.Namespace(
+        **vars(args) | {"app": request["app"], "name": request["name"], "lock_timeout_ms": lock_timeout_ms}
+    )
+    with session_lock_timeout(connection, lock_timeout_ms):
+        return (reverse_one if request.get("backwards") else migrate_one)(connection, step)
+
+
+def retarget(args, request: dict):
+    """The alias pointed at another database (`request["retarget"]`, a DATABASES entry) with its own timeouts, as
+    if the process had started for it: a fresh copy of the alias as the project wrote it, the target's entry and
+    timeouts on it (point_at_target), Django's defaults filled in, and a new connection object, so nothing of the
+    database before (its connection, its OPTIONS, what Django cached of its server) reaches the next."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    connections[args.database].close()
+    args.lock_timeout_ms = request.get("lock_timeout_ms", 0)
+    args.statement_timeout_ms = request.get("statement_timeout_ms", 0)
+    database = copy.deepcopy(args.project_database)
+    point_at_target(database, args, request["retarget"])
+    connections.settings[args.database] = connections.configure_settings({DEFAULT_DB_ALIAS: database})[DEFAULT_DB_ALIAS]
+    del connections[args.database]
+    return protocol.StepAnswer(already_applied=False, duration_s=0.0)
 
 
 @contextlib.contextmanager

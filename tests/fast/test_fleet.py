@@ -27,3 +27,15 @@ def test_a_percentage_rounds_up_and_no_canary_leaves_wave_zero_empty():
 def test_a_size_that_is_neither_a_count_nor_a_percentage_is_one_sentence(text):
     with pytest.raises(ConfigError, match=r"^--wave-size .* is neither a number of members \(at least 1\) nor a"):
         Share.parse(text, "--wave-size", 1)
+
+
+def test_a_wave_is_dealt_to_at_most_parallel_lanes_each_member_once():
+    from dbpromote.models.fleet import lanes
+
+    wave = MEMBERS[1:12]  # eleven members, four lanes
+    dealt = lanes(wave, 4)
+    assert dealt == [wave[0::4], wave[1::4], wave[2::4], wave[3::4]]
+    assert sorted(member for lane in dealt for member in lane) == sorted(wave)
+    assert [len(lane) for lane in dealt] == [3, 3, 3, 2]  # shares differ by one at most
+    assert lanes(wave[:2], 5) == [[wave[0]], [wave[1]]]  # never an empty lane
+    assert lanes([], 3) == []
