@@ -33,7 +33,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from dbpromote.config import DatabaseTarget, TargetGroup, load_project, load_target
+from dbpromote.config import DatabaseTarget, TargetGroup, load_project, load_target, resolved_once
 from dbpromote.errors import MigrationError
 from dbpromote.models.approval import Approval, promotion_request
 from dbpromote.models.fleet import MemberOutcome, Share, lanes, waves
@@ -52,6 +52,9 @@ MEMBER_TAG = "dbpromote-member:"
 # How often the promotion reads its lanes' states: a lane takes seconds at least, a read costs the server one query.
 LANE_POLL_S = 1.0
 FAILED = [StateType.FAILED, StateType.CRASHED]
+# How long a lane waits at its end for the server to record its members' final states (events; well under a
+# second on an idle server, seconds under a fleet's load).
+SETTLE_S = 60
 
 
 class GroupWindow(NamedTuple):
@@ -315,14 +318,16 @@ def migrate_lane(
     new probe. The lane fails at its end naming its members that failed; the promotion reads why from their runs.
     """
     failed: list[str] = []
+    started: list[str] = []
     buckets: set[tuple[str, str]] = set()  # checked once a lane: its members share one or a few
     probe = ProbeSession(load_project(project), load_target(next(iter(members))))
     try:
         for member, plan in members.items():
-            if len(failed_members(fleet)) >= bound:
+            if len(set(failed_members(fleet)) | set(failed)) >= bound:
                 get_run_logger().info("the group halted: %d failed; %s not started", bound, member)
                 break
             step = migrate_member.with_options(tags=[fleet, MEMBER_TAG + member])
+            started.append(member)
             try:
                 step(project, member, to, plans[plan], promotion, probe, buckets)
             except Exception:  # any failure is the member's, recorded in its task run; the lane goes on
@@ -331,6 +336,7 @@ def migrate_lane(
                 probe = ProbeSession(load_project(project), load_target(member))
     finally:
         probe.__exit__()
+    settle(fleet, started)
     if failed:
         raise MigrationError(f"{', '.join(failed)} failed in {group}'s wave {wave}; the promotion's run says why.")
 
@@ -344,11 +350,25 @@ def migrate_member(
     its whole plan in the promotion's journal before, its report after (in the bucket, where the promotion reads
     it: no worker's disk)."""
     journal = Journal(promotion=promotion)
-    record_step(journal, member, plan)
-    with concurrency(server_limit(load_target(member)), occupy=1, strict=True):
-        report = migrate_target(project, member, to, plan, probe, buckets)
-    record_step(journal, member, report)
+    with resolved_once():
+        record_step(journal, member, plan)
+        with concurrency(server_limit(load_target(member)), occupy=1, strict=True):
+            report = migrate_target(project, member, to, plan, probe, buckets)
+        record_step(journal, member, report)
     return report
+
+
+def settle(fleet: str, started: list[str]) -> None:
+    """Until the server has the final state of each member this lane started: task run states reach it as events,
+    after the flow run's own end at times (seen: a lane Completed while its last member still read Running), and
+    the promotion reads each member's outcome once its lanes have ended."""
+    lane = str(flow_run.get_id() or "")
+    deadline = time.monotonic() + SETTLE_S
+    while lane and time.monotonic() < deadline:
+        steps = member_steps(fleet, [lane])
+        if all(member in steps and steps[member].state.is_final() for member in started):
+            return
+        time.sleep(0.2)
 
 
 def failed_members(fleet: str) -> list[str]:
@@ -365,7 +385,7 @@ def member_steps(fleet: str, lane_ids: list[str]) -> dict[str, TaskRun]:
     with get_client(sync_client=True) as client:
         filtered = TaskRunFilter(
             tags=TaskRunFilterTags(all_=[fleet]),
-            flow_run=TaskRunFilterFlowRunId(any_=[UUID(lane) for lane in lane_ids]),
+            flow_run_id=TaskRunFilterFlowRunId(any_=[UUID(lane) for lane in lane_ids]),
         )
         while page := client.read_task_runs(task_run_filter=filtered, limit=200, offset=len(found)):
             found |= {member_of(run): run for run in page}

@@ -252,3 +252,104 @@ def pending_run(run_id: str):
     from dbpromote.runs import paused_for
 
     return paused_for(run_id, "approval", timeout_s=60)
+
+
+def lane_group(*extra: str) -> None:
+    """The shards regrouped in two lanes: the canary, then the eleven others dealt to lanes of six and five
+    (shard-02, 04, ..., 12 and shard-03, 05, ..., 11)."""
+    group = cli("group", "add", "shards", "--targets", ",".join(f"shard-{n:02d}" for n in range(1, SHARDS + 1)),
+                "--canary", "1", "--wave-size", "100%", "--parallel", "2", "--per-server", "2", *extra)  # fmt: skip
+    assert group.returncode == 0, group.stderr
+
+
+def member_task_runs(lane_id: str) -> dict[str, str]:
+    """The member task runs of a lane's flow run: their names and state names."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        lane = TaskRunFilterFlowRunId(any_=[lane_id])
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=lane, name=TaskRunFilterName(like_="migrate shard"))
+        )
+    return {run.name: run.state.name for run in runs if run.name.startswith("migrate shard")}
+
+
+def test_lanes_run_their_members_as_tasks_and_a_failure_halts_every_lane_before_its_next_member(fleet):
+    stack, shards = fleet
+    lane_group("--max-failures", "1")
+    # shard-02 opens the first lane of wave 1: it fails while the other lane runs shard-03, its first member.
+    broken = stack.database_url("production").rsplit("/", 1)[0] + "/shard_02"
+    with psycopg.connect(broken) as conn:
+        conn.execute("CREATE TABLE core_featureflag (id bigint PRIMARY KEY)")
+    run_id = promote_group()
+    approve(run_id)
+    state = wait_for_run(run_id)
+    assert state.is_failed()
+    assert "Group shards halted (1 failed): shard-02: " in state.message
+    found = outcomes(run_id)
+    assert found["shard-01"]["outcome"] == "migrated" and found["shard-02"]["outcome"] == "failed"
+    # Neither lane started a member after the failure: the failing lane's rest, and the other lane's last ones.
+    assert all(found[f"shard-{n:02d}"]["outcome"] == "not started" for n in (4, 6, 8, 10, 11, 12)), found
+    assert all(shard_migrations(stack, f"shard-{n:02d}")[-1] == "core.0001_initial" for n in (4, 6, 8, 10, 11, 12))
+    # A lane is one flow run; its members are task runs in it named after them, each with its own outcome.
+    failing_lane, canary_lane = found["shard-02"]["member_run"], found["shard-01"]["member_run"]
+    assert failing_lane != canary_lane and found["shard-03"]["member_run"] not in {failing_lane, canary_lane}
+    assert member_task_runs(failing_lane) == {"migrate shard-02": "Failed"}
+    assert member_task_runs(canary_lane) == {"migrate shard-01": "Completed"}
+
+    with psycopg.connect(broken) as conn:
+        conn.execute("DROP TABLE core_featureflag")
+    done = {s: shard_migrations(stack, s) for s in shards if found[s]["outcome"] == "migrated"}
+    resumed = cli("resume", run_id, "--wait")
+    assert resumed.returncode == 0, resumed.stderr
+    again = outcomes(resumed.stdout.split()[0])
+    assert {s for s, r in again.items() if r["outcome"] == "done before"} == set(done)
+    assert {s for s, r in again.items() if r["outcome"] == "migrated"} == set(shards) - set(done)
+    assert all(shard_migrations(stack, s)[-len(RELEASE) :] == RELEASE for s in shards)
+    assert {s: shard_migrations(stack, s) for s in done} == done  # none migrated twice
+    lanes = {again[s]["member_run"] for s in again if again[s]["outcome"] == "migrated"}
+    assert len(lanes) <= 2 < len(again) - len(done), f"{len(lanes)} lanes for the rest"
+
+
+def test_a_lane_moves_its_probe_between_members_without_carrying_a_connection_or_a_setting(fleet):
+    """One probe process for member after member, on two servers: each request runs on its own member's database
+    with its own timeouts; a member whose password is wrong is refused, not served on the last one's connection."""
+    from pydantic import SecretStr
+
+    from dbpromote.config import load_project, load_target
+    from dbpromote.probe import FailureAnswer, PlanAnswer, ProbeSession, StepAnswer
+
+    stack, shards = fleet
+    shard, staging = load_target("shard-01"), load_target("staging")
+    with ProbeSession(load_project("tenant-backend"), shard) as probe:
+        assert isinstance(probe.plan(""), PlanAnswer)
+        pid = probe.process.pid
+        probe.retarget(staging)  # the staging server: another host and port, another database
+        first = probe.plan("").migrations[0]
+        assert isinstance(probe.request(first.app, first.name, False), StepAnswer)
+        assert probe.process.pid == pid  # the same Django: imported once
+        assert f"{first.app}.{first.name}" in staging_migrations(stack)
+        assert shard_migrations(stack, "shard-01")[-1] == "core.0001_initial"
+
+        other = load_target("shard-02")
+        wrong = other.url.get_secret_value().replace(other.conninfo.password, "not-the-password")
+        probe.retarget(other.model_copy(update={"url": SecretStr(wrong)}))
+        refused = probe.plan("")
+        assert isinstance(refused, FailureAnswer) and "password authentication failed" in refused.message
+        assert "not-the-password" not in refused.message
+
+        held = stack.database_url("production").rsplit("/", 1)[0] + "/shard_03"
+        with psycopg.connect(held) as holder:  # the table the release's first migration refers to, locked
+            holder.execute("LOCK TABLE core_tenant IN ACCESS EXCLUSIVE MODE")
+            probe.retarget(load_target("shard-03").model_copy(update={"lock_timeout_ms": 200}))
+            started = time.monotonic()
+            waited = probe.request(first.app, first.name, False)
+            assert isinstance(waited, FailureAnswer) and waited.reason == "lock", waited
+            assert time.monotonic() - started < 3, "shard-03's lock_timeout of 200 ms was not the one in force"
+        assert probe.process.pid == pid
+
+
+def staging_migrations(stack) -> list[str]:
+    with psycopg.connect(stack.database_url("staging")) as conn:
+        return [f"{a}.{n}" for a, n in conn.execute("SELECT app, name FROM django_migrations ORDER BY id")]

@@ -788,12 +788,13 @@ def run_locked(args, run):
 
     if not getattr(MigrationExecutor, "dbpromote_locks_first", False):
         for method in ("apply_migration", "unapply_migration"):
-            setattr(MigrationExecutor, method, locks_first(getattr(MigrationExecutor, method), args.lock_timeout_ms))
+            setattr(MigrationExecutor, method, locks_first(getattr(MigrationExecutor, method)))
         MigrationExecutor.dbpromote_locks_first = True
     from django.db import connections
 
     started = time.monotonic()
     HELD.clear()
+    STEP_LOCK_TIMEOUT["ms"] = args.lock_timeout_ms  # this step's, this target's: read when it locks
     between = BetweenStatements()
     try:
         with connections[args.database].execute_wrapper(between):
@@ -810,9 +811,12 @@ def run_locked(args, run):
 # The table locks the last atomic step took first and how long it held them, for run_locked's answer: exact where
 # sampling every 250 ms misses a migration that is over in 150 ms.
 HELD: dict = {}
+# The lock_timeout of the step in progress (its target's, or the request's own), read by locks_first when it locks:
+# one process serves target after target (a lane) and request after request.
+STEP_LOCK_TIMEOUT: dict = {"ms": 0}
 
 
-def locks_first(step, lock_timeout_ms: int):
+def locks_first(step):
     """Wrap apply/unapply_migration so an atomic migration takes every table lock it needs in one statement first.
 
     Otherwise a migration that alters two tables holds the first lock (queueing the application's queries behind
@@ -827,7 +831,7 @@ def locks_first(step, lock_timeout_ms: int):
         with transaction.atomic(using=self.connection.alias):
             tables = tables_to_lock(self.connection, state, migration)
             if tables:
-                lock_tables(self.connection, tables, lock_timeout_ms)
+                lock_tables(self.connection, tables, STEP_LOCK_TIMEOUT["ms"])
             taken = time.monotonic()
             result = step(self, state, migration, *args, fake=fake, **kwargs)
         if tables:
