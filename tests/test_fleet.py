@@ -353,3 +353,50 @@ def test_a_lane_moves_its_probe_between_members_without_carrying_a_connection_or
 def staging_migrations(stack) -> list[str]:
     with psycopg.connect(stack.database_url("staging")) as conn:
         return [f"{a}.{n}" for a, n in conn.execute("SELECT app, name FROM django_migrations ORDER BY id")]
+
+
+def applied_at(stack, shard: str) -> list[tuple]:
+    """Every migration row of a shard with the moment it was applied: a migration run twice would show."""
+    url = stack.database_url("production").rsplit("/", 1)[0] + "/" + shard.replace("-", "_")
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT app, name, applied FROM django_migrations ORDER BY id").fetchall()
+
+
+def test_a_lane_killed_half_way_is_resumed_and_no_member_runs_twice(fleet):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
+
+    from tests.harness import kill
+
+    stack, shards = fleet
+    lane_group("--max-failures", "1")
+    since = datetime.now().astimezone()
+    run_id = promote_group()
+    approve(run_id)
+
+    def first_lane() -> str | None:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["migrate-lane"])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+            )
+        return next((str(run.id) for run in runs if run.name == "shards wave 1 lane 0"), None)
+
+    wait_until(lambda: first_lane() is not None, "wave 1's first lane to start")
+    lane = first_lane()
+    wait_until(lambda: member_task_runs(lane).get("migrate shard-02") == "Completed", "shard-02 to complete")
+    kill(stack, lane, worker=False)  # in shard-04's step: its probe and backup stream die with it
+    state = wait_for_run(run_id, timeout_s=300)  # the lane is marked Crashed, then the group halts
+    assert state.is_failed() and "Group shards halted" in state.message, state.message
+    found = outcomes(run_id)
+    assert found["shard-02"]["outcome"] == "migrated" and found["shard-04"]["outcome"] == "failed"
+    assert all(found[f"shard-{n:02d}"]["outcome"] == "not started" for n in (6, 8, 10, 12)), found
+    done = {s: applied_at(stack, s) for s in shards if found[s]["outcome"] == "migrated"}
+
+    resumed = cli("resume", run_id, "--wait")
+    assert resumed.returncode == 0, resumed.stderr
+    again = outcomes(resumed.stdout.split()[0])
+    assert {s for s, r in again.items() if r["outcome"] == "done before"} == set(done)
+    assert {s for s, r in again.items() if r["outcome"] == "migrated"} == set(shards) - set(done)
+    assert all(shard_migrations(stack, s)[-len(RELEASE) :] == RELEASE for s in shards)
+    assert {s: applied_at(stack, s) for s in done} == done  # not one migration of theirs ran again
