@@ -6,6 +6,7 @@ starts runs and reads their states, nothing more."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import UTC, datetime
@@ -76,6 +77,7 @@ class GroupStep:
         self.outcomes: dict[str, MemberOutcome] = {}
         self.reports: dict[str, StepReport] = {}
         self.plans: dict[str, Plan] = {}
+        self.fleet = ""  # the tag of this run's member task runs (FLEET_TAG), once it runs
 
     def skip(self, members: list[str], plans: dict[str, Plan]) -> None:
         """Divergent members left out (--skip-divergent): reported, never touched."""
@@ -207,16 +209,14 @@ class GroupStep:
     def start(self, number: int, lane: int, members: list[str], bound: int) -> str:
         """A lane of the wave: a deployment run of migrate-lane, as a subflow of this promotion; its id. Members
         with the same plan share one copy of it in the run's parameters."""
-        plans: dict[str, int] = {}
-        for member in members:
-            plans.setdefault(self.plans[member].model_dump_json(), len(plans))
+        plans = list(dict.fromkeys(self.plans[member].model_dump_json() for member in members))
         parameters = {
             "project": self.project,
             "group": self.name,
             "wave": number,
             "lane": lane,
-            "members": {member: plans[self.plans[member].model_dump_json()] for member in members},
-            "plans": [Plan.model_validate_json(plan).model_dump(mode="json") for plan in plans],
+            "members": {member: plans.index(self.plans[member].model_dump_json()) for member in members},
+            "plans": [json.loads(plan) for plan in plans],
             "to": self.to,
             "promotion": self.journal.promotion,
             "fleet": self.fleet,
