@@ -63,9 +63,28 @@ def fleet(two_workers):
     return stack, shards
 
 
+def shard_url(stack, shard: str) -> str:
+    return stack.database_url("production").rsplit("/", 1)[0] + "/" + shard.replace("-", "_")
+
+
+def first_migration_fails(stack, shard: str, fails: bool = True) -> None:
+    """The table the release's first migration creates, already there (it fails), or gone again."""
+    with psycopg.connect(shard_url(stack, shard)) as conn:
+        if fails:
+            conn.execute("CREATE TABLE core_featureflag (id bigint PRIMARY KEY)")
+        else:
+            conn.execute("DROP TABLE core_featureflag")
+
+
+def resumed(run_id: str) -> dict[str, dict]:
+    """`dbpromote resume RUN --wait`, completed: each member's outcome in the run that carried it on."""
+    result = cli("resume", run_id, "--wait")
+    assert result.returncode == 0, result.stderr
+    return outcomes(result.stdout.split()[0])
+
+
 def shard_migrations(stack, shard: str) -> list[str]:
-    url = stack.database_url("production").rsplit("/", 1)[0] + "/" + shard.replace("-", "_")
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(shard_url(stack, shard)) as conn:
         return [f"{a}.{n}" for a, n in conn.execute("SELECT app, name FROM django_migrations ORDER BY id")]
 
 
@@ -151,10 +170,7 @@ def test_twelve_shards_go_canary_first_in_waves_on_both_workers_within_the_per_s
 
 def test_a_failure_halts_the_group_and_the_same_promotion_run_again_finishes_only_the_rest(fleet):
     stack, shards = fleet
-    # shard-08 (wave 2) already has the table the release's first migration creates: that migration fails there.
-    broken = stack.database_url("production").rsplit("/", 1)[0] + "/shard_08"
-    with psycopg.connect(broken) as conn:
-        conn.execute("CREATE TABLE core_featureflag (id bigint PRIMARY KEY)")
+    first_migration_fails(stack, "shard-08")  # wave 2
     run_id = promote_group()
     approve(run_id)
     state = wait_for_run(run_id)
@@ -167,12 +183,8 @@ def test_a_failure_halts_the_group_and_the_same_promotion_run_again_finishes_onl
     done = {s: shard_migrations(stack, s) for s in shards if found[s]["outcome"] == "migrated"}
     assert len(done) >= 6 and "shard-01" in done
 
-    with psycopg.connect(broken) as conn:
-        conn.execute("DROP TABLE core_featureflag")
-    resumed = cli("resume", run_id, "--wait")
-    assert resumed.returncode == 0, resumed.stderr
-    final_id = resumed.stdout.split()[0]
-    again = outcomes(final_id)
+    first_migration_fails(stack, "shard-08", fails=False)
+    again = resumed(run_id)
     assert {s for s, r in again.items() if r["outcome"] == "migrated"} == set(shards) - set(done)
     assert {s for s, r in again.items() if r["outcome"] == "done before"} == set(done)
     assert all(shard_migrations(stack, s)[-len(RELEASE) :] == RELEASE for s in shards)
@@ -181,7 +193,7 @@ def test_a_failure_halts_the_group_and_the_same_promotion_run_again_finishes_onl
 
 def test_a_divergent_member_blocks_unless_skipped_and_is_then_left_alone(fleet):
     stack, shards = fleet
-    ahead = stack.database_url("production").rsplit("/", 1)[0] + "/shard_12"
+    ahead = shard_url(stack, "shard-12")
     run(
         [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py"), "migrate", "core", "0002"],
         "migrating shard-12 ahead",
@@ -279,9 +291,7 @@ def test_lanes_run_their_members_as_tasks_and_a_failure_halts_every_lane_before_
     stack, shards = fleet
     lane_group("--max-failures", "1")
     # shard-02 opens the first lane of wave 1: it fails while the other lane runs shard-03, its first member.
-    broken = stack.database_url("production").rsplit("/", 1)[0] + "/shard_02"
-    with psycopg.connect(broken) as conn:
-        conn.execute("CREATE TABLE core_featureflag (id bigint PRIMARY KEY)")
+    first_migration_fails(stack, "shard-02")
     run_id = promote_group()
     approve(run_id)
     state = wait_for_run(run_id)
@@ -298,12 +308,9 @@ def test_lanes_run_their_members_as_tasks_and_a_failure_halts_every_lane_before_
     assert member_task_runs(failing_lane) == {"migrate shard-02": "Failed"}
     assert member_task_runs(canary_lane) == {"migrate shard-01": "Completed"}
 
-    with psycopg.connect(broken) as conn:
-        conn.execute("DROP TABLE core_featureflag")
+    first_migration_fails(stack, "shard-02", fails=False)
     done = {s: shard_migrations(stack, s) for s in shards if found[s]["outcome"] == "migrated"}
-    resumed = cli("resume", run_id, "--wait")
-    assert resumed.returncode == 0, resumed.stderr
-    again = outcomes(resumed.stdout.split()[0])
+    again = resumed(run_id)
     assert {s for s, r in again.items() if r["outcome"] == "done before"} == set(done)
     assert {s for s, r in again.items() if r["outcome"] == "migrated"} == set(shards) - set(done)
     assert all(shard_migrations(stack, s)[-len(RELEASE) :] == RELEASE for s in shards)
@@ -339,8 +346,8 @@ def test_a_lane_moves_its_probe_between_members_without_carrying_a_connection_or
         assert isinstance(refused, FailureAnswer) and "password authentication failed" in refused.message
         assert "not-the-password" not in refused.message
 
-        held = stack.database_url("production").rsplit("/", 1)[0] + "/shard_03"
-        with psycopg.connect(held) as holder:  # the table the release's first migration refers to, locked
+        # The table the release's first migration refers to, locked.
+        with psycopg.connect(shard_url(stack, "shard-03")) as holder:
             holder.execute("LOCK TABLE core_tenant IN ACCESS EXCLUSIVE MODE")
             probe.retarget(load_target("shard-03").model_copy(update={"lock_timeout_ms": 200}))
             started = time.monotonic()
@@ -357,8 +364,7 @@ def staging_migrations(stack) -> list[str]:
 
 def applied_at(stack, shard: str) -> list[tuple]:
     """Every migration row of a shard with the moment it was applied: a migration run twice would show."""
-    url = stack.database_url("production").rsplit("/", 1)[0] + "/" + shard.replace("-", "_")
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(shard_url(stack, shard)) as conn:
         return conn.execute("SELECT app, name, applied FROM django_migrations ORDER BY id").fetchall()
 
 
@@ -393,9 +399,7 @@ def test_a_lane_killed_half_way_is_resumed_and_no_member_runs_twice(fleet):
     assert all(found[f"shard-{n:02d}"]["outcome"] == "not started" for n in (6, 8, 10, 12)), found
     done = {s: applied_at(stack, s) for s in shards if found[s]["outcome"] == "migrated"}
 
-    resumed = cli("resume", run_id, "--wait")
-    assert resumed.returncode == 0, resumed.stderr
-    again = outcomes(resumed.stdout.split()[0])
+    again = resumed(run_id)
     assert {s for s, r in again.items() if r["outcome"] == "done before"} == set(done)
     assert {s for s, r in again.items() if r["outcome"] == "migrated"} == set(shards) - set(done)
     assert all(shard_migrations(stack, s)[-len(RELEASE) :] == RELEASE for s in shards)
