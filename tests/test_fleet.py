@@ -215,6 +215,19 @@ def test_a_divergent_member_blocks_unless_skipped_and_is_then_left_alone(fleet):
     assert all(shard_migrations(stack, s)[-len(RELEASE) :] == RELEASE for s in shards[:-1])
 
 
+def test_registering_the_fleet_again_leaves_production_as_it_was(fleet):
+    """The shards are copies of production's target: saved again under their taken names, they must not overwrite
+    production's own block (Prefect updates the document a loaded block came from)."""
+    from dbpromote.config import load_target
+
+    stack, shards = fleet
+    before = load_target("production")
+    fleet_databases(stack, 2, drift="off")
+    after = load_target("production")
+    assert (after.url.get_secret_value(), after.drift) == (before.url.get_secret_value(), before.drift)
+    assert load_target("shard-02").conninfo.database == "shard_02"
+
+
 def test_a_rejection_leaves_every_member_untouched(fleet):
     stack, shards = fleet
     first = cli("promote", "--project", "tenant-backend", "--through", "shards,staging")

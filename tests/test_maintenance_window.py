@@ -4,6 +4,7 @@ until a scheduled run opens the window; a person can run it now with a reason in
 
 import os
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 
 from dbpromote import localstack as local_stack
@@ -136,3 +137,21 @@ def test_a_run_marked_crashed_after_it_ended_gets_its_end_back(stack):
             "close-crashed to give the run its end back",
             timeout_s=120,
         )
+    # The close-crashed run is as short: marked Crashed after it ended, it must not start another close-crashed
+    # (each did, and was marked in turn: one every 95 s for good).
+    with get_client(sync_client=True) as client:
+        (closer,) = closing_runs(client, run_id)
+        wait_until(lambda: client.read_flow_run(closer).state.is_final(), "close-crashed to end", timeout_s=60)
+        client.set_flow_run_state(closer, Crashed(message="No heartbeat for 90 s"), force=True)
+        deadline = time.monotonic() + 20  # the reactive automation ran close-crashed within 3 s above
+        while time.monotonic() < deadline:
+            assert closing_runs(client, str(closer)) == [], "a close-crashed run was closed by another"
+            time.sleep(1)
+
+
+def closing_runs(client, run_id) -> list:
+    """The close-crashed runs started for a run."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["close-crashed"])))
+    return [run.id for run in runs if str((run.parameters or {}).get("flow_run", "")).endswith(str(run_id))]

@@ -209,7 +209,10 @@ def fleet(stack: Stack, count: int, prefix: str = "shard", **fields) -> list[str
                     sql.Identifier(database), sql.Identifier(DATABASE), sql.Identifier(MIGRATION_ROLE)
                 )
             )
-            production.on_database(database).model_copy(update=fields).save(name, overwrite=True)
+            # A new block, not a copy of production's: Prefect saves a loaded block's copy under a name already
+            # taken by updating the loaded block's own document (production's, with the shard's URL and fields).
+            copied = production.on_database(database).model_dump(exclude={"block_type_slug"})
+            DatabaseTarget(**(copied | fields)).save(name, overwrite=True)
             names.append(name)
     return names
 
