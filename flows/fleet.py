@@ -204,6 +204,8 @@ class GroupStep:
             self.finish(number, runs, self.wait_for_lanes(list(runs)), bound)
         for member in wave:
             self.outcomes.setdefault(member, MemberOutcome(member=member, wave=number, outcome="not started"))
+        said = ", ".join(f"{member} {self.outcomes[member].outcome}" for member in wave)
+        get_run_logger().info("group %s wave %d: %s", self.name, number, said or "nothing to do")
         return self.halted(bound)
 
     def start(self, number: int, lane: int, members: list[str], bound: int) -> str:
@@ -239,8 +241,8 @@ class GroupStep:
 
     def finish(self, number: int, runs: dict[str, list[str]], ended: dict[str, FlowRun], bound: int) -> None:
         """Each member's outcome from its task run in its lane: its report when it completed, its error sentence
-        when not; a member its lane never reached is not started when the group halted, failed when its lane
-        ended under it."""
+        when not; a member its lane never reached is failed when its lane ended under it (not started when the
+        group halted: run_wave)."""
         steps = member_steps(self.fleet, list(runs))
         for lane_id, members in runs.items():
             for member in [member for member in members if member in steps]:
@@ -248,14 +250,10 @@ class GroupStep:
         for lane_id, members in runs.items():
             lane = ended[lane_id].state
             for member in [member for member in members if member not in steps]:
-                if lane.is_completed() or self.halted(bound):
-                    self.outcomes[member] = MemberOutcome(member=member, wave=number, outcome="not started")
-                else:
+                if not (lane.is_completed() or self.halted(bound)):  # else not started (run_wave)
                     detail = f"its lane (run {lane_id}) ended {lane.name} before it started: {lane.message}"
                     facts = {"member": member, "wave": number, "member_run": lane_id}
                     self.outcomes[member] = MemberOutcome(outcome="failed", detail=detail, **facts)
-        said = ", ".join(f"{member} {self.outcomes[member].outcome}" for lane in runs.values() for member in lane)
-        get_run_logger().info("group %s wave %d: %s", self.name, number, said)
 
     def outcome(self, number: int, member: str, lane_id: str, step: TaskRun, lane: FlowRun) -> MemberOutcome:
         """A member's outcome from its task run: migrated with its journal's report, or failed and why."""
