@@ -14,6 +14,7 @@ from dbpromote.models.approval import reconcile_request
 from dbpromote.models.drift import DriftReport
 from dbpromote.models.plan import parse_target_migration
 from dbpromote.notify import notify_failure
+from dbpromote.probe import ProbeSession
 
 
 @flow(name="drift", on_failure=[notify_failure], flow_run_name="drift of {target}")
@@ -30,7 +31,7 @@ def drift(project: str, target: str) -> DriftReport:
     return report
 
 
-def preflight_drift(project: str, target: str) -> str:
+def preflight_drift(project: str, target: str, probe: ProbeSession | None = None) -> str:
     """A promotion's drift check, as the target is set; the line its approval form shows.
 
     block: drift a promotion would not repair stops it before anything changes, naming the objects. warn: the
@@ -40,7 +41,7 @@ def preflight_drift(project: str, target: str) -> str:
     database = load_target(target)
     if database.drift == "off":
         return f"not checked (drift is off for {target})"
-    report = check_drift(load_project(project), database, target)
+    report = check_drift(load_project(project), database, target, probe=probe)
     publish_drift(report)
     if report.blocking and database.drift == "block":
         named = ", ".join(f"{d.object} ({d.kind})" for d in report.blocking[:5])

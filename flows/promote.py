@@ -79,24 +79,27 @@ def promote(
     with ProbeSession(load_project(project), load_target(targets[0])) as probe:  # one Django plans them all
         checked: set[tuple[str, str]] = set()
         now = {target: preflight(project, target, to, probe, checked) for target in targets}
-    plans = journal.continue_plans(now)
-    divergent = [t for name in groups for t in groups[name].members if plans[t].hash != plans[through[0]].hash]
-    if divergent and not skip_divergent:
-        raise PreflightError(
-            f"{', '.join(divergent)} would run another plan than {through[0]} "
-            f"({', '.join(sorted({plans[t].hash for t in divergent}))}, not {plans[through[0]].hash}); nothing was "
-            "run: bring them to the group's state first, or leave them out of this promotion with --skip-divergent."
-        )
-    vouch_for({target: plans[target] for target in targets if target not in divergent}, through[0])
-    # A target this promotion already took through its step changes no more: no gate to pass (on the run that
-    # carries a promotion on after its approval, staging's replay cost a second of every promotion as typed).
-    drift = {
-        target: "not checked again: its step is done in this promotion"
-        if journal.completed(target, now[target])
-        else preflight_drift(project, target)
-        for target in targets
-        if target not in divergent
-    }
+        plans = journal.continue_plans(now)
+        divergent = [t for name in groups for t in groups[name].members if plans[t].hash != plans[through[0]].hash]
+        if divergent and not skip_divergent:
+            raise PreflightError(
+                f"{', '.join(divergent)} would run another plan than {through[0]} "
+                f"({', '.join(sorted({plans[t].hash for t in divergent}))}, not {plans[through[0]].hash}); nothing "
+                "was run: bring them to the group's state first, or leave them out of this promotion with "
+                "--skip-divergent."
+            )
+        vouch_for({target: plans[target] for target in targets if target not in divergent}, through[0])
+        # A target this promotion already took through its step changes no more: no gate to pass (on the run that
+        # carries a promotion on after its approval, staging's replay cost a second of every promotion as typed).
+        # The others' histories are read by the same Django, and each distinct one replayed once (members of a
+        # group share theirs).
+        drift = {
+            target: "not checked again: its step is done in this promotion"
+            if journal.completed(target, now[target])
+            else preflight_drift(project, target, probe)
+            for target in targets
+            if target not in divergent
+        }
 
     reports: list[StepReport] = []
     approvals: list[Approval] = []

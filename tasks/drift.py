@@ -4,44 +4,53 @@ on the same server; and the migration files edited since dbpromote applied them.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from functools import partial
 
 import psycopg
+from dbpromote.tasks import rls
 from dbpromote.tasks.plan import check_conflicts, plan_answer
 from dbpromote.tasks.restore import create_scratch, drop_scratch, scratch_name
 from dbpromote.tasks.rls import bring_rls_up_to_date, repaired_by_rls_step
 from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from psycopg import sql
 
+from dbpromote import catalog, replays
 from dbpromote.catalog import Naming, Snapshot, compare, snapshot
 from dbpromote.config import DatabaseTarget, DjangoProject, load_target
 from dbpromote.errors import ConfigError, retry_if_transient
 from dbpromote.models.drift import Difference, DriftReport
 from dbpromote.postgres import connect, server_connection
-from dbpromote.probe import FailureAnswer, StepAnswer, run_probe
+from dbpromote.probe import PROBE, FailureAnswer, ProbeSession, StepAnswer, run_probe
 from dbpromote.probe.protocol import PlanAnswer
 from dbpromote.records import read_migration_files, record_migration_files, write_record
 
 
-@task(name="check-drift", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="check-drift", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def check_drift(
     project: DjangoProject,
     target: DatabaseTarget,
     target_name: str,
     read_history: bool = True,
     plus: tuple[str, str] | None = None,
+    probe: ProbeSession | None = None,
 ) -> DriftReport:
     """Every object of the live schema compared with the replay of exactly the migrations its django_migrations
     records (RLS applied as a promotion applies it), and (read_history: from the records in the target's bucket)
     every applied migration file with the hash it had. With plus, the replay applies that migration too: is its
-    effect already on the target?"""
+    effect already on the target? `probe`: a session of the project's already started (a promotion's)."""
     started = time.monotonic()
     with connect(target, target_name) as conn:
         live = snapshot(conn, target.app_role)
-    history, expected = replayed(project, target, target_name, extensions(live), plus)
+    with ExitStack() as stack:
+        probe = probe or stack.enter_context(ProbeSession(project, target))
+        history, expected, reused = replayed(probe, target, target_name, extensions(live), plus)
     differences = compare(
         governed(expected, target),
         governed(live, target),
@@ -54,6 +63,7 @@ def check_drift(
     return DriftReport(
         target=target_name,
         replayed=len(history.applied) + bool(plus),
+        reused=reused,
         differences=differences,
         duration_s=round(time.monotonic() - started, 3),
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -61,42 +71,71 @@ def check_drift(
 
 
 def replayed(
-    project: DjangoProject,
+    probe: ProbeSession,
     target: DatabaseTarget,
     target_name: str,
     extensions: dict[str, str],
     plus: tuple[str, str] | None,
-) -> tuple[PlanAnswer, Snapshot]:
-    """The target's recorded history, and the schema it produces: replayed into a scratch database on the target's
+) -> tuple[PlanAnswer, Snapshot, bool]:
+    """The target's recorded history, the schema it produces, and whether that schema was one kept from a replay
+    of the same history (dbpromote/replays.py). Otherwise it is replayed into a scratch database on the target's
     server (with the live database's extensions, which a DBA may have created outside any migration), RLS brought
-    up to date as a promotion does, read, and dropped whatever happens.
+    up to date as a promotion does, read, kept, and the scratch database dropped whatever happens.
 
-    One probe process reads the history on the target and replays it into the scratch database (on the same server,
-    as the same role: only the database's name differs): Django starts once (~0.35 s of a 1 s check).
-    """
-    scratch = scratch_name(target.database, "drift")
-    copy = target.on_database(scratch)
+    The probe reads the history on the target and replays it into the scratch database (on the same server, as the
+    same role: only the database's name differs)."""
     with server_connection(target, target_name) as server:
+        key_salt = replays.salt(target, server_settings(server, target.database), extensions, SCHEMA_CODE)
+
+        def ask(into: str, cache: str) -> PlanAnswer:
+            answer = probe.replay(target, ":".join(plus) if plus else "", into, cache, key_salt)
+            return history_of(answer, probe.project, target_name)
+
+        history = ask("", str(replays.cache_dir()))
+        if history.replay == "cached" and (kept := replays.read(history.replay_key)):
+            return history, kept.schema, True
+        scratch = scratch_name(target.database, "drift")
+        copy = target.on_database(scratch)
         create_scratch(server, target.database, scratch, f"drift check of {target_name}")
         try:
             with connect(copy, target_name) as conn:
                 for name, version in extensions.items():
                     create_extension(conn, name, version, target_name)
-            also = ["--plus", ":".join(plus)] if plus else []
-            answer = run_probe(project, target, "replay", "--into", scratch, *also)
-            if isinstance(answer, FailureAnswer) and answer.reason == "error":
-                raise ConfigError(
-                    f"The migrations applied on {target_name} cannot be replayed into a scratch database "
-                    f"({answer.message}); fix the migration that fails, or check drift on a server where the "
-                    "migration role may create databases and the extensions the migrations need."
-                )
-            history = plan_answer(answer, project, target_name)
-            check_conflicts(history)
+            history = ask(scratch, "")
             bring_rls_up_to_date(copy, target_name)
             with connect(copy, target_name) as conn:
-                return history, snapshot(conn, target.app_role)
+                schema = snapshot(conn, target.app_role)
         finally:
             drop_scratch(server, scratch)
+    replays.keep(history.replay_key, replays.Replay(schema, history.explicit_names, history.names_used_later))
+    return history, schema, False
+
+
+# This worker's code that makes a replayed schema and reads it: part of what a kept replay is kept under.
+SCHEMA_CODE = [catalog.__file__, rls.__file__, PROBE]
+
+
+def server_settings(server: psycopg.Connection, database: str) -> dict:
+    """The server's version, the database's encoding and collation (a scratch database is created with them) and
+    the role that will own it."""
+    encoding, collate, ctype = server.execute(
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = %s", [database]
+    ).fetchone()
+    version, owner = server.info.server_version, server.info.user
+    return {"version": version, "encoding": encoding, "collate": collate, "ctype": ctype, "owner": owner}
+
+
+def history_of(answer, project: DjangoProject, target_name: str) -> PlanAnswer:
+    """The probe's answer to a replay request, or the error its failure means."""
+    if isinstance(answer, FailureAnswer) and answer.reason == "error":
+        raise ConfigError(
+            f"The migrations applied on {target_name} cannot be replayed into a scratch database "
+            f"({answer.message}); fix the migration that fails, or check drift on a server where the "
+            "migration role may create databases and the extensions the migrations need."
+        )
+    history = plan_answer(answer, project, target_name)
+    check_conflicts(history)
+    return history
 
 
 def create_extension(conn: psycopg.Connection, name: str, version: str, target_name: str) -> None:

@@ -74,9 +74,33 @@ def test_each_change_made_by_hand_is_found_and_named_and_its_fix_reconciles_it(p
     assert drift_of("production").differences == []
 
 
-def test_a_migration_file_edited_after_it_was_applied_is_found(promoted, tmp_path):
+def test_a_history_is_replayed_once_and_the_schema_kept_still_finds_a_change_made_by_hand(
+    promoted, tmp_path, monkeypatch
+):
+    """Staging and production after a promotion have one history: production's check reads the schema staging's
+    replay made instead of replaying it again, and still finds what a person changed on production."""
+    monkeypatch.setenv("DBPROMOTE_CACHE_DIR", str(tmp_path))
+    staging, production = drift_of("staging"), drift_of("production")
+    assert (staging.reused, production.reused) == (False, True)
+    assert staging.differences == production.differences == []
+
+    url = promoted.database_url("production")
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE core_task ADD COLUMN notes text")
+    try:
+        again = drift_of("production")
+        assert again.reused
+        assert [(d.object, d.kind) for d in again.differences] == [("column public.core_task.notes", "unexpected")]
+    finally:
+        with psycopg.connect(url) as conn:
+            conn.execute("ALTER TABLE core_task DROP COLUMN notes")
+
+
+def test_a_migration_file_edited_after_it_was_applied_is_found(promoted, tmp_path, monkeypatch):
     from dbpromote.config import DjangoProject
 
+    monkeypatch.setenv("DBPROMOTE_CACHE_DIR", str(tmp_path / "replays"))
+    assert drift_of("production").differences == []  # its replay kept
     project = DjangoProject.load("tenant-backend")
     copy = tmp_path / "tenant_backend"
     shutil.copytree(project.path, copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -84,7 +108,9 @@ def test_a_migration_file_edited_after_it_was_applied_is_found(promoted, tmp_pat
     migration.write_text(migration.read_text() + "\n# changed after it was applied\n")
     project.model_copy(update={"path": str(copy)}).save("tenant-backend-edited", overwrite=True)
 
-    (edited,) = drift_of("production", "tenant-backend-edited").differences
+    report = drift_of("production", "tenant-backend-edited")
+    assert not report.reused  # another file, another replay
+    (edited,) = report.differences
     assert (edited.object, edited.kind) == ("migration core.0003_task_priority", "edited")
     assert drift_of("production").differences == []  # the files as they were applied
 

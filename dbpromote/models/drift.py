@@ -96,6 +96,7 @@ class DriftReport(BaseModel):
 
     target: str
     replayed: int = Field(description="Migrations replayed into the scratch database")
+    reused: bool = Field(default=False, description="The schema was that of an earlier replay of the same history")
     differences: list[Difference]
     duration_s: float
     checked_at: str

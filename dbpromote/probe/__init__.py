@@ -210,14 +210,24 @@ class ProbeSession:
             os.kill(self.process.pid, signal.SIGUSR1)
 
     def plan(self, to: str, target: DatabaseTarget | None = None) -> Answer:
-        """The plan up to `to` of the session's target, or of another target of the project (same alias), as
-        run_probe("plan") answers it."""
-        target = target or self.target
+        """The plan up to `to` of the session's target, or of another target of the project, as run_probe("plan")
+        answers it."""
+        return self._on(target or self.target, {"plan": to})
+
+    def replay(self, target: DatabaseTarget, plus: str, into: str, cache: str, salt: str) -> Answer:
+        """`target`'s history and the key of the schema it produces; its names from the replay `cache` keeps under
+        that key, or the migrations replayed into the empty database `into` (django_probe.replay)."""
+        return self._on(target, {"replay": {"plus": plus, "into": into, "cache": cache, "salt": salt}})
+
+    def _on(self, target: DatabaseTarget, request: dict) -> Answer:
+        """The answer to `request` on `target`: the session's, or another of the project's (its connection sent
+        over the pipe: never argv or the environment); one on another alias gets a process of its own."""
         if target.database_alias != self.target.database_alias:
-            return run_probe(self.project, target, "plan", "--to", to)
-        url, request = target.url.get_secret_value(), {"plan": to}
+            with ProbeSession(self.project, target) as other:
+                return other._on(target, request)
+        url = target.url.get_secret_value()
         if url != self.target.url.get_secret_value():
-            request["database"] = target.conninfo.django()  # over the pipe: never argv or the environment
+            request = request | {"database": target.conninfo.django()}
         answer = self._ask(request, url, target.conninfo.password)
         return masked(answer, self.project, self.secrets, lambda: ending(self.process, self.stderr, self.secrets))
 

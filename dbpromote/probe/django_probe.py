@@ -12,6 +12,7 @@ the string's other parameters (sslmode, ...) to its OPTIONS.
 import argparse
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib.util
 import io
@@ -78,17 +79,13 @@ class BetweenStatements:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "command", choices=["plan", "plan-back", "replay", "fake", "prove", "models", "serve", "fix-session"]
-    )
+    parser.add_argument("command", choices=["plan", "plan-back", "fake", "prove", "models", "serve", "fix-session"])
     parser.add_argument("--settings", required=True)
     parser.add_argument("--database", default="default", help="the DATABASES alias the target is")
     parser.add_argument("--to", default="", help="app:migration, or empty for every leaf")
     parser.add_argument("--lock-timeout-ms", type=int, default=0)
     parser.add_argument("--statement-timeout-ms", type=int, default=0)
     parser.add_argument("--script", default="", help="fix-session: the Python fix script's file")
-    parser.add_argument("--into", default="", help="replay: the empty database (same server) to replay into")
-    parser.add_argument("--plus", default="", help="replay: app:migration to apply after the recorded ones")
     parser.add_argument(
         "--previous", default="", help="plan: a JSON file of the previous release's tables (the `models` answer)"
     )
@@ -114,7 +111,6 @@ def main() -> int:
                 connection, args.to, json.loads(Path(args.previous).read_text()) if args.previous else None
             ),
             "plan-back": lambda: plan_back(connection, json.loads(args.state)),
-            "replay": lambda: replay(connection, args.into, args.plus),
             "fake": lambda: fake(connection, args),
             "prove": lambda: prove(connection, json.loads(args.state)),
             "models": lambda: models(connection),
@@ -299,37 +295,85 @@ def file_hashes(loader) -> dict:
     return hashes
 
 
-def replay(connection, into: str, plus: str):
-    """The database's recorded history (see history()); then exactly those migrations, and `plus`, applied to the
-    empty database `into` on the same server, in dependency order, as `migrate` applies them: the schema that
-    history should have produced. The history is the answer, with what drift needs to judge names: the names the
-    migrations give themselves, those a migration not yet applied refers to, and the live names Django generated."""
+def replay(connection, into: str, plus: str, cache: str, salt: str):
+    """The database's recorded history (see history()) and the key of the schema it produces (`replay_key`: that
+    history and `plus`, every migration file, what else decides a replay in this interpreter (code_fingerprint) and
+    the worker's `salt`), with what drift needs to judge names: the names the migrations give themselves, those a
+    migration not yet applied refers to, and the live names Django generated.
+
+    The names come from the replay the worker keeps under that key in `cache` when it has one (`replay`
+    "cached"). Otherwise exactly those migrations, and `plus`, are applied to the empty database `into` on the same
+    server, in dependency order, as `migrate` applies them ("replayed"); without `into` the answer only says that
+    a replay is needed ("needed"), so the worker creates the scratch database only then."""
     from django.db.migrations.executor import MigrationExecutor
 
     recorded = history(connection)
     if recorded.conflicts:
         return recorded
-    live = connection.settings_dict["NAME"]
-    connection.close()
-    connection.settings_dict["NAME"] = into
-    executor = MigrationExecutor(connection)
-    loader = executor.loader
     keys = {tuple(key) for key in recorded.applied} | ({tuple(plus.split(":", 1))} if plus else set())
-    # On an empty database the loader uses a squash instead of what it replaces: it stands for them when all are.
-    keys |= {squash for squash, migration in loader.replacements.items() if set(migration.replaces) <= keys}
-    everything = executor.migration_plan(loader.graph.leaf_nodes(), clean_start=True)
-    state = executor.migrate([], plan=[(m, False) for m, _ in everything if (m.app_label, m.name) in keys])
-    recorded.explicit_names = explicit_names(state, connection)
-    recorded.names_used_later = sorted(
-        name for migration, _ in everything if (migration.app_label, migration.name) not in keys
-        for name in names_referred_to(migration)
-    )  # fmt: skip
-    connection.close()
-    connection.settings_dict["NAME"] = live
+    recorded.replay_key = replay_key(sorted(keys), recorded.file_hashes, salt)
+    kept = Path(cache, f"{recorded.replay_key}.json") if cache else None
+    if kept is not None and kept.is_file():
+        names = json.loads(kept.read_text())
+        recorded.explicit_names, recorded.names_used_later = names["explicit_names"], names["names_used_later"]
+        recorded.replay = "cached"
+    elif not into:
+        recorded.replay = "needed"
+        return recorded
+    else:
+        live = connection.settings_dict["NAME"]
+        connection.close()
+        connection.settings_dict["NAME"] = into
+        executor = MigrationExecutor(connection)
+        loader = executor.loader
+        # On an empty database the loader uses a squash instead of what it replaces: it stands for them when all are.
+        keys |= {squash for squash, migration in loader.replacements.items() if set(migration.replaces) <= keys}
+        everything = executor.migration_plan(loader.graph.leaf_nodes(), clean_start=True)
+        state = executor.migrate([], plan=[(m, False) for m, _ in everything if (m.app_label, m.name) in keys])
+        recorded.explicit_names = explicit_names(state, connection)
+        recorded.names_used_later = sorted(
+            name for migration, _ in everything if (migration.app_label, migration.name) not in keys
+            for name in names_referred_to(migration)
+        )  # fmt: skip
+        connection.close()
+        connection.settings_dict["NAME"] = live
+        recorded.replay = "replayed"
     tables = {name.rsplit(".", 1)[0] for name in recorded.explicit_names}
     recorded.django_named = django_named(connection, tables)
     connection.close()
     return recorded
+
+
+def replay_key(keys: list, file_hashes: dict, salt: str) -> str:
+    """What decides the schema a replay of `keys` makes, as one hash: those migrations, every migration file (a
+    migration not applied yet names what it will find), this interpreter's code (code_fingerprint) and the
+    worker's salt (the server, its extensions, the RLS settings)."""
+    document = json.dumps([keys, sorted(file_hashes.items()), code_fingerprint(), salt])
+    return hashlib.sha256(document.encode()).hexdigest()[:32]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """The code besides the migration files that decides what a replay makes, read once per process: Python and
+    every installed distribution's version (Django's schema editor; the packages whose fields and functions the
+    migrations import), and each of the project's own source files by size and modification time (a field class
+    of its own edited in place). Stat, not content: a checkout that touches every file only costs a replay."""
+    from importlib import metadata
+
+    distributions = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    files = []
+    for root, directories, names in os.walk(os.getcwd()):
+        if "pyvenv.cfg" in names:  # a virtualenv inside the project: its packages are the distributions above
+            directories.clear()
+            continue
+        directories[:] = sorted(d for d in directories if not d.startswith(".") and d not in SKIPPED_DIRECTORIES)
+        for name in sorted(n for n in names if n.endswith(".py")):
+            stat = os.stat(os.path.join(root, name))
+            files.append(f"{os.path.relpath(os.path.join(root, name))}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join([sys.version, *distributions, *files]).encode()).hexdigest()
+
+
+SKIPPED_DIRECTORIES = {"__pycache__", "node_modules", "site-packages"}
 
 
 def explicit_names(state, connection) -> list[str]:
@@ -661,8 +705,9 @@ def reverse_one(connection, args):
 
 def serve(args, out) -> int:
     """Answer one request per line (JSON) until stdin closes: {"app", "name", "backwards"} applies or reverses one
-    migration, {"plan": to} plans, on the target or, with "database" (a URL), on another database of the same
-    project for that request only (a fleet's members planned by one process).
+    migration, {"plan": to} plans, {"replay": {...}} reads the history a drift check replays (replay()), on the
+    target or, with "database" (a DATABASES entry), on another database of the same project for that request only
+    (a fleet's members planned and checked by one process).
 
     Django starts once for a whole environment step instead of once per request (~0.4 s each); each request
     still runs in its own database session (closed after it), so a failed migration leaves nothing behind for the
@@ -685,7 +730,14 @@ def handle(args, connection, request: dict):
     if "retarget" in request:
         return retarget(args, request)
     if "plan" in request:
-        return on_database(connection, request.get("database"), request["plan"])
+        return on_database(connection, request.get("database"), lambda: plan(connection, request["plan"]))
+    if "replay" in request:
+        asked = request["replay"]
+        return on_database(
+            connection,
+            request.get("database"),
+            lambda: replay(connection, asked["into"], asked["plus"], asked["cache"], asked["salt"]),
+        )
     if "prove" in request:
         return prove(connection, request["prove"])
     lock_timeout_ms = request.get("lock_timeout_ms") or args.lock_timeout_ms
@@ -730,16 +782,16 @@ def session_lock_timeout(connection, lock_timeout_ms: int):
         options["options"] = before
 
 
-def on_database(connection, entry: dict | None, to: str):
-    """The plan of the database `entry` connects to (the target's when None); the alias points back at the target
+def on_database(connection, entry: dict | None, work):
+    """`work()` on the database `entry` connects to (the target's when None); the alias points back at the target
     after."""
     if not entry:
-        return plan(connection, to)
+        return work()
     own = dict(connection.settings_dict) | {"OPTIONS": dict(connection.settings_dict.get("OPTIONS", {}))}
     connection.close()
     with_target(connection.settings_dict, entry)
     try:
-        return plan(connection, to)
+        return work()
     finally:
         connection.close()
         connection.settings_dict.update(own)

@@ -101,6 +101,10 @@ class PlanAnswer:
     explicit_names: list[str] = field(default_factory=list)
     names_used_later: list[str] = field(default_factory=list)  # what migrations not yet applied find by name
     django_named: list[str] = field(default_factory=list)  # live "table.name"s that Django's schema editor generated
+    # A replay request's: the key of the schema the history produces, and whether the worker's replay under that key
+    # was used ("cached"), the migrations were replayed ("replayed") or a scratch database is needed for it.
+    replay_key: str = ""
+    replay: Literal["", "cached", "replayed", "needed"] = ""
     kind: Literal["plan"] = "plan"
 
 
