@@ -40,10 +40,11 @@ MANAGE = [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py")]
 
 
 def fresh_fleet(size: int) -> list[str]:
-    """Staging and production at v1, and `size` copies of production's database as targets."""
+    """Staging and production at v1, and `size` copies of production's database as targets, registered like
+    production (drift checked before the approval, blocking: the default)."""
     for server in local_stack.SERVERS:
         local_stack.reset_database(stack, server)
-    return local_stack.fleet(stack, size, "fleet", drift="off")
+    return local_stack.fleet(stack, size, "fleet")
 
 
 def bare(members: list[str], parallel: int, checklist: bool = False) -> float:
