@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PG_BIN ?= /usr/lib/postgresql/15/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages demo stop test test-fast lint format benchmarks
+.PHONY: install system-packages demo stop test test-fast lint format benchmarks docs
 
 install: system-packages $(VENV)/.installed
 
@@ -48,6 +48,10 @@ test: install
 
 test-fast: $(VENV)/.installed
 	$(BIN)/pytest tests/fast
+
+# The docs site from docs/ into site/, strict: a broken link or a page missing from the nav fails the build.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: install
 	$(BIN)/ruff check .
