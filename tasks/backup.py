@@ -16,6 +16,7 @@ import psycopg
 from google.cloud.storage import Blob
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 import dbpromote
@@ -55,7 +56,9 @@ def exported_snapshot(target: DatabaseTarget, target_name: str) -> Iterator[tupl
         yield conn, snapshot
 
 
-@task(name="backup-to-gcs", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+@task(
+    name="backup-to-gcs", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def backup_to_gcs(target: DatabaseTarget, target_name: str, read_back: bool = False) -> Backup:
     """pg_dump of the target streamed to GCS, read whole by pg_restore on its way up, and verified by the checksum
     GCS stored; with read_back, also downloaded again and read whole. A re-run of the same flow run reuses its

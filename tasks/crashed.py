@@ -6,6 +6,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from prefect import get_client, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
@@ -16,7 +17,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Crashed
 
 
-@task(name="close-left-running", retries=2, retry_delay_seconds=3)
+@task(name="close-left-running", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
 def close_left_running(flow_run_id: UUID) -> list[str]:
     """Every non-final task run and subflow run of a crashed flow run, at any depth, marked Crashed; their names."""
     closed: list[str] = []
@@ -43,7 +44,7 @@ def close_left_running(flow_run_id: UUID) -> list[str]:
     return closed
 
 
-@task(name="undo-a-late-crash", retries=2, retry_delay_seconds=3)
+@task(name="undo-a-late-crash", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)
 def undo_a_late_crash(flow_run_id: UUID) -> str:
     """The final state put back of a run marked Crashed after it had ended; the state's name, or "" for a run that
     had not ended. A run that ends within a second of starting can have its first heartbeat reach the server after

@@ -224,7 +224,7 @@ def publish_drift(report: DriftReport) -> None:
     write_record(target, report.target, "drift", run_id, report.model_dump(mode="json"), scope=run_id)
 
 
-@task(name="fake-apply", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(name="fake-apply", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def fake_apply(project: DjangoProject, target: DatabaseTarget, target_name: str, label: str, file_hash: str) -> None:
     """`migrate APP NAME --fake` on the target, and its file's hash recorded as for any migration applied."""
     app, _, name = label.partition(".")

@@ -20,6 +20,7 @@ import psycopg
 import zstandard
 from dbpromote.tasks.migrate import LockBackoff
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from pydantic import BaseModel
 
@@ -36,7 +37,9 @@ CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
 TRIGGER = sql.Identifier("dbpromote_fix_capture")
 
 
-@task(name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def dry_run_fix(
     target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str], project: DjangoProject
 ) -> FixRun:
@@ -51,7 +54,7 @@ def dry_run_fix(
     return retrying_locks(target, target_name, f"The fix {script.name}", attempt)
 
 
-@task(name="apply-fix", retries=0)
+@task(name="apply-fix", retries=0, cache_policy=NO_CACHE)
 def apply_fix(
     target: DatabaseTarget,
     target_name: str,
@@ -412,7 +415,7 @@ def summarise(changes: list[tuple]) -> list[TableChanges]:
     return list(tables.values())
 
 
-@task(name="undo-fix", retries=0)
+@task(name="undo-fix", retries=0, cache_policy=NO_CACHE)
 def undo_fix(target: DatabaseTarget, target_name: str, fix_id: str) -> int:
     """Each row the fix changed put back as it was (inserted ones deleted, deleted ones inserted again), in one
     transaction; refused, naming the rows, where a row is no longer what the fix left. The rows put back."""

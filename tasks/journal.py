@@ -6,6 +6,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from prefect import get_client, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
@@ -24,7 +25,9 @@ from dbpromote.runs import resumable_run
 RECENT_RUNS = 50
 
 
-@task(name="open-journal", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="open-journal", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def open_journal(project: str, through: list[str], to: str, resume: str, targets: list[str] | None = None) -> Journal:
     """The journal of the promotion this run carries on (`resume`, or the newest crashed run with the same
     parameters), or a new one, with the steps of each of `targets` (through's, its groups' members included);
@@ -114,7 +117,9 @@ def read_target_journal(database: DatabaseTarget, target: str, promotion: str) -
     return journal
 
 
-@task(name="record-step", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="record-step", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def record_step(journal: Journal, target: str, step: Plan | Approval | Deployment | WindowRun | StepReport) -> str:
     """A target's step in the promotion's journal: its whole plan before it starts, its approval, the app deploy
     between its phases, the window it ran in (or the reason it did not wait), its report when it (or a phase of

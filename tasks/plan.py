@@ -83,7 +83,9 @@ def check_conflicts(answer: PlanAnswer) -> None:
         )
 
 
-@task(name="plan-rollback", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
+@task(
+    name="plan-rollback", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def plan_rollback(
     project: DjangoProject, target: DatabaseTarget, target_name: str, state: list[tuple[str, str]]
 ) -> Plan:

@@ -4,6 +4,7 @@ import uuid
 
 from google.api_core import exceptions as gcs_errors
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget
@@ -12,14 +13,22 @@ from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.postgres import connect, database_facts
 
 
-@task(name="check-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="check-database",
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def check_database(target: DatabaseTarget, target_name: str) -> dict:
     """The server answers with the given credentials; returns its version and the database's size."""
     with connect(target, target_name) as conn:
         return database_facts(conn)
 
 
-@task(name="check-bucket", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="check-bucket", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def check_bucket(target: DatabaseTarget, target_name: str) -> None:
     """The backup bucket exists and accepts writes."""
     client = gcs_client(target.gcp_credentials)
@@ -48,7 +57,13 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
         ) from None
 
 
-@task(name="check-not-held", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="check-not-held",
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def check_not_held(targets: list[str]) -> None:
     """No other promotion, restore, rollback, reconciliation, fix or undo of these targets (or of a group they are
     in) is unfinished (one whose worker died included)."""

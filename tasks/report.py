@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from dbpromote.models.report import StepReport
 
@@ -72,7 +73,7 @@ def render_markdown(report: StepReport) -> str:
     return "\n".join(lines)
 
 
-@task(name="report")
+@task(name="report", cache_policy=NO_CACHE)
 def publish_report(report: StepReport) -> str:
     key = "".join(ch if ch.isalnum() else "-" for ch in f"dbpromote-{report.target}".lower())
     markdown = render_markdown(report)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import psycopg
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from psycopg import sql
 
@@ -72,14 +73,26 @@ def create_scratch(conn: psycopg.Connection, like: str, database: str, purpose: 
     )
 
 
-@task(name="drop-restored-database", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="drop-restored-database",
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def drop_restored(target: DatabaseTarget, target_name: str, database: str) -> None:
     """Drop a database a restore of this tool made on the target's server (a rehearsal's, a verification's)."""
     with server_connection(target, target_name) as conn:
         drop_scratch(conn, database)
 
 
-@task(name="restore-into-new-database", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+@task(
+    name="restore-into-new-database",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: Backup, database: str) -> Restored:
     """The backup in a new database on the target's server, checked against its manifest; dropped on any failure."""
     started = time.monotonic()
@@ -157,7 +170,7 @@ def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backu
     )
 
 
-@task(name="swap-in-restored-database")
+@task(name="swap-in-restored-database", cache_policy=NO_CACHE)
 def swap_in(target: DatabaseTarget, target_name: str, backup: Backup, restored: str, disconnect_wait_s: float) -> str:
     """Rename the target's database aside and the restored one into its name, in one transaction.
 

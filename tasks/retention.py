@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from dbpromote.backups import backup_objects, delete_backup
 from dbpromote.config import DatabaseTarget
@@ -38,7 +39,7 @@ def referenced_backups(target: DatabaseTarget, target_name: str) -> dict[str, st
     return referenced
 
 
-@task(name="retention", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
+@task(name="retention", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, keep_days: float) -> Retained:
     """Keep the newest keep_last backups, those younger than keep_days and every referenced one; delete the rest."""
     check_retention(keep_last, keep_days)

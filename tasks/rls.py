@@ -9,6 +9,7 @@ from typing import NamedTuple
 import psycopg
 from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 
 from dbpromote.config import DatabaseTarget
@@ -180,7 +181,13 @@ def _missing_grants(conn: psycopg.Connection, target: DatabaseTarget, table: str
     ]
 
 
-@task(name="apply-rls-policies", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="apply-rls-policies",
+    retries=1,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
     """Bring every tenant table's RLS, policy and grants up to date; issue no DDL for what already matches."""
     coverage = bring_rls_up_to_date(target, target_name)
@@ -323,7 +330,13 @@ def _publish_coverage(coverage: Coverage) -> None:
         )
 
 
-@task(name="prove-tenant-isolation", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="prove-tenant-isolation",
+    retries=1,
+    retry_delay_seconds=3,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
 def prove_tenant_isolation(target: DatabaseTarget, target_name: str) -> Isolation:
     """Act as the application role on every tenant table: no other tenant's row is visible or writable."""
     with connect(target, target_name, autocommit=True) as conn:
@@ -631,7 +644,9 @@ def _bypassing_views(conn: psycopg.Connection, target: DatabaseTarget, tables: l
     ]
 
 
-@task(name="rls-coverage", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="rls-coverage", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def rls_coverage(target: DatabaseTarget, target_name: str) -> Coverage:
     """The RLS state of the target's tenant tables, changing nothing."""
     with connect(target, target_name) as conn:

@@ -74,7 +74,9 @@ def check_application_health(project: DjangoProject, target: DatabaseTarget, tar
     return health
 
 
-@task(name="verify-state", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient)
+@task(
+    name="verify-state", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
+)
 def verify_state(target: DatabaseTarget, target_name: str, expected: list[tuple[str, str]]) -> Verification:
     """The applied migrations are exactly `expected` (a rollback's goal, the state a backup recorded)."""
     with connect(target, target_name) as conn:
