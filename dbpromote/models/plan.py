@@ -9,7 +9,7 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from dbpromote.errors import ConfigError
-from dbpromote.probe.protocol import UNKNOWN_SQL
+from dbpromote.probe.protocol import UNKNOWN_SQL, OperationInfo
 
 
 class Rule(NamedTuple):
@@ -92,16 +92,6 @@ RUNPYTHON_IMPORTS_MODELS = Rule(
 )
 
 
-class Operation(BaseModel):
-    kind: str
-    description: str
-    model: str | None = None
-    null: bool | None = None
-    has_default: bool | None = None
-    reversible: bool = True
-    imports_models: bool = False
-
-
 # What to do instead, by what a migration breaks for the release still running (probe/compatibility.py).
 COMPATIBLE_RECIPES = {
     "column-gone": "remove the field from the model first (SeparateDatabaseAndState, state only) and drop the "
@@ -142,7 +132,7 @@ class PlannedMigration(BaseModel):
     name: str
     atomic: bool
     reversible: bool
-    operations: list[Operation]
+    operations: list[OperationInfo]  # as the probe described each (its protocol's dataclass, validated here)
     sql: list[str]
     risks: list[str] = Field(default_factory=list)
     backwards: bool = False

@@ -5,7 +5,7 @@ import pytest
 from dbpromote.errors import ConfigError
 from dbpromote.models.plan import (
     RULES,
-    Operation,
+    OperationInfo,
     Plan,
     PlannedMigration,
     classify_risks,
@@ -14,14 +14,14 @@ from dbpromote.models.plan import (
 )
 
 
-def migration(name: str, *operations: Operation, app: str = "core", sql: list[str] | None = None, **fields):
+def migration(name: str, *operations: OperationInfo, app: str = "core", sql: list[str] | None = None, **fields):
     return PlannedMigration(
         app=app, name=name, atomic=True, reversible=True, operations=list(operations), sql=sql or [], **fields
     )
 
 
-def op(kind: str, description: str = "", **fields) -> Operation:
-    return Operation(kind=kind, description=description or kind, **fields)
+def op(kind: str, description: str = "", **fields) -> OperationInfo:
+    return OperationInfo(kind=kind, description=description or kind, **fields)
 
 
 def test_dropping_renaming_and_unreviewable_code_are_risks_and_plain_additions_are_not():
