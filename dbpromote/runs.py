@@ -23,6 +23,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.input.run_input import keyset_from_paused_state
 
+from dbpromote import waits
 from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
 from dbpromote.notify import run_url
 
@@ -313,14 +314,8 @@ def answer_approval(
 
 def waits_for(run: FlowRun) -> str:
     """What a paused run waits for: "approval", "deploy" (the app's, between a promotion's two phases) or "window"
-    (a maintenance window), by its wait's key (tasks/approval.py, tasks/window.py)."""
-    from dbpromote.tasks.approval import DEPLOY_KEY_PREFIX
-    from dbpromote.tasks.window import WINDOW_KEY_PREFIX
-
-    key = (run.state.state_details.pause_key if run.state and run.state.state_details else None) or ""
-    if key.startswith(DEPLOY_KEY_PREFIX):
-        return "deploy"
-    return "window" if key.startswith(WINDOW_KEY_PREFIX) else "approval"
+    (a maintenance window), by its wait's key (dbpromote/waits.py)."""
+    return waits.kind((run.state.state_details.pause_key if run.state and run.state.state_details else None) or "")
 
 
 def waits_for_deploy(run: FlowRun) -> bool:
@@ -330,9 +325,7 @@ def waits_for_deploy(run: FlowRun) -> bool:
 
 def window_opens(run: FlowRun) -> datetime | None:
     """When the maintenance window a paused run waits for opens; None when it waits for something else."""
-    from dbpromote.tasks.window import opens_at
-
-    return opens_at(run.state.state_details.pause_key or "") if waits_for(run) == "window" else None
+    return waits.opens_at(run.state.state_details.pause_key or "") if waits_for(run) == "window" else None
 
 
 def answer_wait(run_id: str, kind: str, answer: dict) -> None:

@@ -15,6 +15,7 @@ from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
 from prefect.input.run_input import keyset_from_base_key
 from prefect.runtime import flow_run
 
+from dbpromote import waits
 from dbpromote.approvers import is_enrolled
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected, DeployNotConfirmed
@@ -145,15 +146,12 @@ def _pause_for_answer(
 
 
 # What the pause of a deploy wait is keyed by: `dbpromote deployed` answers only these, `approve` never.
-DEPLOY_KEY_PREFIX = "deploy-"
-
-
 def wait_for_deploy(project: str, target: str, plan: Plan, done: list[str], timeout_s: int, poll_s: int) -> Deployment:
     """Suspend until someone says the new release serves everywhere (the UI's form, `dbpromote deployed` or
     Prefect's REST resume); the answer is the deploy as recorded. No answer in time fails the run, the target left
     at its before-deploy phase."""
     subject = hashlib.sha256(f"deploy|{target}|{plan.hash}".encode()).hexdigest()[:16]
-    key = f"{DEPLOY_KEY_PREFIX}{subject}"
+    key = f"{waits.DEPLOY_KEY_PREFIX}{subject}"
     if not (suspendable() and read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])):
         notify(
             f"dbpromote: {target} waits for the app deploy", f"{project} plan {plan.hash}: {run_url(flow_run.get_id())}"

@@ -14,6 +14,7 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
+from dbpromote import waits
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, PreflightError
 from dbpromote.events import target_resource
@@ -22,9 +23,6 @@ from dbpromote.models.plan import Plan
 from dbpromote.notify import notify, run_url
 from dbpromote.windows import Opening, WindowNeed, next_opening
 
-# What the pause of a window wait is keyed by, with the opening's time: `pending` reads when it runs from it.
-WINDOW_KEY_PREFIX = "window-"
-KEY_TIME = "%Y%m%d%H%M"  # pause keys take lowercase letters, digits and dashes only
 # The deployment whose scheduled run opens a window (prefect.yaml, flows/window.py).
 OPENER = "open-window/open-window"
 # A window wait that nobody resumed by an hour after its window closed (its opener never ran: no worker in all
@@ -73,14 +71,7 @@ def wait_for_window(
 def window_key(target: str, plan: Plan, opening: Opening) -> str:
     """The wait's key: one per target, plan and opening, so a run carried on finds the answer given to this wait."""
     subject = hashlib.sha256(f"window|{target}|{plan.hash}|{opening.opens.isoformat()}".encode()).hexdigest()[:12]
-    return f"{WINDOW_KEY_PREFIX}{opening.opens:{KEY_TIME}}-{subject}"
-
-
-def opens_at(pause_key: str) -> datetime | None:
-    """When the window a paused run waits for opens, from its wait's key; None for another kind of wait."""
-    if not pause_key.startswith(WINDOW_KEY_PREFIX):
-        return None
-    return datetime.strptime(pause_key.removeprefix(WINDOW_KEY_PREFIX).split("-")[0], KEY_TIME).replace(tzinfo=UTC)
+    return waits.window_key(opening.opens, subject)
 
 
 def _suspend_until(project: str, target: str, plan: Plan, need: WindowNeed, opening: Opening) -> WindowForm:

@@ -20,8 +20,6 @@ STILL_TO_MOVE = {
     ("dbpromote/cli/schema.py", "dbpromote.flows.drift"),
     ("dbpromote/localstack/__init__.py", "dbpromote.deployments.deploy"),
     ("dbpromote/localstack/services.py", "dbpromote.deployments.deploy"),
-    ("dbpromote/runs.py", "dbpromote.tasks.approval"),
-    ("dbpromote/runs.py", "dbpromote.tasks.window"),
 }
 
 
