@@ -63,10 +63,13 @@ def test_a_step_that_needs_a_window_waits_for_it_suspended_outliving_its_worker_
     with target_changed("production", windows=[spec], window_lock_s=0):
         run_id = started(*PROMOTE, "--until-paused")
         form = approval_form_text(waits_for_approval(run_id))
-        assert (
+        when = next(line for line in form.splitlines() if line.startswith("**When:**"))
+        assert when.startswith(
             f"**When:** production runs in the window starting {opens:%Y-%m-%d %H:%M} UTC ({spec}), as "
-            "core.0003_task_priority held AccessExclusiveLock for "
-        ) in form, form
+        ), form
+        # Which migrations' locks were long enough to be seen on staging varies with timing (a CREATE TABLE with a
+        # foreign key is sometimes caught holding one too); the ALTER TABLE that adds a column always is.
+        assert "core.0003_task_priority held AccessExclusiveLock for " in when, form
         assert cli("approve", run_id, "--approver", "alice", "--acknowledge-risks").returncode == 0
 
         waits_for_its_window(run_id)
