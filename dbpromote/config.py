@@ -298,8 +298,13 @@ _RESOLVED: ContextVar[dict | None] = ContextVar("dbpromote_resolved", default=No
 
 @contextlib.contextmanager
 def resolved_once() -> Iterator[None]:
-    """Within it, each project and target is read from its block once: a lane's member step read its target seven
-    times and its project three (a server round trip each, 0.05-0.15 s under a fleet's load)."""
+    """Within it, each project and target is read from its block once: the edge of a step, where what it acts on is
+    resolved. Nested in another, it reads what the outer one read. A block read costs ~50 ms of the caller's CPU and
+    ~28 ms of the server's (75 ms as it waits, idle); a promotion of a group of 10 read its targets and project 310
+    times, 12 times a member in each of its two processes, and a lane's member step read its target seven times."""
+    if _RESOLVED.get() is not None:
+        yield
+        return
     token = _RESOLVED.set({})
     try:
         yield

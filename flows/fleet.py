@@ -43,7 +43,7 @@ from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
-from dbpromote.windows import Measured, WindowNeed
+from dbpromote.windows import Measured, WindowNeed, when_it_runs
 
 LANE_DEPLOYMENT = "migrate-lane/migrate-lane"
 # The tag of a group run's member task runs, in every lane: FLEET_TAG + "<promotion run>:<group>"; and each
@@ -78,6 +78,29 @@ class GroupStep:
         self.reports: dict[str, StepReport] = {}
         self.plans: dict[str, Plan] = {}
         self.fleet = ""  # the tag of this run's member task runs (FLEET_TAG), once it runs
+
+    def promote(
+        self,
+        members: list[str],
+        now: dict[str, Plan],
+        plans: dict[str, Plan],
+        reports: list[StepReport],
+        drift: dict[str, str],
+        measured: Measured,
+        now_reason: str,
+        timeout_s: int,
+        poll_s: int,
+    ) -> tuple[Approval | None, list[StepReport]]:
+        """The group's step in a promotion: its approval (and the maintenance window it runs in), then its waves; its
+        members read once for the approval and once again for the run, after any wait. The approval given, if any,
+        and the members' reports."""
+        with resolved_once():
+            window = self.window_need(members, now, measured)
+            when = when_it_runs(window.database.windows, window.need, datetime.now(UTC), now_reason) if window else ""
+            approval = self.approve(members, now, plans, reports, drift, timeout_s, poll_s, when)
+        self.wait_for_window(window, now_reason)
+        with resolved_once():
+            return approval, self.run(members, now, plans)
 
     def skip(self, members: list[str], plans: dict[str, Plan]) -> None:
         """Divergent members left out (--skip-divergent): reported, never touched."""

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from dbpromote.config import load_group, load_project, load_target
+from dbpromote.config import load_group, load_project, load_target, resolved_once
 from dbpromote.errors import ConfigError, PreflightError
 from dbpromote.models.approval import Approval, ApprovalRequest, Deployment, promotion_request
 from dbpromote.models.journal import Journal, TargetJournal
@@ -71,35 +71,38 @@ def promote(
     rehearsal), or may rewrite a table, in the first window with room for staging's duration, suspended until it
     opens; approval can be given before. now_reason runs such steps at once, the reason kept in the journal.
     """
-    check_promotion_input(project, through, to)
-    groups = {name: group for name in through if (group := load_group(name))}
-    targets = [member for name in through for member in (groups[name].members if name in groups else [name])]
-    check_not_held(targets)
-    journal = open_journal(project, through, to, resume, targets)
-    with ProbeSession(load_project(project), load_target(targets[0])) as probe:  # one Django plans them all
-        checked: set[tuple[str, str]] = set()
-        now = {target: preflight(project, target, to, probe, checked) for target in targets}
-        plans = journal.continue_plans(now)
-        divergent = [t for name in groups for t in groups[name].members if plans[t].hash != plans[through[0]].hash]
-        if divergent and not skip_divergent:
-            raise PreflightError(
-                f"{', '.join(divergent)} would run another plan than {through[0]} "
-                f"({', '.join(sorted({plans[t].hash for t in divergent}))}, not {plans[through[0]].hash}); nothing "
-                "was run: bring them to the group's state first, or leave them out of this promotion with "
-                "--skip-divergent."
-            )
-        vouch_for({target: plans[target] for target in targets if target not in divergent}, through[0])
-        # A target this promotion already took through its step changes no more: no gate to pass (on the run that
-        # carries a promotion on after its approval, staging's replay cost a second of every promotion as typed).
-        # The others' histories are read by the same Django, and each distinct one replayed once (members of a
-        # group share theirs).
-        drift = {
-            target: "not checked again: its step is done in this promotion"
-            if journal.completed(target, now[target])
-            else preflight_drift(project, target, probe)
-            for target in targets
-            if target not in divergent
-        }
+    # The checks and plans before any approval read each target once; each step after it reads them again (a
+    # person may change a target while the promotion waits).
+    with resolved_once():
+        check_promotion_input(project, through, to)
+        groups = {name: group for name in through if (group := load_group(name))}
+        targets = [member for name in through for member in (groups[name].members if name in groups else [name])]
+        check_not_held(targets)
+        journal = open_journal(project, through, to, resume, targets)
+        with ProbeSession(load_project(project), load_target(targets[0])) as probe:  # one Django plans them all
+            checked: set[tuple[str, str]] = set()
+            now = {target: preflight(project, target, to, probe, checked) for target in targets}
+            plans = journal.continue_plans(now)
+            divergent = [t for name in groups for t in groups[name].members if plans[t].hash != plans[through[0]].hash]
+            if divergent and not skip_divergent:
+                raise PreflightError(
+                    f"{', '.join(divergent)} would run another plan than {through[0]} "
+                    f"({', '.join(sorted({plans[t].hash for t in divergent}))}, not {plans[through[0]].hash}); "
+                    "nothing was run: bring them to the group's state first, or leave them out of this promotion "
+                    "with --skip-divergent."
+                )
+            vouch_for({target: plans[target] for target in targets if target not in divergent}, through[0])
+            # A target this promotion already took through its step changes no more: no gate to pass (on the run
+            # that carries a promotion on after its approval, staging's replay cost a second of every promotion as
+            # typed). The others' histories are read by the same Django, and each distinct one replayed once
+            # (members of a group share theirs).
+            drift = {
+                target: "not checked again: its step is done in this promotion"
+                if journal.completed(target, now[target])
+                else preflight_drift(project, target, probe)
+                for target in targets
+                if target not in divergent
+            }
 
     reports: list[StepReport] = []
     approvals: list[Approval] = []
@@ -108,12 +111,12 @@ def promote(
             members = [member for member in groups[target].members if member not in divergent]
             fleet = GroupStep(project, target, groups[target], journal, to)
             fleet.skip([member for member in groups[target].members if member in divergent], plans)
-            window = fleet.window_need(members, now, Measured.of(reports, through[0]))
-            when = when_it_runs(window.database.windows, window.need, datetime.now(UTC), now_reason) if window else ""
-            approval = fleet.approve(members, now, plans, reports, drift, approval_timeout_s, approval_poll_s, when)
+            measured = Measured.of(reports, through[0])
+            approval, ran = fleet.promote(
+                members, now, plans, reports, drift, measured, now_reason, approval_timeout_s, approval_poll_s
+            )
             approvals += [approval] if approval else []
-            fleet.wait_for_window(window, now_reason)
-            reports += fleet.run(members, now, plans)
+            reports += ran
             continue
         if done := journal.completed(target, now[target]):
             reports.append(done)  # a crashed run of this promotion did it all: nothing runs twice
@@ -138,14 +141,8 @@ def promote(
     first_reports = {}
     for report in reports:
         first_reports.setdefault(report.target, report)  # its backup was taken before the promotion changed it
-    for report in first_reports.values():  # what retention keeps, and a rollback finds, for each target
-        record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": plans[report.target].hash}
-        record["backup"] = report.backup.object_name if report.backup else None
-        if deployment := journal.deployed(report.target, plans[report.target]):
-            record["deployed"] = deployment.model_dump()
-        if window := journal.targets.get(report.target, TargetJournal()).window:
-            record["window"] = window.model_dump()
-        write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
+    with resolved_once():
+        record_promotion(project, plans, journal, first_reports.values())
     create_markdown_artifact(
         summary(project, reports, approvals),
         key="dbpromote-promotion",
@@ -153,6 +150,19 @@ def promote(
     )
     get_run_logger().info("promoted %s through %s", project, ", ".join(through))
     return reports
+
+
+def record_promotion(project: str, plans: dict[str, Plan], journal: Journal, reports) -> None:
+    """What retention keeps, and a rollback finds, for each target: the promotion's record with the backup taken
+    before it changed the target, its deploy and its window."""
+    for report in reports:
+        record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": plans[report.target].hash}
+        record["backup"] = report.backup.object_name if report.backup else None
+        if deployment := journal.deployed(report.target, plans[report.target]):
+            record["deployed"] = deployment.model_dump()
+        if window := journal.targets.get(report.target, TargetJournal()).window:
+            record["window"] = window.model_dump()
+        write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
 
 
 class Phases:
@@ -224,8 +234,10 @@ def approve(journal: Journal, request: ApprovalRequest, timeout_s: int, poll_s: 
     return approval
 
 
+@resolved_once()
 def check_promotion_input(project: str, through: list[str], to: str) -> None:
-    """Refuse, before anything runs, what cannot be a promotion: one sentence naming the fix."""
+    """Refuse, before anything runs, what cannot be a promotion: one sentence naming the fix (each target read
+    once: a group's members are read for their windows)."""
     if not through:
         raise ConfigError(
             "No environments given; pass them in order, staging first, e.g. --through staging,production."
