@@ -71,19 +71,28 @@ class GroupStep:
     """One group's step in a promotion: its approval, its members in waves, the outcome of each as the run's table
     artifact and the members' records show it."""
 
-    def __init__(self, project: str, name: str, group: TargetGroup, journal: Journal, to: str):
+    def __init__(
+        self,
+        project: str,
+        name: str,
+        group: TargetGroup,
+        journal: Journal,
+        to: str,
+        now: dict[str, Plan],
+        plans: dict[str, Plan],
+    ):
+        """`now`: each member's plan as preflight saw it; `plans`: the plan each member runs (what a crashed run of
+        the promotion left of it continued)."""
         self.project, self.name, self.group, self.journal, self.to = project, name, group, journal, to
+        self.now, self.plans = now, plans
         self.wave_size, self.max_failures = group.sizes()
         self.outcomes: dict[str, MemberOutcome] = {}
         self.reports: dict[str, StepReport] = {}
-        self.plans: dict[str, Plan] = {}
         self.fleet = ""  # the tag of this run's member task runs (FLEET_TAG), once it runs
 
     def promote(
         self,
         members: list[str],
-        now: dict[str, Plan],
-        plans: dict[str, Plan],
         reports: list[StepReport],
         drift: dict[str, str],
         measured: Measured,
@@ -95,32 +104,32 @@ class GroupStep:
         members read once for the approval and once again for the run, after any wait. The approval given, if any,
         and the members' reports."""
         with resolved_once():
-            window = self.window_need(members, now, measured)
+            window = self.window_need(members, measured)
             when = when_it_runs(window.database.windows, window.need, datetime.now(UTC), now_reason) if window else ""
-            approval = self.approve(members, now, plans, reports, drift, timeout_s, poll_s, when)
+            approval = self.approve(members, reports, drift, timeout_s, poll_s, when)
         self.wait_for_window(window, now_reason)
         with resolved_once():
-            return approval, self.run(members, now, plans)
+            return approval, self.run(members)
 
-    def skip(self, members: list[str], plans: dict[str, Plan]) -> None:
+    def skip(self, members: list[str]) -> None:
         """Divergent members left out (--skip-divergent): reported, never touched."""
         for member in members:
-            detail = f"divergent: its plan is {plans[member].hash} ({len(plans[member].migrations)} migrations)"
+            plan = self.plans[member]
+            detail = f"divergent: its plan is {plan.hash} ({len(plan.migrations)} migrations)"
             self.outcomes[member] = MemberOutcome(member=member, wave=0, outcome="skipped", detail=detail)
 
     def approve(
         self,
         members: list[str],
-        now: dict[str, Plan],
-        plans: dict[str, Plan],
         reports: list[StepReport],
         drift: dict[str, str],
         timeout_s: int,
         poll_s: int,
-        when: str = "",
+        when: str,
     ) -> Approval | None:
         """One approval for every member still to do that requires one (they share one approval policy: `group
         add` checks it); recorded on each of them. None when none needs it (or a crashed run got it)."""
+        now, plans = self.now, self.plans
         waiting = [m for m in members if not self.journal.completed(m, now[m]) and load_target(m).requires_approval]
         needed = [m for m in waiting if not self.journal.approval(m, plans[m])]
         if not needed:
@@ -150,10 +159,11 @@ class GroupStep:
             record_step(self.journal, member, given)
         return approval
 
-    def window_need(self, members: list[str], now: dict[str, Plan], measured: Measured) -> GroupWindow | None:
+    def window_need(self, members: list[str], measured: Measured) -> GroupWindow | None:
         """The members still to migrate that need a maintenance window, one of their targets (they share their
         windows: check_promotion_input), and the need: an opening with room for every wave at the slowest member's
         pace by staging's run."""
+        now = self.now
         waiting = [member for member in members if now[member].migrations]
         targets = {member: load_target(member) for member in waiting}
         needs = {m: measured.need(now[m], t.window_lock_s) for m, t in targets.items() if t.windows}
@@ -177,12 +187,11 @@ class GroupStep:
     def shape(self) -> tuple[int, Share]:
         return self.group.canary, self.wave_size
 
-    def run(self, members: list[str], now: dict[str, Plan], plans: dict[str, Plan]) -> list[StepReport]:
+    def run(self, members: list[str]) -> list[StepReport]:
         """Every member not done before, wave by wave; halts (raising, once the running ones end) when a canary
         fails or failures reach the bound. The reports of the members migrated, in member order."""
-        self.plans = plans
         self.fleet = f"{FLEET_TAG}{flow_run.get_id() or 'adhoc'}:{self.name}"
-        done = {m: report for m in members if (report := self.journal.completed(m, now[m]))}
+        done = {m: report for m in members if (report := self.journal.completed(m, self.now[m]))}
         try:
             return self._run(members, done)
         finally:

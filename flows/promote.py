@@ -109,11 +109,11 @@ def promote(
     for target in through:
         if target in groups:
             members = [member for member in groups[target].members if member not in divergent]
-            fleet = GroupStep(project, target, groups[target], journal, to)
-            fleet.skip([member for member in groups[target].members if member in divergent], plans)
+            fleet = GroupStep(project, target, groups[target], journal, to, now, plans)
+            fleet.skip([member for member in groups[target].members if member in divergent])
             measured = Measured.of(reports, through[0])
             approval, ran = fleet.promote(
-                members, now, plans, reports, drift, measured, now_reason, approval_timeout_s, approval_poll_s
+                members, reports, drift, measured, now_reason, approval_timeout_s, approval_poll_s
             )
             approvals += [approval] if approval else []
             reports += ran
