@@ -88,10 +88,9 @@ def migrate(folder: Path, url: str) -> float:
 def measure(label: str, folder: Path, settings: str, live: str, rounds: int) -> float:
     """Baseline and ours on the database `live` (migrated by the project at folder), best of `rounds`, printed;
     returns the task's ratio to the bare replay."""
-    from dbpromote.tasks.drift import check_drift
-
     from dbpromote import replays
     from dbpromote.config import DatabaseTarget, DjangoProject
+    from dbpromote.drift import check_drift
 
     bare_s = min(migrate(folder, empty_database("bench_drift_bare")) for _ in range(rounds))
     project, target = DjangoProject(path=str(folder), settings_module=settings), DatabaseTarget(url=live)
@@ -102,10 +101,10 @@ def measure(label: str, folder: Path, settings: str, live: str, rounds: int) -> 
         with tempfile.TemporaryDirectory() as kept:  # nothing kept: the replay itself is what is measured
             os.environ[replays.CACHE_ENV] = kept
             started = time.monotonic()
-            report = check_drift.fn(project, target, "bench-drift")
+            report = check_drift(project, target, "bench-drift")
             timings.append(time.monotonic() - started)
             started = time.monotonic()
-            again = check_drift.fn(project, target, "bench-drift")  # the same history: its replay kept
+            again = check_drift(project, target, "bench-drift")  # the same history: its replay kept
             reused_s = time.monotonic() - started
             assert again.reused and again.differences == report.differences, again.text()
         del os.environ[replays.CACHE_ENV]

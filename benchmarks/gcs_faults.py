@@ -15,8 +15,8 @@ import os
 import time
 
 from common import add_seed_arguments, seeded_database, stack  # points this process at the local stack
-from dbpromote.tasks import backup as backup_task
 
+from dbpromote import backups as backup_library
 from dbpromote.backups import list_backups
 from dbpromote.config import load_target
 from dbpromote.errors import BackupError
@@ -32,7 +32,7 @@ def backups(target, rounds: int) -> tuple[list, list, float]:
     started = time.monotonic()
     for _ in range(rounds):
         try:
-            completed.append(backup_task.backup_to_gcs.fn(target, "staging"))
+            completed.append(backup_library.take_backup(target, "staging", run_id=""))
         except BackupError as error:
             failed.append(str(error))
     return completed, failed, time.monotonic() - started
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.10)
     add_seed_arguments(parser, tenants=4, rows=5000, text_bytes=400, keep_help="reuse bench_faults as seeded")
     args = parser.parse_args()
-    backup_task.CHUNK_SIZE = CHUNK
+    backup_library.CHUNK_SIZE = CHUNK
     _, size = seeded_database("bench_faults", args.tenants, args.rows, args.text_bytes, args.keep)
     print(f"bench_faults: {size / 1e6:.1f} MB on disk, uploaded in chunks of {CHUNK // 1024} KiB")
     target = load_target("staging").on_database("bench_faults")

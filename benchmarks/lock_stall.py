@@ -122,9 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     args = parser.parse_args()
-    from dbpromote.tasks.plan import compute_plan
-
     from dbpromote.config import DatabaseTarget, DjangoProject
+    from dbpromote.planning import compute_plan
 
     url = stack.database_url("staging").rsplit("/", 1)[0] + f"/{DB}"
     project = DjangoProject(

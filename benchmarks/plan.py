@@ -62,9 +62,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from dbpromote.tasks.plan import compute_plan
-
     from dbpromote.config import DatabaseTarget, DjangoProject
+    from dbpromote.planning import compute_plan
 
     python = venv_python(REQUIREMENTS)
     project = DjangoProject(path=str(SITE), settings_module="settings", python=str(python))

@@ -29,18 +29,16 @@ def main() -> None:
     args = parser.parse_args()
     url, size = seeded_database(DB, args.tenants, args.rows, args.text_bytes, args.keep)
 
-    from dbpromote.tasks.backup import backup_to_gcs
-    from dbpromote.tasks.restore import drop_restored, restore_into_new_database
-
-    from dbpromote.backups import list_backups
+    from dbpromote.backups import list_backups, take_backup
     from dbpromote.config import DatabaseTarget
     from dbpromote.gcs import gcs_client
     from dbpromote.postgres import libpq_env, server_connection
+    from dbpromote.restores import drop_restored, restore_into_new_database
 
     target = DatabaseTarget(url=url, bucket=local_stack.BUCKET, prefix="benchmarks")
     bucket = gcs_client().bucket(local_stack.BUCKET)
     existing = [b for b in list_backups(target, "bench") if bucket.blob(b.manifest_name).exists()] if args.keep else []
-    backup = existing[0] if existing else backup_to_gcs.fn(target, "bench")
+    backup = existing[0] if existing else take_backup(target, "bench", run_id="")
     print(f"database {size / 1e9:.2f} GB; backup {backup.uri} ({backup.size_bytes / 1e6:.0f} MB)", flush=True)
 
     env = libpq_env(target)
@@ -65,10 +63,10 @@ def main() -> None:
 
             cpu_before = emulator_cpu_seconds()
             started = time.monotonic()
-            restored = restore_into_new_database.fn(target, "bench", backup, "bench_restore_ours")
+            restored = restore_into_new_database(target, "bench", backup, "bench_restore_ours")
             ours.append(time.monotonic() - started)
             emulator_cpu.append(emulator_cpu_seconds() - cpu_before)
-            drop_restored.fn(target, "bench", restored.database)
+            drop_restored(target, "bench", restored.database)
             print(f"round: bare {bare[-1]:.1f} s, ours {ours[-1]:.1f} s", flush=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

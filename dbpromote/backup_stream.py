@@ -1,6 +1,6 @@
 """pg_dump -> zstd -> a new GCS object, in a process of its own: the worker's memory never holds upload chunks.
 
-Run by tasks/backup.py as `python -m dbpromote.backup_stream` with the libpq connection in PG* variables (never
+Run by dbpromote/backups.py as `python -m dbpromote.backup_stream` with the libpq connection in PG* variables (never
 argv) and a StreamRequest as JSON on stdin. Answers one JSON line per progress step (Progress) and one final line
 (Streamed or StreamFailed); both sides use the models below. Imports only the GCS client, zstandard and pydantic
 (no Prefect): about 50 MB before the upload chunks.
@@ -222,7 +222,7 @@ def stream(request: StreamRequest) -> Streamed | StreamFailed:
 def compress_dump(dump: subprocess.Popen, writer: Tee, level: int) -> None:
     """pg_dump's output through zstd into `writer`, telling progress; raises if the dump failed.
 
-    Level 1 in this thread: pg_dump and its server keep the other core busy (see tasks/backup.py).
+    Level 1 in this thread: pg_dump and its server keep the other core busy (see dbpromote/backups.py).
     """
     with zstandard.ZstdCompressor(level=level).stream_writer(writer, closefd=False) as compressed:
         dumped, said = 0, time.monotonic()

@@ -1,9 +1,10 @@
 """`dbpromote check`: what a pull request's migrations would do to a target, for CI, without a Prefect server.
 
 The plan against the target (with its lint risks), drift of the target's schema from its applied migrations, and
-its history (files edited after they were applied, rows with no file), computed by the tasks' own code run in this
-process. Blocking: anything a promotion's preflight would refuse, drift a promotion would not repair, an edited or
-missing migration file, and (unless allowed) a lint risk the project's ignore list gives no reason for.
+its history (files edited after they were applied, rows with no file), computed by the library's steps (what the
+tasks run) in this process. Blocking: anything a promotion's preflight would refuse, drift a promotion would not
+repair, an edited or missing migration file, and (unless allowed) a lint risk the project's ignore list gives no
+reason for.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from dbpromote.config import DatabaseTarget, DjangoProject
+from dbpromote.drift import check_drift
 from dbpromote.errors import ConfigError, DbpromoteError
 from dbpromote.models.drift import DriftReport
 from dbpromote.models.plan import Plan
+from dbpromote.planning import compute_plan, describe_changes
 
 
 class CheckReport(BaseModel):
@@ -74,13 +77,10 @@ def check(
     records: bool,
     previous_code: DjangoProject | None = None,
 ) -> CheckReport:
-    """Plan, lint, drift and history of one target, by the tasks' code; `records`: the bucket beside the target
+    """Plan, lint, drift and history of one target, by the library's steps; `records`: the bucket beside the target
     holds the hashes of the migration files as applied (without it, edited files cannot be told).
     `previous_code`: the running release's own tree, whose models are judged instead of the migration state at
     the target's applied migrations (where a team's models and migrations disagree)."""
-    from dbpromote.tasks.drift import check_drift
-    from dbpromote.tasks.plan import compute_plan
-
     report = CheckReport(project=project_name, target=target_name, risks_allowed=allow_risks)
     try:
         previous = previous_models(previous_code, target, report) if previous_code else None
@@ -88,7 +88,7 @@ def check(
     except DbpromoteError as error:
         report.refused.append(str(error))
     try:
-        report.drift = check_drift.fn(project, target, target_name, read_history=records)
+        report.drift = check_drift(project, target, target_name, read_history=records)
     except DbpromoteError as error:
         report.refused.append(str(error))
     if not records:
@@ -103,7 +103,6 @@ def previous_models(tree: DjangoProject, target: DatabaseTarget, report: CheckRe
     """The tables the running release's own code defines (its tree's models), and a note on whether they agree
     with its migrations."""
     from dbpromote.probe import FailureAnswer, ModelsAnswer, run_probe
-    from dbpromote.tasks.plan import describe_changes
 
     answer = run_probe(tree, target, "models")
     if isinstance(answer, FailureAnswer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from dbpromote.tasks.drift import check_drift, publish_drift
+from dbpromote.tasks.drift import check_drift
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.rls import rls_coverage
 from prefect import flow
@@ -15,6 +15,7 @@ from dbpromote.config import load_project, load_target
 from dbpromote.errors import VerificationError
 from dbpromote.models.report import Coverage
 from dbpromote.notify import notify_failure
+from dbpromote.reporting import publish_drift
 
 
 @flow(name="audit-rls", on_failure=[notify_failure], flow_run_name="audit RLS of {targets}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.migrate import apply_migration
-from dbpromote.tasks.restore import drop_restored, restore_into_new_database, scratch_name
+from dbpromote.tasks.restore import drop_restored, restore_into_new_database
 from prefect import flow
 
 from dbpromote.backups import list_backups
@@ -12,6 +12,7 @@ from dbpromote.config import load_project, load_target
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import Rehearsal
 from dbpromote.probe import ProbeSession
+from dbpromote.restores import scratch_name
 
 
 @flow(name="rehearse", flow_run_name="rehearse {target} on {scratch_server}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from dbpromote.tasks.plan import compute_plan
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -16,6 +15,7 @@ from dbpromote.events import target_resource
 from dbpromote.health import check_application
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import Aftermath, Check, CompatibilityProof, Health, Verification
+from dbpromote.planning import compute_plan
 from dbpromote.postgres import connect, migration_state
 from dbpromote.probe import ProbeSession
 from dbpromote.watch import watch_aftermath

@@ -15,9 +15,8 @@ def rules(risks: list[str]) -> list[str]:
 
 
 def test_lint_names_the_sample_release_risks_by_rule(fresh_databases):
-    from dbpromote.tasks.plan import compute_plan
-
     from dbpromote.config import load_project, load_target
+    from dbpromote.planning import compute_plan
 
     plan = compute_plan(load_project("tenant-backend"), load_target("staging"), "staging")
     found = {m.label: rules(m.risks) for m in plan.migrations}
@@ -29,9 +28,8 @@ def test_lint_names_the_sample_release_risks_by_rule(fresh_databases):
 
 
 def test_a_rule_the_project_ignores_is_a_note_not_a_risk(fresh_databases, project_copy):
-    from dbpromote.tasks.plan import compute_plan
-
     from dbpromote.config import load_project, load_target
+    from dbpromote.planning import compute_plan
 
     refused = cli("project", "add", "lenient", "--path", str(project_copy.folder), "--settings",
                   "tenant_backend.settings", "--lint-ignore", "runpython")  # fmt: skip

@@ -78,9 +78,8 @@ def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, 
     `manage.py migrate` (under Django 4.2 for the upgrades across a Django version), promoted to the new release;
     afterwards `dbpromote drift` finds nothing blocking (names Django generated otherwise are notes), and still finds
     and blocks on a hand-made index, default and constraint."""
-    from dbpromote.tasks.drift import check_drift
-
     from dbpromote.config import load_project, load_target
+    from dbpromote.drift import check_drift
 
     old, new = venv_python(codebase.old), venv_python(codebase.new)
     urls = {server: database_url(stack, codebase, server) for server in SERVERS}
@@ -128,7 +127,7 @@ def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, 
             with psycopg.connect(urls[server]) as conn:
                 assert conn.execute(query).fetchone()[0] == value
     # The schema is what the applied migrations produce, but for names Django generated otherwise.
-    for drift in (check_drift.fn(load_project(project), load_target(targets[0]), targets[0]),
+    for drift in (check_drift(load_project(project), load_target(targets[0]), targets[0]),
                   drift_as_typed(project, targets[1], exit_code=0)):  # fmt: skip
         assert drift.blocking == [] and {d.object for d in drift.notes} == codebase.name_notes, drift.text()
 
@@ -327,9 +326,8 @@ def test_a_group_of_a_real_codebases_shards_is_promoted_canary_first(stack):
     """django-filer's shards (dj-database-url settings, a squashed migration the old release applied) as a group:
     one approval, the canary, then a wave; every shard at the new release's head, its schema what the migrations
     make."""
-    from dbpromote.tasks.drift import check_drift
-
     from dbpromote.config import load_project, load_target
+    from dbpromote.drift import check_drift
     from dbpromote.records import read_records
 
     filer = named("filer")
@@ -357,7 +355,7 @@ def test_a_group_of_a_real_codebases_shards_is_promoted_canary_first(stack):
     outcomes = {}
     for shard, url in shards.items():
         assert applied(url) == head
-        assert check_drift.fn(load_project(project), load_target(shard), shard).differences == []
+        assert check_drift(load_project(project), load_target(shard), shard).differences == []
         (outcome,) = [r for r in read_records(load_target(shard), shard, "fleet") if r["flow_run_id"] == run_id]
         outcomes[shard] = (outcome["wave"], outcome["outcome"])
     assert outcomes == {"compat-shard-1": (0, "migrated"), "compat-shard-2": (1, "migrated"),

@@ -33,11 +33,10 @@ BY_HAND = {
 
 def drift_of(target: str, project: str = "tenant-backend"):
     """The drift check's task, as a flow runs it."""
-    from dbpromote.tasks.drift import check_drift
-
     from dbpromote.config import load_project, load_target
+    from dbpromote.drift import check_drift
 
-    return check_drift.fn(load_project(project), load_target(target), target)
+    return check_drift(load_project(project), load_target(target), target)
 
 
 def test_no_drift_right_after_a_promotion_of_the_release(promoted):
@@ -147,9 +146,8 @@ def test_a_promotion_stops_at_preflight_on_drift_on_production_and_changes_nothi
 
 
 def test_reconcile_records_a_migration_applied_by_hand_and_refuses_one_applied_otherwise(fresh_databases):
-    from dbpromote.tasks.plan import compute_plan
-
     from dbpromote.config import load_project, load_target
+    from dbpromote.planning import compute_plan
     from dbpromote.records import read_records
     from dbpromote.runs import answer_approval, wait_for
 

@@ -95,7 +95,7 @@ def test_transient_gcs_faults_are_retried_to_success(fresh_databases, monkeypatc
     from dbpromote.flows.environment import migrate_environment
 
     add_poorly_compressible_rows(fresh_databases)
-    monkeypatch.setattr("dbpromote.tasks.backup.CHUNK_SIZE", 256 * 1024)
+    monkeypatch.setattr("dbpromote.backups.CHUNK_SIZE", 256 * 1024)
     # Mid-stream: the session's start and two chunks pass, then the third chunk fails twice and is sent again.
     pass_first = 3 if where == "mid-stream" else 0
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode=mode, fail_uploads=2, pass_first=pass_first)
@@ -188,7 +188,7 @@ def test_promise_4_pg_dump_failing_after_chunks_were_uploaded_leaves_no_object(f
     # The fault: pg_dump exits 1 at the end of its output, as on a lost connection.
     failing = 'cat "$OUT"; echo "pg_dump: error: connection lost" >&2; exit 1'
     monkeypatch.setenv("PATH", pg_dump_wrapped(tmp_path, failing))
-    monkeypatch.setattr("dbpromote.tasks.backup.CHUNK_SIZE", 256 * 1024)
+    monkeypatch.setattr("dbpromote.backups.CHUNK_SIZE", 256 * 1024)
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)  # counts what passes
     with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
         with pytest.raises(BackupError, match="pg_dump failed: pg_dump: error: connection lost; nothing was uploaded"):
@@ -203,7 +203,7 @@ def test_promise_4_a_dump_pg_restore_cannot_read_is_never_uploaded(fresh_databas
 
     add_poorly_compressible_rows(fresh_databases)
     monkeypatch.setenv("PATH", pg_dump_wrapped(tmp_path, 'head -c -30000 "$OUT"; exit 0'))
-    monkeypatch.setattr("dbpromote.tasks.backup.CHUNK_SIZE", 256 * 1024)
+    monkeypatch.setattr("dbpromote.backups.CHUNK_SIZE", 256 * 1024)
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)  # counts what passes
     with backup_fails_leaving_nothing(fresh_databases, monkeypatch, proxy):
         with pytest.raises(BackupError, match="pg_restore could not read the dump as it was taken .*nothing was"):
@@ -230,7 +230,7 @@ def test_a_backup_is_verified_without_downloading_it_and_read_back_only_on_reque
 
 def streamer_pids() -> list[int]:
     """The backup streaming processes running on this machine (`python -m dbpromote.backup_stream`)."""
-    from dbpromote.tasks.backup import STREAMER
+    from dbpromote.backups import STREAMER
 
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):

@@ -29,7 +29,13 @@ def test_the_wheel_installs_flows_tasks_and_deployments_under_dbpromote_only(tmp
     check = f"import importlib.util as u; print([name for name in {GENERIC!r} if u.find_spec(name)])"
     assert run([venv / "bin" / "python", "-c", check], cwd=tmp_path).stdout.strip() == "[]"
     (installed,) = venv.glob("lib/python*/site-packages/dbpromote")
-    for module in ("flows/promote.py", "tasks/plan.py", "deployments/deploy.py", "probe/django_probe.py"):
+    for module in (
+        "flows/promote.py",
+        "tasks/plan.py",
+        "planning.py",
+        "deployments/deploy.py",
+        "probe/django_probe.py",
+    ):
         assert (installed / module).is_file(), module
 
     # With the dependencies (this environment's site-packages, no .pth files: no editable install), the installed

@@ -28,7 +28,7 @@ def test_gcs_faults_at_a_tenth_of_uploads_never_leave_a_partial_backup_listed(fr
 
     rounds = 20 if FULL else 5
     add_poorly_compressible_rows(fresh_databases)
-    monkeypatch.setattr("dbpromote.tasks.backup.CHUNK_SIZE", 256 * 1024)  # a dozen upload requests a backup
+    monkeypatch.setattr("dbpromote.backups.CHUNK_SIZE", 256 * 1024)  # a dozen upload requests a backup
     target = load_target("staging")
     before = {backup.object_name for backup in list_backups(target, "staging")}
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="mixed", rate=0.10)

@@ -3,6 +3,7 @@
 import psycopg
 import pytest
 
+from dbpromote import rls
 from dbpromote.errors import ConfigError, VerificationError
 
 
@@ -41,9 +42,8 @@ def test_the_release_new_table_gets_its_policy_in_the_same_promotion(promoted_st
 
 
 def test_cross_tenant_read_insert_update_refused_on_every_tenant_table(promoted_staging):
-    from dbpromote.tasks.rls import prove_tenant_isolation
 
-    proof = prove_tenant_isolation.fn(staging(), "staging")
+    proof = rls.prove_isolation(staging(), "staging")
     assert len(proof.tables) >= 27
     for table in proof.tables:
         assert table.passed, (table.table, table.detail)
@@ -51,7 +51,6 @@ def test_cross_tenant_read_insert_update_refused_on_every_tenant_table(promoted_
 
 
 def test_second_run_issues_zero_ddl(promoted_staging, superuser):
-    from dbpromote.tasks.rls import apply_rls_policies
 
     superuser.execute("CREATE TABLE IF NOT EXISTS ddl_seen (tag text)")
     superuser.execute("GRANT INSERT ON ddl_seen TO PUBLIC")
@@ -61,7 +60,7 @@ def test_second_run_issues_zero_ddl(promoted_staging, superuser):
     superuser.execute("DROP EVENT TRIGGER IF EXISTS count_ddl")
     superuser.execute("CREATE EVENT TRIGGER count_ddl ON ddl_command_end EXECUTE FUNCTION count_ddl()")
     try:
-        coverage = apply_rls_policies.fn(staging(), "staging")
+        coverage = rls.bring_rls_up_to_date(staging(), "staging")
         seen = superuser.execute("SELECT tag FROM ddl_seen").fetchall()
     finally:
         superuser.execute("DROP EVENT TRIGGER count_ddl")
@@ -72,20 +71,19 @@ def test_second_run_issues_zero_ddl(promoted_staging, superuser):
 
 
 def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted_staging, superuser):
-    from dbpromote.tasks.rls import apply_rls_policies, inspect_coverage, prove_tenant_isolation
 
     from dbpromote.postgres import connect
 
     superuser.execute("DROP POLICY tenant_isolation_core_task ON core_task")
     superuser.execute("CREATE POLICY tenant_isolation_core_task ON core_task TO django_app USING (true)")
     with connect(staging(), "staging") as conn:
-        assert inspect_coverage(conn, staging(), "staging").drift == ["core_task"]
+        assert rls.inspect_coverage(conn, staging(), "staging").drift == ["core_task"]
     with pytest.raises(VerificationError, match=r"Tenant isolation does not hold on staging: core_task \("):
-        prove_tenant_isolation.fn(staging(), "staging")
+        rls.prove_isolation(staging(), "staging")
 
-    coverage = apply_rls_policies.fn(staging(), "staging")
+    coverage = rls.bring_rls_up_to_date(staging(), "staging")
     assert {t.table: t.action for t in coverage.tables}["core_task"] == "replaced (drift)"
-    assert prove_tenant_isolation.fn(staging(), "staging").passed
+    assert rls.prove_isolation(staging(), "staging").passed
 
 
 @pytest.mark.parametrize(
@@ -101,44 +99,40 @@ def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted
     ],
 )
 def test_app_role_that_bypasses_policies_is_refused_with_the_fix(promoted_staging, superuser, grant, revoke, named):
-    from dbpromote.tasks.rls import apply_rls_policies
 
     superuser.execute(grant)
     try:
         with pytest.raises(ConfigError) as error:
-            apply_rls_policies.fn(staging(), "staging")
+            rls.bring_rls_up_to_date(staging(), "staging")
     finally:
         superuser.execute(revoke)
     assert "Tenant isolation cannot hold on staging" in str(error.value) and named in str(error.value)
 
 
 def test_view_without_security_invoker_is_reported(promoted_staging, superuser):
-    from dbpromote.tasks.rls import prove_tenant_isolation
 
     superuser.execute("CREATE VIEW open_tasks AS SELECT id, tenant_id, title FROM core_task")
     superuser.execute("CREATE VIEW safe_tasks WITH (security_invoker = true) AS SELECT id, tenant_id FROM core_task")
     try:
         with pytest.raises(VerificationError, match="view open_tasks bypasses the policies"):
-            prove_tenant_isolation.fn(staging(), "staging")
+            rls.prove_isolation(staging(), "staging")
     finally:
         superuser.execute("DROP VIEW open_tasks, safe_tasks")
 
 
 def test_force_rls_refused_when_migrations_would_see_nothing(promoted_staging, make_target):
-    from dbpromote.tasks.rls import apply_rls_policies
 
     from dbpromote.config import load_target
 
     name = make_target("staging-forced", force_rls=True)
     with pytest.raises(ConfigError, match="data migrations \\(RunPython\\) would see no rows"):
-        apply_rls_policies.fn(load_target(name), name)
+        rls.bring_rls_up_to_date(load_target(name), name)
 
 
 def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging, superuser):
     from dbpromote.flows.audit import audit_rls
-    from dbpromote.tasks.rls import apply_rls_policies
 
-    apply_rls_policies.fn(staging(), "staging")  # whatever earlier tests left, start covered
+    rls.bring_rls_up_to_date(staging(), "staging")  # whatever earlier tests left, start covered
     assert audit_rls(["staging"])[0].gaps == []
     superuser.execute("DROP POLICY tenant_isolation_core_label ON core_label")
     try:
@@ -146,9 +140,7 @@ def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging
             audit_rls(["staging"])
         assert superuser.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'core_label'").fetchone()[0] == 0
     finally:
-        from dbpromote.tasks.rls import apply_rls_policies
-
-        apply_rls_policies.fn(staging(), "staging")
+        rls.bring_rls_up_to_date(staging(), "staging")
 
 
 @pytest.mark.parametrize("tenants", [0, 1], ids=["no tenants yet", "one tenant"])
@@ -156,7 +148,6 @@ def test_a_database_with_fewer_than_two_tenants_is_proven_on_rows_of_its_own_mak
     """A new shard or region starts with no tenants: its promotion's RLS step proves isolation on synthetic rows
     of two tenants (synthetic tenants too), made and rolled back inside the proof."""
     from dbpromote.flows.environment import migrate_environment
-    from dbpromote.tasks.rls import prove_tenant_isolation
 
     from dbpromote.localstack import reset_database
     from dbpromote.postgres import connect, row_counts
@@ -170,6 +161,6 @@ def test_a_database_with_fewer_than_two_tenants_is_proven_on_rows_of_its_own_mak
     assert {proof.proven_by for proof in proofs.values()} <= {"synthetic rows", "policy"}
     with connect(staging(), "staging") as conn:
         before = row_counts(conn)
-    assert prove_tenant_isolation.fn(staging(), "staging").passed
+    assert rls.prove_isolation(staging(), "staging").passed
     with connect(staging(), "staging") as conn:
         assert row_counts(conn) == before  # nothing the proof wrote is left behind

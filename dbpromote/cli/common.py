@@ -122,8 +122,8 @@ def plan_here(project: str, target: str, to: str = ""):
     from pathlib import Path
 
     from dbpromote.config import load_project, load_target
+    from dbpromote.planning import plan_answer
     from dbpromote.probe import run_probe
-    from dbpromote.tasks.plan import plan_answer
 
     django_project, database = load_project(project), load_target(target)
     if not (Path(django_project.path) / "manage.py").is_file():

@@ -11,9 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BUILT_ON_THE_LIBRARY = ("dbpromote.tasks", "dbpromote.flows", "dbpromote.deployments")
 STILL_TO_MOVE = {
-    ("dbpromote/check.py", "dbpromote.tasks.drift"),
-    ("dbpromote/check.py", "dbpromote.tasks.plan"),
-    ("dbpromote/cli/common.py", "dbpromote.tasks.plan"),
     ("dbpromote/cli/promotion.py", "dbpromote.deployments.deploy"),
     ("dbpromote/cli/promotion.py", "dbpromote.flows.fix"),
     ("dbpromote/cli/promotion.py", "dbpromote.flows.promote"),
