@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.backup import backup_to_gcs
-from dbpromote.tasks.fix import BeforeImages, apply_fix, dry_run_fix, undo_fix
+from dbpromote.tasks.fix import apply_fix, dry_run_fix, undo_fix
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.verify import run_verify_scripts
 from prefect import flow, get_run_logger
@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
 from dbpromote.errors import ConfigError, FixError, VerificationError
+from dbpromote.fixes import BeforeImages
 from dbpromote.models.approval import fix_request, undo_request
 from dbpromote.models.fix import BatchedStatement, FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.notify import notify_failure

@@ -1,191 +1,19 @@
-"""Migrate: apply one migration in the project's interpreter, under lock_timeout, retried while locks are busy."""
-
-from __future__ import annotations
-
-import itertools
-import random
-import time
+"""Migrate as a task: exactly one migration, its run named after it (the work in dbpromote/migrate.py)."""
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 
-from dbpromote import concurrent
+from dbpromote import migrate
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import MigrationError, redact
-from dbpromote.events import target_resource
-from dbpromote.exclusion import migration_running
 from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
-from dbpromote.postgres import connect
-from dbpromote.probe import ProbeSession, StepAnswer
-from dbpromote.watch import Impact, Watcher, strongest
-
-# Every attempt that waits for a lock stalls the application for up to lock_timeout: its queries queue behind the
-# waiting DDL. Sleeping at least three lock_timeouts before the next attempt keeps it running 3/4 of the time
-# (benchmarks/lock_stall.py; 2 s lock_timeout: stall 50% of a 20 s blocker with a 0.25 s first step, 20-30% now).
-STALL_BACKOFF_FACTOR = 3
-FIRST_BACKOFF_S = 0.25
-MAX_BACKOFF_S = 4.0
+from dbpromote.probe import ProbeSession
 
 
-class LockBackoff:
-    """The waits between attempts at a step whose locks were not granted: from STALL_BACKOFF_FACTOR lock_timeouts,
-    doubling up to a bound, with jitter (so that two waiting runs do not retry in step), until the target's
-    max_lock_wait_s would be passed."""
-
-    def __init__(self, target: DatabaseTarget):
-        self.deadline = time.monotonic() + target.max_lock_wait_s
-        self.backoff = max(FIRST_BACKOFF_S, STALL_BACKOFF_FACTOR * target.lock_timeout_ms / 1000)
-        self.longest = max(MAX_BACKOFF_S, 2 * self.backoff)
-
-    def next(self) -> float | None:
-        """Seconds to sleep before the next attempt; None once the bound would be passed."""
-        sleep = self.backoff * random.uniform(0.75, 1.25)
-        if time.monotonic() + sleep > self.deadline:
-            return None
-        self.backoff = min(self.backoff * 2, self.longest)
-        return sleep
-
-
-@task(
-    name="apply-migration",
-    task_run_name="{migration.label}{migration.direction}",
-    cache_policy=NO_CACHE,
-)
+@task(name="apply-migration", task_run_name="{migration.label}{migration.direction}", cache_policy=NO_CACHE)
 def apply_migration(
     probe: ProbeSession, target: DatabaseTarget, target_name: str, migration: PlannedMigration
 ) -> MigrationResult:
-    """Apply exactly one migration; retry with backoff and jitter while its locks are not granted, within a bound.
-
-    Not retried by Prefect: an atomic migration that failed rolled back and is retried here only when the
-    failure was a lock wait or a deadlock; a non-atomic one may have applied part of its operations.
-    """
-    logger = get_run_logger()
-    backoff = LockBackoff(target)
-    started = time.monotonic()
-    for attempt in itertools.count(1):
-        wait_for_long_transactions(target, target_name)
-        watching = Watcher(target, target_name, probe.application_name, migration.atomic, probe.stop_between_statements)
-        lock_timeout_ms = target.concurrent_lock_timeout_ms if concurrent.is_concurrent(migration) else 0
-        with migration_running(target, target_name, wait_s=target.max_lock_wait_s), watching:
-            outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
-        impact = watching.impact
-        if isinstance(outcome, StepAnswer):
-            emit_event(
-                event="dbpromote.migration.applied",
-                resource=target_resource(target_name),
-                payload={"migration": migration.label, "attempts": attempt, **impact.model_dump()},
-            )
-            return MigrationResult(
-                label=migration.label,
-                duration_s=round(time.monotonic() - started, 3),
-                attempts=attempt,
-                already_applied=outcome.already_applied,
-                strongest_lock=strongest(impact.strongest_lock, outcome.strongest_lock),
-                lock_held_s=outcome.lock_held_s,
-                **impact.model_dump(include={"longest_app_wait_s", "sessions_blocked"}),
-            )
-        message = redact(outcome.message or "unknown error", target.url.get_secret_value())
-        if impact.cancelled:
-            raise cancelled(migration, target, target_name, impact, message)
-        if not migration.atomic:
-            sleep = after_a_partial_failure(migration, target, target_name, outcome.reason, message, backoff)
-        elif outcome.reason != "lock":
-            raise MigrationError(f"{migration.label} failed on {target_name} and was rolled back ({message}).")
-        elif (sleep := backoff.next()) is None:
-            raise MigrationError(
-                f"{migration.label} could not get its locks on {target_name} in {attempt} attempts over "
-                f"{target.max_lock_wait_s:.0f} s ({message}); it was rolled back: find the session holding "
-                "the lock (pg_locks, pg_stat_activity) and run again."
-            )
-        logger.warning(
-            "%s on %s (attempt %d): %s; retrying in %.2f s", migration.label, target_name, attempt, message, sleep
-        )
-        time.sleep(sleep)
-
-
-def cancelled(
-    migration: PlannedMigration, target: DatabaseTarget, target_name: str, impact: Impact, message: str
-) -> MigrationError:
-    """The watcher stopped it: an event, and the sentence that says what the application went through and what of
-    the migration is applied (nothing, when it is atomic; the statements before the stop, when not)."""
-    emit_event(
-        event="dbpromote.migration.cancelled",
-        resource=target_resource(target_name),
-        payload={"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
-    )
-    waited = (
-        f"{impact.sessions_blocked} application session(s) waited behind it, the longest "
-        f"{impact.longest_app_wait_s:.1f} s (max_app_wait_s {target.max_app_wait_s:g} s)"
-    )
-    if not migration.atomic:
-        applied = message.partition("applied: ")[2] or f"unknown ({message})"
-        return MigrationError(
-            f"{migration.label} is not atomic and was stopped between statements on {target_name}: it held "
-            f"{impact.strongest_lock or 'its locks'} and {waited}; applied before the stop: {applied}; the rest "
-            "was not run and the migration is not recorded as applied: finish it by hand in a maintenance window "
-            "and record it with `dbpromote reconcile`, or undo those statements and run it again in a window."
-        )
-    return MigrationError(
-        f"{migration.label} was cancelled on {target_name}: it held {impact.strongest_lock} on "
-        f"{', '.join(impact.tables) or 'its tables'} and {waited}; it was rolled back, nothing of it is applied: "
-        "run it in a maintenance window, or split it (add the column nullable, backfill in batches, constrain it in "
-        "a later release)."
-    )
-
-
-def after_a_partial_failure(
-    migration: PlannedMigration,
-    target: DatabaseTarget,
-    target_name: str,
-    reason: str,
-    message: str,
-    backoff: LockBackoff,
-) -> float:
-    """A non-atomic migration failed: the seconds to wait before running it again when it only builds indexes
-    concurrently, its build was cancelled waiting for a lock and nothing of it is left (the INVALID indexes it left
-    dropped); otherwise the MigrationError that says what may be applied."""
-    dropped = concurrent.drop_invalid(target, target_name, migration) if concurrent.is_concurrent(migration) else []
-    if dropped and reason == "lock" and concurrent.only_builds_indexes(migration):
-        if not concurrent.existing(target, target_name, concurrent.indexes_built(migration)):
-            if (sleep := backoff.next()) is not None:
-                return sleep
-    left = f"; the INVALID indexes it left were dropped: {', '.join(dropped)}" if dropped else ""
-    raise MigrationError(
-        f"{migration.label} is not atomic and failed part-way on {target_name} ({message}{left}); operations "
-        "before the failing one may have been applied and it is not recorded as applied: inspect it "
-        "(e.g. an INVALID index left by CREATE INDEX CONCURRENTLY), repair, then run again."
-    )
-
-
-def wait_for_long_transactions(target: DatabaseTarget, target_name: str) -> None:
-    """Wait (bounded) until no transaction on the database is older than target.long_transaction_s.
-
-    DDL queued behind a long transaction blocks every query queued behind the DDL.
-    """
-    deadline = time.monotonic() + target.long_transaction_wait_s
-    with connect(target, target_name, autocommit=True) as conn:
-        while True:
-            rows = conn.execute(
-                """
-                SELECT pid, round(extract(epoch FROM now() - xact_start))::int, query_start, left(query, 80)
-                FROM pg_stat_activity
-                WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
-                  AND now() - xact_start > make_interval(secs => %s)
-                ORDER BY xact_start
-                """,
-                [target.long_transaction_s],
-            ).fetchall()
-            if not rows:
-                return
-            if time.monotonic() > deadline:
-                named = "; ".join(
-                    f"pid {pid}, {age} s old, query started {start:%H:%M:%S}: {query!r}"
-                    for pid, age, start, query in rows
-                )
-                raise MigrationError(
-                    f"Long-running transactions on {target_name} would queue the migration's locks ({named}); "
-                    "nothing more was migrated: end them (pg_terminate_backend) or run when they are done."
-                )
-            time.sleep(1)
+    """Apply exactly one migration, retried while its locks are busy. Not retried by Prefect: a failed migration
+    rolled back, or (not atomic) may have applied part of its operations."""
+    return migrate.apply_migration(probe, target, target_name, migration, warn=get_run_logger().warning)

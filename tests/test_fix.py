@@ -31,15 +31,15 @@ def tenants(stack, server: str) -> list[str]:
 
 def test_a_dry_run_changes_nothing_and_counts_what_the_fix_then_changes_and_undo_puts_it_back(promoted):
     from dbpromote.flows.fix import fix_undo
-    from dbpromote.tasks.fix import dry_run_fix
 
     from dbpromote.config import load_project, load_target
+    from dbpromote.fixes import dry_run_fix
     from dbpromote.models.fix import FixScript
 
     stack = promoted
     before = tenant_table_checksums(stack, "staging")
     script = FixScript(name="upper.sql", source=SCRIPT)
-    dry = dry_run_fix.fn(load_target("staging"), "staging", script, [], load_project("tenant-backend"))
+    dry = dry_run_fix(load_target("staging"), "staging", script, [], load_project("tenant-backend"))
     assert tenant_table_checksums(stack, "staging") == before
     assert sorted(t.counts() for t in dry.tables) == [("public.core_task", 0, 7, 0), ("public.core_tasklabel", 0, 0, 3)]
     assert len(dry.tables[0].sample_keys) == 5

@@ -298,7 +298,7 @@ class ProbeFailure(Exception):
 class ProbeTransaction:
     """One transaction on the project's own connection, in its interpreter, for a Python fix script: the worker
     sends the SQL it would run on its own connection (`execute`), asks for the script (`run_python`) and ends it
-    (`commit` / `rollback`); used like a psycopg connection by tasks/fix.py."""
+    (`commit` / `rollback`); used like a psycopg connection by dbpromote/fixes.py."""
 
     def __init__(self, project: DjangoProject, target: DatabaseTarget, source: str):
         self.script = tempfile.NamedTemporaryFile("w", suffix=".py", prefix="dbpromote-fix-")  # noqa: SIM115

@@ -798,7 +798,7 @@ def on_database(connection, entry: dict | None, work):
 
 
 def fix_session(args, out) -> int:
-    """One transaction on the project's own connection, driven by the worker line by line (tasks/fix.py drives
+    """One transaction on the project's own connection, driven by the worker line by line (dbpromote/fixes.py drives
     the same steps over its own connection for an SQL script): {"sql", "params"} runs a statement and answers its
     rows; {"run": true} runs the Python fix script (Django set up, the ORM inside this transaction); {"end":
     "commit" | "rollback"} ends it. A failure is answered and ends the session, rolled back."""
