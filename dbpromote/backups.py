@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from dbpromote.backup_stream import ANSWER as STREAM_ANSWER
 from dbpromote.backup_stream import Progress, Streamed, StreamFailed, StreamRequest
 from dbpromote.config import DatabaseTarget
 from dbpromote.dumps import Readback, RestoreFeed
-from dbpromote.errors import BackupError, RestoreError, redact
+from dbpromote.errors import BackupError, PreflightError, RestoreError, redact
 from dbpromote.exclusion import backup_running
 from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.lifeline import PARENT_PID
@@ -52,6 +53,35 @@ def exported_snapshot(target: DatabaseTarget, target_name: str) -> Iterator[tupl
         conn.read_only = True
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         yield conn, snapshot
+
+
+def check_bucket(target: DatabaseTarget, target_name: str) -> None:
+    """The target's backup bucket exists and accepts writes (an object written and deleted), or the sentence that
+    says which credentials, bucket or permission to fix."""
+    client = gcs_client(target.gcp_credentials)
+    try:
+        bucket = client.lookup_bucket(target.bucket, retry=gcs_retry())
+    except gcs_errors.GoogleAPIError as error:
+        raise PreflightError(
+            f"The backup bucket {target.bucket!r} of target {target_name!r} cannot be read ({error}); "
+            "check the credentials and the GCS endpoint.",
+            transient=True,
+        ) from None
+    if bucket is None:
+        raise PreflightError(
+            f"The backup bucket {target.bucket!r} of target {target_name!r} does not exist; create it "
+            f"or set another with `dbpromote target add {target_name} --bucket NAME`."
+        )
+    probe = bucket.blob(f"{target.prefix}/.dbpromote-write-check-{uuid.uuid4().hex}")
+    try:
+        probe.upload_from_string(b"", retry=gcs_retry())
+        probe.delete(retry=gcs_retry())
+    except gcs_errors.GoogleAPIError as error:
+        raise PreflightError(
+            f"The backup bucket {target.bucket!r} of target {target_name!r} refuses writes ({error}); "
+            "grant the worker's service account objectCreator and objectViewer on it.",
+            transient=True,
+        ) from None
 
 
 def take_backup(target: DatabaseTarget, target_name: str, run_id: str, read_back: bool = False) -> Backup:

@@ -8,12 +8,9 @@ import random
 import time
 from collections.abc import Callable
 
-from prefect.events import emit_event
-
-from dbpromote import concurrent
+from dbpromote import concurrent, events
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import MigrationError, redact
-from dbpromote.events import target_resource
 from dbpromote.exclusion import migration_running
 from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
@@ -68,10 +65,10 @@ def apply_migration(
             outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
         impact = watching.impact
         if isinstance(outcome, StepAnswer):
-            emit_event(
-                event="dbpromote.migration.applied",
-                resource=target_resource(target_name),
-                payload={"migration": migration.label, "attempts": attempt, **impact.model_dump()},
+            events.emit(
+                "dbpromote.migration.applied",
+                target_name,
+                {"migration": migration.label, "attempts": attempt, **impact.model_dump()},
             )
             return MigrationResult(
                 label=migration.label,
@@ -104,10 +101,10 @@ def cancelled(
 ) -> MigrationError:
     """The watcher stopped it: an event, and the sentence that says what the application went through and what of
     the migration is applied (nothing, when it is atomic; the statements before the stop, when not)."""
-    emit_event(
-        event="dbpromote.migration.cancelled",
-        resource=target_resource(target_name),
-        payload={"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
+    events.emit(
+        "dbpromote.migration.cancelled",
+        target_name,
+        {"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
     )
     waited = (
         f"{impact.sessions_blocked} application session(s) waited behind it, the longest "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.preflight import check_bucket, check_database
-from dbpromote.tasks.retention import apply_retention, check_retention
+from dbpromote.tasks.retention import apply_retention
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from dbpromote.config import load_target
 from dbpromote.models.backup import Backup, Retained
 from dbpromote.notify import notify_failure
+from dbpromote.retention import check_retention
 
 
 @flow(name="backup", on_failure=[notify_failure], flow_run_name="backup {targets}")

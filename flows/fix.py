@@ -7,7 +7,6 @@ from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_a
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.fix import apply_fix, dry_run_fix, undo_fix
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
-from dbpromote.tasks.verify import run_verify_scripts
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -19,6 +18,7 @@ from dbpromote.models.approval import fix_request, undo_request
 from dbpromote.models.fix import BatchedStatement, FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.notify import notify_failure
 from dbpromote.records import read_records, write_record
+from dbpromote.verification import run_verify_scripts
 
 
 @flow(name="fix", on_failure=[notify_failure], flow_run_name="fix {script_name} through {through}")

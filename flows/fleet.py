@@ -15,7 +15,7 @@ from uuid import UUID
 
 from dbpromote.flows.environment import migrate_target, server_limit
 from dbpromote.tasks.approval import record_approval, wait_for_approval
-from dbpromote.tasks.journal import read_target_journal, record_kept, record_step
+from dbpromote.tasks.journal import record_kept, record_step
 from dbpromote.tasks.window import wait_for_window
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -36,6 +36,7 @@ from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, TargetGroup, load_project, load_target, resolved_once
 from dbpromote.errors import MigrationError
+from dbpromote.journal import read_target_journal
 from dbpromote.models.approval import Approval, promotion_request
 from dbpromote.models.fleet import MemberOutcome, Share, lanes, waves
 from dbpromote.models.journal import Journal

@@ -9,17 +9,15 @@ from datetime import UTC, datetime
 
 from prefect import get_run_logger, pause_flow_run, suspend_flow_run
 from prefect.context import FlowRunContext
-from prefect.events import emit_event
 from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
 from prefect.input.run_input import keyset_from_base_key
 from prefect.runtime import flow_run
 
-from dbpromote import waits
+from dbpromote import events, waits
 from dbpromote.approvers import is_enrolled
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ApprovalRejected, DeployNotConfirmed
-from dbpromote.events import target_resource
 from dbpromote.models.approval import (
     Answerers,
     Approval,
@@ -157,10 +155,10 @@ def wait_for_deploy(project: str, target: str, plan: Plan, done: list[str], time
             f"dbpromote: {target} waits for the app deploy", f"{project} plan {plan.hash}: {run_url(flow_run.get_id())}"
         )
     form = DeployForm.with_initial_data(description=describe_deploy_wait(project, target, plan, done))
-    emit_event(
-        event="dbpromote.deploy.waiting",
-        resource=target_resource(target),
-        payload={"project": project, "plan": plan.hash, "before_deploy": done},
+    events.emit(
+        "dbpromote.deploy.waiting",
+        target,
+        {"project": project, "plan": plan.hash, "before_deploy": done},
     )
     try:
         if suspendable():

@@ -10,14 +10,12 @@ from datetime import UTC, datetime
 from dbpromote.tasks.approval import suspendable
 from prefect import get_run_logger, suspend_flow_run
 from prefect.deployments import run_deployment
-from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from dbpromote import waits
+from dbpromote import events, waits
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import ConfigError, PreflightError
-from dbpromote.events import target_resource
 from dbpromote.models.approval import THE_WINDOW, WindowForm, WindowRun, describe_window_wait
 from dbpromote.models.plan import Plan
 from dbpromote.notify import notify, run_url
@@ -80,10 +78,10 @@ def _suspend_until(project: str, target: str, plan: Plan, need: WindowNeed, open
     key = window_key(target, plan, opening)
     when = opening.describe()
     get_run_logger().info("%s waits for its window starting %s: %s", target, when, "; ".join(need.reasons))
-    emit_event(
-        event="dbpromote.window.waiting",
-        resource=target_resource(target),
-        payload={"project": project, "plan": plan.hash, "window": opening.window, "opens": opening.opens.isoformat()},
+    events.emit(
+        "dbpromote.window.waiting",
+        target,
+        {"project": project, "plan": plan.hash, "window": opening.window, "opens": opening.opens.isoformat()},
     )
     if not suspendable():
         time.sleep(max(0.0, (opening.opens - datetime.now(UTC)).total_seconds()))

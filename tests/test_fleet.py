@@ -247,9 +247,8 @@ def test_members_run_in_their_shared_window_and_members_with_different_windows_a
     """Issue 33.3 for a group: every migration of the release held a lock on staging (bound 0 s), so each shard
     needs a window. A group goes as one: one shard with another window is refused at the terminal before anything
     runs; with one window for all, open now, the group runs in it and each member's journal says so."""
-    from dbpromote.tasks.journal import read_target_journal
-
     from dbpromote.config import load_target
+    from dbpromote.journal import read_target_journal
 
     stack, shards = fleet
     open_now = "* 00:00:00-23:59:59 UTC"

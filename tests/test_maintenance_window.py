@@ -42,9 +42,8 @@ def waits_for_its_window(run_id: str):
 
 
 def window_record(run_id: str):
-    from dbpromote.tasks.journal import read_target_journal
-
     from dbpromote.config import load_target
+    from dbpromote.journal import read_target_journal
 
     return read_target_journal(load_target("production"), "production", run_id).window
 

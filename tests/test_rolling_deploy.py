@@ -333,9 +333,8 @@ def test_a_promotion_waits_for_the_app_deploy_between_its_phases_on_staging_and_
     assert applied(stack, "production") == applied(stack, "staging") == ["core.0001_initial", *RELEASE]
     assert not [r for r in pending_approvals() if str(r.id) == run_id]
 
-    from dbpromote.tasks.journal import read_target_journal
-
     from dbpromote.config import load_target
+    from dbpromote.journal import read_target_journal
 
     deploys = {t: read_target_journal(load_target(t), t, run_id).deployed for t in ("staging", "production")}
     assert (deploys["staging"].deployed_by, deploys["staging"].release) == ("carol", "v2.0.0")
@@ -357,10 +356,9 @@ def test_the_deploy_wait_outlives_its_worker_and_a_crash_in_the_after_deploy_pha
     """Production deployed rolling (staging deploys itself: --no-deploy-wait-on-staging). The deploy wait holds
     no process, so the machine may die then; the deploy is confirmed, and the new process is SIGKILLed while the
     after-deploy phase waits for a lock; `dbpromote resume` carries it on without asking for the deploy again."""
-    from dbpromote.tasks.journal import read_target_journal
-
     from dbpromote.backups import list_backups
     from dbpromote.config import load_target
+    from dbpromote.journal import read_target_journal
 
     stack = rolling
     before = {b.object_name for b in list_backups(load_target("production"), "production")}

@@ -3,9 +3,9 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dbpromote.tasks.retention import check_retention, is_abandoned, retention_decisions
 
 from dbpromote.errors import ConfigError
+from dbpromote.retention import check_retention, is_abandoned, retention_decisions
 from tests.harness import a_backup
 
 NOW = datetime(2026, 6, 30, tzinfo=UTC)
