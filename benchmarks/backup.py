@@ -6,8 +6,9 @@ that compression is CPU-bound as on real data (defaults: about 1.1 GB); `--tenan
 instead, whose text compresses far better than real data. Each round, in turn:
 
 - bare `pg_dump -Fc` (the baseline) and bare `pg_dump -Fc -Z0` (the limit: the dump alone);
-- our task alone (backup_to_gcs: dump, zstd, pg_restore reading the bytes as they go up, the upload, the stored
-  checksum compared), into the GCS emulator and into a linear-cost sink (benchmarks/gcs_sink.py);
+- our task alone (its work, dbpromote.backups.take_backup: dump, zstd, pg_restore reading the bytes as they go
+  up, the upload, the stored checksum compared), into the GCS emulator and into a linear-cost sink
+  (benchmarks/gcs_sink.py);
 - `dbpromote backup TARGET --wait` as a user types it (trigger, worker, flow process, the task, the CLI noticing
   the end), into the emulator and, with the backup deployment's job variables pointing its runs at the sink, into
   the sink.
@@ -128,9 +129,7 @@ def main() -> None:
     else:
         url, size = seed_random_text(args.scale, args.text_mb, args.keep)
 
-    from dbpromote.tasks.backup import backup_to_gcs
-
-    from dbpromote.backups import delete_backup, list_backups
+    from dbpromote.backups import delete_backup, list_backups, take_backup
     from dbpromote.config import DatabaseTarget
     from dbpromote.gcs import gcs_client
     from dbpromote.postgres import libpq_env
@@ -144,7 +143,7 @@ def main() -> None:
         os.environ["STORAGE_EMULATOR_HOST"] = endpoint
         try:
             started = time.monotonic()
-            backup = backup_to_gcs.fn(target, TARGET)
+            backup = take_backup(target, TARGET, run_id="")
             seconds = time.monotonic() - started
             delete_backup(gcs_client().bucket(local_stack.BUCKET), backup.object_name)
             return seconds

@@ -91,7 +91,7 @@ def install_crash_detection(api_url: str) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     flow_runs = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
-    # Suspended: waiting for an approval, the run has left its process on purpose (tasks/approval.py).
+    # Suspended: waiting for an approval, the run has left its process on purpose (dbpromote/waits.py).
     ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")}
     # Any sign of life starts the watch and renews it: a heartbeat (Prefect's own recipe watches only these), and
     # Pending and Running. With heartbeats alone, a run resumed from Suspended was never watched again if its

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.drift import check_drift, fake_apply
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_not_held
@@ -16,6 +15,7 @@ from dbpromote.models.plan import parse_target_migration
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.reporting import publish_drift
+from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
 
 @flow(name="drift", on_failure=[notify_failure], flow_run_name="drift of {target}")

@@ -3,7 +3,6 @@ verify after, on each target. And its undo."""
 
 from __future__ import annotations
 
-from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.fix import apply_fix, dry_run_fix, undo_fix
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
@@ -19,6 +18,7 @@ from dbpromote.models.fix import BatchedStatement, FixRun, FixScript, RowBounds,
 from dbpromote.notify import notify_failure
 from dbpromote.records import read_records, write_record
 from dbpromote.verification import run_verify_scripts
+from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
 
 @flow(name="fix", on_failure=[notify_failure], flow_run_name="fix {script_name} through {through}")

@@ -14,9 +14,7 @@ from typing import NamedTuple
 from uuid import UUID
 
 from dbpromote.flows.environment import migrate_target, server_limit
-from dbpromote.tasks.approval import record_approval, wait_for_approval
 from dbpromote.tasks.journal import record_kept, record_step
-from dbpromote.tasks.window import wait_for_window
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -44,6 +42,7 @@ from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
+from dbpromote.waits import record_approval, wait_for_approval, wait_for_window
 from dbpromote.windows import Measured, WindowNeed, when_it_runs
 
 LANE_DEPLOYMENT = "migrate-lane/migrate-lane"

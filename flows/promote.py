@@ -9,16 +9,8 @@ from dbpromote.flows.drift import preflight_drift
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.fleet import GroupStep
 from dbpromote.flows.rehearsal import rehearse_plan
-from dbpromote.tasks.approval import (
-    ANSWER_POLL_S,
-    APPROVAL_TIMEOUT_S,
-    record_approval,
-    wait_for_approval,
-    wait_for_deploy,
-)
 from dbpromote.tasks.journal import open_journal, record_kept, record_step
 from dbpromote.tasks.preflight import check_not_held
-from dbpromote.tasks.window import wait_for_window
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -32,6 +24,14 @@ from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
+from dbpromote.waits import (
+    ANSWER_POLL_S,
+    APPROVAL_TIMEOUT_S,
+    record_approval,
+    wait_for_approval,
+    wait_for_deploy,
+    wait_for_window,
+)
 from dbpromote.windows import Measured, when_it_runs
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.restore import drop_restored, restore_into_new_database, swap_in
 from prefect import flow
@@ -17,6 +16,7 @@ from dbpromote.models.backup import Restored
 from dbpromote.notify import notify_failure
 from dbpromote.records import write_record
 from dbpromote.restores import restored_by_this_run, scratch_name
+from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
 
 @flow(name="restore", on_failure=[notify_failure], flow_run_name="restore {target}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dbpromote.flows.environment import carry_out
-from dbpromote.tasks.approval import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 from dbpromote.tasks.plan import plan_rollback
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.verify import verify_state
@@ -18,6 +17,7 @@ from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.records import newest_promotion_backup, read_records, write_record
+from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
 
 @flow(name="rollback", on_failure=[notify_failure], flow_run_name="roll back {target}")

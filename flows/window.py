@@ -12,7 +12,7 @@ from dbpromote.models.approval import THE_WINDOW
 @flow(name="open-window", flow_run_name="open the window {window} of {target}")
 def open_window(flow_run_id: str, key: str, target: str, window: str) -> str:
     """Resume the run suspended for this window's opening (`key`), if it still waits there: a person may have run
-    it already, or cancelled it. Scheduled by the waiting run itself (tasks/window.py)."""
+    it already, or cancelled it. Scheduled by the waiting run itself (dbpromote/waits.py)."""
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(flow_run_id))
         waiting = run.state is not None and run.state.is_paused() and run.state.state_details.pause_key == key

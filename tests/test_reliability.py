@@ -20,9 +20,7 @@ FULL = os.environ.get("DBPROMOTE_FULL_HARNESS") == "1"
 
 
 def test_gcs_faults_at_a_tenth_of_uploads_never_leave_a_partial_backup_listed(fresh_databases, monkeypatch):
-    from dbpromote.tasks.backup import backup_to_gcs
-
-    from dbpromote.backups import list_backups
+    from dbpromote.backups import list_backups, take_backup
     from dbpromote.config import load_target
     from dbpromote.gcs import gcs_client
 
@@ -37,7 +35,7 @@ def test_gcs_faults_at_a_tenth_of_uploads_never_leave_a_partial_backup_listed(fr
     try:
         for _ in range(rounds):
             try:
-                completed.append(backup_to_gcs.fn(target, "staging").object_name)
+                completed.append(take_backup(target, "staging", run_id="").object_name)
             except BackupError as error:
                 failed.append(str(error))
     finally:

@@ -8,8 +8,9 @@ from tests.harness import RELEASE, PromotionInBackground, applied, cli
 
 def test_a_target_held_by_an_unfinished_run_is_refused_until_that_run_is_cancelled(fresh_databases):
     from dbpromote.flows.promote import promote
-    from dbpromote.tasks.preflight import check_not_held
     from prefect import get_client
+
+    from dbpromote.runs import refuse_if_held
 
     waiting = PromotionInBackground()
     run = waiting.paused_run()
@@ -31,7 +32,7 @@ def test_a_target_held_by_an_unfinished_run_is_refused_until_that_run_is_cancell
     assert state.is_cancelled() and state.message == "cancelled: superseded by the hotfix release"
     assert str(run.id) not in cli("runs").stdout and str(run.id) not in cli("pending").stdout
     assert str(run.id) in cli("runs", "--all").stdout
-    check_not_held.fn(["production"])  # free again
+    refuse_if_held(["production"])  # free again
     assert applied(fresh_databases, "staging") == ["core.0001_initial", *RELEASE]  # what the first run did stays
     assert applied(fresh_databases, "production") == ["core.0001_initial"]
 

@@ -49,3 +49,59 @@ def test_the_benchmarks_import_no_tests():
         if any(module == "tests" or module.startswith("tests.") for module in imported(path))
     }
     assert found == set()
+
+
+# A task's body: the call into the library, and at most its report (an artifact, an event) and the return.
+TASK_STATEMENTS = 3
+
+
+def tasks_of(path: Path) -> list[ast.FunctionDef]:
+    """The functions of a module decorated with Prefect's @task (bare or called)."""
+    return [
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+        and any(
+            (decorator.func if isinstance(decorator, ast.Call) else decorator).id == "task"
+            for decorator in node.decorator_list
+            if isinstance(decorator.func if isinstance(decorator, ast.Call) else decorator, ast.Name)
+        )
+    ]
+
+
+def test_every_task_is_a_thin_wrapper_around_the_library():
+    """No SQL and no logic in tasks/: a task names its step, its retries and cache policy, and calls the library."""
+    too_long, with_sql = [], []
+    for path in sorted((ROOT / "tasks").glob("*.py")):
+        for step in tasks_of(path):
+            body = step.body[1:] if ast.get_docstring(step) else step.body
+            if len(body) > TASK_STATEMENTS:
+                too_long.append(f"{path.name}:{step.name} ({len(body)} statements)")
+        if {"psycopg", "psycopg.sql"} & imported(path):
+            with_sql.append(path.name)
+    assert too_long == [] and with_sql == []
+    assert all(tasks_of(path) for path in (ROOT / "tasks").glob("*.py") if path.name != "__init__.py"), (
+        "a module of tasks/ without a task: its functions belong to the library"
+    )
+
+
+def test_nothing_calls_a_tasks_function_past_prefect():
+    """`task.fn(...)` runs a task's body outside any run: call the library's function instead."""
+    found = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.is_relative_to(ROOT / ".venv"):
+            continue
+        tree = ast.parse(path.read_text())
+        names = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dbpromote.tasks")
+            for alias in node.names
+        }
+        found += [
+            f"{path.relative_to(ROOT)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr == "fn"
+            and isinstance(node.value, ast.Name) and node.value.id in names
+        ]  # fmt: skip
+    assert found == []
