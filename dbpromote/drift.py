@@ -15,7 +15,7 @@ from psycopg import sql
 from dbpromote import catalog, replays, rls
 from dbpromote.catalog import Naming, Snapshot, compare, snapshot
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import ConfigError
+from dbpromote.errors import ConfigError, PreflightError
 from dbpromote.models.drift import Difference, DriftReport
 from dbpromote.planning import check_conflicts, plan_answer
 from dbpromote.postgres import connect, server_connection
@@ -208,3 +208,20 @@ def fake_apply(project: DjangoProject, target: DatabaseTarget, target_name: str,
     if not isinstance(answer, StepAnswer):
         raise ConfigError(f"{label} could not be recorded as applied on {target_name} ({answer.message}).")
     record_migration_files(target, target_name, str(flow_run.get_id() or ""), {label: file_hash}, reconciled=True)
+
+
+def check_next(pending: list[str], applied: list[str], label: str, target: str) -> None:
+    """A PreflightError unless `label` is the next migration to apply on the target (its pending ones in order,
+    and those applied), saying which it is instead: applied already, not the project's, or not the next."""
+    if label in applied:
+        raise PreflightError(f"{label} is already applied on {target}; there is nothing to reconcile.")
+    if label not in pending:
+        raise PreflightError(
+            f"{label} is not a migration of the project (none of its files is that); name the migration whose effect "
+            "was applied by hand as APP:NAME, e.g. --migration core:0002_featureflag."
+        )
+    if pending[0] != label:
+        raise PreflightError(
+            f"{label} is not the next migration to apply on {target} (next: {pending[0]}); reconcile the next one "
+            "first, or let a promotion apply it."
+        )

@@ -21,14 +21,15 @@ import zstandard
 from psycopg import sql
 from pydantic import BaseModel
 
-from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import FixError, MigrationError
+from dbpromote.config import DatabaseTarget, DjangoProject, load_target
+from dbpromote.errors import ConfigError, FixError, MigrationError
 from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.migrate import LockBackoff
 from dbpromote.models.fix import SAMPLE_KEYS, BatchedStatement, FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.postgres import connect
 from dbpromote.probe import ProbeFailure, ProbeTransaction
 from dbpromote.probe.protocol import LOCK_SQLSTATES
+from dbpromote.records import read_records
 
 CHANGES = sql.Identifier("pg_temp", "dbpromote_fix_changes")
 CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
@@ -488,3 +489,44 @@ def put_back_rows(conn: psycopg.Connection, target_name: str, rows: list[dict]) 
         )
     conn.commit()
     return len(rows)
+
+
+def check_fix_input(
+    through: list[str], script: FixScript, batch_size: int, expect_rows: str = "", tenants: list[str] | None = None
+) -> None:
+    """Refuse, before anything runs, a fix that cannot be run as asked: one sentence naming the fix."""
+    unbounded = script.unbounded() if not expect_rows and not tenants else []
+    if unbounded:
+        raise ConfigError(
+            f"{script.name} changes every row of {', '.join(unbounded)} (an UPDATE or DELETE without WHERE), for no "
+            "tenant and with no bound; say how many rows it may change on each target with --expect-rows MIN..MAX "
+            "(e.g. --expect-rows 1..500), or add a WHERE."
+        )
+    if batch_size and script.python:
+        raise ConfigError(
+            f"--batch-size runs one SQL UPDATE or DELETE in batches, and {script.name} is Python; batch it in the "
+            "script itself, or run it without --batch-size."
+        )
+    if batch_size:
+        BatchedStatement(script.source, batch_size)
+    if not through:
+        raise ConfigError(
+            "No environments given; pass them in order, staging first, e.g. --through staging,production."
+        )
+    if load_target(through[0]).requires_approval:
+        raise ConfigError(
+            f"{through[0]} requires approval, so it cannot come first: a fix runs on a staging target first; put one "
+            f"first, e.g. --through staging,{through[0]}."
+        )
+
+
+def fix_to_undo(database: DatabaseTarget, target: str, fix_run: str) -> dict:
+    """The record of the fix run on the target, with the before-images an undo puts back; checked by the CLI too,
+    so a wrong id is refused before any run is created."""
+    found = [r for r in read_records(database, target, "fixes") if r["flow_run_id"] == fix_run]
+    if not found or not found[0].get("before_images"):
+        raise ConfigError(
+            f"No fix run {fix_run} with before-images is recorded on {target}; `dbpromote journal {target}` lists "
+            "the fixes made there."
+        )
+    return found[0]

@@ -8,6 +8,7 @@ from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
 
 from dbpromote.config import load_project, load_target
+from dbpromote.drift import check_next
 from dbpromote.errors import ConfigError, PreflightError, VerificationError
 from dbpromote.models.approval import reconcile_request
 from dbpromote.models.drift import DriftReport
@@ -54,23 +55,6 @@ def preflight_drift(project: str, target: str, probe: ProbeSession | None = None
             "--drift warn`."
         )
     return report.status()
-
-
-def check_next(pending: list[str], applied: list[str], label: str, target: str) -> None:
-    """A PreflightError unless `label` is the next migration to apply on the target (its pending ones in order,
-    and those applied), saying which it is instead: applied already, not the project's, or not the next."""
-    if label in applied:
-        raise PreflightError(f"{label} is already applied on {target}; there is nothing to reconcile.")
-    if label not in pending:
-        raise PreflightError(
-            f"{label} is not a migration of the project (none of its files is that); name the migration whose effect "
-            "was applied by hand as APP:NAME, e.g. --migration core:0002_featureflag."
-        )
-    if pending[0] != label:
-        raise PreflightError(
-            f"{label} is not the next migration to apply on {target} (next: {pending[0]}); reconcile the next one "
-            "first, or let a promotion apply it."
-        )
 
 
 @flow(name="reconcile", on_failure=[notify_failure], flow_run_name="reconcile {migration} on {target}")

@@ -11,10 +11,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
-from dbpromote.errors import ConfigError, FixError, VerificationError
-from dbpromote.fixes import BeforeImages
+from dbpromote.errors import FixError, VerificationError
+from dbpromote.fixes import BeforeImages, check_fix_input, fix_to_undo
 from dbpromote.models.approval import fix_request, undo_request
-from dbpromote.models.fix import BatchedStatement, FixRun, FixScript, RowBounds, TableChanges
+from dbpromote.models.fix import FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.notify import notify_failure
 from dbpromote.records import read_records, write_record
 from dbpromote.verification import run_verify_scripts
@@ -119,34 +119,6 @@ def check_bounds(dry: FixRun, bounds: RowBounds) -> None:
         )
 
 
-def check_fix_input(
-    through: list[str], script: FixScript, batch_size: int, expect_rows: str = "", tenants: list[str] | None = None
-) -> None:
-    unbounded = script.unbounded() if not expect_rows and not tenants else []
-    if unbounded:
-        raise ConfigError(
-            f"{script.name} changes every row of {', '.join(unbounded)} (an UPDATE or DELETE without WHERE), for no "
-            "tenant and with no bound; say how many rows it may change on each target with --expect-rows MIN..MAX "
-            "(e.g. --expect-rows 1..500), or add a WHERE."
-        )
-    if batch_size and script.python:
-        raise ConfigError(
-            f"--batch-size runs one SQL UPDATE or DELETE in batches, and {script.name} is Python; batch it in the "
-            "script itself, or run it without --batch-size."
-        )
-    if batch_size:
-        BatchedStatement(script.source, batch_size)
-    if not through:
-        raise ConfigError(
-            "No environments given; pass them in order, staging first, e.g. --through staging,production."
-        )
-    if load_target(through[0]).requires_approval:
-        raise ConfigError(
-            f"{through[0]} requires approval, so it cannot come first: a fix runs on a staging target first; put one "
-            f"first, e.g. --through staging,{through[0]}."
-        )
-
-
 def record_fix(database, target: str, script: FixScript, done: FixRun, fix_id: str) -> None:
     """The fix done on a target, under the fix's id (its first run's, however many runs carried it on)."""
     record = {"flow_run_id": fix_id, "script": script.name, "script_hash": script.hash, "purpose": script.purpose}
@@ -163,18 +135,6 @@ def summary(script: FixScript, runs: list[FixRun]) -> str:
         lines += [f"## {run.target}: {run.rows} rows, {scope}", "", *run.markdown_lines(), ""]
         lines += [f"Backup: {run.backup or '-'}; before-images: {run.before_images or '-'}", ""]
     return "\n".join(lines)
-
-
-def fix_to_undo(database: DatabaseTarget, target: str, fix_run: str) -> dict:
-    """The record of the fix run on the target, with the before-images an undo puts back; checked by the CLI too,
-    so a wrong id is refused before any run is created."""
-    found = [r for r in read_records(database, target, "fixes") if r["flow_run_id"] == fix_run]
-    if not found or not found[0].get("before_images"):
-        raise ConfigError(
-            f"No fix run {fix_run} with before-images is recorded on {target}; `dbpromote journal {target}` lists "
-            "the fixes made there."
-        )
-    return found[0]
 
 
 @flow(name="fix-undo", on_failure=[notify_failure], flow_run_name="undo fix {fix_run} on {target}")

@@ -16,13 +16,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from dbpromote.config import load_group, load_project, load_target, resolved_once
-from dbpromote.errors import ConfigError, PreflightError
+from dbpromote.errors import PreflightError
 from dbpromote.models.approval import Approval, ApprovalRequest, Deployment, promotion_request
 from dbpromote.models.journal import Journal, TargetJournal
-from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, Plan, parse_target_migration
+from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, Plan
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
+from dbpromote.promotion import check_promotion_input
 from dbpromote.records import write_record
 from dbpromote.waits import (
     ANSWER_POLL_S,
@@ -232,52 +233,6 @@ def approve(journal: Journal, request: ApprovalRequest, timeout_s: int, poll_s: 
     record_approval(load_target(request.target), request.target, approval)
     record_step(journal, request.target, approval)
     return approval
-
-
-@resolved_once()
-def check_promotion_input(project: str, through: list[str], to: str) -> None:
-    """Refuse, before anything runs, what cannot be a promotion: one sentence naming the fix (each target read
-    once: a group's members are read for their windows)."""
-    if not through:
-        raise ConfigError(
-            "No environments given; pass them in order, staging first, e.g. --through staging,production."
-        )
-    parse_target_migration(to)
-    load_project(project)
-    if load_group(through[0]):
-        raise ConfigError(
-            f"{through[0]} is a group; a promotion starts on one staging target that vouches for the plan, e.g. "
-            f"--through staging,{through[0]}."
-        )
-    first = load_target(through[0])
-    named = [through[0]]
-    for name in through[1:]:
-        group = load_group(name)
-        if group is None:
-            load_target(name)  # refused in one sentence when it is neither
-        else:
-            check_shared_windows(name, group.members)
-        named += group.members if group else [name]
-    if twice := sorted({name for name in named if named.count(name) > 1}):
-        raise ConfigError(
-            f"{', '.join(twice)} appears twice in {','.join(through)} (its groups' members included); name each "
-            "target once, staging first."
-        )
-    if first.requires_approval:
-        raise ConfigError(
-            f"{through[0]} requires approval, so it cannot come first: a staging target must vouch for the plan "
-            f"before it; put one first, e.g. --through staging,{through[0]}."
-        )
-
-
-def check_shared_windows(group: str, members: list[str]) -> None:
-    """A group goes as one, in waves: its members with maintenance windows must share them."""
-    windows = {"; ".join(windows) for member in members if (windows := load_target(member).windows)}
-    if len(windows) > 1:
-        raise ConfigError(
-            f"The members of {group} have different maintenance windows ({' | '.join(sorted(windows))}); nothing "
-            "was run: give them the same (`dbpromote target add MEMBER ... --window`); a group goes as one."
-        )
 
 
 def vouch_for(plans: dict[str, Plan], staging: str) -> None:

@@ -33,7 +33,8 @@ def test_the_wheel_installs_flows_tasks_and_deployments_under_dbpromote_only(tmp
         "flows/promote.py",
         "tasks/plan.py",
         "planning.py",
-        "deployments/deploy.py",
+        "deploying.py",
+        "deployments/prefect.yaml",
         "probe/django_probe.py",
     ):
         assert (installed / module).is_file(), module

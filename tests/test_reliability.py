@@ -137,9 +137,10 @@ def state_of(stack, since) -> tuple:
     migrations."""
     from datetime import UTC, datetime, timedelta
 
-    from dbpromote.deployments.deploy import CLOSE_DEPLOYMENT
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+
+    from dbpromote.deploying import CLOSE_DEPLOYMENT
 
     # Runs started by hand or over REST are due at once; the scheduler's (audits, nightly backups) come as time
     # passes, and the crash automation's close-crashed runs whenever an earlier test's run is marked Crashed (one

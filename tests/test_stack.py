@@ -54,8 +54,9 @@ def test_status_json_reports_every_component_healthy_with_masked_urls(stack):
 
 
 def test_the_work_pool_runs_flows_with_the_base_job_template_in_deployments(stack):
-    from dbpromote.deployments.deploy import PROCESS_TEMPLATE, WORK_POOL
     from prefect import get_client
+
+    from dbpromote.deploying import PROCESS_TEMPLATE, WORK_POOL
 
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool(WORK_POOL)

@@ -18,7 +18,7 @@ def deploy(
     upgrading dbpromote."""
     from prefect.settings import get_current_settings
 
-    from dbpromote.deployments.deploy import create_work_pool, deploy_flows, install_crash_detection
+    from dbpromote.deploying import create_work_pool, deploy_flows, install_crash_detection
 
     api = get_current_settings().api.url
     if not api:
@@ -57,7 +57,7 @@ def promote(
     reason: str = typer.Option("", help="Why --now: the step cannot wait for its window."),
 ) -> None:
     """Trigger the promote deployment; prints the run's UI URL. A name in --through may be a group's."""
-    from dbpromote.flows.promote import check_promotion_input
+    from dbpromote.promotion import check_promotion_input
     from dbpromote.runs import trigger
 
     if now != bool(reason.strip()):
@@ -103,7 +103,7 @@ def fix(
     from pathlib import Path
 
     from dbpromote.config import load_project
-    from dbpromote.flows.fix import check_fix_input
+    from dbpromote.fixes import check_fix_input
     from dbpromote.models.fix import FixScript, RowBounds
     from dbpromote.runs import trigger
 
@@ -128,7 +128,7 @@ def fix_undo(
 ) -> None:
     """Put back the rows a fix changed on a target, from its before-images (refused if one changed since)."""
     from dbpromote.config import load_target
-    from dbpromote.flows.fix import fix_to_undo
+    from dbpromote.fixes import fix_to_undo
     from dbpromote.runs import refuse_if_held
 
     refuse_if_held([target])  # first: a held target is the reason that stands whatever the record says

@@ -43,7 +43,7 @@ def reconcile(
     wait: bool = typer.Option(False, help="Wait until the run ends (approval included)."),
 ) -> None:
     """Record a migration applied by hand as applied (`migrate --fake`), once its effect is proven to be there."""
-    from dbpromote.flows.drift import check_next
+    from dbpromote.drift import check_next
     from dbpromote.models.plan import parse_target_migration
 
     parse_target_migration(migration)

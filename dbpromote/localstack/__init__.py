@@ -14,7 +14,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from dbpromote.deployments.deploy import WORK_POOL, deploy_flows, install_crash_detection
+from dbpromote.deploying import WORK_POOL, deploy_flows, install_crash_detection
 from dbpromote.errors import StackError
 from dbpromote.localstack.postgres import grant_roles, postgres_healthy, reset_database, start_postgres
 from dbpromote.localstack.processes import free_port, stop

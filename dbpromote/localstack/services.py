@@ -12,7 +12,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from dbpromote.deployments.deploy import HEARTBEAT_S, WORK_POOL, create_work_pool
+from dbpromote.deploying import HEARTBEAT_S, WORK_POOL, create_work_pool
 from dbpromote.localstack.processes import pick_port, spawn, venv_script, wait_until
 from dbpromote.localstack.state import APP_ROLE, BUCKET, SAMPLE_PROJECT, SERVERS, Stack
 

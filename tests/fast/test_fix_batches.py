@@ -77,7 +77,7 @@ def test_a_fix_that_is_not_a_data_change_is_refused_as_it_is_read(source, kind):
 
 
 def test_an_update_or_delete_of_every_row_asks_for_a_bound_unless_one_is_given_or_a_tenant_confines_it():
-    from dbpromote.flows.fix import check_fix_input
+    from dbpromote.fixes import check_fix_input
 
     script = FixScript(
         name="fix.sql", source="SELECT 1; UPDATE core_task SET title = upper(title); DELETE FROM core_tag"

@@ -4,8 +4,9 @@ import json
 import re
 
 import pytest
-from dbpromote.deployments.deploy import TEMPLATES
 from prefect.utilities.templating import apply_values
+
+from dbpromote.deploying import TEMPLATES
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 

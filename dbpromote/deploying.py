@@ -1,11 +1,14 @@
-"""The deploy helper: a work pool from this folder's base job template, and prefect.yaml's deployments on it."""
+"""Deploying dbpromote to a Prefect server: a work pool from the base job template in deployments/, prefect.yaml's
+deployments on it (registered from the installed package), and the automations that mark a dead run Crashed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
-TEMPLATES = Path(__file__).resolve().parent
+# deployments/ (installed as dbpromote.deployments): prefect.yaml, the job templates; data this module reads.
+TEMPLATES = Path(importlib.util.find_spec("dbpromote.deployments").origin).parent
 # prefect.yaml's work pool, and the base job template of its process worker (the local stack's).
 WORK_POOL = "dbpromote"
 PROCESS_TEMPLATE = TEMPLATES / "process.json"
@@ -36,7 +39,7 @@ def create_work_pool(
 
 
 def deploy_flows(api_url: str, pool: str = WORK_POOL) -> list[str]:
-    """prefect.yaml's deployments (shipped in this folder) registered from the installed package on the server at
+    """prefect.yaml's deployments (shipped in deployments/) registered from the installed package on the server at
     api_url and the work pool `pool`: module entrypoints (`dbpromote.flows.promote.promote`), so that any worker
     where dbpromote is installed runs them, without a checkout or a pull step; names, descriptions, parameters and
     schedules and event triggers as prefect.yaml has them. The names registered."""
