@@ -14,7 +14,10 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from dbpromote.config import load_target
+from dbpromote.models.approval import Approval
+from dbpromote.models.backup import Restored, Retained
 from dbpromote.models.drift import DriftReport
+from dbpromote.models.fix import FixRun, FixScript
 from dbpromote.models.report import Coverage, Isolation, StepReport
 from dbpromote.records import write_record
 from dbpromote.run_context import in_a_run
@@ -175,3 +178,105 @@ class BackupProgress:
     def done(self) -> None:
         if self.artifact:
             update_progress_artifact(self.artifact, 100.0)
+
+
+def publish_promotion(
+    project: str, through: list[str], run_id: str, reports: list[StepReport], approvals: list[Approval]
+) -> None:
+    """A promotion's summary: each environment's plan, migrations, time and backup, its approvals, the way back."""
+    lines = [
+        f"# Promotion of {project}",
+        "",
+        f"Flow run {run_id}",
+        "",
+        "| environment | plan | migrations | seconds | backup |",
+        "|---|---|---|---|---|",
+    ]
+    for report in reports:
+        seconds = sum(result.duration_s for result in report.migrations)
+        backup = report.backup.uri if report.backup else "-"
+        lines.append(f"| {report.target} | {report.plan.hash} | {len(report.migrations)} | {seconds:.1f} | {backup} |")
+    for approval in approvals:
+        lines += [
+            "",
+            f"Approved for **{approval.target}** by **{', '.join(approval.approvers or [approval.approver])}**"
+            f"{' (each with a one-time code)' if approval.proven else ''} at {approval.approved_at} "
+            f"for plan {approval.subject}: {approval.comment or '(no comment)'}",
+        ]
+    lines += ["", "## The way back", ""] + [f"- {r.target}: {r.way_back()}" for r in reports]
+    create_markdown_artifact(
+        "\n".join(lines), key="dbpromote-promotion", description=f"Promotion of {project} through {', '.join(through)}"
+    )
+
+
+def publish_fix(script: FixScript, runs: list[FixRun]) -> None:
+    """A fix's summary: on each target, the rows it changed by table, its backup and its before-images."""
+    lines = [f"# Fix {script.name} ({script.hash})", "", script.purpose or "", ""]
+    for run in runs:
+        scope = f"tenants {', '.join(run.tenants)}" if run.tenants else "unscoped"
+        lines += [f"## {run.target}: {run.rows} rows, {scope}", "", *run.markdown_lines(), ""]
+        lines += [f"Backup: {run.backup or '-'}; before-images: {run.before_images or '-'}", ""]
+    create_markdown_artifact("\n".join(lines), key="dbpromote-fix", description=f"Fix {script.name}")
+
+
+def publish_retention(retained: list[Retained]) -> None:
+    """What retention kept (with why), deleted and swept, target by target."""
+    lines = ["# Backup retention", ""]
+    for result in retained:
+        lines += [f"## {result.target}", "", f"Deleted {len(result.deleted)}:", ""]
+        lines += [f"- {uri}" for uri in result.deleted] or ["- nothing"]
+        lines += ["", "Kept:", ""] + [f"- {uri}: {why}" for uri, why in result.kept.items()] + [""]
+        if result.swept:
+            lines += ["Swept (never verified: left by a backup that stopped before its verification):", ""]
+            lines += [f"- {uri}" for uri in result.swept] + [""]
+    create_markdown_artifact("\n".join(lines), key="dbpromote-retention", description="Backup retention")
+
+
+def publish_backup_verification(results: list[Restored], problems: list[str]) -> None:
+    """Each target's newest backup restored and checked, and each that failed."""
+    lines = ["# Backup verification", "", "| target | backup | tables | rows | seconds |", "|---|---|---|---|---|"]
+    lines += [f"| {r.target} | {r.backup.uri} | {r.tables} | {r.rows} | {r.duration_s:.1f} |" for r in results]
+    lines += [f"\n**FAILED** {problem}" for problem in problems]
+    create_markdown_artifact("\n".join(lines), key="dbpromote-backup-verification", description="Backups restored")
+
+
+def publish_restore(restored: Restored) -> None:
+    """A restore: the backup, the database it went into, what was checked, and the database it replaced."""
+    lines = [
+        f"# Restore of {restored.target}",
+        "",
+        f"- backup: {restored.backup.uri} (taken {restored.backup.created_at})",
+        f"- restored into database `{restored.database}` in {restored.duration_s:.1f} s",
+        f"- checked: {restored.tables} tables, {restored.rows} rows match the backup's manifest; migration state "
+        f"{len(restored.migration_state)} migrations matches",
+    ]
+    if restored.replaced:
+        lines += [
+            f"- `{restored.database}` is now the target's database; the previous one is kept as `{restored.replaced}` "
+            f"(drop it with `DROP DATABASE {restored.replaced}` once you no longer need it)",
+        ]
+    create_markdown_artifact("\n".join(lines), key="dbpromote-restore", description=f"Restore of {restored.target}")
+
+
+def publish_audit(project: str, findings: dict[str, dict], problems: list[str]) -> None:
+    """An audit: each target's pending migrations, drift, RLS gaps and newest backup, and the problems found."""
+    lines = [
+        "# Audit",
+        "",
+        "| target | pending | drift | RLS gaps | newest backup | age (h) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {len(f['pending'])} | {len(f['drift'])} | {', '.join(f['rls_gaps']) or '-'} | "
+        f"{f['newest_backup'] or '-'} | "
+        f"{f['backup_age_h'] if f['backup_age_h'] is not None else '-'} |"
+        for name, f in findings.items()
+    ]
+    if problems:
+        lines += ["", "**Problems:**", ""] + [f"- {problem}" for problem in problems]
+    create_markdown_artifact("\n".join(lines), key="dbpromote-audit", description=f"Audit of {project}")
+
+
+def publish_group(group: str, rows: list[dict]) -> None:
+    """A group's members in this run: each one's wave, outcome, worker and times."""
+    create_table_artifact(rows, key=f"dbpromote-group-{group}", description=f"Members of {group} in this run")

@@ -8,14 +8,13 @@ from dbpromote.tasks.drift import check_drift
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.rls import rls_coverage
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from dbpromote.backups import list_backups
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import VerificationError
 from dbpromote.models.report import Coverage
 from dbpromote.notify import notify_failure
-from dbpromote.reporting import publish_drift
+from dbpromote.reporting import publish_audit, publish_drift
 
 
 @flow(name="audit-rls", on_failure=[notify_failure], flow_run_name="audit RLS of {targets}")
@@ -65,21 +64,7 @@ def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dic
             problems.append(drift.summary())
         if coverage.gaps:
             problems.append(f"{name}: RLS missing or out of date on {', '.join(coverage.gaps)}")
-    lines = [
-        "# Audit",
-        "",
-        "| target | pending | drift | RLS gaps | newest backup | age (h) |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {name} | {len(f['pending'])} | {len(f['drift'])} | {', '.join(f['rls_gaps']) or '-'} | "
-        f"{f['newest_backup'] or '-'} | "
-        f"{f['backup_age_h'] if f['backup_age_h'] is not None else '-'} |"
-        for name, f in findings.items()
-    ]
-    if problems:
-        lines += ["", "**Problems:**", ""] + [f"- {problem}" for problem in problems]
-    create_markdown_artifact("\n".join(lines), key="dbpromote-audit", description=f"Audit of {project}")
+    publish_audit(project, findings, problems)
     if problems:
         raise VerificationError(
             f"Audit of {project}: {'; '.join(problems)}; take a backup (`dbpromote backup TARGET`), reconcile "

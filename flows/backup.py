@@ -6,11 +6,11 @@ from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.retention import apply_retention
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from dbpromote.config import load_target
-from dbpromote.models.backup import Backup, Retained
+from dbpromote.models.backup import Backup
 from dbpromote.notify import notify_failure
+from dbpromote.reporting import publish_retention
 from dbpromote.retention import check_retention
 
 
@@ -32,17 +32,5 @@ def backup(targets: list[str], keep_last: int = 0, keep_days: float = 14, read_b
         backups.append(backup_to_gcs(target, name, read_back))
     if keep_last:
         retained = [apply_retention(target, name, keep_last, keep_days) for name, target in resolved.items()]
-        create_markdown_artifact(retention_report(retained), key="dbpromote-retention", description="Backup retention")
+        publish_retention(retained)
     return backups
-
-
-def retention_report(retained: list[Retained]) -> str:
-    lines = ["# Backup retention", ""]
-    for result in retained:
-        lines += [f"## {result.target}", "", f"Deleted {len(result.deleted)}:", ""]
-        lines += [f"- {uri}" for uri in result.deleted] or ["- nothing"]
-        lines += ["", "Kept:", ""] + [f"- {uri}: {why}" for uri, why in result.kept.items()] + [""]
-        if result.swept:
-            lines += ["Swept (never verified: left by a backup that stopped before its verification):", ""]
-            lines += [f"- {uri}" for uri in result.swept] + [""]
-    return "\n".join(lines)

@@ -7,7 +7,6 @@ from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.fix import apply_fix, dry_run_fix, undo_fix
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
@@ -17,6 +16,7 @@ from dbpromote.models.approval import fix_request, undo_request
 from dbpromote.models.fix import FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.notify import notify_failure
 from dbpromote.records import read_records, write_record
+from dbpromote.reporting import publish_fix
 from dbpromote.verification import run_verify_scripts
 from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
@@ -71,7 +71,7 @@ def fix(
             request = fix_request(target, fix_script, dry[target], runs)
             record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
         runs.append(fix_target(django_project, database, target, fix_script, dry[target], bounds, fix_id, batch_size))
-    create_markdown_artifact(summary(fix_script, runs), key="dbpromote-fix", description=f"Fix {script_name}")
+    publish_fix(fix_script, runs)
     get_run_logger().info("fix %s (%s) applied on %s", script_name, fix_script.hash, ", ".join(through))
     return runs
 
@@ -126,15 +126,6 @@ def record_fix(database, target: str, script: FixScript, done: FixRun, fix_id: s
     record |= {"before_images": done.before_images, "tables": [t.model_dump() for t in done.tables]}
     record |= {"batches": done.batches, "run": str(flow_run.get_id() or "")}
     write_record(database, target, "fixes", fix_id, record)
-
-
-def summary(script: FixScript, runs: list[FixRun]) -> str:
-    lines = [f"# Fix {script.name} ({script.hash})", "", script.purpose or "", ""]
-    for run in runs:
-        scope = f"tenants {', '.join(run.tenants)}" if run.tenants else "unscoped"
-        lines += [f"## {run.target}: {run.rows} rows, {scope}", "", *run.markdown_lines(), ""]
-        lines += [f"Backup: {run.backup or '-'}; before-images: {run.before_images or '-'}", ""]
-    return "\n".join(lines)
 
 
 @flow(name="fix-undo", on_failure=[notify_failure], flow_run_name="undo fix {fix_run} on {target}")

@@ -16,7 +16,6 @@ from uuid import UUID
 from dbpromote.flows.environment import migrate_target, server_limit
 from dbpromote.tasks.journal import record_kept, record_step
 from prefect import flow, get_client, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -35,13 +34,14 @@ from prefect.runtime import flow_run
 from dbpromote.config import DatabaseTarget, TargetGroup, load_project, load_target, resolved_once
 from dbpromote.errors import MigrationError
 from dbpromote.journal import read_target_journal
-from dbpromote.models.approval import Approval, promotion_request
+from dbpromote.models.approval import Approval, group_request
 from dbpromote.models.fleet import MemberOutcome, Share, lanes, waves
 from dbpromote.models.journal import Journal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
+from dbpromote.reporting import publish_group
 from dbpromote.waits import record_approval, wait_for_approval, wait_for_window
 from dbpromote.windows import Measured, WindowNeed, when_it_runs
 
@@ -134,24 +134,16 @@ class GroupStep:
         needed = [m for m in waiting if not self.journal.approval(m, plans[m])]
         if not needed:
             return None
-        plan = plans[needed[0]]
         alike: dict[str, list[str]] = {}  # members with the same drift, said once
         for member in waiting:
             alike.setdefault(drift.get(member, "").replace(member, "each"), []).append(member)
-        lines = [f"- **{', '.join(members)}**: {status}" for status, members in alike.items() if status]
-        shape = [f"| {n or 'canary'} | {', '.join(w)} |" for n, w in enumerate(waves(waiting, *self.shape())) if w]
-        request = promotion_request(self.project, self.name, plan, reports, None, "", when).model_copy(
-            update={"target": needed[0], "action": f"promoting to group {self.name} ({len(waiting)} members)"}
+        in_waves = [wave for wave in waves(waiting, *self.shape()) if wave]
+        limits = (
+            f"Up to {self.group.parallel} at once, at most {self.group.per_server} per database server; halts when "
+            f"{self.max_failures} fail (every canary must succeed)."
         )
-        request.description += "\n".join(
-            ["", "", f"### The members of {self.name}, in waves", "", "| wave | members |", "|---|---|", *shape]
-            + (["", "### Drift", "", *lines] if lines else [])
-            + [
-                "",
-                f"Up to {self.group.parallel} at once, at most {self.group.per_server} per database server; halts "
-                f"when {self.max_failures} fail (every canary must succeed).",
-            ]
-        )
+        plan = plans[needed[0]]
+        request = group_request(self.project, self.name, needed[0], plan, reports, when, in_waves, alike, limits)
         approval = wait_for_approval(request, timeout_s, poll_s)
         for member in needed:
             given = approval.model_copy(update={"target": member})
@@ -196,9 +188,7 @@ class GroupStep:
             return self._run(members, done)
         finally:
             self.record()
-            create_table_artifact(
-                self.table(), key=f"dbpromote-group-{self.name}", description=f"Members of {self.name} in this run"
-            )
+            publish_group(self.name, self.table())
 
     def _run(self, members: list[str], done: dict[str, StepReport]) -> list[StepReport]:
         """The waves, after the server limits are set; raises naming the failed members when halted."""

@@ -12,7 +12,6 @@ from dbpromote.flows.rehearsal import rehearse_plan
 from dbpromote.tasks.journal import open_journal, record_kept, record_step
 from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from dbpromote.config import load_group, load_project, load_target, resolved_once
@@ -25,6 +24,7 @@ from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.promotion import check_promotion_input
 from dbpromote.records import write_record
+from dbpromote.reporting import publish_promotion
 from dbpromote.waits import (
     ANSWER_POLL_S,
     APPROVAL_TIMEOUT_S,
@@ -144,11 +144,7 @@ def promote(
         first_reports.setdefault(report.target, report)  # its backup was taken before the promotion changed it
     with resolved_once():
         record_promotion(project, plans, journal, first_reports.values())
-    create_markdown_artifact(
-        summary(project, reports, approvals),
-        key="dbpromote-promotion",
-        description=f"Promotion of {project} through {', '.join(through)}",
-    )
+    publish_promotion(project, through, str(flow_run.get_id()), reports, approvals)
     get_run_logger().info("promoted %s through %s", project, ", ".join(through))
     return reports
 
@@ -249,27 +245,3 @@ def vouch_for(plans: dict[str, Plan], staging: str) -> None:
                 f"{'the same migrations with different SQL' if not extra and not missing else ''}; "
                 f"bring {staging} to the state of {target} first (restore its backup) so it can vouch for the plan."
             )
-
-
-def summary(project: str, reports: list[StepReport], approvals: list[Approval]) -> str:
-    lines = [
-        f"# Promotion of {project}",
-        "",
-        f"Flow run {flow_run.get_id()}",
-        "",
-        "| environment | plan | migrations | seconds | backup |",
-        "|---|---|---|---|---|",
-    ]
-    for report in reports:
-        seconds = sum(result.duration_s for result in report.migrations)
-        backup = report.backup.uri if report.backup else "-"
-        lines.append(f"| {report.target} | {report.plan.hash} | {len(report.migrations)} | {seconds:.1f} | {backup} |")
-    for approval in approvals:
-        lines += [
-            "",
-            f"Approved for **{approval.target}** by **{', '.join(approval.approvers or [approval.approver])}**"
-            f"{' (each with a one-time code)' if approval.proven else ''} at {approval.approved_at} "
-            f"for plan {approval.subject}: {approval.comment or '(no comment)'}",
-        ]
-    lines += ["", "## The way back", ""] + [f"- {r.target}: {r.way_back()}" for r in reports]
-    return "\n".join(lines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.restore import drop_restored, restore_into_new_database, swap_in
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from dbpromote.backups import find_backup
@@ -15,6 +14,7 @@ from dbpromote.models.approval import restore_request
 from dbpromote.models.backup import Restored
 from dbpromote.notify import notify_failure
 from dbpromote.records import write_record
+from dbpromote.reporting import publish_backup_verification, publish_restore
 from dbpromote.restores import restored_by_this_run, scratch_name
 from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
@@ -56,7 +56,7 @@ def restore(
 
 
 def _report(restored: Restored) -> Restored:
-    create_markdown_artifact(restored.markdown(), key="dbpromote-restore", description=f"Restore of {restored.target}")
+    publish_restore(restored)
     return restored
 
 
@@ -73,10 +73,7 @@ def verify_backups(targets: list[str]) -> list[Restored]:
             drop_restored(database, name, scratch)
         except Exception as error:  # every target is checked; each failure is reported
             problems.append(f"{name}: {error}")
-    lines = ["# Backup verification", "", "| target | backup | tables | rows | seconds |", "|---|---|---|---|---|"]
-    lines += [f"| {r.target} | {r.backup.uri} | {r.tables} | {r.rows} | {r.duration_s:.1f} |" for r in results]
-    lines += [f"\n**FAILED** {problem}" for problem in problems]
-    create_markdown_artifact("\n".join(lines), key="dbpromote-backup-verification", description="Backups restored")
+    publish_backup_verification(results, problems)
     if problems:
         raise VerificationError(f"Backup verification failed: {'; '.join(problems)}")
     return results

@@ -268,6 +268,33 @@ def promotion_request(
     )
 
 
+def group_request(
+    project: str,
+    group: str,
+    first: str,
+    plan: Plan,
+    reports: list[StepReport],
+    when: str,
+    in_waves: list[list[str]],
+    drift: dict[str, list[str]],
+    limits: str,
+) -> ApprovalRequest:
+    """One approval for a group's members (asked on the first that needs it): the plan, the members in their
+    waves (the canary first), the members with the same drift said once, and the group's limits."""
+    waiting = [member for wave in in_waves for member in wave]
+    request = promotion_request(project, group, plan, reports, None, "", when).model_copy(
+        update={"target": first, "action": f"promoting to group {group} ({len(waiting)} members)"}
+    )
+    shape = [f"| {n or 'canary'} | {', '.join(wave)} |" for n, wave in enumerate(in_waves)]
+    drifted = [f"- **{', '.join(members)}**: {status}" for status, members in drift.items() if status]
+    request.description += "\n".join(
+        ["", "", f"### The members of {group}, in waves", "", "| wave | members |", "|---|---|", *shape]
+        + (["", "### Drift", "", *drifted] if drifted else [])
+        + ["", limits]
+    )
+    return request
+
+
 def rollback_request(project: str, target: str, plan: Plan, backup: Backup) -> ApprovalRequest:
     lines = [
         f"## Approve rolling back **{project}** on **{target}**",

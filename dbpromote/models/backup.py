@@ -88,22 +88,6 @@ class Restored(BaseModel):
             **fields,
         )
 
-    def markdown(self) -> str:
-        lines = [
-            f"# Restore of {self.target}",
-            "",
-            f"- backup: {self.backup.uri} (taken {self.backup.created_at})",
-            f"- restored into database `{self.database}` in {self.duration_s:.1f} s",
-            f"- checked: {self.tables} tables, {self.rows} rows match the backup's manifest; migration state "
-            f"{len(self.migration_state)} migrations matches",
-        ]
-        if self.replaced:
-            lines += [
-                f"- `{self.database}` is now the target's database; the previous one is kept as `{self.replaced}` "
-                f"(drop it with `DROP DATABASE {self.replaced}` once you no longer need it)",
-            ]
-        return "\n".join(lines)
-
 
 class Retained(BaseModel):
     """What retention decided for one target: every backup kept, with why, every one deleted, and every unverified

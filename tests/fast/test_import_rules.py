@@ -93,3 +93,22 @@ def test_nothing_calls_a_tasks_function_past_prefect():
             and isinstance(node.value, ast.Name) and node.value.id in names
         ]  # fmt: skip
     assert found == []
+
+
+MARKDOWN = ("# ", "## ", "### ", "|---", "| ")
+
+
+def markdown_built(path: Path) -> list[str]:
+    """The string pieces of a module that start a markdown heading or table."""
+    return [
+        f"{path.name}:{node.lineno} {node.value[:30]!r}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(MARKDOWN)
+    ]
+
+
+def test_the_flows_and_tasks_build_no_markdown():
+    """Steps return results; dbpromote/reporting.py turns them into what a person reads."""
+    found = [line for folder in ("flows", "tasks") for path in sorted((ROOT / folder).glob("*.py"))
+             for line in markdown_built(path)]  # fmt: skip
+    assert found == []
