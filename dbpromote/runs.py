@@ -3,6 +3,7 @@ them, and find the run that holds a target."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from prefect.input.run_input import keyset_from_paused_state
 
 from dbpromote import waits
 from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
+from dbpromote.models.approval import ApprovalForm, approval_form_titled
 from dbpromote.notify import run_url
 
 # How often a waiting command asks whether its run ended: Prefect's default (5 s) added up to 5 s to every
@@ -241,19 +243,24 @@ def refuse_unfit_answer(client, run: FlowRun, run_input: dict) -> None:
         )
 
 
-def paused_form_schema(client, run: FlowRun, wait_s: float = 15) -> str:
-    """The form of a paused run; the flow stores it just after pausing, so allow it a moment."""
+def paused_form(client, run: FlowRun, wait_s: float = 15) -> type[ApprovalForm]:
+    """The approval form of a paused run, from the schema the flow stores just after pausing (allowed a moment)."""
     key = keyset_from_paused_state(run.state)["schema"]
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return client.read_flow_run_input(run.id, key)
+            form = approval_form_titled(json.loads(client.read_flow_run_input(run.id, key)).get("title", ""))
+            break
         except ObjectNotFound:
             if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"Run {run.id} is paused without an approval form; it is not a promotion waiting for approval."
-                ) from None
+                form = None
+                break
             time.sleep(0.5)
+    if form is None:
+        raise ConfigError(
+            f"Run {run.id} is paused without an approval form; it is not a promotion waiting for approval."
+        )
+    return form
 
 
 def answer_approval(
@@ -291,15 +298,15 @@ def answer_approval(
                 f"Run {run_id} was approved and waits for its maintenance window; it runs then by itself (to run it "
                 f"now: `dbpromote run-now {run_id} --by YOUR_NAME --reason TEXT`)."
             )
-        schema = paused_form_schema(client, run)
-        if '"code"' in schema:
+        fields = paused_form(client, run).model_fields
+        if "code" in fields:
             code = code or (ask_code() if ask_code else "")
             if not code:
                 raise ConfigError(
                     f"The approvers of run {run_id} are enrolled: give your current one-time code with --code."
                 )
             run_input["code"] = code
-        if "acknowledge_risky_operations" in schema:
+        if "acknowledge_risky_operations" in fields:
             if decision == "approve" and not acknowledge_risks:
                 raise ConfigError(
                     f"The plan of run {run_id} has risky operations; read them at {run_url(run.id)} "

@@ -140,12 +140,12 @@ def test_a_migration_added_after_staging_and_before_approval_stops_everything(fr
 def test_form_refuses_a_missing_approver_or_acknowledgement_and_keeps_waiting(fresh_databases):
     from prefect import get_client
 
-    from dbpromote.runs import answer_approval, paused_form_schema
+    from dbpromote.runs import answer_approval, paused_form
 
     promotion = PromotionInBackground()
     run = promotion.paused_run()
     with get_client(sync_client=True) as client:
-        paused_form_schema(client, client.read_flow_run(run.id))  # the flow stores its form just after pausing
+        assert "acknowledge_risky_operations" in paused_form(client, client.read_flow_run(run.id)).model_fields
     with get_client(sync_client=True) as client:
         no_approver = client.resume_flow_run(
             run.id, run_input={"decision": "approve", "acknowledge_risky_operations": True}

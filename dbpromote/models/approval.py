@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect.input import RunInput
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field
 
 from dbpromote.models.backup import Backup
 from dbpromote.models.fix import FixRun, FixScript
@@ -143,33 +143,54 @@ def describe_deploy_wait(project: str, target: str, plan: Plan, done: list[str])
     return "\n".join(lines)
 
 
-def approval_form(risky: bool, coded: bool = False) -> type[RunInput]:
-    """The form the UI renders: a decision with no default forces a choice; risky plans need an acknowledgement;
-    where approvers are enrolled, each answer carries the approver's current one-time code."""
-    fields: dict = {
-        "decision": (Decision, Field(description="approve runs it on this environment; reject stops here")),
-        "approver": (
-            str,
-            Field(min_length=1, pattern=r"\S", description="Your name, as the target's approvers list has it"),
-        ),
-        "comment": (str, Field(default="", description="Why; shown in the report and the audit record")),
-    }
-    if coded:
-        fields["code"] = (
-            str,
-            Field(
-                min_length=6,
-                max_length=8,
-                pattern=r"^\d+$",
-                description="Your current code from your authenticator app (enrolled with `dbpromote approver add`)",
-            ),
-        )
-    if risky:
-        fields["acknowledge_risky_operations"] = (
-            bool,
-            Field(description="I have read the risky operations listed above and accept them"),
-        )
-    return create_model("Approval", __base__=RunInput, **fields)
+class ApprovalForm(RunInput):
+    """The form the UI renders for an approval: a decision with no default forces a choice."""
+
+    decision: Decision = Field(description="approve runs it on this environment; reject stops here")
+    approver: str = Field(min_length=1, pattern=r"\S", description="Your name, as the target's approvers list has it")
+    comment: str = Field(default="", description="Why; shown in the report and the audit record")
+
+
+class CodedApprovalForm(ApprovalForm):
+    """Where the target's approvers are enrolled: each answer carries the approver's current one-time code."""
+
+    code: str = Field(
+        min_length=6,
+        max_length=8,
+        pattern=r"^\d+$",
+        description="Your current code from your authenticator app (enrolled with `dbpromote approver add`)",
+    )
+
+
+class RiskyApprovalForm(ApprovalForm):
+    """A plan with risky operations: approving it acknowledges them."""
+
+    acknowledge_risky_operations: bool = Field(
+        description="I have read the risky operations listed above and accept them"
+    )
+
+
+class CodedRiskyApprovalForm(RiskyApprovalForm, CodedApprovalForm):
+    """Both: the code, then the acknowledgement."""
+
+
+APPROVAL_FORMS = {
+    (False, False): ApprovalForm,
+    (False, True): CodedApprovalForm,
+    (True, False): RiskyApprovalForm,
+    (True, True): CodedRiskyApprovalForm,
+}
+
+
+def approval_form(risky: bool, coded: bool = False) -> type[ApprovalForm]:
+    """The approval form for a request: with the acknowledgement where the plan is risky, with the one-time code
+    where the approvers are enrolled."""
+    return APPROVAL_FORMS[(risky, coded)]
+
+
+def approval_form_titled(title: str) -> type[ApprovalForm] | None:
+    """The approval form whose JSON schema has this title (what a paused run stores), or None: not an approval."""
+    return next((form for form in APPROVAL_FORMS.values() if form.__name__ == title), None)
 
 
 def describe_promotion(
