@@ -15,7 +15,7 @@ from psycopg import sql
 from dbpromote import catalog, replays, rls
 from dbpromote.catalog import Naming, Snapshot, compare, snapshot
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import ConfigError, PreflightError
+from dbpromote.errors import ConfigError, MigrationError, PreflightError
 from dbpromote.models.drift import Difference, DriftReport
 from dbpromote.planning import check_conflicts, plan_answer
 from dbpromote.postgres import connect, server_connection
@@ -206,7 +206,10 @@ def fake_apply(project: DjangoProject, target: DatabaseTarget, target_name: str,
     app, _, name = label.partition(".")
     answer = run_probe(project, target, "fake", "--to", f"{app}:{name}")
     if not isinstance(answer, StepAnswer):
-        raise ConfigError(f"{label} could not be recorded as applied on {target_name} ({answer.message}).")
+        raise MigrationError(
+            f"{label} could not be recorded as applied on {target_name} ({answer.message}); nothing was recorded: "
+            "fix the error and reconcile again."
+        )
     record_migration_files(target, target_name, str(flow_run.get_id() or ""), {label: file_hash}, reconciled=True)
 
 

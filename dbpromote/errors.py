@@ -47,7 +47,12 @@ def retry_if_transient(task, task_run, state) -> bool:
 
 
 class ConfigError(DbpromoteError):
-    """Bad configuration: a block, a path, a settings module, a URL."""
+    """Bad configuration: a block, a path, a settings module, a URL, a role, an installation."""
+
+
+class InputError(DbpromoteError):
+    """What was asked cannot be done as asked: a command's option, a script, a run in another state than the command
+    needs. Refused before anything changed."""
 
 
 class PreflightError(DbpromoteError):

@@ -22,7 +22,7 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_target
-from dbpromote.errors import ConfigError, FixError, MigrationError
+from dbpromote.errors import FixError, InputError, MigrationError
 from dbpromote.gcs import gcs_client, gcs_retry
 from dbpromote.migrate import LockBackoff
 from dbpromote.models.fix import SAMPLE_KEYS, BatchedStatement, FixRun, FixScript, RowBounds, TableChanges
@@ -497,24 +497,22 @@ def check_fix_input(
     """Refuse, before anything runs, a fix that cannot be run as asked: one sentence naming the fix."""
     unbounded = script.unbounded() if not expect_rows and not tenants else []
     if unbounded:
-        raise ConfigError(
+        raise InputError(
             f"{script.name} changes every row of {', '.join(unbounded)} (an UPDATE or DELETE without WHERE), for no "
             "tenant and with no bound; say how many rows it may change on each target with --expect-rows MIN..MAX "
             "(e.g. --expect-rows 1..500), or add a WHERE."
         )
     if batch_size and script.python:
-        raise ConfigError(
+        raise InputError(
             f"--batch-size runs one SQL UPDATE or DELETE in batches, and {script.name} is Python; batch it in the "
             "script itself, or run it without --batch-size."
         )
     if batch_size:
         BatchedStatement(script.source, batch_size)
     if not through:
-        raise ConfigError(
-            "No environments given; pass them in order, staging first, e.g. --through staging,production."
-        )
+        raise InputError("No environments given; pass them in order, staging first, e.g. --through staging,production.")
     if load_target(through[0]).requires_approval:
-        raise ConfigError(
+        raise InputError(
             f"{through[0]} requires approval, so it cannot come first: a fix runs on a staging target first; put one "
             f"first, e.g. --through staging,{through[0]}."
         )
@@ -525,7 +523,7 @@ def fix_to_undo(database: DatabaseTarget, target: str, fix_run: str) -> dict:
     so a wrong id is refused before any run is created."""
     found = [r for r in read_records(database, target, "fixes") if r["flow_run_id"] == fix_run]
     if not found or not found[0].get("before_images"):
-        raise ConfigError(
+        raise InputError(
             f"No fix run {fix_run} with before-images is recorded on {target}; `dbpromote journal {target}` lists "
             "the fixes made there."
         )

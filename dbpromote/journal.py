@@ -12,7 +12,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
 from dbpromote.config import DatabaseTarget, load_target
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.models.approval import Approval, Deployment, WindowRun
 from dbpromote.models.journal import TAG_PREFIX, Journal, TargetJournal
 from dbpromote.models.plan import Plan
@@ -62,7 +62,7 @@ def resumed_run(client, resume: str, project: str, through: list[str], to: str) 
     """The run named to be resumed: a promotion of the same project, targets and goal that ended unfinished."""
     run, flow = resumable_run(client, resume)
     if flow != "promote" or not same_promotion(run, project, through, to):
-        raise ConfigError(
+        raise InputError(
             f"Run {resume} is not a promotion of {project} through {','.join(through)}; resume it with "
             f"`dbpromote resume {resume}`, which takes its parameters from the run."
         )

@@ -10,7 +10,7 @@ from dataclasses import asdict
 import psycopg
 
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import ConfigError, PreflightError
+from dbpromote.errors import ConfigError, InputError, PreflightError
 from dbpromote.lint import squawk_risks
 from dbpromote.models.plan import Plan, PlannedMigration, assign_phases, classify_risks, parse_target_migration
 from dbpromote.postgres import connect
@@ -216,7 +216,7 @@ def _probe_error(failure: FailureAnswer, project: DjangoProject, target_name: st
     if reason == "interpreter":
         return ConfigError(f"{message}; point the project at an interpreter with Django installed (--python).")
     if reason == "target":
-        return ConfigError(f"Unknown target migration {to!r} ({message}); list them with `manage.py showmigrations`.")
+        return InputError(f"Unknown target migration {to!r} ({message}); list them with `manage.py showmigrations`.")
     if reason == "state":
         return PreflightError(
             f"{target_name} cannot return to that migration state: {message}; restore the backup instead."

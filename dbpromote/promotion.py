@@ -4,7 +4,7 @@ terminal, and by the promotion's run again)."""
 from __future__ import annotations
 
 from dbpromote.config import load_group, load_project, load_target, resolved_once
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.models.plan import parse_target_migration
 
 
@@ -13,13 +13,11 @@ def check_promotion_input(project: str, through: list[str], to: str) -> None:
     """Refuse, before anything runs, what cannot be a promotion: one sentence naming the fix (each target read
     once: a group's members are read for their windows)."""
     if not through:
-        raise ConfigError(
-            "No environments given; pass them in order, staging first, e.g. --through staging,production."
-        )
+        raise InputError("No environments given; pass them in order, staging first, e.g. --through staging,production.")
     parse_target_migration(to)
     load_project(project)
     if load_group(through[0]):
-        raise ConfigError(
+        raise InputError(
             f"{through[0]} is a group; a promotion starts on one staging target that vouches for the plan, e.g. "
             f"--through staging,{through[0]}."
         )
@@ -33,12 +31,12 @@ def check_promotion_input(project: str, through: list[str], to: str) -> None:
             check_shared_windows(name, group.members)
         named += group.members if group else [name]
     if twice := sorted({name for name in named if named.count(name) > 1}):
-        raise ConfigError(
+        raise InputError(
             f"{', '.join(twice)} appears twice in {','.join(through)} (its groups' members included); name each "
             "target once, staging first."
         )
     if first.requires_approval:
-        raise ConfigError(
+        raise InputError(
             f"{through[0]} requires approval, so it cannot come first: a staging target must vouch for the plan "
             f"before it; put one first, e.g. --through staging,{through[0]}."
         )
@@ -48,7 +46,7 @@ def check_shared_windows(group: str, members: list[str]) -> None:
     """A group goes as one, in waves: its members with maintenance windows must share them."""
     windows = {"; ".join(windows) for member in members if (windows := load_target(member).windows)}
     if len(windows) > 1:
-        raise ConfigError(
+        raise InputError(
             f"The members of {group} have different maintenance windows ({' | '.join(sorted(windows))}); nothing "
             "was run: give them the same (`dbpromote target add MEMBER ... --window`); a group goes as one."
         )

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from dbpromote.backups import backup_objects, delete_backup
 from dbpromote.config import DatabaseTarget
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.gcs import gcs_client
 from dbpromote.models.backup import Backup, Retained
 from dbpromote.records import newest_promotion_backup, read_records
@@ -18,7 +18,7 @@ UNVERIFIED_AFTER = timedelta(days=1)
 
 def check_retention(keep_last: int, keep_days: float) -> None:
     if keep_last < 1 or keep_days < 0:
-        raise ConfigError(
+        raise InputError(
             f"Retention keep_last={keep_last}, keep_days={keep_days} would keep no backup; "
             "keep at least the newest one (keep_last >= 1) and a non-negative number of days."
         )

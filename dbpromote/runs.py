@@ -25,7 +25,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.input.run_input import keyset_from_paused_state
 
 from dbpromote import waits
-from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
+from dbpromote.errors import ApprovalRejected, ConfigError, InputError, PreflightError
 from dbpromote.models.approval import ApprovalForm, approval_form_titled
 from dbpromote.notify import run_url
 
@@ -169,7 +169,7 @@ def cancel_run(run_id: str, reason: str, wait_s: float = 15) -> State:
     with get_client(sync_client=True) as client:
         run = read_run(client, run_id)
         if run.state and run.state.is_final():
-            raise ConfigError(f"Run {run_id} has already ended ({run.state.name}); nothing to cancel.")
+            raise InputError(f"Run {run_id} has already ended ({run.state.name}); nothing to cancel.")
         if run.state and run.state.is_running():
             client.set_flow_run_state(run.id, Cancelling(message=message), force=True)
             deadline = time.monotonic() + wait_s
@@ -186,7 +186,7 @@ def read_run(client, run_id: str) -> FlowRun:
     try:
         return client.read_flow_run(UUID(run_id))
     except (ValueError, ObjectNotFound):
-        raise ConfigError(f"No flow run {run_id!r}; list the runs with `dbpromote runs --all`.") from None
+        raise InputError(f"No flow run {run_id!r}; list the runs with `dbpromote runs --all`.") from None
 
 
 RESUMABLE = ("promote", "fix")
@@ -198,18 +198,18 @@ def resumable_run(client, run_id: str) -> tuple[FlowRun, str]:
     run = read_run(client, run_id)
     flow = client.read_flow(run.flow_id).name
     if flow not in RESUMABLE:
-        raise ConfigError(
+        raise InputError(
             f"Run {run_id} is a {flow} run; only a promotion or a fix is resumed (start the others again)."
         )
     state = run.state
     if state is None or not state.is_final():
-        raise ConfigError(
+        raise InputError(
             f"Run {run_id} is still {state.name if state else 'unknown'} as far as Prefect knows; if its process "
             "died, it is marked Crashed within two minutes of its last heartbeat: resume it then, or end it with "
             f"`dbpromote cancel {run_id} --reason TEXT`."
         )
     if state.is_completed():
-        raise ConfigError(f"Run {run_id} completed; there is nothing of it to resume.")
+        raise InputError(f"Run {run_id} completed; there is nothing of it to resume.")
     return run, flow
 
 
@@ -257,7 +257,7 @@ def paused_form(client, run: FlowRun, wait_s: float = 15) -> type[ApprovalForm]:
                 break
             time.sleep(0.5)
     if form is None:
-        raise ConfigError(
+        raise InputError(
             f"Run {run.id} is paused without an approval form; it is not a promotion waiting for approval."
         )
     return form
@@ -279,22 +279,22 @@ def answer_approval(
         run = read_run(client, run_id)
         if run.state and run.state.is_crashed():
             again = f"`dbpromote resume {run_id}`" if client.read_flow(run.flow_id).name == "promote" else "a new run"
-            raise ConfigError(
+            raise InputError(
                 f"Run {run_id} crashed (its process died) and can no longer be answered; nothing was approved: "
                 f"carry it on with {again}."
             )
         if not (run.state and run.state.is_paused()):
-            raise ConfigError(
+            raise InputError(
                 f"Run {run_id} is not waiting for approval (it is {run.state.name if run.state else '?'}); "
                 "list the runs waiting with `dbpromote pending`."
             )
         if waits_for(run) == "deploy":
-            raise ConfigError(
+            raise InputError(
                 f"Run {run_id} waits for the application's deploy, not for an approval; once the new release "
                 f"serves everywhere, say so with `dbpromote deployed {run_id} --release LABEL --by YOUR_NAME`."
             )
         if waits_for(run) == "window":
-            raise ConfigError(
+            raise InputError(
                 f"Run {run_id} was approved and waits for its maintenance window; it runs then by itself (to run it "
                 f"now: `dbpromote run-now {run_id} --by YOUR_NAME --reason TEXT`)."
             )
@@ -302,13 +302,13 @@ def answer_approval(
         if "code" in fields:
             code = code or (ask_code() if ask_code else "")
             if not code:
-                raise ConfigError(
+                raise InputError(
                     f"The approvers of run {run_id} are enrolled: give your current one-time code with --code."
                 )
             run_input["code"] = code
         if "acknowledge_risky_operations" in fields:
             if decision == "approve" and not acknowledge_risks:
-                raise ConfigError(
+                raise InputError(
                     f"The plan of run {run_id} has risky operations; read them at {run_url(run.id)} "
                     "and approve again with --acknowledge-risks."
                 )
@@ -342,10 +342,10 @@ def answer_wait(run_id: str, kind: str, answer: dict) -> None:
         if not (run.state and run.state.is_paused() and waits_for(run) == kind):
             state = run.state.name if run.state else "unknown"
             what = "a deploy" if kind == "deploy" else "its maintenance window"
-            raise ConfigError(
+            raise InputError(
                 f"Run {run_id} is not waiting for {what} (it is {state}); nothing was sent: `dbpromote pending` "
                 "lists the runs that wait, and what for."
             )
         response = client.resume_flow_run(run.id, run_input=answer)
     if response.status == SetStateStatus.REJECT:
-        raise ConfigError(f"The server refused the answer ({response.details.reason}); correct it and try again.")
+        raise InputError(f"The server refused the answer ({response.details.reason}); correct it and try again.")

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from dbpromote.config import load_project, load_target
 from dbpromote.drift import check_next
-from dbpromote.errors import ConfigError, PreflightError, VerificationError
+from dbpromote.errors import InputError, PreflightError, VerificationError
 from dbpromote.models.approval import reconcile_request
 from dbpromote.models.drift import DriftReport
 from dbpromote.models.plan import parse_target_migration
@@ -70,7 +70,7 @@ def reconcile(
     requires it. Refused, showing the differences, when the hand-made change is not what the migration does."""
     parsed = parse_target_migration(migration)
     if parsed is None:
-        raise ConfigError("Name the migration to reconcile as APP:NAME, e.g. --migration core:0002_featureflag.")
+        raise InputError("Name the migration to reconcile as APP:NAME, e.g. --migration core:0002_featureflag.")
     app, name = parsed
     django_project, database = load_project(project), load_target(target)
     check_not_held([target])

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from dbpromote.backups import list_backups
-from dbpromote.errors import ConfigError, DbpromoteError, PreflightError
+from dbpromote.errors import ConfigError, DbpromoteError, InputError, PreflightError
 from tests.harness import applied
 
 
@@ -131,7 +131,7 @@ def test_promise_6_models_changed_without_migrations(fresh_databases, project_co
 
 @pytest.mark.parametrize("to", ["core:0099_nope", "core0008", "core:"])
 def test_promise_6_unknown_or_malformed_target_migration(fresh_databases, to):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(InputError) as error:
         run("tenant-backend", "staging", to)
     assert_refused_cleanly(fresh_databases, error.value, repr(to))
 

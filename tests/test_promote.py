@@ -6,7 +6,7 @@ import subprocess
 import psycopg
 import pytest
 
-from dbpromote.errors import ApprovalRejected, ConfigError, PreflightError
+from dbpromote.errors import ApprovalRejected, InputError, PreflightError
 from tests.harness import RELEASE, PromotionInBackground, applied, target_changed
 
 
@@ -155,7 +155,7 @@ def test_form_refuses_a_missing_approver_or_acknowledgement_and_keeps_waiting(fr
     assert no_acknowledgement.status.value == "REJECT"
     assert "'acknowledge_risky_operations' is a required property" in no_acknowledgement.details.reason
     assert promotion.paused_run().id == run.id
-    with pytest.raises(ConfigError, match="has risky operations; read them at .* --acknowledge-risks"):
+    with pytest.raises(InputError, match="has risky operations; read them at .* --acknowledge-risks"):
         answer_approval(str(run.id), "approve", "alice", "ok", acknowledge_risks=False)
 
 

@@ -262,9 +262,9 @@ def test_retention_keeps_referenced_and_recent_backups_and_deletes_only_what_the
 def test_retention_refuses_rules_that_keep_nothing(fresh_databases):
     from dbpromote.flows.backup import backup
 
-    from dbpromote.errors import ConfigError
+    from dbpromote.errors import InputError
 
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(InputError) as error:
         backup(["staging"], keep_last=-1)
     assert "would keep no backup" in str(error.value)
 

@@ -10,7 +10,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 from pydantic import BaseModel, Field, computed_field, field_validator, model_validator
 
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 
 SAMPLE_KEYS = 5  # changed rows' keys kept per table for the approval form
 
@@ -27,14 +27,14 @@ class FixScript(BaseModel):
     @classmethod
     def sql_or_python(cls, name: str) -> str:
         if not name.endswith((".sql", ".py")):
-            raise ConfigError(f"{name} is neither a .sql nor a .py file; a fix script is SQL statements or Python.")
+            raise InputError(f"{name} is neither a .sql nor a .py file; a fix script is SQL statements or Python.")
         return name
 
     @field_validator("source")
     @classmethod
     def not_empty(cls, source: str) -> str:
         if not source.strip():
-            raise ConfigError("The fix script is empty; give a file with what to run.")
+            raise InputError("The fix script is empty; give a file with what to run.")
         return source
 
     @model_validator(mode="after")
@@ -44,7 +44,7 @@ class FixScript(BaseModel):
         for number, statement in enumerate(self.statements(), 1):
             if not isinstance(statement.stmt, DATA_STATEMENTS):
                 kind = " ".join(self.text_of(statement).split()[:2]).upper()
-                raise ConfigError(
+                raise InputError(
                     f"{self.name}'s statement {number} ({kind} ...) is not a data change, and a fix changes data "
                     "only (SELECT, INSERT, UPDATE, DELETE, MERGE, SET): schema changes belong in a migration; "
                     "reconcile covers SQL already applied by hand."
@@ -67,7 +67,7 @@ class FixScript(BaseModel):
         try:
             return list(parse_sql(self.source))
         except ParseError as error:
-            raise ConfigError(f"The fix script is not valid SQL ({error}); correct it and run the fix again.") from None
+            raise InputError(f"The fix script is not valid SQL ({error}); correct it and run the fix again.") from None
 
     def text_of(self, statement: ast.RawStmt) -> str:
         end = statement.stmt_location + statement.stmt_len if statement.stmt_len else len(self.source)
@@ -106,7 +106,7 @@ class RowBounds(BaseModel):
             return cls()
         match = re.fullmatch(r"\s*(\d*)\s*\.\.\s*(\d*)\s*", text)
         if not match or not (match[1] or match[2]) or (match[1] and match[2] and int(match[1]) > int(match[2])):
-            raise ConfigError(
+            raise InputError(
                 f"--expect-rows {text!r} is not MIN..MAX; write it as e.g. 1..50, 10.. or ..100 (rows changed on "
                 "each target)."
             )
@@ -178,14 +178,14 @@ class BatchedStatement:
 
     def __init__(self, source: str, size: int):
         if size < 1:
-            raise ConfigError(f"--batch-size {size} is not a number of rows; give one of at least 1, e.g. 1000.")
+            raise InputError(f"--batch-size {size} is not a number of rows; give one of at least 1, e.g. 1000.")
         statements = FixScript(name="batched.sql", source=source).statements()
         statement = statements[0].stmt if len(statements) == 1 else None
         if not isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)) or (
             statement.withClause or statement.returningClause or getattr(statement, "fromClause", None)
             or getattr(statement, "usingClause", None)
         ):  # fmt: skip
-            raise ConfigError(
+            raise InputError(
                 "--batch-size runs one UPDATE or DELETE of one table in batches, and the script is not one (or has "
                 "WITH, FROM, USING or RETURNING); give a single such statement, or run the script without "
                 "--batch-size."

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 
 
 class Share(BaseModel):
@@ -21,7 +21,7 @@ class Share(BaseModel):
     def parse(cls, text: str, option: str, least: int) -> Share:
         match = re.fullmatch(r"\s*(\d+)(\s*%)?\s*", text)
         if not match or int(match[1]) < least or (match[2] and not 0 < int(match[1]) <= 100):
-            raise ConfigError(
+            raise InputError(
                 f"{option} {text!r} is neither a number of members (at least {least}) nor a percentage of them "
                 "from 1% to 100%; give it as e.g. 5 or 20%."
             )

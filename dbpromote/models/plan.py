@@ -8,7 +8,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.probe.protocol import UNKNOWN_SQL, OperationInfo
 
 
@@ -326,7 +326,7 @@ def parse_target_migration(to: str) -> tuple[str, str] | None:
         return None
     app, sep, name = to.partition(":")
     if not (sep and app and name) or ":" in name:
-        raise ConfigError(f"Target migration {to!r} is malformed; write it as APP:MIGRATION, e.g. core:0008_default.")
+        raise InputError(f"Target migration {to!r} is malformed; write it as APP:MIGRATION, e.g. core:0008_default.")
     return app, name
 
 

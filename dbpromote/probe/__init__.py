@@ -21,7 +21,7 @@ from typing import IO, Annotated
 from pydantic import Field, TypeAdapter, ValidationError
 
 from dbpromote.config import DatabaseTarget, DjangoProject
-from dbpromote.errors import ConfigError, redact
+from dbpromote.errors import ConfigError, FixError, redact
 from dbpromote.lifeline import PARENT_PID
 from dbpromote.probe.protocol import (
     Answer,
@@ -350,7 +350,7 @@ class ProbeTransaction:
         answer = self._read()
         self.process.wait(timeout=30)
         if how == "commit" and not isinstance(answer, StepAnswer):
-            raise ConfigError(f"The fix session ended without committing ({answer}); nothing was committed.")
+            raise FixError(f"The fix session ended without committing ({answer}); nothing was committed: run it again.")
 
     def _send(self, request: dict) -> None:
         try:

@@ -4,7 +4,7 @@ else is refused in one sentence before a run starts."""
 import pytest
 from pglast import parse_sql
 
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.models.fix import BatchedStatement, FixScript
 
 
@@ -48,14 +48,14 @@ def test_a_composite_key_is_compared_as_a_row_and_values_are_quoted():
     ],
 )
 def test_anything_but_one_plain_update_or_delete_is_refused(source):
-    with pytest.raises(ConfigError, match="--batch-size runs one UPDATE or DELETE of one table in batches"):
+    with pytest.raises(InputError, match="--batch-size runs one UPDATE or DELETE of one table in batches"):
         BatchedStatement(source, 100)
 
 
 def test_invalid_sql_and_a_size_below_one_are_one_sentence_each():
-    with pytest.raises(ConfigError, match=r"^The fix script is not valid SQL \(syntax error at or near \"UPDAT\""):
+    with pytest.raises(InputError, match=r"^The fix script is not valid SQL \(syntax error at or near \"UPDAT\""):
         BatchedStatement("UPDAT a SET x = 1", 100)
-    with pytest.raises(ConfigError, match=r"^--batch-size 0 is not a number of rows; give one of at least 1"):
+    with pytest.raises(InputError, match=r"^--batch-size 0 is not a number of rows; give one of at least 1"):
         BatchedStatement("DELETE FROM a", 0)
 
 
@@ -70,7 +70,7 @@ def test_invalid_sql_and_a_size_below_one_are_one_sentence_each():
     ],
 )
 def test_a_fix_that_is_not_a_data_change_is_refused_as_it_is_read(source, kind):
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(InputError) as refused:
         FixScript(name="fix_notes.sql", source=source)
     assert f"({kind} ...) is not a data change" in str(refused.value)
     assert "schema changes belong in a migration; reconcile covers SQL already applied by hand." in str(refused.value)
@@ -83,10 +83,10 @@ def test_an_update_or_delete_of_every_row_asks_for_a_bound_unless_one_is_given_o
         name="fix.sql", source="SELECT 1; UPDATE core_task SET title = upper(title); DELETE FROM core_tag"
     )
     assert script.unbounded() == ["core_task", "core_tag"]
-    with pytest.raises(ConfigError, match=r"changes every row of core_task, core_tag .* --expect-rows MIN\.\.MAX"):
+    with pytest.raises(InputError, match=r"changes every row of core_task, core_tag .* --expect-rows MIN\.\.MAX"):
         check_fix_input([], script, 0)
-    with pytest.raises(ConfigError, match="No environments given"):  # past the bound: the next check speaks
+    with pytest.raises(InputError, match="No environments given"):  # past the bound: the next check speaks
         check_fix_input([], script, 0, expect_rows="1..500")
-    with pytest.raises(ConfigError, match="No environments given"):
+    with pytest.raises(InputError, match="No environments given"):
         check_fix_input([], script, 0, tenants=["7"])
     assert FixScript(name="fix.sql", source="UPDATE core_task SET title = 'a' WHERE id = 3").unbounded() == []

@@ -3,7 +3,7 @@ sentence."""
 
 import pytest
 
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.models.fleet import Share, waves
 
 MEMBERS = [f"shard-{n:02d}" for n in range(1, 13)]
@@ -25,7 +25,7 @@ def test_a_percentage_rounds_up_and_no_canary_leaves_wave_zero_empty():
 
 @pytest.mark.parametrize("text", ["0", "-1", "five", "0%", "101%", "5.5", ""])
 def test_a_size_that_is_neither_a_count_nor_a_percentage_is_one_sentence(text):
-    with pytest.raises(ConfigError, match=r"^--wave-size .* is neither a number of members \(at least 1\) nor a"):
+    with pytest.raises(InputError, match=r"^--wave-size .* is neither a number of members \(at least 1\) nor a"):
         Share.parse(text, "--wave-size", 1)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.models.plan import (
     RULES,
     OperationInfo,
@@ -108,7 +108,7 @@ def test_the_newest_applied_migration_per_app_is_the_reverse_target():
 
 @pytest.mark.parametrize("to", ["core", "core:", ":0002", "core:0002:x"])
 def test_a_malformed_target_migration_is_one_sentence_naming_the_form(to):
-    with pytest.raises(ConfigError, match="write it as APP:MIGRATION"):
+    with pytest.raises(InputError, match="write it as APP:MIGRATION"):
         parse_target_migration(to)
 
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dbpromote.errors import ConfigError
+from dbpromote.errors import InputError
 from dbpromote.retention import check_retention, is_abandoned, retention_decisions
 from tests.harness import a_backup
 
@@ -37,5 +37,5 @@ def test_an_unverified_dump_is_swept_only_once_it_is_more_than_a_day_old():
 
 @pytest.mark.parametrize("keep_last, keep_days", [(0, 14), (3, -1)])
 def test_rules_that_would_keep_nothing_are_refused(keep_last, keep_days):
-    with pytest.raises(ConfigError, match="keep at least the newest one"):
+    with pytest.raises(InputError, match="keep at least the newest one"):
         check_retention(keep_last, keep_days)
