@@ -143,7 +143,7 @@ def main() -> None:
         os.environ["STORAGE_EMULATOR_HOST"] = endpoint
         try:
             started = time.monotonic()
-            backup = take_backup(target, TARGET, run_id="")
+            backup = take_backup(target, run_id="")
             seconds = time.monotonic() - started
             delete_backup(gcs_client().bucket(local_stack.BUCKET), backup.object_name)
             return seconds
@@ -151,7 +151,7 @@ def main() -> None:
             os.environ["STORAGE_EMULATOR_HOST"] = emulator
 
     def in_emulator() -> set[str]:
-        return {backup.object_name for backup in list_backups(target, TARGET)}
+        return {backup.object_name for backup in list_backups(target)}
 
     def cli_into(endpoint: str) -> float:
         """The command as typed; its backup must have landed where the run was pointed (then it is deleted)."""

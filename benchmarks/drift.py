@@ -101,10 +101,10 @@ def measure(label: str, folder: Path, settings: str, live: str, rounds: int) -> 
         with tempfile.TemporaryDirectory() as kept:  # nothing kept: the replay itself is what is measured
             os.environ[replays.CACHE_ENV] = kept
             started = time.monotonic()
-            report = check_drift(project, target, "bench-drift")
+            report = check_drift(project, target)
             timings.append(time.monotonic() - started)
             started = time.monotonic()
-            again = check_drift(project, target, "bench-drift")  # the same history: its replay kept
+            again = check_drift(project, target)  # the same history: its replay kept
             reused_s = time.monotonic() - started
             assert again.reused and again.differences == report.differences, again.text()
         del os.environ[replays.CACHE_ENV]

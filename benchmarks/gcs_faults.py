@@ -32,7 +32,7 @@ def backups(target, rounds: int) -> tuple[list, list, float]:
     started = time.monotonic()
     for _ in range(rounds):
         try:
-            completed.append(backup_library.take_backup(target, "staging", run_id=""))
+            completed.append(backup_library.take_backup(target, run_id=""))
         except BackupError as error:
             failed.append(str(error))
     return completed, failed, time.monotonic() - started
@@ -48,7 +48,7 @@ def main() -> None:
     _, size = seeded_database("bench_faults", args.tenants, args.rows, args.text_bytes, args.keep)
     print(f"bench_faults: {size / 1e6:.1f} MB on disk, uploaded in chunks of {CHUNK // 1024} KiB")
     target = load_target("staging").on_database("bench_faults")
-    before = {b.object_name for b in list_backups(target, "staging")}
+    before = {b.object_name for b in list_backups(target)}
 
     clean, _, baseline_s = backups(target, args.rounds)
     proxy = FaultProxy(stack.ports["gcs"], mode="mixed", rate=args.rate, seed=11)
@@ -66,7 +66,7 @@ def main() -> None:
         if b.name.endswith(".dump.zst")
     ]
     partial = [b.name for b in dumps if (b.metadata or {}).get("verified") != "true"]
-    listed = {b.object_name for b in list_backups(target, "staging")} - before - {b.object_name for b in clean}
+    listed = {b.object_name for b in list_backups(target)} - before - {b.object_name for b in clean}
     unreported = listed - names
     stored = sum(b.size_bytes for b in completed)
     resent = proxy.upload_bytes_refused  # every byte of a faulted request goes on the wire again

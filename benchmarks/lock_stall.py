@@ -113,7 +113,7 @@ def migrate_in_flow(project, target, migration) -> None:
 
     def migrate_step():
         with ProbeSession(project, target) as probe:
-            return apply_migration(probe, target, "bench", migration)
+            return apply_migration(probe, target, migration)
 
     flow(name="lock-stall-benchmark")(migrate_step)()
 
@@ -134,8 +134,8 @@ def main() -> None:
     results["bare manage.py migrate"] = run_scenario(url, lambda: manage(url, "migrate", "core", "0003_task_priority"))
     for lock_timeout_ms in (2000, 500):
         manage(url, "migrate", "core", "0002_featureflag")
-        target = DatabaseTarget(url=url, lock_timeout_ms=lock_timeout_ms, max_lock_wait_s=120)
-        migration = compute_plan(project, target, "bench", "core:0003_task_priority").migrations[0]
+        target = DatabaseTarget(url=url, lock_timeout_ms=lock_timeout_ms, max_lock_wait_s=120).named("bench")
+        migration = compute_plan(project, target, "core:0003_task_priority").migrations[0]
 
         results[f"dbpromote, lock_timeout {lock_timeout_ms} ms"] = run_scenario(
             url, lambda target=target, migration=migration: migrate_in_flow(project, target, migration)

@@ -70,13 +70,13 @@ def main() -> None:
     scenarios = (("every migration pending", None), ("an upgrade", UPGRADE_PENDING), ("up to date", 0))
     for label, pending in scenarios:
         url = database("bench_plan", python, pending)
-        target = DatabaseTarget(url=url)
-        planned = len(compute_plan(project, target, "bench").migrations)
+        target = DatabaseTarget(url=url).named("bench")
+        planned = len(compute_plan(project, target).migrations)
         listed = manage(python, url, "showmigrations", "--plan").count("\n")
         bare, ours = [], []
         for _ in range(args.rounds):  # alternating, so that neither gets a warmer cache
             bare.append(timed(lambda url=url: manage(python, url, "showmigrations", "--plan")))
-            ours.append(timed(lambda target=target: compute_plan(project, target, "bench")))
+            ours.append(timed(lambda target=target: compute_plan(project, target)))
         bare_s, ours_s = statistics.median(bare), statistics.median(ours)
         print(
             f"{label}: {listed} migrations in the history, {planned} pending; showmigrations --plan {bare_s:.2f} s, "

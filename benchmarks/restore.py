@@ -35,10 +35,10 @@ def main() -> None:
     from dbpromote.postgres import libpq_env, server_connection
     from dbpromote.restores import drop_restored, restore_into_new_database
 
-    target = DatabaseTarget(url=url, bucket=local_stack.BUCKET, prefix="benchmarks")
+    target = DatabaseTarget(url=url, bucket=local_stack.BUCKET, prefix="benchmarks").named("bench")
     bucket = gcs_client().bucket(local_stack.BUCKET)
-    existing = [b for b in list_backups(target, "bench") if bucket.blob(b.manifest_name).exists()] if args.keep else []
-    backup = existing[0] if existing else take_backup(target, "bench", run_id="")
+    existing = [b for b in list_backups(target) if bucket.blob(b.manifest_name).exists()] if args.keep else []
+    backup = existing[0] if existing else take_backup(target, run_id="")
     print(f"database {size / 1e9:.2f} GB; backup {backup.uri} ({backup.size_bytes / 1e6:.0f} MB)", flush=True)
 
     env = libpq_env(target)
@@ -51,22 +51,22 @@ def main() -> None:
                 while chunk := plain.read(1 << 20):
                     out.write(chunk)
         for _ in range(args.rounds):
-            with server_connection(target, "bench") as conn:
+            with server_connection(target) as conn:
                 conn.execute(f"DROP DATABASE IF EXISTS {BASELINE_DB}")
                 conn.execute(f"CREATE DATABASE {BASELINE_DB}")
             started = time.monotonic()
             restore = ["pg_restore", "--exit-on-error", f"--dbname={BASELINE_DB}", str(dump)]
             subprocess.run(restore, env=env, check=True)
             bare.append(time.monotonic() - started)
-            with server_connection(target, "bench") as conn:
+            with server_connection(target) as conn:
                 conn.execute(f"DROP DATABASE {BASELINE_DB}")
 
             cpu_before = emulator_cpu_seconds()
             started = time.monotonic()
-            restored = restore_into_new_database(target, "bench", backup, "bench_restore_ours")
+            restored = restore_into_new_database(target, backup, "bench_restore_ours")
             ours.append(time.monotonic() - started)
             emulator_cpu.append(emulator_cpu_seconds() - cpu_before)
-            drop_restored(target, "bench", restored.database)
+            drop_restored(target, restored.database)
             print(f"round: bare {bare[-1]:.1f} s, ours {ours[-1]:.1f} s", flush=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

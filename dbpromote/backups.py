@@ -46,16 +46,16 @@ ZSTD_LEVEL = 1
 
 
 @contextlib.contextmanager
-def exported_snapshot(target: DatabaseTarget, target_name: str) -> Iterator[tuple[psycopg.Connection, str]]:
+def exported_snapshot(target: DatabaseTarget) -> Iterator[tuple[psycopg.Connection, str]]:
     """A read-only repeatable-read transaction whose snapshot pg_dump shares: counts and state match the dump."""
-    with connect(target, target_name) as conn:
+    with connect(target) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         yield conn, snapshot
 
 
-def check_bucket(target: DatabaseTarget, target_name: str) -> None:
+def check_bucket(target: DatabaseTarget) -> None:
     """The target's backup bucket exists and accepts writes (an object written and deleted), or the sentence that
     says which credentials, bucket or permission to fix."""
     client = gcs_client(target.gcp_credentials)
@@ -63,14 +63,14 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
         bucket = client.lookup_bucket(target.bucket, retry=gcs_retry())
     except gcs_errors.GoogleAPIError as error:
         raise PreflightError(
-            f"The backup bucket {target.bucket!r} of target {target_name!r} cannot be read ({error}); "
+            f"The backup bucket {target.bucket!r} of target {target.name!r} cannot be read ({error}); "
             "check the credentials and the GCS endpoint.",
             transient=True,
         ) from None
     if bucket is None:
         raise PreflightError(
-            f"The backup bucket {target.bucket!r} of target {target_name!r} does not exist; create it "
-            f"or set another with `dbpromote target add {target_name} --bucket NAME`."
+            f"The backup bucket {target.bucket!r} of target {target.name!r} does not exist; create it "
+            f"or set another with `dbpromote target add {target.name} --bucket NAME`."
         )
     probe = bucket.blob(f"{target.prefix}/.dbpromote-write-check-{uuid.uuid4().hex}")
     try:
@@ -78,29 +78,29 @@ def check_bucket(target: DatabaseTarget, target_name: str) -> None:
         probe.delete(retry=gcs_retry())
     except gcs_errors.GoogleAPIError as error:
         raise PreflightError(
-            f"The backup bucket {target.bucket!r} of target {target_name!r} refuses writes ({error}); "
+            f"The backup bucket {target.bucket!r} of target {target.name!r} refuses writes ({error}); "
             "grant the worker's service account objectCreator and objectViewer on it.",
             transient=True,
         ) from None
 
 
-def take_backup(target: DatabaseTarget, target_name: str, run_id: str, read_back: bool = False) -> Backup:
+def take_backup(target: DatabaseTarget, run_id: str, read_back: bool = False) -> Backup:
     """pg_dump of the target streamed to GCS, read whole by pg_restore on its way up, and verified by the checksum
     GCS stored; with read_back, also downloaded again and read whole. A second backup of the same state by the same
     flow run (`run_id`; "" outside one) is the first one: a re-run after a crash reuses it."""
     started = time.monotonic()
     bucket = gcs_client(target.gcp_credentials).bucket(target.bucket)
-    with backup_running(target, target_name, wait_s=target.max_lock_wait_s):
-        with exported_snapshot(target, target_name) as (conn, snapshot), ThreadPoolExecutor(1) as counter:
+    with backup_running(target, wait_s=target.max_lock_wait_s):
+        with exported_snapshot(target) as (conn, snapshot), ThreadPoolExecutor(1) as counter:
             state = migration_state(conn)
-            for existing in list_backups(target, target_name) if run_id else []:
+            for existing in list_backups(target) if run_id else []:
                 if existing.flow_run_id == run_id and existing.migration_state == state:
                     return existing  # this flow run's backup of this very state: a re-run after a crash
             facts = database_facts(conn)
             counted = counter.submit(row_counts, conn)  # while pg_dump streams: both read the same snapshot
             created_at = datetime.now(UTC)
-            blob = bucket.blob(_object_name(target, target_name, facts["database"], created_at, run_id))
-            blob.metadata = _metadata(target_name, facts, created_at, run_id, state)
+            blob = bucket.blob(_object_name(target, facts["database"], created_at, run_id))
+            blob.metadata = _metadata(target.name, facts, created_at, run_id, state)
             crc, size = _stream_dump(target, blob, facts["size_bytes"], snapshot)
             counts = counted.result()
     object_name = blob.name
@@ -121,9 +121,9 @@ def take_backup(target: DatabaseTarget, target_name: str, run_id: str, read_back
     return Backup.from_blob(blob)
 
 
-def _object_name(target: DatabaseTarget, target_name: str, database: str, created_at: datetime, run_id: str) -> str:
+def _object_name(target: DatabaseTarget, database: str, created_at: datetime, run_id: str) -> str:
     """PREFIX/TARGET/DATABASE/TIME-RUN.dump.zst: names sort by time."""
-    return f"{target.prefix}/{target_name}/{database}/{created_at:%Y%m%dT%H%M%S.%fZ}-{run_id[:8] or 'adhoc'}.dump.zst"
+    return f"{target.prefix}/{target.name}/{database}/{created_at:%Y%m%dT%H%M%S.%fZ}-{run_id[:8] or 'adhoc'}.dump.zst"
 
 
 def _metadata(
@@ -237,10 +237,10 @@ def _verify(target: DatabaseTarget, blob: Blob, crc: str, read_back: bool) -> No
         )
 
 
-def backup_objects(target: DatabaseTarget, target_name: str) -> tuple[list[Backup], list[Blob]]:
+def backup_objects(target: DatabaseTarget) -> tuple[list[Backup], list[Blob]]:
     """The verified backups of a target, newest first, and its dumps never marked verified."""
     blobs = gcs_client(target.gcp_credentials).list_blobs(
-        target.bucket, prefix=f"{target.prefix}/{target_name}/", retry=gcs_retry()
+        target.bucket, prefix=f"{target.prefix}/{target.name}/", retry=gcs_retry()
     )
     verified, unverified = [], []
     for blob in blobs:
@@ -251,9 +251,9 @@ def backup_objects(target: DatabaseTarget, target_name: str) -> tuple[list[Backu
     return sorted(verified, key=lambda backup: backup.created_at, reverse=True), unverified
 
 
-def list_backups(target: DatabaseTarget, target_name: str) -> list[Backup]:
+def list_backups(target: DatabaseTarget) -> list[Backup]:
     """The verified backups of a target, newest first; objects not marked verified are never listed."""
-    return backup_objects(target, target_name)[0]
+    return backup_objects(target)[0]
 
 
 def read_manifest(backup: Backup, target: DatabaseTarget) -> Manifest:
@@ -267,14 +267,14 @@ def read_manifest(backup: Backup, target: DatabaseTarget) -> Manifest:
         ) from None
 
 
-def find_backup(target: DatabaseTarget, target_name: str, name: str = "") -> Backup:
+def find_backup(target: DatabaseTarget, name: str = "") -> Backup:
     """The named verified backup of a target (object name or gs:// URI), or its newest when name is empty."""
-    backups = list_backups(target, target_name)
+    backups = list_backups(target)
     if not name:
         if not backups:
             raise BackupError(
-                f"Target {target_name!r} has no verified backup under "
-                f"gs://{target.bucket}/{target.prefix}/{target_name}/; take one with `dbpromote backup {target_name}`.",
+                f"Target {target.name!r} has no verified backup under "
+                f"gs://{target.bucket}/{target.prefix}/{target.name}/; take one with `dbpromote backup {target.name}`.",
                 transient=False,
             )
         return backups[0]
@@ -282,7 +282,7 @@ def find_backup(target: DatabaseTarget, target_name: str, name: str = "") -> Bac
         if name in (backup.uri, backup.object_name):
             return backup
     raise BackupError(
-        f"{name} is not a verified backup of target {target_name!r}; list them with `dbpromote backups {target_name}`.",
+        f"{name} is not a verified backup of target {target.name!r}; list them with `dbpromote backups {target.name}`.",
         transient=False,
     )
 

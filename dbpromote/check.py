@@ -72,7 +72,6 @@ def check(
     project: DjangoProject,
     project_name: str,
     target: DatabaseTarget,
-    target_name: str,
     allow_risks: bool,
     records: bool,
     previous_code: DjangoProject | None = None,
@@ -81,14 +80,14 @@ def check(
     holds the hashes of the migration files as applied (without it, edited files cannot be told).
     `previous_code`: the running release's own tree, whose models are judged instead of the migration state at
     the target's applied migrations (where a team's models and migrations disagree)."""
-    report = CheckReport(project=project_name, target=target_name, risks_allowed=allow_risks)
+    report = CheckReport(project=project_name, target=target.name, risks_allowed=allow_risks)
     try:
         previous = previous_models(previous_code, target, report) if previous_code else None
-        report.plan = compute_plan(project, target, target_name, previous=previous)
+        report.plan = compute_plan(project, target, previous=previous)
     except DbpromoteError as error:
         report.refused.append(str(error))
     try:
-        report.drift = check_drift(project, target, target_name, read_history=records)
+        report.drift = check_drift(project, target, read_history=records)
     except DbpromoteError as error:
         report.refused.append(str(error))
     if not records:

@@ -32,11 +32,11 @@ def indexes_built(migration: PlannedMigration) -> list[str]:
     return [name for statement in migration.sql for name in CREATES_INDEX.findall(statement)]
 
 
-def existing(target: DatabaseTarget, target_name: str, names: list[str]) -> dict[str, bool]:
+def existing(target: DatabaseTarget, names: list[str]) -> dict[str, bool]:
     """Which of these indexes exist in the target's schema, each with whether it is valid."""
     if not names:
         return {}
-    with connect(target, target_name, autocommit=True) as conn:
+    with connect(target, autocommit=True) as conn:
         rows = conn.execute(
             """
             SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
@@ -47,10 +47,10 @@ def existing(target: DatabaseTarget, target_name: str, names: list[str]) -> dict
     return dict(rows)
 
 
-def drop_invalid(target: DatabaseTarget, target_name: str, migration: PlannedMigration) -> list[str]:
+def drop_invalid(target: DatabaseTarget, migration: PlannedMigration) -> list[str]:
     """Drop the INVALID indexes this migration's own SQL creates (never another); the names dropped."""
-    invalid = [name for name, valid in existing(target, target_name, indexes_built(migration)).items() if not valid]
-    with connect(target, target_name, autocommit=True) as conn:
+    invalid = [name for name, valid in existing(target, indexes_built(migration)).items() if not valid]
+    with connect(target, autocommit=True) as conn:
         for name in invalid:
             conn.execute(
                 sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(target.schema_name, name))

@@ -214,6 +214,19 @@ class DatabaseTarget(Block):
         return WATCH_AFTER_S if self.requires_approval else 0.0
 
     @property
+    def name(self) -> str:
+        """The target's name: the block's it was loaded from or saved as (Prefect keeps it with the block, and
+        copies keep it), or the one given with `named`. Every message, record and key says the target by it."""
+        return self._block_document_name or ""
+
+    def named(self, name: str) -> "DatabaseTarget":
+        """This target under `name`: one built in code (a benchmark's, `check --url`'s), or a copy that acts for
+        another (a rehearsal's scratch database)."""
+        copy = self.model_copy()
+        copy._block_document_name = name
+        return copy
+
+    @property
     def conninfo(self) -> Conninfo:
         """The connection string as libpq reads it: where pg_dump, psycopg and the probe all take it from."""
         return Conninfo(self.url.get_secret_value())

@@ -29,7 +29,6 @@ from dbpromote.rls import bring_rls_up_to_date, repaired_by_rls_step
 def check_drift(
     project: DjangoProject,
     target: DatabaseTarget,
-    target_name: str,
     read_history: bool = True,
     plus: tuple[str, str] | None = None,
     probe: ProbeSession | None = None,
@@ -39,11 +38,11 @@ def check_drift(
     every applied migration file with the hash it had. With plus, the replay applies that migration too: is its
     effect already on the target? `probe`: a session of the project's already started (a promotion's)."""
     started = time.monotonic()
-    with connect(target, target_name) as conn:
+    with connect(target) as conn:
         live = snapshot(conn, target.app_role)
     with ExitStack() as stack:
         probe = probe or stack.enter_context(ProbeSession(project, target))
-        history, expected, reused = replayed(probe, target, target_name, extensions(live), plus)
+        history, expected, reused = replayed(probe, target, extensions(live), plus)
     differences = compare(
         governed(expected, target),
         governed(live, target),
@@ -52,9 +51,9 @@ def check_drift(
     )
     differences += orphaned_rows(history)
     if read_history:
-        differences += edited_files(target, target_name, history)
+        differences += edited_files(target, history)
     return DriftReport(
-        target=target_name,
+        target=target.name,
         replayed=len(history.applied) + bool(plus),
         reused=reused,
         differences=differences,
@@ -66,7 +65,6 @@ def check_drift(
 def replayed(
     probe: ProbeSession,
     target: DatabaseTarget,
-    target_name: str,
     extensions: dict[str, str],
     plus: tuple[str, str] | None,
 ) -> tuple[PlanAnswer, Snapshot, bool]:
@@ -77,26 +75,26 @@ def replayed(
 
     The probe reads the history on the target and replays it into the scratch database (on the same server, as the
     same role: only the database's name differs)."""
-    with server_connection(target, target_name) as server:
+    with server_connection(target) as server:
         key_salt = replays.salt(target, server_settings(server, target.database), extensions, SCHEMA_CODE)
 
         def ask(into: str, cache: str) -> PlanAnswer:
             answer = probe.replay(target, ":".join(plus) if plus else "", into, cache, key_salt)
-            return history_of(answer, probe.project, target_name)
+            return history_of(answer, probe.project, target.name)
 
         history = ask("", str(replays.cache_dir()))
         if history.replay == "cached" and (kept := replays.read(history.replay_key)):
             return history, kept.schema, True
         scratch = scratch_name(target.database, "drift")
         copy = target.on_database(scratch)
-        create_scratch(server, target.database, scratch, f"drift check of {target_name}")
+        create_scratch(server, target.database, scratch, f"drift check of {target.name}")
         try:
-            with connect(copy, target_name) as conn:
+            with connect(copy) as conn:
                 for name, version in extensions.items():
-                    create_extension(conn, name, version, target_name)
+                    create_extension(conn, name, version, target.name)
             history = ask(scratch, "")
-            bring_rls_up_to_date(copy, target_name)
-            with connect(copy, target_name) as conn:
+            bring_rls_up_to_date(copy)
+            with connect(copy) as conn:
                 schema = snapshot(conn, target.app_role)
         finally:
             drop_scratch(server, scratch)
@@ -157,11 +155,11 @@ def governed(schema: Snapshot, target: DatabaseTarget) -> Snapshot:
     return {key: attributes for key, attributes in schema.items() if key[0] != "grant" or key[1] in tenant}
 
 
-def edited_files(target: DatabaseTarget, target_name: str, history: PlanAnswer) -> list[Difference]:
+def edited_files(target: DatabaseTarget, history: PlanAnswer) -> list[Difference]:
     """Applied migrations whose file changed since dbpromote applied it (the hashes in the target's ledger). A
     ledger entry older than the row's own `applied` time describes an earlier application (the database was
     recreated or restored and migrated since by someone else): that migration is not judged."""
-    ledger = read_migration_files(target, target_name)
+    ledger = read_migration_files(target)
     judged = {
         label: entry["sha256"]
         for label, entry in ledger.items()
@@ -201,16 +199,16 @@ def orphaned_rows(history: PlanAnswer) -> list[Difference]:
     ]
 
 
-def fake_apply(project: DjangoProject, target: DatabaseTarget, target_name: str, label: str, file_hash: str) -> None:
+def fake_apply(project: DjangoProject, target: DatabaseTarget, label: str, file_hash: str) -> None:
     """`migrate APP NAME --fake` on the target, and its file's hash recorded as for any migration applied."""
     app, _, name = label.partition(".")
     answer = run_probe(project, target, "fake", "--to", f"{app}:{name}")
     if not isinstance(answer, StepAnswer):
         raise MigrationError(
-            f"{label} could not be recorded as applied on {target_name} ({answer.message}); nothing was recorded: "
+            f"{label} could not be recorded as applied on {target.name} ({answer.message}); nothing was recorded: "
             "fix the error and reconcile again."
         )
-    record_migration_files(target, target_name, str(flow_run.get_id() or ""), {label: file_hash}, reconciled=True)
+    record_migration_files(target, str(flow_run.get_id() or ""), {label: file_hash}, reconciled=True)
 
 
 def check_next(pending: list[str], applied: list[str], label: str, target: str) -> None:

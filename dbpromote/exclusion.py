@@ -13,28 +13,28 @@ LOCK_KEY_SQL = "hashtextextended('dbpromote:' || current_database(), 0)"
 
 
 @contextlib.contextmanager
-def backup_running(target: DatabaseTarget, target_name: str, wait_s: float) -> Iterator[None]:
-    with _advisory_lock(target, target_name, shared=True, wait_s=wait_s):
+def backup_running(target: DatabaseTarget, wait_s: float) -> Iterator[None]:
+    with _advisory_lock(target, shared=True, wait_s=wait_s):
         yield
 
 
 @contextlib.contextmanager
-def migration_running(target: DatabaseTarget, target_name: str, wait_s: float) -> Iterator[None]:
-    with _advisory_lock(target, target_name, shared=False, wait_s=wait_s):
+def migration_running(target: DatabaseTarget, wait_s: float) -> Iterator[None]:
+    with _advisory_lock(target, shared=False, wait_s=wait_s):
         yield
 
 
 @contextlib.contextmanager
-def _advisory_lock(target: DatabaseTarget, target_name: str, *, shared: bool, wait_s: float) -> Iterator[None]:
+def _advisory_lock(target: DatabaseTarget, *, shared: bool, wait_s: float) -> Iterator[None]:
     suffix = "_shared" if shared else ""
-    with connect(target, target_name, autocommit=True) as conn:
+    with connect(target, autocommit=True) as conn:
         deadline = time.monotonic() + wait_s
         while not conn.execute(f"SELECT pg_try_advisory_lock{suffix}({LOCK_KEY_SQL})").fetchone()[0]:
             if time.monotonic() > deadline:
                 if shared:
-                    raise BackupError(f"A migration of target {target_name!r} is running; back up after it ends.")
+                    raise BackupError(f"A migration of target {target.name!r} is running; back up after it ends.")
                 raise MigrationError(
-                    f"A backup of target {target_name!r} is still running after {wait_s:.0f} s; nothing was "
+                    f"A backup of target {target.name!r} is still running after {wait_s:.0f} s; nothing was "
                     "migrated: wait for it to finish and run the promotion again."
                 )
             time.sleep(0.5)

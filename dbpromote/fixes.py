@@ -36,23 +36,20 @@ CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
 TRIGGER = sql.Identifier("dbpromote_fix_capture")
 
 
-def dry_run_fix(
-    target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str], project: DjangoProject
-) -> FixRun:
+def dry_run_fix(target: DatabaseTarget, script: FixScript, tenants: list[str], project: DjangoProject) -> FixRun:
     """What the script would change on the target, per table, with a few changed rows' keys; all rolled back."""
 
     def attempt() -> FixRun:
-        with fix_transaction(target, target_name, script, project) as conn:
-            changes = run_captured(conn, target, target_name, script, tenants)
+        with fix_transaction(target, script, project) as conn:
+            changes = run_captured(conn, target, script, tenants)
             conn.rollback()
-        return FixRun(target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=True)
+        return FixRun(target=target.name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=True)
 
-    return retrying_locks(target, target_name, f"The fix {script.name}", attempt)
+    return retrying_locks(target, f"The fix {script.name}", attempt)
 
 
 def apply_fix(
     target: DatabaseTarget,
-    target_name: str,
     script: FixScript,
     tenants: list[str],
     approved: FixRun,
@@ -67,30 +64,30 @@ def apply_fix(
     Whole, in one transaction committed only when it changed exactly what the dry run counted (the data may have
     moved since) within the bounds; with batch_size, in keyset batches carried on after the last committed one,
     each told to `note`."""
-    images = BeforeImages(target, target_name, fix_id)
+    images = BeforeImages(target, fix_id)
     earlier = images.committed()
     if batch_size:
-        return BatchedFix(target, target_name, script, tenants, batch_size, note).run(approved, bounds, images, earlier)
+        return BatchedFix(target, script, tenants, batch_size, note).run(approved, bounds, images, earlier)
     if earlier:  # the crashed run committed it and died before recording it
         return images.fix_run(script, tenants, earlier)
 
     def attempt() -> FixRun:
-        with fix_transaction(target, target_name, script, project) as conn:
-            changes = run_captured(conn, target, target_name, script, tenants)
+        with fix_transaction(target, script, project) as conn:
+            changes = run_captured(conn, target, script, tenants)
             done = FixRun(
-                target=target_name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=False
+                target=target.name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=False
             )
             if not done.same_counts(approved) or not bounds.admits(done.rows):
                 conn.rollback()
                 raise FixError(
-                    f"The fix changed other rows on {target_name} than its dry run counted ({done.rows} rows, dry "
+                    f"The fix changed other rows on {target.name} than its dry run counted ({done.rows} rows, dry "
                     f"run {approved.rows}: the data changed in between); nothing was committed: run the fix again."
                 )
             images.save(conn, Batch(number=1, changes=changes))
             conn.commit()
         return images.fix_run(script, tenants, [Batch(number=1, changes=changes)])
 
-    return retrying_locks(target, target_name, f"The fix {script.name}", attempt)
+    return retrying_locks(target, f"The fix {script.name}", attempt)
 
 
 class BatchedFix:
@@ -101,13 +98,12 @@ class BatchedFix:
     def __init__(
         self,
         target: DatabaseTarget,
-        target_name: str,
         script: FixScript,
         tenants: list[str],
         size: int,
         note: Callable[[str], None],
     ):
-        self.target, self.target_name, self.script, self.tenants = target, target_name, script, tenants
+        self.target, self.script, self.tenants = target, script, tenants
         self.statement, self.note = BatchedStatement(script.source, size), note
 
     def run(self, approved: FixRun, bounds: RowBounds, images: BeforeImages, done: list[Batch]) -> FixRun:
@@ -118,7 +114,6 @@ class BatchedFix:
             number = len(done) + 1
             batch = retrying_locks(
                 self.target,
-                self.target_name,
                 f"Batch {number} of the fix {self.script.name}",
                 functools.partial(
                     self.next_batch, number, done[-1].last_key if done else None, images, bounds, counted, most
@@ -128,16 +123,16 @@ class BatchedFix:
                 return images.fix_run(self.script, self.tenants, done)
             counted += len(batch.changes)
             done.append(batch)
-            self.note(f"batch {number} committed on {self.target_name}: {len(batch.changes)} rows")
+            self.note(f"batch {number} committed on {self.target.name}: {len(batch.changes)} rows")
 
     def next_batch(
         self, number: int, after: list[str] | None, images: BeforeImages, bounds: RowBounds, rows: int, most: int
     ) -> Batch | None:
         """The next batch committed, with its before-images saved first, unless it would take the rows changed so
         far past `most` or the bounds; None when no row is left after `after`."""
-        with fix_transaction(self.target, self.target_name) as conn:
+        with fix_transaction(self.target) as conn:
             try:
-                key = check_undoable(conn, self.statement.table, self.target_name)
+                key = check_undoable(conn, self.statement.table, self.target.name)
                 keys = conn.execute(self.statement.next_keys(key, after)).fetchall()
             except psycopg.errors.LockNotAvailable:
                 raise LocksBusy from None
@@ -145,15 +140,15 @@ class BatchedFix:
                 return None
             last = list(keys[-1])
             part = FixScript(name=self.script.name, source=self.statement.between(key, after, last))
-            changes = run_captured(conn, self.target, self.target_name, part, self.tenants)
+            changes = run_captured(conn, self.target, part, self.tenants)
             rows += len(changes)
             if rows > most or not bounds.admits_at_most(rows):
                 conn.rollback()
                 raise FixError(
-                    f"Batch {number} of the fix would take the rows it changed on {self.target_name} to "
+                    f"Batch {number} of the fix would take the rows it changed on {self.target.name} to "
                     f"{rows}, past its dry run's count ({most}) or --expect-rows {bounds}: the data changed "
                     f"since the dry run. Batches 1 to {number - 1} are committed: undo them with "
-                    f"`dbpromote fix-undo {images.fix_id} --target {self.target_name}`, or run the fix again."
+                    f"`dbpromote fix-undo {images.fix_id} --target {self.target.name}`, or run the fix again."
                 )
             batch = Batch(number=number, last_key=last, changes=changes)
             images.save(conn, batch)
@@ -175,9 +170,9 @@ class BeforeImages:
     object's first line names its transaction; the server says whether that committed (txid_status, PostgreSQL's
     answer to "did my COMMIT happen?" after a lost connection)."""
 
-    def __init__(self, target: DatabaseTarget, target_name: str, fix_id: str):
-        self.target, self.target_name, self.fix_id = target, target_name, fix_id
-        self.folder = f"{target.prefix}/{target_name}/before-images/{fix_id}/"
+    def __init__(self, target: DatabaseTarget, fix_id: str):
+        self.target, self.fix_id = target, fix_id
+        self.folder = f"{target.prefix}/{target.name}/before-images/{fix_id}/"
         self.uri = f"gs://{target.bucket}/{self.folder}"
 
     def save(self, conn: psycopg.Connection | ProbeTransaction, batch: Batch) -> None:
@@ -202,7 +197,7 @@ class BeforeImages:
         """The batches whose transactions committed, in order; an aborted one's object is deleted (it describes
         nothing that happened)."""
         batches = []
-        with connect(self.target, self.target_name) as conn:
+        with connect(self.target) as conn:
             for name, (header, *rows) in ((name, self._read(name)) for name in self._names()):
                 (status,) = conn.execute("SELECT txid_status(%s)", [header["xid"]]).fetchone()
                 if status == "aborted":
@@ -212,7 +207,7 @@ class BeforeImages:
                     continue
                 if status != "committed":
                     raise FixError(
-                        f"Batch {header['batch']} of fix {self.fix_id} on {self.target_name} is in transaction "
+                        f"Batch {header['batch']} of fix {self.fix_id} on {self.target.name} is in transaction "
                         f"{header['xid']}, which is {status or 'too old for the server to tell'}; nothing more was "
                         "run: end the crashed run's session (pg_stat_activity) and carry on again, or check the rows "
                         "and undo the fix."
@@ -224,7 +219,7 @@ class BeforeImages:
     def fix_run(self, script: FixScript, tenants: list[str], batches: list[Batch]) -> FixRun:
         tables = summarise([change for batch in batches for change in batch.changes])
         return FixRun(
-            target=self.target_name,
+            target=self.target.name,
             script_hash=script.hash,
             tenants=tenants,
             tables=tables,
@@ -258,7 +253,7 @@ class LocksBusy(Exception):
     """The fix's transaction did not get a lock within lock_timeout (and was rolled back)."""
 
 
-def retrying_locks(target: DatabaseTarget, target_name: str, what: str, attempt: Callable[[], FixRun | int]):
+def retrying_locks(target: DatabaseTarget, what: str, attempt: Callable[[], FixRun | int]):
     """attempt() again, each time in a new transaction, while its locks are busy, as a migration is retried."""
     backoff = LockBackoff(target)
     for tries in itertools.count(1):
@@ -268,7 +263,7 @@ def retrying_locks(target: DatabaseTarget, target_name: str, what: str, attempt:
             sleep = backoff.next()
             if sleep is None:
                 raise MigrationError(
-                    f"{what} could not get its locks on {target_name} in {tries} attempts over "
+                    f"{what} could not get its locks on {target.name} in {tries} attempts over "
                     f"{target.max_lock_wait_s:.0f} s (lock_timeout {target.lock_timeout_ms} ms); nothing was "
                     "committed: find the session holding them (pg_locks, pg_stat_activity) and run again."
                 ) from None
@@ -277,7 +272,7 @@ def retrying_locks(target: DatabaseTarget, target_name: str, what: str, attempt:
 
 
 def fix_transaction(
-    target: DatabaseTarget, target_name: str, script: FixScript | None = None, project: DjangoProject | None = None
+    target: DatabaseTarget, script: FixScript | None = None, project: DjangoProject | None = None
 ) -> psycopg.Connection | ProbeTransaction:
     """The transaction a fix runs in, with the target's lock_timeout and statement_timeout: the migration role's
     own connection for SQL; for a Python script, the project's connection in its own interpreter (the probe),
@@ -286,20 +281,19 @@ def fix_transaction(
         return ProbeTransaction(project, target, script.source)
     # As the probe gives them to a migration's session: libpq options, set before the first statement.
     timeouts = f"-c lock_timeout={target.lock_timeout_ms} -c statement_timeout={target.statement_timeout_ms}"
-    return connect(target, target_name, options=timeouts)
+    return connect(target, options=timeouts)
 
 
 def run_captured(
     conn: psycopg.Connection | ProbeTransaction,
     target: DatabaseTarget,
-    target_name: str,
     script: FixScript,
     tenants: list[str],
 ) -> list[tuple]:
     """Run the script twice in this transaction: first to learn which tables it writes (then rolled back to a
     savepoint), then with capture triggers on those tables. The captured rows: (table, op, old row, new row)."""
     conn.execute("SAVEPOINT dbpromote_fix_probe")
-    run_script(conn, target, target_name, script, tenants)
+    run_script(conn, target, script, tenants)
     tables = [
         table
         for (table,) in conn.execute(
@@ -328,13 +322,13 @@ def run_captured(
     )
     conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(CHANGES, sql.Identifier(target.app_role)))
     for table in tables:
-        check_undoable(conn, table, target_name)
+        check_undoable(conn, table, target.name)
         conn.execute(
             sql.SQL(
                 "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
             ).format(TRIGGER, sql.SQL(table), CAPTURE)
         )
-    run_script(conn, target, target_name, script, tenants)
+    run_script(conn, target, script, tenants)
     captured = sql.SQL("SELECT tbl, op, old::text, new::text FROM {} ORDER BY n").format(CHANGES)
     changes = [(t, op, _json(old), _json(new)) for t, op, old, new in conn.execute(captured).fetchall()]
     for table in tables:  # gone before the commit: nothing of the capture outlives the fix
@@ -345,7 +339,6 @@ def run_captured(
 def run_script(
     conn: psycopg.Connection | ProbeTransaction,
     target: DatabaseTarget,
-    target_name: str,
     script: FixScript,
     tenants: list[str],
 ) -> None:
@@ -370,7 +363,7 @@ def run_script(
             raise LocksBusy from None
         scope = f" as {target.app_role} for tenant {tenant}" if tenant is not None else ""
         raise FixError(
-            f"The fix {script.name} failed on {target_name}{scope} ({str(error).strip().splitlines()[0]}); nothing "
+            f"The fix {script.name} failed on {target.name}{scope} ({str(error).strip().splitlines()[0]}); nothing "
             "was committed: correct the script and run the fix again."
         ) from None
 
@@ -420,18 +413,18 @@ def summarise(changes: list[tuple]) -> list[TableChanges]:
     return list(tables.values())
 
 
-def undo_fix(target: DatabaseTarget, target_name: str, fix_id: str) -> int:
+def undo_fix(target: DatabaseTarget, fix_id: str) -> int:
     """Each row the fix changed put back as it was (inserted ones deleted, deleted ones inserted again), in one
     transaction; refused, naming the rows, where a row is no longer what the fix left. The rows put back."""
-    rows = BeforeImages(target, target_name, fix_id).rows()
-    return retrying_locks(target, target_name, "The undo", lambda: put_back(target, target_name, rows))
+    rows = BeforeImages(target, fix_id).rows()
+    return retrying_locks(target, "The undo", lambda: put_back(target, rows))
 
 
-def put_back(target: DatabaseTarget, target_name: str, rows: list[dict]) -> int:
+def put_back(target: DatabaseTarget, rows: list[dict]) -> int:
     """One attempt at the undo, in one transaction."""
     try:
-        with fix_transaction(target, target_name) as conn:
-            return put_back_rows(conn, target_name, rows)
+        with fix_transaction(target) as conn:
+            return put_back_rows(conn, target.name, rows)
     except psycopg.errors.LockNotAvailable:
         raise LocksBusy from None
 
@@ -518,13 +511,13 @@ def check_fix_input(
         )
 
 
-def fix_to_undo(database: DatabaseTarget, target: str, fix_run: str) -> dict:
+def fix_to_undo(database: DatabaseTarget, fix_run: str) -> dict:
     """The record of the fix run on the target, with the before-images an undo puts back; checked by the CLI too,
     so a wrong id is refused before any run is created."""
-    found = [r for r in read_records(database, target, "fixes") if r["flow_run_id"] == fix_run]
+    found = [r for r in read_records(database, "fixes") if r["flow_run_id"] == fix_run]
     if not found or not found[0].get("before_images"):
         raise InputError(
-            f"No fix run {fix_run} with before-images is recorded on {target}; `dbpromote journal {target}` lists "
-            "the fixes made there."
+            f"No fix run {fix_run} with before-images is recorded on {database.name}; `dbpromote journal "
+            f"{database.name}` lists the fixes made there."
         )
     return found[0]

@@ -35,17 +35,17 @@ class Intervention(BaseModel):
         return f"{self.at[:19]}  {self.kind:<10} {'; '.join(facts)}  (run {self.run})"
 
 
-def interventions(target: DatabaseTarget, target_name: str, since: str = "") -> list[Intervention]:
+def interventions(target: DatabaseTarget, since: str = "") -> list[Intervention]:
     """What was done to the target, newest first, from `since` (an ISO date or time) on."""
     approvals: dict[str, list[str]] = {}
-    for approval in read_records(target, target_name, "approvals"):
+    for approval in read_records(target, "approvals"):
         approvals.setdefault(approval["flow_run_id"], []).extend(approval.get("approvers") or [approval["approver"]])
     found = [
-        *(_promotion(r) for r in read_records(target, target_name, "promotions")),
-        *(_fix(r) for r in read_records(target, target_name, "fixes")),
-        *(_restore(r) for r in read_records(target, target_name, "restores")),
-        *(_rollback(r) for r in read_records(target, target_name, "rollbacks")),
-        *(_reconcile(r) for r in read_records(target, target_name, "migrations") if r.get("reconciled")),
+        *(_promotion(r) for r in read_records(target, "promotions")),
+        *(_fix(r) for r in read_records(target, "fixes")),
+        *(_restore(r) for r in read_records(target, "restores")),
+        *(_rollback(r) for r in read_records(target, "rollbacks")),
+        *(_reconcile(r) for r in read_records(target, "migrations") if r.get("reconciled")),
     ]
     for intervention in found:
         intervention.approvers = approvals.get(intervention.run, [])

@@ -53,7 +53,7 @@ def open_journal(
     journal = Journal(promotion=promotion or "adhoc", carries_on=str(crashed.id) if crashed else "")
     if crashed or again:
         for target in targets or through:
-            journal.targets[target] = read_target_journal(load_target(target), target, journal.promotion)
+            journal.targets[target] = read_target_journal(load_target(target), journal.promotion)
         note(f"carrying on promotion {journal.promotion}")
     return journal
 
@@ -103,10 +103,10 @@ def promotion_of(run: FlowRun) -> str:
     return tagged[0] if tagged else str(run.id)
 
 
-def read_target_journal(database: DatabaseTarget, target: str, promotion: str) -> TargetJournal:
+def read_target_journal(database: DatabaseTarget, promotion: str) -> TargetJournal:
     """What the promotion's runs recorded for one target; the newest record of each step wins."""
     journal = TargetJournal()
-    for record in reversed(read_records(database, target, "steps", scope=promotion)):  # oldest first
+    for record in reversed(read_records(database, "steps", scope=promotion)):  # oldest first
         if record["step"] == "started":
             journal.started = Plan.model_validate(record["plan"])
         elif record["step"] == "approved":
@@ -135,4 +135,4 @@ def record_step(
     }
     name, field = kind[type(step)]
     record = {"promotion": journal.promotion, "flow_run_id": run_id, "step": name, field: step.model_dump()}
-    return write_record(load_target(target), target, "steps", run_id, record, scope=journal.promotion)
+    return write_record(load_target(target), "steps", run_id, record, scope=journal.promotion)

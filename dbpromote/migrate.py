@@ -48,7 +48,6 @@ class LockBackoff:
 def apply_migration(
     probe: ProbeSession,
     target: DatabaseTarget,
-    target_name: str,
     migration: PlannedMigration,
     warn: Callable[[str], None] = lambda message: None,
 ) -> MigrationResult:
@@ -58,16 +57,16 @@ def apply_migration(
     backoff = LockBackoff(target)
     started = time.monotonic()
     for attempt in itertools.count(1):
-        wait_for_long_transactions(target, target_name)
-        watching = Watcher(target, target_name, probe.application_name, migration.atomic, probe.stop_between_statements)
+        wait_for_long_transactions(target)
+        watching = Watcher(target, probe.application_name, migration.atomic, probe.stop_between_statements)
         lock_timeout_ms = target.concurrent_lock_timeout_ms if concurrent.is_concurrent(migration) else 0
-        with migration_running(target, target_name, wait_s=target.max_lock_wait_s), watching:
+        with migration_running(target, wait_s=target.max_lock_wait_s), watching:
             outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
         impact = watching.impact
         if isinstance(outcome, StepAnswer):
             events.emit(
                 "dbpromote.migration.applied",
-                target_name,
+                target.name,
                 {"migration": migration.label, "attempts": attempt, **impact.model_dump()},
             )
             return MigrationResult(
@@ -81,29 +80,27 @@ def apply_migration(
             )
         message = redact(outcome.message or "unknown error", target.url.get_secret_value())
         if impact.cancelled:
-            raise cancelled(migration, target, target_name, impact, message)
+            raise cancelled(migration, target, impact, message)
         if not migration.atomic:
-            sleep = after_a_partial_failure(migration, target, target_name, outcome.reason, message, backoff)
+            sleep = after_a_partial_failure(migration, target, outcome.reason, message, backoff)
         elif outcome.reason != "lock":
-            raise MigrationError(f"{migration.label} failed on {target_name} and was rolled back ({message}).")
+            raise MigrationError(f"{migration.label} failed on {target.name} and was rolled back ({message}).")
         elif (sleep := backoff.next()) is None:
             raise MigrationError(
-                f"{migration.label} could not get its locks on {target_name} in {attempt} attempts over "
+                f"{migration.label} could not get its locks on {target.name} in {attempt} attempts over "
                 f"{target.max_lock_wait_s:.0f} s ({message}); it was rolled back: find the session holding "
                 "the lock (pg_locks, pg_stat_activity) and run again."
             )
-        warn(f"{migration.label} on {target_name} (attempt {attempt}): {message}; retrying in {sleep:.2f} s")
+        warn(f"{migration.label} on {target.name} (attempt {attempt}): {message}; retrying in {sleep:.2f} s")
         time.sleep(sleep)
 
 
-def cancelled(
-    migration: PlannedMigration, target: DatabaseTarget, target_name: str, impact: Impact, message: str
-) -> MigrationError:
+def cancelled(migration: PlannedMigration, target: DatabaseTarget, impact: Impact, message: str) -> MigrationError:
     """The watcher stopped it: an event, and the sentence that says what the application went through and what of
     the migration is applied (nothing, when it is atomic; the statements before the stop, when not)."""
     events.emit(
         "dbpromote.migration.cancelled",
-        target_name,
+        target.name,
         {"migration": migration.label, "max_app_wait_s": target.max_app_wait_s, **impact.model_dump()},
     )
     waited = (
@@ -113,13 +110,13 @@ def cancelled(
     if not migration.atomic:
         applied = message.partition("applied: ")[2] or f"unknown ({message})"
         return MigrationError(
-            f"{migration.label} is not atomic and was stopped between statements on {target_name}: it held "
+            f"{migration.label} is not atomic and was stopped between statements on {target.name}: it held "
             f"{impact.strongest_lock or 'its locks'} and {waited}; applied before the stop: {applied}; the rest "
             "was not run and the migration is not recorded as applied: finish it by hand in a maintenance window "
             "and record it with `dbpromote reconcile`, or undo those statements and run it again in a window."
         )
     return MigrationError(
-        f"{migration.label} was cancelled on {target_name}: it held {impact.strongest_lock} on "
+        f"{migration.label} was cancelled on {target.name}: it held {impact.strongest_lock} on "
         f"{', '.join(impact.tables) or 'its tables'} and {waited}; it was rolled back, nothing of it is applied: "
         "run it in a maintenance window, or split it (add the column nullable, backfill in batches, constrain it in "
         "a later release)."
@@ -129,7 +126,6 @@ def cancelled(
 def after_a_partial_failure(
     migration: PlannedMigration,
     target: DatabaseTarget,
-    target_name: str,
     reason: str,
     message: str,
     backoff: LockBackoff,
@@ -137,26 +133,26 @@ def after_a_partial_failure(
     """A non-atomic migration failed: the seconds to wait before running it again when it only builds indexes
     concurrently, its build was cancelled waiting for a lock and nothing of it is left (the INVALID indexes it left
     dropped); otherwise the MigrationError that says what may be applied."""
-    dropped = concurrent.drop_invalid(target, target_name, migration) if concurrent.is_concurrent(migration) else []
+    dropped = concurrent.drop_invalid(target, migration) if concurrent.is_concurrent(migration) else []
     if dropped and reason == "lock" and concurrent.only_builds_indexes(migration):
-        if not concurrent.existing(target, target_name, concurrent.indexes_built(migration)):
+        if not concurrent.existing(target, concurrent.indexes_built(migration)):
             if (sleep := backoff.next()) is not None:
                 return sleep
     left = f"; the INVALID indexes it left were dropped: {', '.join(dropped)}" if dropped else ""
     raise MigrationError(
-        f"{migration.label} is not atomic and failed part-way on {target_name} ({message}{left}); operations "
+        f"{migration.label} is not atomic and failed part-way on {target.name} ({message}{left}); operations "
         "before the failing one may have been applied and it is not recorded as applied: inspect it "
         "(e.g. an INVALID index left by CREATE INDEX CONCURRENTLY), repair, then run again."
     )
 
 
-def wait_for_long_transactions(target: DatabaseTarget, target_name: str) -> None:
+def wait_for_long_transactions(target: DatabaseTarget) -> None:
     """Wait (bounded) until no transaction on the database is older than target.long_transaction_s.
 
     DDL queued behind a long transaction blocks every query queued behind the DDL.
     """
     deadline = time.monotonic() + target.long_transaction_wait_s
-    with connect(target, target_name, autocommit=True) as conn:
+    with connect(target, autocommit=True) as conn:
         while True:
             rows = conn.execute(
                 """
@@ -176,7 +172,7 @@ def wait_for_long_transactions(target: DatabaseTarget, target_name: str) -> None
                     for pid, age, start, query in rows
                 )
                 raise MigrationError(
-                    f"Long-running transactions on {target_name} would queue the migration's locks ({named}); "
+                    f"Long-running transactions on {target.name} would queue the migration's locks ({named}); "
                     "nothing more was migrated: end them (pg_terminate_backend) or run when they are done."
                 )
             time.sleep(1)

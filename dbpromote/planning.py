@@ -21,7 +21,6 @@ from dbpromote.probe.protocol import AppChanges
 def compute_plan(
     project: DjangoProject,
     target: DatabaseTarget,
-    target_name: str,
     to: str = "",
     probe: ProbeSession | None = None,
     previous: dict | None = None,
@@ -37,10 +36,10 @@ def compute_plan(
             asked = run_probe(project, target, "plan", "--to", to, "--previous", tables.name)
     else:
         asked = probe.plan(to, target) if probe else run_probe(project, target, "plan", "--to", to)
-    answer = plan_answer(asked, project, target_name, to)
+    answer = plan_answer(asked, project, target.name, to)
     check_conflicts(answer)
-    check_model_changes(answer.model_changes, project, target_name)
-    check_history(answer, target_name)
+    check_model_changes(answer.model_changes, project, target.name)
+    check_history(answer, target.name)
     migrations = _planned(answer)
     classify_risks(migrations, project.lint_ignore)
     assign_phases(migrations)
@@ -48,14 +47,14 @@ def compute_plan(
         f"{squash} is partly applied: Django applies the rest of what it replaces" for squash in answer.partial_squashes
     ]
     notes += [f"lint rule {rule} is ignored for this project: {why}" for rule, why in project.lint_ignore.items()]
-    with connect(target, target_name) as conn:
-        check_extensions(conn, answer.extensions, target_name)
-        check_owners(conn, target, target_name, migrations)
+    with connect(target) as conn:
+        check_extensions(conn, answer.extensions, target.name)
+        check_owners(conn, target, migrations)
         notes += other_schemas(conn, target)
         version = conn.info.server_version
     squawk_risks(migrations, f"{version // 10000}.{version % 10000}", project.lint_ignore)
     return Plan(
-        target=target_name,
+        target=target.name,
         to=to,
         applied=answer.applied,
         migrations=migrations,
@@ -74,13 +73,13 @@ def check_conflicts(answer: PlanAnswer) -> None:
         )
 
 
-def plan_back(project: DjangoProject, target: DatabaseTarget, target_name: str, state: list[tuple[str, str]]) -> Plan:
+def plan_back(project: DjangoProject, target: DatabaseTarget, state: list[tuple[str, str]]) -> Plan:
     """The migrations to reverse, in order, to bring a target back to an applied state (a backup's)."""
     answer = run_probe(project, target, "plan-back", "--state", json.dumps(state))
-    answer = plan_answer(answer, project, target_name, "")
+    answer = plan_answer(answer, project, target.name, "")
     migrations = _planned(answer, backwards=True)
     classify_risks(migrations)
-    return Plan(target=target_name, applied=answer.applied, migrations=migrations)
+    return Plan(target=target.name, applied=answer.applied, migrations=migrations)
 
 
 def check_model_changes(changes: list[AppChanges], project: DjangoProject, target_name: str) -> None:
@@ -140,7 +139,7 @@ def check_extensions(conn: psycopg.Connection, extensions: dict[str, str], targe
             )
 
 
-def check_owners(conn: psycopg.Connection, target: DatabaseTarget, target_name: str, migrations: list) -> None:
+def check_owners(conn: psycopg.Connection, target: DatabaseTarget, migrations: list) -> None:
     """Tables the plan's SQL alters must belong to the migration role (PostgreSQL lets only owners alter them)."""
     foreign = conn.execute(
         """
@@ -154,7 +153,7 @@ def check_owners(conn: psycopg.Connection, target: DatabaseTarget, target_name: 
         users = [m.label for m in migrations if any(quoted in statement for statement in m.sql)]
         if users:
             raise PreflightError(
-                f"{', '.join(users)} change {table} on {target_name}, which belongs to {owner}, not to the "
+                f"{', '.join(users)} change {table} on {target.name}, which belongs to {owner}, not to the "
                 f"migration role; make it the owner first (ALTER TABLE {table} OWNER TO the role in the target's "
                 "URL, as a superuser or as the owner), then run again."
             )

@@ -13,7 +13,7 @@ from dbpromote.config import DatabaseTarget
 from dbpromote.errors import PreflightError, redact
 
 
-def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Connection:
+def connect(target: DatabaseTarget, **kwargs) -> psycopg.Connection:
     """A connection as the target's migration role, or a PreflightError naming what to fix."""
     url = target.url.get_secret_value()
     try:
@@ -21,19 +21,19 @@ def connect(target: DatabaseTarget, target_name: str, **kwargs) -> psycopg.Conne
     except psycopg.OperationalError as error:
         reason = redact(str(error).strip().splitlines()[-1] if str(error).strip() else repr(error), url)
         if "password authentication failed" in reason or "no password supplied" in reason:
-            fix = f"correct the credentials with `dbpromote target add {target_name} --url URL`"
+            fix = f"correct the credentials with `dbpromote target add {target.name} --url URL`"
         elif "does not exist" in reason:
-            fix = f"create the database or correct its name with `dbpromote target add {target_name} --url URL`"
+            fix = f"create the database or correct its name with `dbpromote target add {target.name} --url URL`"
         else:
             fix = "check the host and port in its URL and that the server is running and reachable"
         transient = fix.startswith("check the host")
         raise PreflightError(
-            f"Cannot connect to target {target_name!r} ({reason}); {fix}.", transient=transient
+            f"Cannot connect to target {target.name!r} ({reason}); {fix}.", transient=transient
         ) from None
     except psycopg.ProgrammingError as error:
         raise PreflightError(
-            f"The URL of target {target_name!r} is not a valid PostgreSQL URL ({redact(str(error), url)}); "
-            f"fix it with `dbpromote target add {target_name} --url postgresql://USER:PASSWORD@HOST:PORT/DB`."
+            f"The URL of target {target.name!r} is not a valid PostgreSQL URL ({redact(str(error), url)}); "
+            f"fix it with `dbpromote target add {target.name} --url postgresql://USER:PASSWORD@HOST:PORT/DB`."
         ) from None
 
 
@@ -77,7 +77,7 @@ def row_counts(conn: psycopg.Connection) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def server_connection(target: DatabaseTarget, target_name: str) -> Iterator[psycopg.Connection]:
+def server_connection(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
     """A connection to the target's server outside its database (CREATE, DROP and RENAME DATABASE run there)."""
-    with connect(target.on_database("postgres"), target_name, autocommit=True) as conn:
+    with connect(target.on_database("postgres"), autocommit=True) as conn:
         yield conn

@@ -160,7 +160,7 @@ def publish_drift(report: DriftReport) -> None:
         description=report.summary(),
     )
     target = load_target(report.target)
-    write_record(target, report.target, "drift", run_id, report.model_dump(mode="json"), scope=run_id)
+    write_record(target, "drift", run_id, report.model_dump(mode="json"), scope=run_id)
 
 
 class BackupProgress:

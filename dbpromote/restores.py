@@ -71,17 +71,17 @@ def create_scratch(conn: psycopg.Connection, like: str, database: str, purpose: 
     )
 
 
-def drop_restored(target: DatabaseTarget, target_name: str, database: str) -> None:
+def drop_restored(target: DatabaseTarget, database: str) -> None:
     """Drop a database a restore of this tool made on the target's server (a rehearsal's, a verification's)."""
-    with server_connection(target, target_name) as conn:
+    with server_connection(target) as conn:
         drop_scratch(conn, database)
 
 
-def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: Backup, database: str) -> Restored:
+def restore_into_new_database(target: DatabaseTarget, backup: Backup, database: str) -> Restored:
     """The backup in a new database on the target's server, checked against its manifest; dropped on any failure."""
     started = time.monotonic()
     manifest = read_manifest(backup, target)
-    with server_connection(target, target_name) as conn:
+    with server_connection(target) as conn:
         create_scratch(conn, target.database, database, f"restore of {backup.uri}")
         try:
             blob = gcs_client(target.gcp_credentials).bucket(backup.bucket).blob(backup.object_name)
@@ -90,32 +90,32 @@ def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: 
             if not result.ok:
                 reason = redact(result.stderr, target.url.get_secret_value()) or "the stored object ended early"
                 raise RestoreError(
-                    f"Restoring {backup.uri} failed ({reason}); the new database was dropped and {target_name} is "
+                    f"Restoring {backup.uri} failed ({reason}); the new database was dropped and {target.name} is "
                     "as it was: restore another backup (`dbpromote backups TARGET` lists them)."
                 )
             if (result.crc32c, result.size_bytes) != (manifest.crc32c, manifest.size_bytes):
                 raise RestoreError(
                     f"The stored backup {backup.uri} no longer has the checksum it was taken with "
                     f"({result.crc32c}, {result.size_bytes} bytes; recorded {manifest.crc32c}, "
-                    f"{manifest.size_bytes} bytes); the new database was dropped and {target_name} is as it was: "
+                    f"{manifest.size_bytes} bytes); the new database was dropped and {target.name} is as it was: "
                     "restore another backup."
                 )
-            check_restored(target.on_database(database), target_name, backup, manifest)
+            check_restored(target.on_database(database), backup, manifest)
         except BaseException:
             drop_scratch(conn, database)
             raise
     duration_s = round(time.monotonic() - started, 3)
-    return Restored.from_manifest(backup, manifest, target_name, database, duration_s=duration_s)
+    return Restored.from_manifest(backup, manifest, target.name, database, duration_s=duration_s)
 
 
-def check_restored(database_target: DatabaseTarget, target_name: str, backup: Backup, manifest: Manifest) -> None:
+def check_restored(database_target: DatabaseTarget, backup: Backup, manifest: Manifest) -> None:
     """Row counts per table and the migration state equal what the backup recorded in its own snapshot."""
 
     def analyze() -> None:  # a restored database has no planner statistics until autovacuum comes by
-        with connect(database_target, target_name, autocommit=True) as conn:
+        with connect(database_target, autocommit=True) as conn:
             conn.execute("ANALYZE")
 
-    with ThreadPoolExecutor(1) as background, connect(database_target, target_name) as conn:
+    with ThreadPoolExecutor(1) as background, connect(database_target) as conn:
         analyzed = background.submit(analyze)  # on its own connection, while this one counts
         counts = row_counts(conn)
         state = migration_state(conn)
@@ -137,9 +137,9 @@ def check_restored(database_target: DatabaseTarget, target_name: str, backup: Ba
         )
 
 
-def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backup) -> Restored | None:
+def restored_by_this_run(target: DatabaseTarget, backup: Backup) -> Restored | None:
     """The restore this flow run already swapped in (a re-run after a crash), described from the manifest."""
-    with server_connection(target, target_name) as conn:
+    with server_connection(target) as conn:
         comment = _comment(conn, target.database) or ""
     prefix = f"{RESTORED_MARK}: {backup.uri} by flow run {flow_run.get_id()}; previous database kept as "
     if not comment.startswith(prefix):
@@ -147,14 +147,14 @@ def restored_by_this_run(target: DatabaseTarget, target_name: str, backup: Backu
     return Restored.from_manifest(
         backup,
         read_manifest(backup, target),
-        target_name,
+        target.name,
         target.database,
         duration_s=0.0,
         replaced=comment.removeprefix(prefix),
     )
 
 
-def swap_in(target: DatabaseTarget, target_name: str, backup: Backup, restored: str, disconnect_wait_s: float) -> str:
+def swap_in(target: DatabaseTarget, backup: Backup, restored: str, disconnect_wait_s: float) -> str:
     """Rename the target's database aside and the restored one into its name, in one transaction.
 
     The target's sessions are given disconnect_wait_s to end, then terminated. The previous database is kept
@@ -162,11 +162,11 @@ def swap_in(target: DatabaseTarget, target_name: str, backup: Backup, restored: 
     """
     current = target.database
     kept = scratch_name(current, "before_restore")
-    with server_connection(target, target_name) as conn:
+    with server_connection(target) as conn:
         copy_database_properties(conn, current, restored)
         conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(current)))
         try:
-            disconnect_sessions(conn, current, target_name, disconnect_wait_s)
+            disconnect_sessions(conn, current, target.name, disconnect_wait_s)
             with conn.transaction():
                 rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
                 conn.execute(rename.format(sql.Identifier(current), sql.Identifier(kept)))

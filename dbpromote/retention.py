@@ -24,32 +24,32 @@ def check_retention(keep_last: int, keep_days: float) -> None:
         )
 
 
-def referenced_backups(target: DatabaseTarget, target_name: str) -> dict[str, str]:
+def referenced_backups(target: DatabaseTarget) -> dict[str, str]:
     """Backups the way back may need: the newest successful promotion's and every rollback record's."""
     referenced: dict[str, str] = {}
-    newest = newest_promotion_backup(target, target_name)
+    newest = newest_promotion_backup(target)
     if newest:
         referenced[newest] = "taken by the newest promotion"
-    for rollback in read_records(target, target_name, "rollbacks"):
+    for rollback in read_records(target, "rollbacks"):
         if rollback.get("backup"):
             referenced.setdefault(rollback["backup"], f"referenced by rollback {rollback['flow_run_id']}")
     return referenced
 
 
-def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, keep_days: float) -> Retained:
+def apply_retention(target: DatabaseTarget, keep_last: int, keep_days: float) -> Retained:
     """Keep the newest keep_last backups, those younger than keep_days and every referenced one; delete the rest."""
     check_retention(keep_last, keep_days)
     now = datetime.now(UTC)
     bucket = gcs_client(target.gcp_credentials).bucket(target.bucket)
-    backups, unverified = backup_objects(target, target_name)
-    kept, deleted = retention_decisions(backups, referenced_backups(target, target_name), now, keep_last, keep_days)
+    backups, unverified = backup_objects(target)
+    kept, deleted = retention_decisions(backups, referenced_backups(target), now, keep_last, keep_days)
     for backup in deleted:
         delete_backup(bucket, backup.object_name)
     swept = [blob for blob in unverified if is_abandoned(blob.metadata or {}, blob.time_created, now)]
     for blob in swept:
         delete_backup(bucket, blob.name)
     return Retained(
-        target=target_name,
+        target=target.name,
         kept=kept,
         deleted=[backup.uri for backup in deleted],
         swept=[f"gs://{target.bucket}/{blob.name}" for blob in swept],

@@ -97,7 +97,7 @@ def check_app_role(conn: psycopg.Connection, target: DatabaseTarget, tables: lis
     return problems
 
 
-def inspect_coverage(conn: psycopg.Connection, target: DatabaseTarget, target_name: str) -> Coverage:
+def inspect_coverage(conn: psycopg.Connection, target: DatabaseTarget) -> Coverage:
     tables = tenant_tables(conn, target.schema_name, target.tenant_column)
     state = {
         name: (enabled, forced)
@@ -139,7 +139,7 @@ def inspect_coverage(conn: psycopg.Connection, target: DatabaseTarget, target_na
             )
         )
     orphaned = sorted(f"{name} on {table}" for table, name in policies if table not in tables)
-    return Coverage(target=target_name, tables=coverage, orphaned_policies=orphaned)
+    return Coverage(target=target.name, tables=coverage, orphaned_policies=orphaned)
 
 
 _expression_cache: dict[tuple, str] = {}
@@ -178,24 +178,24 @@ def _missing_grants(conn: psycopg.Connection, target: DatabaseTarget, table: str
     ]
 
 
-def bring_rls_up_to_date(target: DatabaseTarget, target_name: str) -> Coverage:
+def bring_rls_up_to_date(target: DatabaseTarget) -> Coverage:
     """Every tenant table's RLS, policy and grants brought up to date, no DDL for what already matches (a drift
     check does it to a scratch database too); the coverage after, with what was done to each table."""
-    with connect(target, target_name) as conn:
+    with connect(target) as conn:
         tables = tenant_tables(conn, target.schema_name, target.tenant_column)
         problems = check_app_role(conn, target, list(tables))
         if problems:
-            raise ConfigError(f"Tenant isolation cannot hold on {target_name}: {'; '.join(problems)}.")
+            raise ConfigError(f"Tenant isolation cannot hold on {target.name}: {'; '.join(problems)}.")
         if target.force_rls:
-            _refuse_force_if_migrations_would_see_nothing(conn, target, target_name)
-        before = inspect_coverage(conn, target, target_name)
+            _refuse_force_if_migrations_would_see_nothing(conn, target)
+        before = inspect_coverage(conn, target)
         ddl = DDLCounter(conn)
         for table in before.tables:
             table.action = ", ".join(_bring_up_to_date(ddl, target, table, tables[table.table]))
         if not _default_privileges_present(conn, target):
             _grant_default_privileges(ddl, target)
         conn.commit()
-        after = inspect_coverage(conn, target, target_name)
+        after = inspect_coverage(conn, target)
     for table, was in zip(after.tables, before.tables, strict=True):
         table.action = was.action
     after.ddl_statements = ddl.statements
@@ -257,12 +257,12 @@ def _grant_default_privileges(ddl: DDLCounter, target: DatabaseTarget) -> None:
     )
 
 
-def _refuse_force_if_migrations_would_see_nothing(conn, target: DatabaseTarget, target_name: str) -> None:
+def _refuse_force_if_migrations_would_see_nothing(conn, target: DatabaseTarget) -> None:
     bypasses = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()[0]
     if not bypasses:
         user = conn.execute("SELECT current_user").fetchone()[0]
         raise ConfigError(
-            f"force_rls on {target_name} would subject the migration role {user} to the tenant policies, so data "
+            f"force_rls on {target.name} would subject the migration role {user} to the tenant policies, so data "
             f"migrations (RunPython) would see no rows; turn force_rls off or ALTER ROLE {user} BYPASSRLS."
         )
 
@@ -296,15 +296,13 @@ def _default_privileges_present(conn, target: DatabaseTarget) -> bool:
     ).fetchone()[0]
 
 
-def prove_isolation(
-    target: DatabaseTarget, target_name: str, report: Callable[[Isolation], None] = lambda isolation: None
-) -> Isolation:
+def prove_isolation(target: DatabaseTarget, report: Callable[[Isolation], None] = lambda isolation: None) -> Isolation:
     """Act as the application role on every tenant table: no other tenant's row is visible or writable. `report`
     is given the proof, passed or not, before a failed one is refused."""
-    with connect(target, target_name, autocommit=True) as conn:
+    with connect(target, autocommit=True) as conn:
         tables = tenant_tables(conn, target.schema_name, target.tenant_column)
         result = Isolation(
-            target=target_name,
+            target=target.name,
             tables=[],
             role_problems=check_app_role(conn, target, list(tables)),
             bypassing_views=_bypassing_views(conn, target, list(tables)),
@@ -314,7 +312,7 @@ def prove_isolation(
             user = conn.execute("SELECT current_user").fetchone()[0]
             raise ConfigError(
                 f"The migration role {user} cannot act as {target.app_role} to prove isolation on "
-                f"{target_name}; GRANT {target.app_role} TO {user}."
+                f"{target.name}; GRANT {target.app_role} TO {user}."
             )
         for table, column_type in tables.items():
             result.tables.append(_prove_table(conn, target, table, column_type))
@@ -322,7 +320,7 @@ def prove_isolation(
     if not result.passed:
         failed = [f"{t.table} ({t.detail})" for t in result.tables if not t.passed]
         raise VerificationError(
-            f"Tenant isolation does not hold on {target_name}: "
+            f"Tenant isolation does not hold on {target.name}: "
             + "; ".join(failed + result.role_problems + [f"{v} bypasses the policies" for v in result.bypassing_views])
             + "; run the RLS step again or fix the role, then re-run."
         )
@@ -601,9 +599,9 @@ def _bypassing_views(conn: psycopg.Connection, target: DatabaseTarget, tables: l
     ]
 
 
-def coverage(target: DatabaseTarget, target_name: str) -> Coverage:
+def coverage(target: DatabaseTarget) -> Coverage:
     """The RLS state of the target's tenant tables, changing nothing."""
-    with connect(target, target_name) as conn:
-        found = inspect_coverage(conn, target, target_name)
+    with connect(target) as conn:
+        found = inspect_coverage(conn, target)
         conn.rollback()
     return found

@@ -14,11 +14,11 @@ from dbpromote.probe import ProbeSession
 
 
 def verify_target(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, plan: Plan, probe: ProbeSession | None = None
+    project: DjangoProject, target: DatabaseTarget, plan: Plan, probe: ProbeSession | None = None
 ) -> Verification:
     """Nothing pending up to the plan's target (but what it defers to after the app deploy), the plan applied, and
     the project's checks: every check runs and is reported, pass or fail; the caller decides what a failure means."""
-    after = compute_plan(project, target, target_name, plan.to, probe)
+    after = compute_plan(project, target, plan.to, probe)
     applied = {f"{app}.{name}" for app, name in after.applied}
     pending = [label for label in after.labels if label not in plan.deferred]  # deferred: after the app deploy
     checks = [
@@ -29,13 +29,13 @@ def verify_target(
             detail=", ".join(sorted(set(plan.labels) - applied)),
         ),
     ]
-    checks += run_verify_scripts(project, target, target_name)
+    checks += run_verify_scripts(project, target)
     return Verification(checks=checks)
 
 
-def verify_state(target: DatabaseTarget, target_name: str, expected: list[tuple[str, str]]) -> Verification:
+def verify_state(target: DatabaseTarget, expected: list[tuple[str, str]]) -> Verification:
     """The applied migrations are exactly `expected` (a rollback's goal, the state a backup recorded)."""
-    with connect(target, target_name) as conn:
+    with connect(target) as conn:
         state = set(migration_state(conn))
     missing, extra = sorted(set(expected) - state), sorted(state - set(expected))
     detail = "; ".join(
@@ -49,11 +49,11 @@ def verify_state(target: DatabaseTarget, target_name: str, expected: list[tuple[
     return Verification(checks=[Check(name="migration state", passed=not detail, detail=detail)])
 
 
-def run_verify_scripts(project: DjangoProject, target: DatabaseTarget, target_name: str) -> list[Check]:
+def run_verify_scripts(project: DjangoProject, target: DatabaseTarget) -> list[Check]:
     """Each *.sql file of the project's verify folder, in name order, in a read-only transaction: no rows = pass."""
     folder = Path(project.path) / project.verify_dir
     checks = []
-    with connect(target, target_name) as conn:
+    with connect(target) as conn:
         for script in sorted(folder.glob("*.sql")):
             conn.execute("SET TRANSACTION READ ONLY")
             try:

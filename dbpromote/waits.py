@@ -216,9 +216,9 @@ def wait_for_deploy(project: str, target: str, plan: Plan, done: list[str], time
     )
 
 
-def record_approval(target: DatabaseTarget, target_name: str, approval: Approval) -> str:
+def record_approval(target: DatabaseTarget, approval: Approval) -> str:
     """The audit record, as JSON in the bucket beside the target's backups; returns its URI."""
-    return write_record(target, target_name, "approvals", approval.flow_run_id, approval.model_dump())
+    return write_record(target, "approvals", approval.flow_run_id, approval.model_dump())
 
 
 # The deployment whose scheduled run opens a window (prefect.yaml, flows/window.py).
@@ -229,34 +229,35 @@ CLOSED_GRACE_S = 3600
 
 
 def wait_for_window(
-    project: str, database: DatabaseTarget, target: str, plan: Plan, need: WindowNeed, now_reason: str
+    project: str, database: DatabaseTarget, waiting: str, plan: Plan, need: WindowNeed, now_reason: str
 ) -> WindowRun | None:
-    """Nothing when the target has no windows or the step needs none; otherwise the window the step runs in (the
+    """`waiting`: who waits, the target or the group it goes with (`database`: the target whose windows count).
+    Nothing when the target has no windows or the step needs none; otherwise the window the step runs in (the
     one open now, when the step still fits in it, or the first that opens later with room for it, suspended until
     then), or the reason a person gave to run it now."""
     if not (database.windows and need):
         return None
     started = datetime.now(UTC)
-    record = {"target": target, "plan_hash": plan.hash, "needs": need.reasons, "flow_run_id": str(flow_run.get_id())}
+    record = {"target": waiting, "plan_hash": plan.hash, "needs": need.reasons, "flow_run_id": str(flow_run.get_id())}
     if now_reason:
-        get_run_logger().warning("%s runs outside its windows now: %s", target, now_reason)
+        get_run_logger().warning("%s runs outside its windows now: %s", waiting, now_reason)
         return WindowRun(**record, started_at=started.isoformat(), opened_by="--now", reason=now_reason)
     opening = next_opening(database.windows, started, need.expected_s)
     if opening is None:
         raise PreflightError(
-            f"No maintenance window of {target} ({'; '.join(database.windows)}) is long enough for its step "
+            f"No maintenance window of {waiting} ({'; '.join(database.windows)}) is long enough for its step "
             f"({need.expected_s:.0f} s by {need.measured_on}): {'; '.join(need.reasons)}; nothing more was run on "
-            f"{target}: give it a longer window (`dbpromote target add --window`), or run it now with --now "
+            f"{waiting}: give it a longer window (`dbpromote target add --window`), or run it now with --now "
             "--reason TEXT."
         )
     if opening.opens > started:
-        answer = _suspend_until(project, target, plan, need, opening)
+        answer = _suspend_until(project, waiting, plan, need, opening)
         if answer.opened_by != THE_WINDOW:
-            get_run_logger().warning("%s runs outside its windows, by %s: %s", target, answer.opened_by, answer.reason)
+            get_run_logger().warning("%s runs outside its windows, by %s: %s", waiting, answer.opened_by, answer.reason)
             return WindowRun(
                 **record, started_at=datetime.now(UTC).isoformat(), opened_by=answer.opened_by, reason=answer.reason
             )
-    get_run_logger().info("%s runs in its window %s", target, opening.window)
+    get_run_logger().info("%s runs in its window %s", waiting, opening.window)
     return WindowRun(
         **record,
         window=opening.window,

@@ -84,12 +84,11 @@ class Watcher:
     def __init__(
         self,
         target: DatabaseTarget,
-        target_name: str,
         application_name: str,
         atomic: bool,
         stop: Callable[[], None],
     ):
-        self.target, self.target_name, self.name = target, target_name, application_name
+        self.target, self.name = target, application_name
         self.limit, self.atomic, self.stop_between_statements = target.max_app_wait_s, atomic, stop
         self.impact = Impact()
         self.modes: set[str] = set()
@@ -98,7 +97,7 @@ class Watcher:
         self.thread = threading.Thread(target=self._run, name=f"watch-{application_name}", daemon=True)
 
     def __enter__(self) -> Watcher:
-        self.connection = connect(self.target, self.target_name, autocommit=True)
+        self.connection = connect(self.target, autocommit=True)
         self.thread.start()
         return self
 
@@ -154,14 +153,12 @@ FROM pg_stat_database d WHERE d.datname = current_database()
 """
 
 
-def watch_aftermath(
-    target: DatabaseTarget, target_name: str, seconds: float, sample_s: float = AFTER_SAMPLE_S
-) -> Aftermath:
+def watch_aftermath(target: DatabaseTarget, seconds: float, sample_s: float = AFTER_SAMPLE_S) -> Aftermath:
     """Sample the database for `seconds` after it migrated: sessions waiting for locks and connections at most,
     and pg_stat_database's deadlocks, rollbacks and commits counted from the first sample (the watcher's own
     commits left out)."""
     deadline = time.monotonic() + seconds
-    with connect(target, target_name, autocommit=True) as conn:
+    with connect(target, autocommit=True) as conn:
         waiting, longest, connections, commits, rollbacks, deadlocks = conn.execute(AFTER).fetchone()
         first = (commits, rollbacks, deadlocks)
         samples = 1

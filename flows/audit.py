@@ -20,7 +20,7 @@ from dbpromote.reporting import publish_audit, publish_drift
 @flow(name="audit-rls", on_failure=[notify_failure], flow_run_name="audit RLS of {targets}")
 def audit_rls(targets: list[str]) -> list[Coverage]:
     """Apply nothing: report RLS coverage and drift of every target; fail when any tenant table is not covered."""
-    coverages = [rls_coverage(load_target(name), name) for name in targets]
+    coverages = [rls_coverage(load_target(name)) for name in targets]
     problems = [f"{c.target}: {', '.join(c.gaps)} not covered" for c in coverages if c.gaps]
     problems += [
         f"{c.target}: policies without a tenant column: {', '.join(c.orphaned_policies)}"
@@ -42,11 +42,11 @@ def audit(project: str, targets: list[str], max_backup_age_h: float = 26) -> dic
     now = datetime.now(UTC)
     for name in targets:
         target = load_target(name)
-        plan = plan_migrations(django_project, target, name)
-        drift = check_drift(django_project, target, name)
+        plan = plan_migrations(django_project, target)
+        drift = check_drift(django_project, target)
         publish_drift(drift)
-        coverage = rls_coverage(target, name)
-        backups = list_backups(target, name)
+        coverage = rls_coverage(target)
+        backups = list_backups(target)
         age_h = (now - datetime.fromisoformat(backups[0].created_at)).total_seconds() / 3600 if backups else None
         findings[name] = {
             "pending": plan.labels,

@@ -26,11 +26,11 @@ def backup(targets: list[str], keep_last: int = 0, keep_days: float = 14, read_b
         check_retention(keep_last, keep_days)
     resolved = {name: load_target(name) for name in targets}
     backups = []
-    for name, target in resolved.items():
-        check_database(target, name)
-        check_bucket(target, name)
-        backups.append(backup_to_gcs(target, name, read_back))
+    for target in resolved.values():
+        check_database(target)
+        check_bucket(target)
+        backups.append(backup_to_gcs(target, read_back))
     if keep_last:
-        retained = [apply_retention(target, name, keep_last, keep_days) for name, target in resolved.items()]
+        retained = [apply_retention(target, keep_last, keep_days) for name, target in resolved.items()]
         publish_retention(retained)
     return backups

@@ -23,7 +23,7 @@ from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, 
 def drift(project: str, target: str) -> DriftReport:
     """Compare every object of the target's schema with a replay of the migrations it records; fail, naming the
     objects, when they differ. Changes nothing on the target."""
-    report = check_drift(load_project(project), load_target(target), target)
+    report = check_drift(load_project(project), load_target(target))
     publish_drift(report)
     if report.found:
         raise VerificationError(
@@ -43,7 +43,7 @@ def preflight_drift(project: str, target: str, probe: ProbeSession | None = None
     database = load_target(target)
     if database.drift == "off":
         return f"not checked (drift is off for {target})"
-    report = check_drift(load_project(project), database, target, probe=probe)
+    report = check_drift(load_project(project), database, probe=probe)
     publish_drift(report)
     if report.blocking and database.drift == "block":
         named = ", ".join(f"{d.object} ({d.kind})" for d in report.blocking[:5])
@@ -74,10 +74,10 @@ def reconcile(
     app, name = parsed
     django_project, database = load_project(project), load_target(target)
     check_not_held([target])
-    plan = plan_migrations(django_project, database, target)
+    plan = plan_migrations(django_project, database)
     label = f"{app}.{name}"
     check_next([m.label for m in plan.migrations], [f"{a}.{n}" for a, n in plan.applied], label, target)
-    report = check_drift(django_project, database, target, plus=(app, name))
+    report = check_drift(django_project, database, plus=(app, name))
     publish_drift(report)
     if report.blocking:
         named = ", ".join(f"{d.object} ({d.kind})" for d in report.blocking[:5])
@@ -88,7 +88,7 @@ def reconcile(
     file_hash = plan.file_hashes.get(f"{app}.{name}", "")
     if database.requires_approval:
         request = reconcile_request(target, plan.migrations[0], file_hash, report.status())
-        record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
-    fake_apply(django_project, database, target, label, file_hash)
+        record_approval(database, wait_for_approval(request, approval_timeout_s, approval_poll_s))
+    fake_apply(django_project, database, label, file_hash)
     get_run_logger().info("%s recorded as applied on %s after proving its effect is there", label, target)
     return report

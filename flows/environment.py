@@ -48,11 +48,11 @@ def preflight(
     """
     django_project, database = load_project(project), load_target(target)
     buckets = set() if buckets is None else buckets
-    check_database(database, target)
+    check_database(database)
     if (database.bucket, database.prefix) not in buckets:
-        check_bucket(database, target)
+        check_bucket(database)
         buckets.add((database.bucket, database.prefix))
-    return plan_migrations(django_project, database, target, to, probe)
+    return plan_migrations(django_project, database, to, probe)
 
 
 @flow(name="migrate-environment", flow_run_name="migrate {target}")
@@ -98,7 +98,7 @@ def migrate_target(
                 "promotion."
             )
         report = StepReport(target=target, plan=plan, worker=os.environ.get("PREFECT__WORKER_NAME", ""))
-        return carry_out(database, probe, report, partial(verify_target, django_project, database, target, plan, probe))
+        return carry_out(database, probe, report, partial(verify_target, django_project, database, plan, probe))
 
 
 def carry_out(
@@ -109,10 +109,10 @@ def carry_out(
     target, plan = report.target, report.plan
     try:
         if plan.migrations:
-            report.backup = backup_to_gcs(database, target)
+            report.backup = backup_to_gcs(database)
         try:
             for migration in plan.migrations:
-                report.migrations.append(apply_migration(probe, database, target, migration))
+                report.migrations.append(apply_migration(probe, database, migration))
         finally:
             record_files(database, report)
         if proves_compatibility(database, plan):
@@ -121,17 +121,17 @@ def carry_out(
         if not report.verification.passed:
             failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)
             raise VerificationError(f"Verification failed on {target}: {failed}; fix the data or the release.")
-        report.rls = apply_rls_policies(database, target)
-        report.isolation = prove_tenant_isolation(database, target)
+        report.rls = apply_rls_policies(database)
+        report.isolation = prove_tenant_isolation(database)
         if database.health_url or database.smoke_command:
-            report.health = check_application_health(probe.project, database, target)
+            report.health = check_application_health(probe.project, database)
             if not report.health.passed:
                 raise VerificationError(
                     f"The application on {target} is unhealthy after the migration ({report.health.detail}); it was "
                     "not restored, as it may have taken writes since: fix it, or go back as below."
                 )
         if plan.migrations and database.watch_after:
-            report.aftermath = watch_after_migrating(database, target)
+            report.aftermath = watch_after_migrating(database)
     except DbpromoteError as error:
         report.error = str(error)
         publish_report(report)
@@ -157,4 +157,4 @@ def record_files(database: DatabaseTarget, report: StepReport) -> None:
         if not (migration.backwards or result.already_applied) and result.label in report.plan.file_hashes
     }
     if files:
-        record_migration_files(database, report.target, str(flow_run.get_id() or ""), files)
+        record_migration_files(database, str(flow_run.get_id() or ""), files)

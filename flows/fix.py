@@ -51,26 +51,26 @@ def fix(
     check_not_held(through)
     fix_id = resume or str(flow_run.get_id() or "adhoc")
     databases = {target: load_target(target) for target in through}
-    for target, database in databases.items():
-        check_database(database, target)
-        check_bucket(database, target)
-    runs = [recorded for target in through if (recorded := recorded_fix(databases[target], target, fix_id))]
+    for database in databases.values():
+        check_database(database)
+        check_bucket(database)
+    runs = [recorded for target in through if (recorded := recorded_fix(databases[target], fix_id))]
     todo = {target: database for target, database in databases.items() if target not in {r.target for r in runs}}
-    started = {target for target, database in todo.items() if BeforeImages(database, target, fix_id).exist()}
+    started = {target for target, database in todo.items() if BeforeImages(database, fix_id).exist()}
     # Every target's dry run first: a count out of bounds anywhere stops the fix before it commits anywhere. (A
     # target part-way through its batches counts what is left, its bounds are kept batch by batch.)
-    dry = {target: dry_run_fix(db, target, fix_script, tenants, django_project) for target, db in todo.items()}
+    dry = {target: dry_run_fix(db, fix_script, tenants, django_project) for target, db in todo.items()}
     for target in todo:
         get_run_logger().info("dry run on %s: %s", target, dry[target].describe())
         check_bounds(dry[target], bounds if target not in started else RowBounds())
     for target, database in todo.items():
         if target != through[0]:  # counted again now, after the targets before it: what the approver sees
-            dry[target] = dry_run_fix(database, target, fix_script, tenants, django_project)
+            dry[target] = dry_run_fix(database, fix_script, tenants, django_project)
             check_bounds(dry[target], bounds if target not in started else RowBounds())
         if database.requires_approval and target not in started:  # one started was approved before it began
             request = fix_request(target, fix_script, dry[target], runs)
-            record_approval(database, target, wait_for_approval(request, approval_timeout_s, approval_poll_s))
-        runs.append(fix_target(django_project, database, target, fix_script, dry[target], bounds, fix_id, batch_size))
+            record_approval(database, wait_for_approval(request, approval_timeout_s, approval_poll_s))
+        runs.append(fix_target(django_project, database, fix_script, dry[target], bounds, fix_id, batch_size))
     publish_fix(fix_script, runs)
     get_run_logger().info("fix %s (%s) applied on %s", script_name, fix_script.hash, ", ".join(through))
     return runs
@@ -79,7 +79,6 @@ def fix(
 def fix_target(
     project: DjangoProject,
     database: DatabaseTarget,
-    target: str,
     script: FixScript,
     dry: FixRun,
     bounds: RowBounds,
@@ -87,26 +86,26 @@ def fix_target(
     batch_size: int,
 ) -> FixRun:
     """On one target, approved: a backup, the real run, its record, the project's verify scripts."""
-    backup = backup_to_gcs(database, target) if dry.rows else None
-    done = apply_fix(database, target, script, dry.tenants, dry, bounds, project, fix_id, batch_size)
+    backup = backup_to_gcs(database) if dry.rows else None
+    done = apply_fix(database, script, dry.tenants, dry, bounds, project, fix_id, batch_size)
     done.backup = backup.uri if backup else ""
-    record_fix(database, target, script, done, fix_id)
-    failed = [f"{c.name} ({c.detail})" for c in run_verify_scripts(project, database, target) if not c.passed]
+    record_fix(database, database.name, script, done, fix_id)
+    failed = [f"{c.name} ({c.detail})" for c in run_verify_scripts(project, database) if not c.passed]
     if failed:
         raise VerificationError(
-            f"After the fix, {target} fails its verify scripts: {', '.join(failed)}; no later target was touched: "
-            f"undo it with `dbpromote fix-undo {fix_id} --target {target}` or correct the data."
+            f"After the fix, {database.name} fails its verify scripts: {', '.join(failed)}; no later target was "
+            f"touched: undo it with `dbpromote fix-undo {fix_id} --target {database.name}` or correct the data."
         )
     return done
 
 
-def recorded_fix(database: DatabaseTarget, target: str, fix_id: str) -> FixRun | None:
+def recorded_fix(database: DatabaseTarget, fix_id: str) -> FixRun | None:
     """The fix as recorded done on a target by an earlier run of it."""
-    for record in read_records(database, target, "fixes"):
+    for record in read_records(database, "fixes"):
         if record["flow_run_id"] == fix_id and "script" in record:
             fields = {f: record[f] for f in ("tenants", "before_images", "backup")}
             tables = [TableChanges(**table) for table in record["tables"]]
-            return FixRun(target=target, script_hash=record["script_hash"], tables=tables, dry=False, **fields)
+            return FixRun(target=database.name, script_hash=record["script_hash"], tables=tables, dry=False, **fields)
     return None
 
 
@@ -125,7 +124,7 @@ def record_fix(database, target: str, script: FixScript, done: FixRun, fix_id: s
     record |= {"source": script.source, "tenants": done.tenants, "rows": done.rows, "backup": done.backup}
     record |= {"before_images": done.before_images, "tables": [t.model_dump() for t in done.tables]}
     record |= {"batches": done.batches, "run": str(flow_run.get_id() or "")}
-    write_record(database, target, "fixes", fix_id, record)
+    write_record(database, "fixes", fix_id, record)
 
 
 @flow(name="fix-undo", on_failure=[notify_failure], flow_run_name="undo fix {fix_run} on {target}")
@@ -136,12 +135,10 @@ def fix_undo(
     where one changed again since. Approval first where the target requires it."""
     database = load_target(target)
     check_not_held([target])
-    fix = fix_to_undo(database, target, fix_run)
+    fix = fix_to_undo(database, fix_run)
     if database.requires_approval:
-        record_approval(
-            database, target, wait_for_approval(undo_request(target, fix), approval_timeout_s, approval_poll_s)
-        )
-    put_back = undo_fix(database, target, fix_run)
+        record_approval(database, wait_for_approval(undo_request(target, fix), approval_timeout_s, approval_poll_s))
+    put_back = undo_fix(database, fix_run)
     run_id = str(flow_run.get_id() or "")
-    write_record(database, target, "fixes", run_id, {"flow_run_id": run_id, "undoes": fix_run, "rows": put_back})
+    write_record(database, "fixes", run_id, {"flow_run_id": run_id, "undoes": fix_run, "rows": put_back})
     return put_back

@@ -147,7 +147,7 @@ class GroupStep:
         approval = wait_for_approval(request, timeout_s, poll_s)
         for member in needed:
             given = approval.model_copy(update={"target": member})
-            record_approval(load_target(member), member, given)
+            record_approval(load_target(member), given)
             record_step(self.journal, member, given)
         return approval
 
@@ -282,7 +282,7 @@ class GroupStep:
         facts = {"member": member, "wave": number, "member_run": lane_id}
         facts |= {"started": when(step.start_time), "ended": when(step.end_time) or datetime.now(UTC).isoformat()}
         if step.state and step.state.is_completed():
-            report = read_target_journal(load_target(member), member, self.journal.promotion).completed
+            report = read_target_journal(load_target(member), self.journal.promotion).completed
             if report is not None:  # recorded by the member's step in the journal
                 self.reports[member] = report
                 return MemberOutcome(outcome="migrated", worker=report.worker, **facts)
@@ -308,7 +308,7 @@ class GroupStep:
         for outcome in self.outcomes.values():
             record = outcome.model_dump() | {"flow_run_id": run_id, "group": self.name}
             record["promotion"] = self.journal.promotion
-            write_record(load_target(outcome.member), outcome.member, "fleet", run_id, record)
+            write_record(load_target(outcome.member), "fleet", run_id, record)
 
     def table(self) -> list[dict]:
         order = {member: n for n, member in enumerate(self.group.members)}

@@ -159,7 +159,7 @@ def record_promotion(project: str, plans: dict[str, Plan], journal: Journal, rep
             record["deployed"] = deployment.model_dump()
         if window := journal.targets.get(report.target, TargetJournal()).window:
             record["window"] = window.model_dump()
-        write_record(load_target(report.target), report.target, "promotions", record["flow_run_id"], record)
+        write_record(load_target(report.target), "promotions", record["flow_run_id"], record)
 
 
 class Phases:
@@ -226,7 +226,7 @@ class Phases:
 def approve(journal: Journal, request: ApprovalRequest, timeout_s: int, poll_s: int) -> Approval:
     """Wait for a person's approval; recorded for the audit and in the promotion's journal."""
     approval = wait_for_approval(request, timeout_s, poll_s)
-    record_approval(load_target(request.target), request.target, approval)
+    record_approval(load_target(request.target), approval)
     record_step(journal, request.target, approval)
     return approval
 

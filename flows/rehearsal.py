@@ -23,14 +23,14 @@ def rehearse_plan(project: str, target: str, scratch_server: str, plan: Plan, sl
     Durations are those of production-sized data; a migration slower than slow_s is a risk to acknowledge.
     """
     django_project, database, server = load_project(project), load_target(target), load_target(scratch_server)
-    backups = [b for b in list_backups(database, target) if sorted(b.migration_state) == sorted(plan.applied)]
-    backup = backups[0] if backups else backup_to_gcs(database, target)
+    backups = [b for b in list_backups(database) if sorted(b.migration_state) == sorted(plan.applied)]
+    backup = backups[0] if backups else backup_to_gcs(database)
     scratch = scratch_name(database.database, "rehearsal")
-    restore_into_new_database(server, scratch_server, backup, scratch)
+    restore_into_new_database(server, backup, scratch)
     try:
-        copy = server.on_database(scratch)
+        copy = server.on_database(scratch).named(f"{target} rehearsal")
         with ProbeSession(django_project, copy) as probe:
-            results = [apply_migration(probe, copy, f"{target} rehearsal", m) for m in plan.migrations]
+            results = [apply_migration(probe, copy, m) for m in plan.migrations]
     finally:
-        drop_restored(server, scratch_server, scratch)
+        drop_restored(server, scratch)
     return Rehearsal(target=target, backup_uri=backup.uri, slow_s=slow_s, migrations=results)

@@ -37,21 +37,21 @@ def restore(
     database = load_target(target)
     if swap:  # a restore beside the target (swap=false) changes nothing of it
         check_not_held([target])
-    check_database(database, target)
-    check_bucket(database, target)
-    chosen = find_backup(database, target, backup)
-    if swap and (done := restored_by_this_run(database, target, chosen)):
+    check_database(database)
+    check_bucket(database)
+    chosen = find_backup(database, backup)
+    if swap and (done := restored_by_this_run(database, chosen)):
         return _report(done)
     if swap and database.requires_approval:
         approval = wait_for_approval(restore_request(target, chosen), approval_timeout_s, approval_poll_s)
-        record_approval(database, target, approval)
-    restored = restore_into_new_database(database, target, chosen, scratch_name(database.database, "restore"))
+        record_approval(database, approval)
+    restored = restore_into_new_database(database, chosen, scratch_name(database.database, "restore"))
     if swap:
-        restored.replaced = swap_in(database, target, chosen, restored.database, disconnect_wait_s)
+        restored.replaced = swap_in(database, chosen, restored.database, disconnect_wait_s)
         restored.database = database.database
         run_id = str(flow_run.get_id() or "")
         record = {"flow_run_id": run_id, "backup": chosen.uri, "kept_as": restored.replaced, "rows": restored.rows}
-        write_record(database, target, "restores", run_id, record)
+        write_record(database, "restores", run_id, record)
     return _report(restored)
 
 
@@ -67,10 +67,10 @@ def verify_backups(targets: list[str]) -> list[Restored]:
     for name in targets:
         database = load_target(name)
         try:
-            newest = find_backup(database, name)
+            newest = find_backup(database)
             scratch = scratch_name(database.database, "verify")
-            results.append(restore_into_new_database(database, name, newest, scratch))
-            drop_restored(database, name, scratch)
+            results.append(restore_into_new_database(database, newest, scratch))
+            drop_restored(database, scratch)
         except Exception as error:  # every target is checked; each failure is reported
             problems.append(f"{name}: {error}")
     publish_backup_verification(results, problems)

@@ -36,10 +36,10 @@ def rollback(
     """
     django_project, database = load_project(project), load_target(target)
     check_not_held([target])
-    check_database(database, target)
-    check_bucket(database, target)
-    chosen = find_backup(database, target, backup or newest_promotion_backup(database, target))
-    plan = plan_rollback(django_project, database, target, chosen.migration_state)
+    check_database(database)
+    check_bucket(database)
+    chosen = find_backup(database, backup or newest_promotion_backup(database))
+    plan = plan_rollback(django_project, database, chosen.migration_state)
     irreversible = [m.label for m in plan.migrations if not m.reversible]
     if irreversible:
         raise PreflightError(
@@ -50,14 +50,14 @@ def rollback(
     run_id = str(flow_run.get_id() or "")
     # Retention keeps the backup this rollback returns to. Once per run: a run suspended for its approval runs this
     # again when answered.
-    if not any(r["flow_run_id"] == run_id for r in read_records(database, target, "rollbacks")):
+    if not any(r["flow_run_id"] == run_id for r in read_records(database, "rollbacks")):
         record = {"flow_run_id": run_id, "backup": chosen.object_name, "plan": plan.hash}
-        write_record(database, target, "rollbacks", run_id, record)
+        write_record(database, "rollbacks", run_id, record)
     if plan.migrations and database.requires_approval:
         approval = wait_for_approval(
             rollback_request(project, target, plan, chosen), approval_timeout_s, approval_poll_s
         )
-        record_approval(database, target, approval)
+        record_approval(database, approval)
     report = StepReport(target=target, plan=plan)
     with ProbeSession(django_project, database) as probe:
-        return carry_out(database, probe, report, lambda: verify_state(database, target, chosen.migration_state))
+        return carry_out(database, probe, report, lambda: verify_state(database, chosen.migration_state))

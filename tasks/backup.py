@@ -13,6 +13,6 @@ from dbpromote.models.backup import Backup
 @task(
     name="backup-to-gcs", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
 )
-def backup_to_gcs(target: DatabaseTarget, target_name: str, read_back: bool = False) -> Backup:
+def backup_to_gcs(target: DatabaseTarget, read_back: bool = False) -> Backup:
     """pg_dump of the target streamed to GCS and verified; a re-run of the same flow run reuses its backup."""
-    return take_backup(target, target_name, str(flow_run.get_id() or ""), read_back)
+    return take_backup(target, str(flow_run.get_id() or ""), read_back)

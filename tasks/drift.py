@@ -17,16 +17,15 @@ RETRIED = dict(retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_tra
 def check_drift(
     project: DjangoProject,
     target: DatabaseTarget,
-    target_name: str,
     read_history: bool = True,
     plus: tuple[str, str] | None = None,
     probe: ProbeSession | None = None,
 ) -> DriftReport:
     """The live schema against the replay of the migrations it records, and the applied files' hashes."""
-    return drift.check_drift(project, target, target_name, read_history, plus, probe)
+    return drift.check_drift(project, target, read_history, plus, probe)
 
 
 @task(name="fake-apply", **RETRIED)
-def fake_apply(project: DjangoProject, target: DatabaseTarget, target_name: str, label: str, file_hash: str) -> None:
+def fake_apply(project: DjangoProject, target: DatabaseTarget, label: str, file_hash: str) -> None:
     """`migrate APP NAME --fake` on the target, and its file's hash recorded as for any migration applied."""
-    drift.fake_apply(project, target, target_name, label, file_hash)
+    drift.fake_apply(project, target, label, file_hash)

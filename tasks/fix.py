@@ -13,18 +13,15 @@ from dbpromote.models.fix import FixRun, FixScript, RowBounds
 @task(
     name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
 )
-def dry_run_fix(
-    target: DatabaseTarget, target_name: str, script: FixScript, tenants: list[str], project: DjangoProject
-) -> FixRun:
+def dry_run_fix(target: DatabaseTarget, script: FixScript, tenants: list[str], project: DjangoProject) -> FixRun:
     """What the script would change on the target, per table, with a few changed rows' keys; all rolled back."""
-    return fixes.dry_run_fix(target, target_name, script, tenants, project)
+    return fixes.dry_run_fix(target, script, tenants, project)
 
 
 # Not retried by Prefect: whether a failed attempt committed anything is decided from the before-images it kept.
 @task(name="apply-fix", retries=0, cache_policy=NO_CACHE)
 def apply_fix(
     target: DatabaseTarget,
-    target_name: str,
     script: FixScript,
     tenants: list[str],
     approved: FixRun,
@@ -35,10 +32,10 @@ def apply_fix(
 ) -> FixRun:
     """The script for real, committed only as the dry run counted, its rows' before-images kept first."""
     note = get_run_logger().info
-    return fixes.apply_fix(target, target_name, script, tenants, approved, bounds, project, fix_id, batch_size, note)
+    return fixes.apply_fix(target, script, tenants, approved, bounds, project, fix_id, batch_size, note)
 
 
 @task(name="undo-fix", retries=0, cache_policy=NO_CACHE)
-def undo_fix(target: DatabaseTarget, target_name: str, fix_id: str) -> int:
+def undo_fix(target: DatabaseTarget, fix_id: str) -> int:
     """Each row the fix changed put back as it was, in one transaction; the rows put back."""
-    return fixes.undo_fix(target, target_name, fix_id)
+    return fixes.undo_fix(target, fix_id)

@@ -11,9 +11,7 @@ from dbpromote.probe import ProbeSession
 
 
 @task(name="apply-migration", task_run_name="{migration.label}{migration.direction}", cache_policy=NO_CACHE)
-def apply_migration(
-    probe: ProbeSession, target: DatabaseTarget, target_name: str, migration: PlannedMigration
-) -> MigrationResult:
+def apply_migration(probe: ProbeSession, target: DatabaseTarget, migration: PlannedMigration) -> MigrationResult:
     """Apply exactly one migration, retried while its locks are busy. Not retried by Prefect: a failed migration
     rolled back, or (not atomic) may have applied part of its operations."""
-    return migrate.apply_migration(probe, target, target_name, migration, warn=get_run_logger().warning)
+    return migrate.apply_migration(probe, target, migration, warn=get_run_logger().warning)

@@ -14,15 +14,13 @@ RETRIED = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_if_tra
 
 @task(name="plan", **RETRIED)
 def plan_migrations(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, to: str = "", probe: ProbeSession | None = None
+    project: DjangoProject, target: DatabaseTarget, to: str = "", probe: ProbeSession | None = None
 ) -> Plan:
     """The pending migrations of one target up to `to` (app:migration) or every leaf."""
-    return compute_plan(project, target, target_name, to, probe)
+    return compute_plan(project, target, to, probe)
 
 
 @task(name="plan-rollback", **RETRIED)
-def plan_rollback(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, state: list[tuple[str, str]]
-) -> Plan:
+def plan_rollback(project: DjangoProject, target: DatabaseTarget, state: list[tuple[str, str]]) -> Plan:
     """The migrations to reverse, in order, to bring a target back to an applied state (a backup's)."""
-    return plan_back(project, target, target_name, state)
+    return plan_back(project, target, state)

@@ -18,18 +18,18 @@ from dbpromote.runs import refuse_if_held
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
 )
-def check_database(target: DatabaseTarget, target_name: str) -> dict:
+def check_database(target: DatabaseTarget) -> dict:
     """The server answers with the given credentials; returns its version and the database's size."""
-    with connect(target, target_name) as conn:
+    with connect(target) as conn:
         return database_facts(conn)
 
 
 @task(
     name="check-bucket", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
 )
-def check_bucket(target: DatabaseTarget, target_name: str) -> None:
+def check_bucket(target: DatabaseTarget) -> None:
     """The backup bucket exists and accepts writes."""
-    backups.check_bucket(target, target_name)
+    backups.check_bucket(target)
 
 
 @task(

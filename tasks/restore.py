@@ -17,9 +17,9 @@ from dbpromote.models.backup import Backup, Restored
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
 )
-def drop_restored(target: DatabaseTarget, target_name: str, database: str) -> None:
+def drop_restored(target: DatabaseTarget, database: str) -> None:
     """Drop a database a restore of this tool made on the target's server (a rehearsal's, a verification's)."""
-    restores.drop_restored(target, target_name, database)
+    restores.drop_restored(target, database)
 
 
 @task(
@@ -29,13 +29,13 @@ def drop_restored(target: DatabaseTarget, target_name: str, database: str) -> No
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
 )
-def restore_into_new_database(target: DatabaseTarget, target_name: str, backup: Backup, database: str) -> Restored:
+def restore_into_new_database(target: DatabaseTarget, backup: Backup, database: str) -> Restored:
     """The backup in a new database on the target's server, checked against its manifest; dropped on any failure."""
-    return restores.restore_into_new_database(target, target_name, backup, database)
+    return restores.restore_into_new_database(target, backup, database)
 
 
 @task(name="swap-in-restored-database", cache_policy=NO_CACHE)
-def swap_in(target: DatabaseTarget, target_name: str, backup: Backup, restored: str, disconnect_wait_s: float) -> str:
+def swap_in(target: DatabaseTarget, backup: Backup, restored: str, disconnect_wait_s: float) -> str:
     """Rename the target's database aside and the restored one into its name, in one transaction; the previous
     database is kept (its name is returned)."""
-    return restores.swap_in(target, target_name, backup, restored, disconnect_wait_s)
+    return restores.swap_in(target, backup, restored, disconnect_wait_s)

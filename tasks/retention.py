@@ -11,6 +11,6 @@ from dbpromote.models.backup import Retained
 
 
 @task(name="retention", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def apply_retention(target: DatabaseTarget, target_name: str, keep_last: int, keep_days: float) -> Retained:
+def apply_retention(target: DatabaseTarget, keep_last: int, keep_days: float) -> Retained:
     """Keep the newest keep_last backups, those younger than keep_days and every referenced one; delete the rest."""
-    return retention.apply_retention(target, target_name, keep_last, keep_days)
+    return retention.apply_retention(target, keep_last, keep_days)

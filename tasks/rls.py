@@ -15,24 +15,22 @@ RETRIED = dict(retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_tra
 
 
 @task(name="apply-rls-policies", **RETRIED)
-def apply_rls_policies(target: DatabaseTarget, target_name: str) -> Coverage:
+def apply_rls_policies(target: DatabaseTarget) -> Coverage:
     """Bring every tenant table's RLS, policy and grants up to date; issue no DDL for what already matches."""
-    coverage = rls.bring_rls_up_to_date(target, target_name)
+    coverage = rls.bring_rls_up_to_date(target)
     reporting.publish_coverage(coverage)
     return coverage
 
 
 @task(name="prove-tenant-isolation", **RETRIED)
-def prove_tenant_isolation(target: DatabaseTarget, target_name: str) -> Isolation:
+def prove_tenant_isolation(target: DatabaseTarget) -> Isolation:
     """Act as the application role on every tenant table: no other tenant's row is visible or writable."""
-    return rls.prove_isolation(
-        target, target_name, report=partial(reporting.publish_isolation, app_role=target.app_role)
-    )
+    return rls.prove_isolation(target, report=partial(reporting.publish_isolation, app_role=target.app_role))
 
 
 @task(name="rls-coverage", **RETRIED)
-def rls_coverage(target: DatabaseTarget, target_name: str) -> Coverage:
+def rls_coverage(target: DatabaseTarget) -> Coverage:
     """The RLS state of the target's tenant tables, changing nothing."""
-    coverage = rls.coverage(target, target_name)
+    coverage = rls.coverage(target)
     reporting.publish_coverage(coverage)
     return coverage

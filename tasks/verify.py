@@ -23,10 +23,10 @@ RETRIED = dict(retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_tra
 
 @task(name="verify", **RETRIED)
 def verify_target(
-    project: DjangoProject, target: DatabaseTarget, target_name: str, plan: Plan, probe: ProbeSession | None = None
+    project: DjangoProject, target: DatabaseTarget, plan: Plan, probe: ProbeSession | None = None
 ) -> Verification:
     """Every check runs and is reported, pass or fail; the flow decides what a failure means."""
-    return verification.verify_target(project, target, target_name, plan, probe)
+    return verification.verify_target(project, target, plan, probe)
 
 
 @task(name="prove-compatibility", **RETRIED)  # the probe session is an input: a process, nothing to hash
@@ -37,22 +37,22 @@ def prove_compatibility(probe: ProbeSession, plan: Plan) -> CompatibilityProof:
 
 
 @task(name="watch-after-migrating", cache_policy=NO_CACHE)
-def watch_after_migrating(target: DatabaseTarget, target_name: str) -> Aftermath:
+def watch_after_migrating(target: DatabaseTarget) -> Aftermath:
     """The database watched for the target's watch_after seconds after it migrated; an event with what was seen."""
-    aftermath = watch_aftermath(target, target_name, target.watch_after)
-    events.emit("dbpromote.aftermath", target_name, aftermath.model_dump())
+    aftermath = watch_aftermath(target, target.watch_after)
+    events.emit("dbpromote.aftermath", target.name, aftermath.model_dump())
     return aftermath
 
 
 @task(name="check-application", cache_policy=NO_CACHE)
-def check_application_health(project: DjangoProject, target: DatabaseTarget, target_name: str) -> Health:
+def check_application_health(project: DjangoProject, target: DatabaseTarget) -> Health:
     """The application asked after the target migrated (its health URL, its smoke command); an event either way."""
     health = check_application(project, target)
-    events.emit(f"dbpromote.health.{'passed' if health.passed else 'failed'}", target_name, {"checks": health.checks})
+    events.emit(f"dbpromote.health.{'passed' if health.passed else 'failed'}", target.name, {"checks": health.checks})
     return health
 
 
 @task(name="verify-state", **RETRIED)
-def verify_state(target: DatabaseTarget, target_name: str, expected: list[tuple[str, str]]) -> Verification:
+def verify_state(target: DatabaseTarget, expected: list[tuple[str, str]]) -> Verification:
     """The applied migrations are exactly `expected` (a rollback's goal, the state a backup recorded)."""
-    return verification.verify_state(target, target_name, expected)
+    return verification.verify_state(target, expected)

@@ -122,7 +122,7 @@ def test_two_enrolled_approvers_with_current_codes_are_needed_and_nothing_else_c
     promotion.finish()
     assert promotion.error is None, promotion.error
     assert applied(fresh_databases, "production") == ["core.0001_initial", *RELEASE]
-    (record,) = [r for r in read_records(load_target(target), target, "approvals") if r["flow_run_id"] == str(run.id)]
+    (record,) = [r for r in read_records(load_target(target), "approvals") if r["flow_run_id"] == str(run.id)]
     assert record["approvers"] == ["alice", "bob"] and record["proven"] is True
     assert alice.secret not in str(record) and bob.secret not in str(record)
 

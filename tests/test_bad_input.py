@@ -149,7 +149,7 @@ def test_promise_6_missing_bucket(fresh_databases, make_target):
         "does not exist",
         f"dbpromote target add {target} --bucket NAME",
     )
-    assert list_backups(load_target(target).model_copy(update={"bucket": "dbpromote-backups"}), target) == []
+    assert list_backups(load_target(target).model_copy(update={"bucket": "dbpromote-backups"})) == []
 
     # A promotion checks each bucket its targets use once, before anything: production's missing one too.
     from dbpromote.flows.promote import promote
@@ -163,10 +163,10 @@ def test_promise_6_missing_bucket(fresh_databases, make_target):
 def test_database_untouched_means_no_backup_either(fresh_databases, project_copy):
     from dbpromote.config import load_target
 
-    before = len(list_backups(load_target("staging"), "staging"))
+    before = len(list_backups(load_target("staging")))
     with pytest.raises(ConfigError):
         run(project_copy("bad-settings-2", settings_module="nope.settings"), "staging")
-    assert len(list_backups(load_target("staging"), "staging")) == before
+    assert len(list_backups(load_target("staging"))) == before
     with psycopg.connect(fresh_databases.database_url("staging")) as conn:
         assert conn.execute("SELECT count(*) FROM core_tenant").fetchone()[0] == 3
 

@@ -18,7 +18,7 @@ def test_lint_names_the_sample_release_risks_by_rule(fresh_databases):
     from dbpromote.config import load_project, load_target
     from dbpromote.planning import compute_plan
 
-    plan = compute_plan(load_project("tenant-backend"), load_target("staging"), "staging")
+    plan = compute_plan(load_project("tenant-backend"), load_target("staging"))
     found = {m.label: rules(m.risks) for m in plan.migrations}
     assert found["core.0003_task_priority"] == ["ban-drop-default"]  # squawk: old code's INSERTs fail without it
     assert found["core.0006_rename_milestone_due"] == ["rename-column"]
@@ -39,7 +39,7 @@ def test_a_rule_the_project_ignores_is_a_note_not_a_risk(fresh_databases, projec
         == "error: --lint-ignore runpython has no reason; write it as --lint-ignore runpython=WHY."
     )
     name = project_copy("lenient", lint_ignore={"runpython": "data migrations are reviewed with the code"})
-    plan = compute_plan(load_project(name), load_target("staging"), "staging")
+    plan = compute_plan(load_project(name), load_target("staging"))
     assert "runpython" not in rules(plan.risks)
     assert "lint rule runpython is ignored for this project: data migrations are reviewed with the code" in plan.notes
 

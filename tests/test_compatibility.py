@@ -127,7 +127,7 @@ def test_a_real_codebase_is_promoted_from_its_old_release_to_its_new_one(stack, 
             with psycopg.connect(urls[server]) as conn:
                 assert conn.execute(query).fetchone()[0] == value
     # The schema is what the applied migrations produce, but for names Django generated otherwise.
-    for drift in (check_drift(load_project(project), load_target(targets[0]), targets[0]),
+    for drift in (check_drift(load_project(project), load_target(targets[0])),
                   drift_as_typed(project, targets[1], exit_code=0)):  # fmt: skip
         assert drift.blocking == [] and {d.object for d in drift.notes} == codebase.name_notes, drift.text()
 
@@ -299,7 +299,7 @@ def test_a_data_fix_on_a_real_codebase_runs_batched_and_as_its_orm_code_and_is_u
 
     for target, url in urls.items():
         assert all(email == email.lower() for _, email, _ in rows(url, EMAILS))
-        (record,) = [r for r in read_records(load_target(target), target, "fixes") if r["flow_run_id"] == run_id]
+        (record,) = [r for r in read_records(load_target(target), "fixes") if r["flow_run_id"] == run_id]
         assert record["rows"] == 24 and record["batches"] == 5  # alice and 23 users, 5 at a time
     undo = cli("fix-undo", run_id, "--target", production)  # production's undo waits for an approval too
     assert undo.returncode == 0, undo.stderr
@@ -355,8 +355,8 @@ def test_a_group_of_a_real_codebases_shards_is_promoted_canary_first(stack):
     outcomes = {}
     for shard, url in shards.items():
         assert applied(url) == head
-        assert check_drift(load_project(project), load_target(shard), shard).differences == []
-        (outcome,) = [r for r in read_records(load_target(shard), shard, "fleet") if r["flow_run_id"] == run_id]
+        assert check_drift(load_project(project), load_target(shard)).differences == []
+        (outcome,) = [r for r in read_records(load_target(shard), "fleet") if r["flow_run_id"] == run_id]
         outcomes[shard] = (outcome["wave"], outcome["outcome"])
     assert outcomes == {"compat-shard-1": (0, "migrated"), "compat-shard-2": (1, "migrated"),
                         "compat-shard-3": (1, "migrated")}  # fmt: skip

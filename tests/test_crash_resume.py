@@ -54,7 +54,7 @@ def listed_backups() -> dict[str, set[str]]:
     from dbpromote.backups import list_backups
     from dbpromote.config import load_target
 
-    return {s: {b.object_name for b in list_backups(load_target(s), s)} for s in local_stack.SERVERS}
+    return {s: {b.object_name for b in list_backups(load_target(s))} for s in local_stack.SERVERS}
 
 
 @pytest.fixture
@@ -100,9 +100,7 @@ def assert_recovered(stack, clean_head, point: str, crashed_id: str, final_id: s
         assert catalog_snapshot(stack, server)[0] == schema
         lost += sum(max(0, n - row_counts(stack, server).get(table, 0)) for table, n in rows.items())
         assert row_counts(stack, server) == rows
-        new = [
-            b for b in list_backups(load_target(server), server) if b.object_name not in stack.backups_before[server]
-        ]
+        new = [b for b in list_backups(load_target(server)) if b.object_name not in stack.backups_before[server]]
         taken[server] = [b.migration_state for b in new]
     # A backup is taken before a target's first change in a run; carrying a run on backs up the state reached since.
     assert {server: len(states) for server, states in taken.items()} == backups, taken
@@ -123,8 +121,8 @@ def assert_recovered(stack, clean_head, point: str, crashed_id: str, final_id: s
     wait_until(lambda: not left_running(), "closing the crashed run's tasks", timeout_s=90)
     ours = {crashed_id, final_id}
     production = load_target("production")
-    promotions = [r for r in read_records(production, "production", "promotions") if r["flow_run_id"] in ours]
-    approvals = [r for r in read_records(production, "production", "approvals") if r["flow_run_id"] in ours]
+    promotions = [r for r in read_records(production, "promotions") if r["flow_run_id"] in ours]
+    approvals = [r for r in read_records(production, "approvals") if r["flow_run_id"] in ours]
     assert [r["flow_run_id"] for r in promotions] == [final_id]
     assert len(approvals) == 1 and approvals[0]["approver"] == "alice"
     assert approvals[0]["subject"] == promotions[0]["plan_hash"]

@@ -104,7 +104,7 @@ def test_scheduled_nightly_backup_produces_a_verified_backup(stack):
     assert done, "the schedule produced no completed backup run"
     run_id = str(done[0].id)
     for target in ("staging", "production"):
-        assert any(b.flow_run_id == run_id for b in list_backups(load_target(target), target))
+        assert any(b.flow_run_id == run_id for b in list_backups(load_target(target)))
 
 
 def test_audit_flags_an_old_backup_and_a_missing_policy(fresh_databases):

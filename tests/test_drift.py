@@ -36,7 +36,7 @@ def drift_of(target: str, project: str = "tenant-backend"):
     from dbpromote.config import load_project, load_target
     from dbpromote.drift import check_drift
 
-    return check_drift(load_project(project), load_target(target), target)
+    return check_drift(load_project(project), load_target(target))
 
 
 def test_no_drift_right_after_a_promotion_of_the_release(promoted):
@@ -152,7 +152,7 @@ def test_reconcile_records_a_migration_applied_by_hand_and_refuses_one_applied_o
     from dbpromote.runs import answer_approval, wait_for
 
     stack = fresh_databases
-    (next_one,) = compute_plan(load_project("tenant-backend"), load_target("production"), "production").migrations[:1]
+    (next_one,) = compute_plan(load_project("tenant-backend"), load_target("production")).migrations[:1]
     for server in local_stack.SERVERS:  # 0002 applied by hand from its SQL, as a team's rename_fields.sql was
         with psycopg.connect(stack.database_url(server)) as conn:
             for statement in next_one.sql:
@@ -162,7 +162,7 @@ def test_reconcile_records_a_migration_applied_by_hand_and_refuses_one_applied_o
     done = cli("reconcile", "staging", "--project", "tenant-backend", "--migration", "core:0002_featureflag", "--wait")
     assert done.returncode == 0, done.stderr
     assert applied(stack, "staging") == ["core.0001_initial", "core.0002_featureflag"]
-    (record,) = [r for r in read_records(load_target("staging"), "staging", "migrations") if r.get("reconciled")][:1]
+    (record,) = [r for r in read_records(load_target("staging"), "migrations") if r.get("reconciled")][:1]
     assert list(record["files"]) == ["core.0002_featureflag"]
 
     with psycopg.connect(stack.database_url("staging")) as conn:  # 0003 by hand, but not as 0003 does it

@@ -153,11 +153,11 @@ def test_backup_rerun_in_the_same_flow_run_reuses_the_verified_backup(fresh_data
     @flow
     def backup_twice():
         target = load_target("staging")
-        return backup_to_gcs(target, "staging"), backup_to_gcs(target, "staging")
+        return backup_to_gcs(target), backup_to_gcs(target)
 
     first, second = backup_twice()
     assert first.uri == second.uri
-    assert sum(b.flow_run_id == first.flow_run_id for b in list_backups(load_target("staging"), "staging")) == 1
+    assert sum(b.flow_run_id == first.flow_run_id for b in list_backups(load_target("staging"))) == 1
 
 
 def test_promise_4_an_upload_corrupted_on_the_way_is_deleted_and_never_reported(fresh_databases, monkeypatch):
@@ -281,7 +281,7 @@ def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_
     started, release = threading.Event(), threading.Event()
 
     def hold_backup_lock():
-        with backup_running(load_target(target), target, wait_s=5):
+        with backup_running(load_target(target), wait_s=5):
             started.set()
             release.wait(60)
 

@@ -20,7 +20,7 @@ def test_happy_path_backs_up_migrates_and_verifies(fresh_databases):
     assert [m.label for m in report.migrations] == RELEASE
     assert applied(stack, "staging") == ["core.0001_initial", *RELEASE]
     assert report.verification.passed, report.verification.failures
-    backups = list_backups(load_target("staging"), "staging")
+    backups = list_backups(load_target("staging"))
     assert backups[0].uri == report.backup.uri
     assert backups[0].migration_state == [("core", "0001_initial")]
     assert applied(stack, "production") == ["core.0001_initial"]  # untouched

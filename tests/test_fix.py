@@ -39,7 +39,7 @@ def test_a_dry_run_changes_nothing_and_counts_what_the_fix_then_changes_and_undo
     stack = promoted
     before = tenant_table_checksums(stack, "staging")
     script = FixScript(name="upper.sql", source=SCRIPT)
-    dry = dry_run_fix(load_target("staging"), "staging", script, [], load_project("tenant-backend"))
+    dry = dry_run_fix(load_target("staging"), script, [], load_project("tenant-backend"))
     assert tenant_table_checksums(stack, "staging") == before
     assert sorted(t.counts() for t in dry.tables) == [("public.core_task", 0, 7, 0), ("public.core_tasklabel", 0, 0, 3)]
     assert len(dry.tables[0].sample_keys) == 5
@@ -59,7 +59,7 @@ def done_run_id(stack, target: str) -> str:
     from dbpromote.config import load_target
     from dbpromote.records import read_records
 
-    return next(r["flow_run_id"] for r in read_records(load_target(target), target, "fixes") if "script" in r)
+    return next(r["flow_run_id"] for r in read_records(load_target(target), "fixes") if "script" in r)
 
 
 def test_undo_refuses_when_a_fixed_row_changed_again_and_puts_nothing_back(promoted):
@@ -177,9 +177,7 @@ def test_through_the_cli_production_waits_for_an_approval_showing_the_counts(pro
     answer_approval(run_id, "approve", "alice", "ok", acknowledge_risks=False)  # scoped: no risk to acknowledge
     assert wait_for_run(run_id).is_completed()
 
-    (record,) = [
-        r for r in read_records(load_target("production"), "production", "fixes") if r["flow_run_id"] == run_id
-    ]
+    (record,) = [r for r in read_records(load_target("production"), "fixes") if r["flow_run_id"] == run_id]
     assert record["script"] == "fix_task_titles.sql" and record["tenants"] == [tenant]
     assert record["before_images"].startswith("gs://") and record["backup"].startswith("gs://")
     assert json.dumps(record).count(tenant) >= 1
@@ -263,7 +261,7 @@ def test_a_batched_fix_killed_mid_way_carries_on_without_applying_a_batch_twice(
         after = dict(conn.execute(priorities).fetchall())
     assert after == {task: priority + 1 for task, priority in before.items()}  # every row once, none twice
     assert len(before_image_objects("staging", run_id)) == batches
-    (record,) = [r for r in read_records(load_target("staging"), "staging", "fixes") if r["flow_run_id"] == run_id]
+    (record,) = [r for r in read_records(load_target("staging"), "fixes") if r["flow_run_id"] == run_id]
     assert record["batches"] == batches and record["rows"] == len(before) and record["run"] != run_id
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(record["run"]).parameters["resume"] == run_id

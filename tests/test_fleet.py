@@ -95,7 +95,7 @@ def outcomes(run_id: str) -> dict[str, dict]:
 
     found = {}
     for shard in [f"shard-{n:02d}" for n in range(1, SHARDS + 1)]:
-        for record in read_records(load_target(shard), shard, "fleet"):
+        for record in read_records(load_target(shard), "fleet"):
             if record["flow_run_id"] == run_id:
                 found[shard] = record
                 break
@@ -268,7 +268,7 @@ def test_members_run_in_their_shared_window_and_members_with_different_windows_a
         approve(run_id)
         assert wait_for_run(run_id).is_completed()
     assert all(shard_migrations(stack, shard)[-len(RELEASE) :] == RELEASE for shard in shards)
-    windows = [read_target_journal(load_target(s), s, run_id).window for s in shards]
+    windows = [read_target_journal(load_target(s), run_id).window for s in shards]
     assert {(w.target, w.window, w.opened_by) for w in windows} == {(s, open_now, "the window") for s in shards}
 
 

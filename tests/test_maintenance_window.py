@@ -45,7 +45,7 @@ def window_record(run_id: str):
     from dbpromote.config import load_target
     from dbpromote.journal import read_target_journal
 
-    return read_target_journal(load_target("production"), "production", run_id).window
+    return read_target_journal(load_target("production"), run_id).window
 
 
 def test_a_step_that_needs_a_window_waits_for_it_suspended_outliving_its_worker_and_then_runs(fresh_databases):

@@ -28,7 +28,7 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
     assert [r.target for r in reports] == ["staging", "production"]
     assert applied(fresh_databases, "production") == ["core.0001_initial", *RELEASE]
     assert reports[0].plan.hash == reports[1].plan.hash
-    production_backup = list_backups(load_target("production"), "production")[0]
+    production_backup = list_backups(load_target("production"))[0]
     assert production_backup.uri == reports[1].backup.uri
     audit = [
         b
@@ -38,7 +38,7 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
     record = json.loads(audit[0].download_as_bytes())
     assert record["approver"] == "alice" and record["subject"] == reports[1].plan.hash
     assert record["comment"] == "release 42" and record["items"] == RELEASE
-    promotions = read_records(load_target("production"), "production", "promotions")
+    promotions = read_records(load_target("production"), "promotions")
     assert promotions[0]["flow_run_id"] == str(run.id) and promotions[0]["backup"] == production_backup.object_name
 
 
@@ -60,7 +60,7 @@ def production_backups() -> list[str]:
     from dbpromote.backups import list_backups
     from dbpromote.config import load_target
 
-    return [backup.uri for backup in list_backups(load_target("production"), "production")]
+    return [backup.uri for backup in list_backups(load_target("production"))]
 
 
 @pytest.mark.parametrize("how", ["rejection", "timeout"])

@@ -28,14 +28,14 @@ def test_gcs_faults_at_a_tenth_of_uploads_never_leave_a_partial_backup_listed(fr
     add_poorly_compressible_rows(fresh_databases)
     monkeypatch.setattr("dbpromote.backups.CHUNK_SIZE", 256 * 1024)  # a dozen upload requests a backup
     target = load_target("staging")
-    before = {backup.object_name for backup in list_backups(target, "staging")}
+    before = {backup.object_name for backup in list_backups(target)}
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="mixed", rate=0.10)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
     completed, failed = [], []
     try:
         for _ in range(rounds):
             try:
-                completed.append(take_backup(target, "staging", run_id="").object_name)
+                completed.append(take_backup(target, run_id="").object_name)
             except BackupError as error:
                 failed.append(str(error))
     finally:
@@ -45,7 +45,7 @@ def test_gcs_faults_at_a_tenth_of_uploads_never_leave_a_partial_backup_listed(fr
         b for b in gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/staging/") if ".dump.zst" in b.name
     ]
     partial = [b.name for b in dumps if b.name.endswith(".dump.zst") and (b.metadata or {}).get("verified") != "true"]
-    listed = {backup.object_name for backup in list_backups(target, "staging")} - before
+    listed = {backup.object_name for backup in list_backups(target)} - before
     print(
         f"\nGCS faults (503s and resets) at 10 % of upload requests, {proxy.uploads_seen} requests: {rounds} backups, "
         f"{len(completed)} completed, {len(failed)} failed cleanly, {proxy.faults_injected} faults, "

@@ -43,7 +43,7 @@ def test_the_release_new_table_gets_its_policy_in_the_same_promotion(promoted_st
 
 def test_cross_tenant_read_insert_update_refused_on_every_tenant_table(promoted_staging):
 
-    proof = rls.prove_isolation(staging(), "staging")
+    proof = rls.prove_isolation(staging())
     assert len(proof.tables) >= 27
     for table in proof.tables:
         assert table.passed, (table.table, table.detail)
@@ -60,7 +60,7 @@ def test_second_run_issues_zero_ddl(promoted_staging, superuser):
     superuser.execute("DROP EVENT TRIGGER IF EXISTS count_ddl")
     superuser.execute("CREATE EVENT TRIGGER count_ddl ON ddl_command_end EXECUTE FUNCTION count_ddl()")
     try:
-        coverage = rls.bring_rls_up_to_date(staging(), "staging")
+        coverage = rls.bring_rls_up_to_date(staging())
         seen = superuser.execute("SELECT tag FROM ddl_seen").fetchall()
     finally:
         superuser.execute("DROP EVENT TRIGGER count_ddl")
@@ -76,14 +76,14 @@ def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted
 
     superuser.execute("DROP POLICY tenant_isolation_core_task ON core_task")
     superuser.execute("CREATE POLICY tenant_isolation_core_task ON core_task TO django_app USING (true)")
-    with connect(staging(), "staging") as conn:
-        assert rls.inspect_coverage(conn, staging(), "staging").drift == ["core_task"]
+    with connect(staging()) as conn:
+        assert rls.inspect_coverage(conn, staging()).drift == ["core_task"]
     with pytest.raises(VerificationError, match=r"Tenant isolation does not hold on staging: core_task \("):
-        rls.prove_isolation(staging(), "staging")
+        rls.prove_isolation(staging())
 
-    coverage = rls.bring_rls_up_to_date(staging(), "staging")
+    coverage = rls.bring_rls_up_to_date(staging())
     assert {t.table: t.action for t in coverage.tables}["core_task"] == "replaced (drift)"
-    assert rls.prove_isolation(staging(), "staging").passed
+    assert rls.prove_isolation(staging()).passed
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_app_role_that_bypasses_policies_is_refused_with_the_fix(promoted_stagin
     superuser.execute(grant)
     try:
         with pytest.raises(ConfigError) as error:
-            rls.bring_rls_up_to_date(staging(), "staging")
+            rls.bring_rls_up_to_date(staging())
     finally:
         superuser.execute(revoke)
     assert "Tenant isolation cannot hold on staging" in str(error.value) and named in str(error.value)
@@ -115,7 +115,7 @@ def test_view_without_security_invoker_is_reported(promoted_staging, superuser):
     superuser.execute("CREATE VIEW safe_tasks WITH (security_invoker = true) AS SELECT id, tenant_id FROM core_task")
     try:
         with pytest.raises(VerificationError, match="view open_tasks bypasses the policies"):
-            rls.prove_isolation(staging(), "staging")
+            rls.prove_isolation(staging())
     finally:
         superuser.execute("DROP VIEW open_tasks, safe_tasks")
 
@@ -126,13 +126,13 @@ def test_force_rls_refused_when_migrations_would_see_nothing(promoted_staging, m
 
     name = make_target("staging-forced", force_rls=True)
     with pytest.raises(ConfigError, match="data migrations \\(RunPython\\) would see no rows"):
-        rls.bring_rls_up_to_date(load_target(name), name)
+        rls.bring_rls_up_to_date(load_target(name))
 
 
 def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging, superuser):
     from dbpromote.flows.audit import audit_rls
 
-    rls.bring_rls_up_to_date(staging(), "staging")  # whatever earlier tests left, start covered
+    rls.bring_rls_up_to_date(staging())  # whatever earlier tests left, start covered
     assert audit_rls(["staging"])[0].gaps == []
     superuser.execute("DROP POLICY tenant_isolation_core_label ON core_label")
     try:
@@ -140,7 +140,7 @@ def test_audit_rls_reports_a_missing_policy_and_changes_nothing(promoted_staging
             audit_rls(["staging"])
         assert superuser.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'core_label'").fetchone()[0] == 0
     finally:
-        rls.bring_rls_up_to_date(staging(), "staging")
+        rls.bring_rls_up_to_date(staging())
 
 
 @pytest.mark.parametrize("tenants", [0, 1], ids=["no tenants yet", "one tenant"])
@@ -159,8 +159,8 @@ def test_a_database_with_fewer_than_two_tenants_is_proven_on_rows_of_its_own_mak
     proofs = {proof.table: proof for proof in report.isolation.tables}
     assert proofs["core_task"].proven_by == "synthetic rows"  # a tenant's table with a tenant's foreign keys
     assert {proof.proven_by for proof in proofs.values()} <= {"synthetic rows", "policy"}
-    with connect(staging(), "staging") as conn:
+    with connect(staging()) as conn:
         before = row_counts(conn)
-    assert rls.prove_isolation(staging(), "staging").passed
-    with connect(staging(), "staging") as conn:
+    assert rls.prove_isolation(staging()).passed
+    with connect(staging()) as conn:
         assert row_counts(conn) == before  # nothing the proof wrote is left behind

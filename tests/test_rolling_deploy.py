@@ -336,7 +336,7 @@ def test_a_promotion_waits_for_the_app_deploy_between_its_phases_on_staging_and_
     from dbpromote.config import load_target
     from dbpromote.journal import read_target_journal
 
-    deploys = {t: read_target_journal(load_target(t), t, run_id).deployed for t in ("staging", "production")}
+    deploys = {t: read_target_journal(load_target(t), run_id).deployed for t in ("staging", "production")}
     assert (deploys["staging"].deployed_by, deploys["staging"].release) == ("carol", "v2.0.0")
     assert (deploys["production"].deployed_by, deploys["production"].comment) == ("ci", "argo sync")
     journal = cli("journal", "production")
@@ -361,7 +361,7 @@ def test_the_deploy_wait_outlives_its_worker_and_a_crash_in_the_after_deploy_pha
     from dbpromote.journal import read_target_journal
 
     stack = rolling
-    before = {b.object_name for b in list_backups(load_target("production"), "production")}
+    before = {b.object_name for b in list_backups(load_target("production"))}
     typed = cli(*PROMOTE, "--no-deploy-wait-on-staging", "--until-paused")
     assert typed.returncode == 0, typed.stderr
     run_id = typed.stdout.split()[0]
@@ -383,8 +383,8 @@ def test_the_deploy_wait_outlives_its_worker_and_a_crash_in_the_after_deploy_pha
     recovered = cli("resume", run_id, "--wait")  # the approval and the deploy recorded before the crash stand
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert applied(stack, "production") == ["core.0001_initial", *RELEASE]  # each once, in order
-    journal = read_target_journal(load_target("production"), "production", run_id)
+    journal = read_target_journal(load_target("production"), run_id)
     assert (journal.deployed.deployed_by, journal.deployed.release) == ("carol", "v2")
-    new = [b for b in list_backups(load_target("production"), "production") if b.object_name not in before]
+    new = [b for b in list_backups(load_target("production")) if b.object_name not in before]
     states = sorted(len(b.migration_state) for b in new)  # before each phase, and before carrying the rest on
     assert len(states) == 3 and len(set(states)) == 3, states

@@ -120,7 +120,7 @@ def test_a_restore_that_fails_half_way_leaves_the_target_as_it_was(fresh_databas
     whole = blob.download_as_bytes()
     blob.metadata = blob.metadata  # sent with the upload: it stays listed as a verified backup
     blob.upload_from_string(whole[: len(whole) // 2])
-    assert taken.uri in {b.uri for b in list_backups(load_target("staging"), "staging")}
+    assert taken.uri in {b.uri for b in list_backups(load_target("staging"))}
     change_data(stack, "staging")
     before, names = tenant_table_checksums(stack, "staging"), databases(stack, "staging")
 
@@ -243,20 +243,20 @@ def test_retention_keeps_referenced_and_recent_backups_and_deletes_only_what_the
     for blob, hours in ((stopped, 25), (in_progress, 0)):
         blob.metadata = {"created_at": (datetime.now(UTC) - timedelta(hours=hours)).isoformat()}
         blob.upload_from_string(b"part of a dump")
-    write_record(target, name, "promotions", "older-run", {"flow_run_id": "older-run", "backup": b2.object_name})
-    write_record(target, name, "promotions", "newest-run", {"flow_run_id": "newest-run", "backup": b1.object_name})
-    write_record(target, name, "rollbacks", "rollback-run", {"flow_run_id": "rollback-run", "backup": b3.object_name})
+    write_record(target, "promotions", "older-run", {"flow_run_id": "older-run", "backup": b2.object_name})
+    write_record(target, "promotions", "newest-run", {"flow_run_id": "newest-run", "backup": b1.object_name})
+    write_record(target, "rollbacks", "rollback-run", {"flow_run_id": "rollback-run", "backup": b3.object_name})
     b2_manifest = b2.manifest_name
 
     b5 = backup([name], keep_last=2, keep_days=10)[0]
 
-    remaining = {b.uri for b in list_backups(target, name)}
+    remaining = {b.uri for b in list_backups(target)}
     assert remaining == {b5.uri, b4.uri, b3.uri, b1.uri}  # newest two, the rollback's, the newest promotion's
     assert bucket.get_blob(b2.object_name) is None and bucket.get_blob(b2_manifest) is None
     assert bucket.get_blob(stopped.name) is None and bucket.get_blob(in_progress.name) is not None
     # Young backups stay whatever keep_last says: b4 and b5 are no longer the newest, but younger than 10 days.
     b6 = backup([name], keep_last=1, keep_days=10)[0]
-    assert {b.uri for b in list_backups(target, name)} == {b6.uri, b5.uri, b4.uri, b3.uri, b1.uri}
+    assert {b.uri for b in list_backups(target)} == {b6.uri, b5.uri, b4.uri, b3.uri, b1.uri}
 
 
 def test_retention_refuses_rules_that_keep_nothing(fresh_databases):

@@ -132,7 +132,7 @@ def fix_undo(
     from dbpromote.runs import refuse_if_held
 
     refuse_if_held([target])  # first: a held target is the reason that stands whatever the record says
-    fix_to_undo(load_target(target), target, run_id)
+    fix_to_undo(load_target(target), run_id)
     run_deployment("fix-undo/fix-undo", {"fix_run": run_id, "target": target}, wait)
 
 
@@ -216,7 +216,7 @@ def restore(
 
     if swap:
         refuse_if_held([target])  # before the backup is looked for: a held target is the reason that stands
-    chosen = find_backup(load_target(target), target, backup)
+    chosen = find_backup(load_target(target), backup)
     typer.echo(f"restoring {chosen.uri}")
     run_deployment("restore/restore", {"target": target, "backup": chosen.uri, "swap": swap}, wait)
 

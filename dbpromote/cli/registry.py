@@ -254,12 +254,12 @@ def target_add(
         database_alias=database_alias,
         drift=drift,
         gcp_credentials=gcp_credentials,
-    )
+    ).named(name)
     if gcp_credentials:
         from dbpromote.gcs import credentials
 
         credentials(gcp_credentials)  # the block exists, and prefect-gcp is here to read it
     if check:
-        connect(target, name).close()
+        connect(target).close()
     target.save(name, overwrite=True)
     typer.echo(f"target {name} registered")

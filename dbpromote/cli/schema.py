@@ -27,7 +27,7 @@ def drift(
     run = trigger("drift/drift", {"project": project, "target": target})
     typer.echo(f"{run.id} {run_url(run.id)}", err=as_json)  # stdout is the JSON's alone
     wait_for(run.id)
-    records = read_records(database, target, "drift", scope=str(run.id))
+    records = read_records(database, "drift", scope=str(run.id))
     if not records:  # the run ended before it could compare: why, in its sentence
         report_end(run.id)
     report = DriftReport.model_validate(records[0])
@@ -96,7 +96,7 @@ def check(
     url = os.environ.get("DBPROMOTE_DATABASE_URL", "")
     if url:
         Conninfo(url)
-        target = DatabaseTarget(url=url)
+        target = DatabaseTarget(url=url).named(against)
     else:
         target = load_target(against)
     previous = None
@@ -106,7 +106,7 @@ def check(
         previous = django_project.model_copy(
             update={"path": str(Path(previous_code).resolve()), "python": previous_python or django_project.python}
         )
-    report = run_check(django_project, project, target, against, allow_risks, records=not url, previous_code=previous)
+    report = run_check(django_project, project, target, allow_risks, records=not url, previous_code=previous)
     if as_json:
         typer.echo(json.dumps(report.model_dump(mode="json") | {"blocking": report.blocking}, indent=2))
     else:
@@ -126,7 +126,7 @@ def journal(
 
     if since and not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][\d:.+Z-]*)?", since):
         fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD, e.g. --since 2026-11-01.")
-    found = interventions(load_target(target), target, since)
+    found = interventions(load_target(target), since)
     typer.echo(markdown(target, found) if as_markdown else "\n".join(i.line() for i in found) or "nothing recorded")
 
 
@@ -136,6 +136,6 @@ def backups(target: str) -> None:
     from dbpromote.backups import list_backups
     from dbpromote.config import load_target
 
-    for item in list_backups(load_target(target), target):
+    for item in list_backups(load_target(target)):
         state = ",".join(f"{app}.{name}" for app, name in item.migration_state[-3:])
         typer.echo(f"{item.created_at}  {item.size_bytes:>12}  {item.uri}  ...{state}")
