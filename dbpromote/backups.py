@@ -267,10 +267,10 @@ def read_manifest(backup: Backup, target: DatabaseTarget) -> Manifest:
         ) from None
 
 
-def find_backup(target: DatabaseTarget, name: str = "") -> Backup:
-    """The named verified backup of a target (object name or gs:// URI), or its newest when name is empty."""
+def find_backup(target: DatabaseTarget, uri: str = "") -> Backup:
+    """The verified backup of a target named by `uri` (its gs:// URI or object name), or its newest when empty."""
     backups = list_backups(target)
-    if not name:
+    if not uri:
         if not backups:
             raise BackupError(
                 f"Target {target.name!r} has no verified backup under "
@@ -279,10 +279,10 @@ def find_backup(target: DatabaseTarget, name: str = "") -> Backup:
             )
         return backups[0]
     for backup in backups:
-        if name in (backup.uri, backup.object_name):
+        if uri in (backup.uri, backup.object_name):
             return backup
     raise BackupError(
-        f"{name} is not a verified backup of target {target.name!r}; list them with `dbpromote backups {target.name}`.",
+        f"{uri} is not a verified backup of target {target.name!r}; list them with `dbpromote backups {target.name}`.",
         transient=False,
     )
 

@@ -112,3 +112,22 @@ def test_the_flows_and_tasks_build_no_markdown():
     found = [line for folder in ("flows", "tasks") for path in sorted((ROOT / folder).glob("*.py"))
              for line in markdown_built(path)]  # fmt: skip
     assert found == []
+
+
+def test_no_function_takes_a_target_and_its_name_side_by_side():
+    """A target is resolved once at the edge of a step and handed down: it says its own name (`target.name`)."""
+    found = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.is_relative_to(ROOT / ".venv"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                arguments = node.args.args
+                found += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({first.arg}, {second.arg})"
+                    for first, second in zip(arguments, arguments[1:], strict=False)
+                    if first.annotation is not None and "DatabaseTarget" in ast.unparse(first.annotation)
+                    and second.arg in ("target_name", "name", "target")
+                    and (second.annotation is None or ast.unparse(second.annotation) == "str")
+                ]  # fmt: skip
+    assert found == []
