@@ -72,87 +72,119 @@ def promote(
     rehearsal), or may rewrite a table, in the first window with room for staging's duration, suspended until it
     opens; approval can be given before. now_reason runs such steps at once, the reason kept in the journal.
     """
-    # The checks and plans before any approval read each target once; each step after it reads them again (a
-    # person may change a target while the promotion waits).
-    with resolved_once():
-        check_promotion_input(project, through, to)
-        groups = {name: group for name in through if (group := load_group(name))}
-        targets = [member for name in through for member in (groups[name].members if name in groups else [name])]
-        check_not_held(targets)
-        journal = open_journal(project, through, to, resume, targets)
-        with ProbeSession(load_project(project), load_target(targets[0])) as probe:  # one Django plans them all
-            checked: set[tuple[str, str]] = set()
-            now = {target: preflight(project, target, to, probe, checked) for target in targets}
-            plans = journal.continue_plans(now)
-            divergent = [t for name in groups for t in groups[name].members if plans[t].hash != plans[through[0]].hash]
-            if divergent and not skip_divergent:
-                raise PreflightError(
-                    f"{', '.join(divergent)} would run another plan than {through[0]} "
-                    f"({', '.join(sorted({plans[t].hash for t in divergent}))}, not {plans[through[0]].hash}); "
-                    "nothing was run: bring them to the group's state first, or leave them out of this promotion "
-                    "with --skip-divergent."
-                )
-            vouch_for({target: plans[target] for target in targets if target not in divergent}, through[0])
-            # A target this promotion already took through its step changes no more: no gate to pass (on the run
-            # that carries a promotion on after its approval, staging's replay cost a second of every promotion as
-            # typed). The others' histories are read by the same Django, and each distinct one replayed once
-            # (members of a group share theirs).
-            drift = {
-                target: "not checked again: its step is done in this promotion"
-                if journal.completed(target, now[target])
-                else preflight_drift(project, target, probe)
-                for target in targets
-                if target not in divergent
-            }
-
+    promotion = Promotion(project, through, to, approval_timeout_s, approval_poll_s, now_reason)
+    promotion.rehearse_slow_s = rehearsal_slow_s if rehearse else None
+    promotion.deploy_wait_on_staging = deploy_wait_on_staging
+    promotion.prepare(resume, skip_divergent)
     reports: list[StepReport] = []
     approvals: list[Approval] = []
     for target in through:
-        if target in groups:
-            members = [member for member in groups[target].members if member not in divergent]
-            fleet = GroupStep(project, target, groups[target], journal, to, now, plans)
-            fleet.skip([member for member in groups[target].members if member in divergent])
-            measured = Measured.of(reports, through[0])
-            approval, ran = fleet.promote(
-                members, reports, drift, measured, now_reason, approval_timeout_s, approval_poll_s
-            )
-            approvals += [approval] if approval else []
-            reports += ran
-            continue
-        if done := journal.completed(target, now[target]):
-            reports.append(done)  # a crashed run of this promotion did it all: nothing runs twice
-            continue
-        rehearsal = None
-        if target != through[0]:
-            honoured = journal.approval(target, plans[target])  # given for this very plan before a crash: it stands
-            if rehearse and not honoured:
-                rehearsal = rehearse_plan(project, target, through[0], plans[target], rehearsal_slow_s)
-        measured = Measured.of(reports, through[0], rehearsal)
-        database = load_target(target)
-        if target != through[0] and database.requires_approval:
-            need = measured.need(plans[target], database.window_lock_s)
-            when = when_it_runs(database.windows, need, datetime.now(UTC), now_reason)
-            request = promotion_request(project, target, plans[target], reports, rehearsal, drift[target], when)
-            approvals.append(honoured or approve(journal, request, approval_timeout_s, approval_poll_s))
-        record_step(journal, target, plans[target])
-        waits = database.deploy == "rolling" and (target != through[0] or deploy_wait_on_staging)
-        phases = Phases(project, target, to, journal, approval_timeout_s, approval_poll_s, measured, now_reason)
-        reports += phases.run(plans[target], now[target]) if waits else phases.run_one(now[target])
-
-    first_reports = {}
-    for report in reports:
-        first_reports.setdefault(report.target, report)  # its backup was taken before the promotion changed it
+        step = promotion.group_step if target in promotion.groups else promotion.target_step
+        approval, ran = step(target, reports)
+        approvals += [approval] if approval else []
+        reports += ran
     with resolved_once():
-        record_promotion(project, plans, journal, first_reports.values())
+        record_promotion(project, promotion.plans, promotion.journal, reports)
     publish_promotion(project, through, str(flow_run.get_id()), reports, approvals)
     get_run_logger().info("promoted %s through %s", project, ", ".join(through))
     return reports
 
 
-def record_promotion(project: str, plans: dict[str, Plan], journal: Journal, reports) -> None:
+class Promotion:
+    """A promotion's parameters, and what its checks before any approval found: each environment's step reads
+    them. The checks read each target once; each step after them reads it again (a person may change a target
+    while the promotion waits)."""
+
+    def __init__(self, project: str, through: list[str], to: str, timeout_s: int, poll_s: int, now_reason: str):
+        self.project, self.through, self.to, self.timeout_s, self.poll_s = project, through, to, timeout_s, poll_s
+        self.now_reason, self.staging = now_reason, through[0] if through else ""
+        # Set by the flow's options: later targets rehearsed first (the seconds a migration may take there before
+        # it is a risk to acknowledge), and staging waiting for the app's deploy too (off: it deploys itself).
+        self.rehearse_slow_s: float | None = None
+        self.deploy_wait_on_staging = True
+
+    @resolved_once()
+    def prepare(self, resume: str, skip_divergent: bool) -> None:
+        """Input checked, the journal opened, every target planned by one Django, the plans vouched for by
+        staging, and each target's drift read: nothing has changed yet."""
+        check_promotion_input(self.project, self.through, self.to)
+        self.groups = {name: group for name in self.through if (group := load_group(name))}
+        targets = [m for name in self.through for m in (self.groups[name].members if name in self.groups else [name])]
+        check_not_held(targets)
+        self.journal = open_journal(self.project, self.through, self.to, resume, targets)
+        with ProbeSession(load_project(self.project), load_target(targets[0])) as probe:  # one Django plans them all
+            checked: set[tuple[str, str]] = set()
+            self.now = {target: preflight(self.project, target, self.to, probe, checked) for target in targets}
+            self.plans = self.journal.continue_plans(self.now)
+            self.divergent = self.refuse_divergent(skip_divergent)
+            vouch_for({t: self.plans[t] for t in targets if t not in self.divergent}, self.staging)
+            # A target this promotion already took through its step changes no more: no gate to pass (on the run
+            # that carries a promotion on after its approval, staging's replay cost a second of every promotion as
+            # typed). The others' histories are read by the same Django, and each distinct one replayed once
+            # (members of a group share theirs).
+            self.drift = {
+                target: "not checked again: its step is done in this promotion"
+                if self.journal.completed(target, self.now[target])
+                else preflight_drift(self.project, target, probe)
+                for target in targets
+                if target not in self.divergent
+            }
+
+    def refuse_divergent(self, skip: bool) -> list[str]:
+        """The group members whose plan is not staging's: refused, or (skip) left out."""
+        staging = self.plans[self.staging].hash
+        divergent = [m for name in self.groups for m in self.groups[name].members if self.plans[m].hash != staging]
+        if divergent and not skip:
+            raise PreflightError(
+                f"{', '.join(divergent)} would run another plan than {self.staging} "
+                f"({', '.join(sorted({self.plans[m].hash for m in divergent}))}, not {staging}); nothing was run: "
+                "bring them to the group's state first, or leave them out of this promotion with --skip-divergent."
+            )
+        return divergent
+
+    def group_step(self, name: str, reports: list[StepReport]) -> tuple[Approval | None, list[StepReport]]:
+        """A group's members, under one approval, in its waves (flows/fleet.py); its divergent ones skipped."""
+        group = self.groups[name]
+        fleet = GroupStep(self.project, name, group, self.journal, self.to, self.now, self.plans)
+        fleet.skip([member for member in group.members if member in self.divergent])
+        members = [member for member in group.members if member not in self.divergent]
+        measured = Measured.of(reports, self.staging)
+        return fleet.promote(members, reports, self.drift, measured, self.now_reason, self.timeout_s, self.poll_s)
+
+    def target_step(self, target: str, reports: list[StepReport]) -> tuple[Approval | None, list[StepReport]]:
+        """One target: rehearsed and approved where it must be, then in one step or two phases around the deploy;
+        nothing again that a crashed run of this promotion did."""
+        plan, now = self.plans[target], self.now[target]
+        if done := self.journal.completed(target, now):
+            return None, [done]  # a crashed run of this promotion did it all: nothing runs twice
+        honoured = self.journal.approval(target, plan)  # given for this very plan before a crash: it stands
+        rehearsal = None
+        if target != self.staging and self.rehearse_slow_s is not None and not honoured:
+            rehearsal = rehearse_plan(self.project, target, self.staging, plan, self.rehearse_slow_s)
+        measured = Measured.of(reports, self.staging, rehearsal)
+        database = load_target(target)
+        approval = None
+        if target != self.staging and database.requires_approval:
+            need = measured.need(plan, database.window_lock_s)
+            when = when_it_runs(database.windows, need, datetime.now(UTC), self.now_reason)
+            request = promotion_request(self.project, target, plan, reports, rehearsal, self.drift[target], when)
+            approval = honoured or approve(self.journal, request, self.timeout_s, self.poll_s)
+        record_step(self.journal, target, plan)
+        waits = database.deploy == "rolling" and (target != self.staging or self.deploy_wait_on_staging)
+        phases = Phases(
+            self.project, target, self.to, self.journal, self.timeout_s, self.poll_s, measured, self.now_reason
+        )
+        return approval, phases.run(plan, now) if waits else phases.run_one(now)
+
+
+def record_promotion(project: str, plans: dict[str, Plan], journal: Journal, reports: list[StepReport]) -> None:
     """What retention keeps, and a rollback finds, for each target: the promotion's record with the backup taken
-    before it changed the target, its deploy and its window."""
+    before it changed the target (its first report's: a target in two phases has two), its deploy and its
+    window."""
+    first: dict[str, StepReport] = {}
     for report in reports:
+        first.setdefault(report.target, report)
+    for report in first.values():
         record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": plans[report.target].hash}
         record["backup"] = report.backup.object_name if report.backup else None
         if deployment := journal.deployed(report.target, plans[report.target]):
