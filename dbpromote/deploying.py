@@ -82,16 +82,33 @@ CLOSE_FLOW = CLOSE_DEPLOYMENT.partition("/")[0]
 def install_crash_detection(api_url: str) -> None:
     """The automations that mark a flow run whose process died Crashed (its subflows too: each sends heartbeats)
     and then close its task runs (tasks send none) through the close-crashed deployment; replaced when present."""
-    from datetime import timedelta
-
     from prefect import get_client
-    from prefect.automations import Automation
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState, RunDeployment
-    from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            for name in (CRASH_AUTOMATION, CLOSE_AUTOMATION):
+                for existing in client.read_automations_by_name(name=name):
+                    client.delete_automation(existing.id)
+            try:
+                closer = client.read_deployment_by_name(CLOSE_DEPLOYMENT)
+            except ObjectNotFound:  # the package without the repository's deployments: runs are still marked
+                closer = None
+        _silent_runs_crashed().create()
+        if closer is not None:
+            _close_what_crashed_left(closer.id).create()
+
+
+def _silent_runs_crashed():
+    """The automation that marks a flow run Crashed once it has been silent for CRASHED_AFTER_S."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
 
     flow_runs = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
     # Suspended: waiting for an approval, the run has left its process on purpose (dbpromote/waits.py).
@@ -103,7 +120,7 @@ def install_crash_detection(api_url: str) -> None:
     # the Suspended that closed the previous watch keeps it open, satisfied, for the rest of its 90 s, swallowing a
     # prompt resume's Pending and Running (tests/test_crash_resume.py, killed before its first heartbeat).
     alive = {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
-    silent = Automation(
+    return Automation(
         name=CRASH_AUTOMATION,
         description=f"No heartbeat for {CRASHED_AFTER_S} s: the run's process is gone (killed, machine lost).",
         trigger=EventTrigger(
@@ -124,37 +141,36 @@ def install_crash_detection(api_url: str) -> None:
             )
         ],
     )
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        with get_client(sync_client=True) as client:
-            for name in (CRASH_AUTOMATION, CLOSE_AUTOMATION):
-                for existing in client.read_automations_by_name(name=name):
-                    client.delete_automation(existing.id)
-            try:
-                closer = client.read_deployment_by_name(CLOSE_DEPLOYMENT)
-            except ObjectNotFound:  # the package without the repository's deployments: runs are still marked
-                closer = None
-        silent.create()
-        if closer is not None:
-            Automation(
-                name=CLOSE_AUTOMATION,
-                description="Task runs send no heartbeats: those a crashed flow run left Running are marked Crashed.",
-                # Not for a close-crashed run: it ends within a second, its heartbeat can reach the server after
-                # its Completed, and the watch that starts then marks it Crashed 90 s later; closing it started
-                # another, which was marked Crashed in turn: a run every 95 s for good (seen on a test stack).
-                trigger=EventTrigger(
-                    match=flow_runs,
-                    match_related=ResourceSpecification(
-                        {"prefect.resource.role": "flow", "prefect.resource.name": f"!{CLOSE_FLOW}"}
-                    ),
-                    expect={"prefect.flow-run.Crashed"},
-                    posture=Posture.Reactive,
-                    threshold=1,
-                ),
-                actions=[
-                    RunDeployment(
-                        source="selected",
-                        deployment_id=closer.id,
-                        parameters={"flow_run": "{{ event.resource.id }}"},
-                    )
-                ],
-            ).create()
+
+
+def _close_what_crashed_left(closer_id):
+    """The automation that runs the close-crashed deployment for every flow run marked Crashed (but its own)."""
+    from prefect.automations import Automation
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    flow_runs = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
+    return Automation(
+        name=CLOSE_AUTOMATION,
+        description="Task runs send no heartbeats: those a crashed flow run left Running are marked Crashed.",
+        # Not for a close-crashed run: it ends within a second, its heartbeat can reach the server after
+        # its Completed, and the watch that starts then marks it Crashed 90 s later; closing it started
+        # another, which was marked Crashed in turn: a run every 95 s for good (seen on a test stack).
+        trigger=EventTrigger(
+            match=flow_runs,
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "flow", "prefect.resource.name": f"!{CLOSE_FLOW}"}
+            ),
+            expect={"prefect.flow-run.Crashed"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=closer_id,
+                parameters={"flow_run": "{{ event.resource.id }}"},
+            )
+        ],
+    )

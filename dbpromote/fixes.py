@@ -442,37 +442,14 @@ def put_back_rows(conn: psycopg.Connection, target_name: str, rows: list[dict]) 
             )
             for c in key
         )
+        keyed = [json.dumps(image)] * len(key)
         current = conn.execute(
-            sql.SQL("SELECT to_jsonb(t) FROM {} t WHERE {}").format(sql.SQL(table), where),
-            [json.dumps(image)] * len(key),
+            sql.SQL("SELECT to_jsonb(t) FROM {} t WHERE {}").format(sql.SQL(table), where), keyed
         ).fetchone()
         if (current[0] if current else None) != row["new"]:
             changed_since.append(f"{table} {', '.join(str(image[c]) for c in key)}")
-            continue
-        if row["op"] == "INSERT":
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE {}").format(sql.SQL(table), where), [json.dumps(image)] * len(key)
-            )
-        elif row["op"] == "DELETE":
-            conn.execute(
-                sql.SQL("INSERT INTO {} SELECT * FROM jsonb_populate_record(NULL::{}, %s)").format(
-                    sql.SQL(table), sql.SQL(table)
-                ),
-                [json.dumps(row["old"])],
-            )
         else:
-            conn.execute(
-                sql.SQL(
-                    "UPDATE {} t SET ({}) = (SELECT {} FROM jsonb_populate_record(NULL::{}, %s) r) WHERE {}"
-                ).format(
-                    sql.SQL(table),
-                    sql.SQL(", ").join(sql.Identifier(c) for c in row["old"]),
-                    sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in row["old"]),
-                    sql.SQL(table),
-                    where,
-                ),
-                [json.dumps(row["old"]), *[json.dumps(image)] * len(key)],
-            )
+            _put_back(conn, row, sql.SQL(table), where, keyed)
     if changed_since:
         conn.rollback()
         named = ", ".join(changed_since[:5]) + (" ..." if len(changed_since) > 5 else "")
@@ -482,6 +459,28 @@ def put_back_rows(conn: psycopg.Connection, target_name: str, rows: list[dict]) 
         )
     conn.commit()
     return len(rows)
+
+
+def _put_back(conn: psycopg.Connection, row: dict, table: sql.SQL, where: sql.Composable, keyed: list) -> None:
+    """One captured row undone: an inserted one deleted, a deleted one inserted again, an updated one set back."""
+    if row["op"] == "INSERT":
+        conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(table, where), keyed)
+    elif row["op"] == "DELETE":
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT * FROM jsonb_populate_record(NULL::{}, %s)").format(table, table),
+            [json.dumps(row["old"])],
+        )
+    else:
+        conn.execute(
+            sql.SQL("UPDATE {} t SET ({}) = (SELECT {} FROM jsonb_populate_record(NULL::{}, %s) r) WHERE {}").format(
+                table,
+                sql.SQL(", ").join(sql.Identifier(c) for c in row["old"]),
+                sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in row["old"]),
+                table,
+                where,
+            ),
+            [json.dumps(row["old"]), *keyed],
+        )
 
 
 def check_fix_input(
