@@ -45,28 +45,6 @@ class CheckReport(BaseModel):
             ]
         return found
 
-    def markdown(self) -> str:
-        """A summary to post as a pull request's comment."""
-        verdict = "blocking findings" if self.blocking else "nothing blocking"
-        lines = [f"## dbpromote check: {self.project} against {self.target}: {verdict}", ""]
-        if self.refused:
-            lines += ["**A promotion would be refused:**", ""] + [f"- {reason}" for reason in self.refused] + [""]
-        if self.plan is not None:
-            lines += [f"### Plan {self.plan.hash}: {len(self.plan.migrations)} migration(s)", ""]
-            if self.plan.migrations:
-                lines += self.plan.table()
-            lines += self.plan.breaking_section()
-            if self.plan.risks:
-                allowed = " (allowed: to be acknowledged at approval)" if self.risks_allowed else ""
-                lines += ["", f"**Risks{allowed}:**", ""] + [f"- {risk}" for risk in self.plan.risks]
-            if self.plan.notes:
-                lines += ["", "**Notes:**", ""] + [f"- {note}" for note in self.plan.notes]
-            lines.append("")
-        if self.drift is not None:
-            lines += self.drift.markdown().replace("# Drift", "### Drift", 1).splitlines()
-        lines += [f"- {note}" for note in self.notes]
-        return "\n".join(lines)
-
 
 def check(
     project: DjangoProject,

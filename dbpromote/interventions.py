@@ -112,21 +112,3 @@ def _reconcile(record: dict) -> Intervention:
     return Intervention(
         at=record["recorded_at"], kind="reconcile", run=record["flow_run_id"], what=f"recorded {labels} as applied"
     )
-
-
-def markdown(target_name: str, found: list[Intervention]) -> str:
-    """In the shape of the seed's migration notes: one entry per intervention, date, purpose, scripts used."""
-    lines = [f"# Interventions on {target_name}", ""]
-    for i in found:
-        lines += [f"## {i.at[:10]}: {i.kind}", "", f"- when: {i.at[:19]} UTC (run {i.run})", f"- what: {i.what}"]
-        lines += [f"- purpose: {i.purpose}"] if i.purpose else []
-        lines += [f"- approved by: {', '.join(i.approvers)}"] if i.approvers else []
-        lines += [f"- rows affected: {i.rows}"] if i.rows is not None else []
-        lines += [f"- backup: {i.backup}"] if i.backup else []
-        lines += (
-            [f"- before-images (`dbpromote fix-undo {i.run} --target {target_name}`): {i.before_images}"]
-            if (i.before_images)
-            else []
-        )
-        lines.append("")
-    return "\n".join(lines)

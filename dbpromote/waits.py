@@ -33,14 +33,12 @@ from dbpromote.models.approval import (
     WindowRun,
     answerers_key,
     approval_form,
-    describe_deploy_wait,
-    describe_window_wait,
     refusal,
-    who_may_answer,
 )
 from dbpromote.models.plan import Plan
 from dbpromote.notify import notify, run_url
 from dbpromote.records import write_record
+from dbpromote.reporting.forms import describe_deploy_wait, describe_window_wait, who_may_answer
 from dbpromote.windows import Opening, WindowNeed, next_opening
 
 DEPLOY_KEY_PREFIX = "deploy-"  # the app's deploy, between a promotion's two phases: `deployed` answers only these

@@ -10,12 +10,12 @@ from prefect import flow, get_run_logger
 from dbpromote.config import load_project, load_target
 from dbpromote.drift import check_next
 from dbpromote.errors import InputError, PreflightError, VerificationError
-from dbpromote.models.approval import reconcile_request
 from dbpromote.models.drift import DriftReport
 from dbpromote.models.plan import parse_target_migration
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.reporting import publish_drift
+from dbpromote.reporting.forms import reconcile_request
 from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
 

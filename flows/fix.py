@@ -12,11 +12,11 @@ from prefect.runtime import flow_run
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
 from dbpromote.errors import FixError, VerificationError
 from dbpromote.fixes import BeforeImages, check_fix_input, fix_to_undo
-from dbpromote.models.approval import fix_request, undo_request
 from dbpromote.models.fix import FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.notify import notify_failure
 from dbpromote.records import read_records, write_record
 from dbpromote.reporting import publish_fix
+from dbpromote.reporting.forms import fix_request, undo_request
 from dbpromote.verification import run_verify_scripts
 from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 

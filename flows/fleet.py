@@ -34,7 +34,7 @@ from prefect.runtime import flow_run
 from dbpromote.config import DatabaseTarget, TargetGroup, load_project, load_target, resolved_once
 from dbpromote.errors import MigrationError
 from dbpromote.journal import read_target_journal
-from dbpromote.models.approval import Approval, group_request
+from dbpromote.models.approval import Approval
 from dbpromote.models.fleet import MemberOutcome, Share, lanes, waves
 from dbpromote.models.journal import Journal
 from dbpromote.models.plan import Plan
@@ -42,6 +42,7 @@ from dbpromote.models.report import StepReport
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
 from dbpromote.reporting import publish_group
+from dbpromote.reporting.forms import group_request
 from dbpromote.waits import record_approval, wait_for_approval, wait_for_window
 from dbpromote.windows import Measured, WindowNeed, when_it_runs
 

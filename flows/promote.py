@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 
 from dbpromote.config import load_group, load_project, load_target, resolved_once
 from dbpromote.errors import PreflightError
-from dbpromote.models.approval import Approval, ApprovalRequest, Deployment, promotion_request
+from dbpromote.models.approval import Approval, ApprovalRequest, Deployment
 from dbpromote.models.journal import Journal, TargetJournal
 from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, Plan
 from dbpromote.models.report import StepReport
@@ -25,6 +25,7 @@ from dbpromote.probe import ProbeSession
 from dbpromote.promotion import check_promotion_input
 from dbpromote.records import write_record
 from dbpromote.reporting import publish_promotion
+from dbpromote.reporting.forms import promotion_request
 from dbpromote.waits import (
     ANSWER_POLL_S,
     APPROVAL_TIMEOUT_S,

@@ -10,11 +10,11 @@ from prefect.runtime import flow_run
 from dbpromote.backups import find_backup
 from dbpromote.config import load_target
 from dbpromote.errors import VerificationError
-from dbpromote.models.approval import restore_request
 from dbpromote.models.backup import Restored
 from dbpromote.notify import notify_failure
 from dbpromote.records import write_record
 from dbpromote.reporting import publish_backup_verification, publish_restore
+from dbpromote.reporting.forms import restore_request
 from dbpromote.restores import restored_by_this_run, scratch_name
 from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 

@@ -12,11 +12,11 @@ from prefect.runtime import flow_run
 from dbpromote.backups import find_backup
 from dbpromote.config import load_project, load_target
 from dbpromote.errors import PreflightError
-from dbpromote.models.approval import rollback_request
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
 from dbpromote.probe import ProbeSession
 from dbpromote.records import newest_promotion_backup, read_records, write_record
+from dbpromote.reporting.forms import rollback_request
 from dbpromote.waits import ANSWER_POLL_S, APPROVAL_TIMEOUT_S, record_approval, wait_for_approval
 
 

@@ -1,5 +1,5 @@
 """Drift as tasks: a target's live schema against the one its recorded migrations produce, and a migration recorded
-as applied (the work in dbpromote/drift.py, its report in dbpromote/reporting.py)."""
+as applied (the work in dbpromote/drift.py, its report in dbpromote/reporting/)."""
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE

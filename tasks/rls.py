@@ -1,5 +1,5 @@
 """Row-Level Security as tasks: every tenant table's policy and grants brought up to date, isolation proven as the
-application (the work in dbpromote/rls.py, its report in dbpromote/reporting.py)."""
+application (the work in dbpromote/rls.py, its report in dbpromote/reporting/)."""
 
 from functools import partial
 

@@ -80,6 +80,7 @@ def check(
     from dbpromote.check import check as run_check
     from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target
     from dbpromote.conninfo import Conninfo
+    from dbpromote.reporting.markdown import check_markdown
 
     if (Path(project) / "manage.py").is_file():
         settings = settings or os.environ.get("DJANGO_SETTINGS_MODULE", "")
@@ -110,7 +111,7 @@ def check(
     if as_json:
         typer.echo(json.dumps(report.model_dump(mode="json") | {"blocking": report.blocking}, indent=2))
     else:
-        typer.echo(report.markdown())
+        typer.echo(check_markdown(report))
     raise typer.Exit(1 if report.blocking else 0)
 
 
@@ -122,12 +123,17 @@ def journal(
 ) -> None:
     """Every intervention on a target, newest first: promotions, fixes, restores, rollbacks, reconciliations."""
     from dbpromote.config import load_target
-    from dbpromote.interventions import interventions, markdown
+    from dbpromote.interventions import interventions
+    from dbpromote.reporting.markdown import interventions_markdown
 
     if since and not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][\d:.+Z-]*)?", since):
         fail(f"--since {since!r} is not a date; write it as YYYY-MM-DD, e.g. --since 2026-11-01.")
     found = interventions(load_target(target), since)
-    typer.echo(markdown(target, found) if as_markdown else "\n".join(i.line() for i in found) or "nothing recorded")
+    typer.echo(
+        interventions_markdown(target, found)
+        if as_markdown
+        else "\n".join(i.line() for i in found) or "nothing recorded"
+    )
 
 
 @app.command("backups")

@@ -164,7 +164,7 @@ class DriftReport(BaseModel):
             lines += [f"             {label}: {value}" for label, value in values if value]
         if self.repaired:
             lines.append(
-                f"  a promotion's RLS step repairs the other {len(self.repaired)}: {_objects(self.repaired, 10)}"
+                f"  a promotion's RLS step repairs the other {len(self.repaired)}: {objects_of(self.repaired, 10)}"
             )
         if self.notes:
             named = ", ".join(f"{d.object} (live {d.live})" for d in self.notes[:10])
@@ -172,42 +172,8 @@ class DriftReport(BaseModel):
             lines.append(f"  note: {len(self.notes)} differ only by a name Django generated: {named}{more}")
         return "\n".join(lines)
 
-    def markdown(self) -> str:
-        """For an artifact or a pull request's comment: blocking differences as a table, the rest folded."""
-        lines = [f"# Drift of {self.target}", "", self.summary(at_most=0 if self.found else 5), ""]
-        if self.blocking:
-            lines += ["| object | kind | expected | live | fix |", "|---|---|---|---|---|"]
-            lines += [
-                f"| {_cell(d.object)} | {d.kind} | {_cell(d.expected)} | {_cell(d.live)} | {_cell(d.fix)} |"
-                for d in self.blocking
-            ]
-        if self.repaired:
-            lines += [
-                "",
-                f"<details><summary>{len(self.repaired)} that a promotion's RLS step repairs by itself</summary>",
-                "",
-                _objects(self.repaired),
-                "",
-                "</details>",
-            ]
-        if self.notes:
-            lines += [
-                "",
-                f"<details><summary>{len(self.notes)} that differ only by a name Django generated (notes, never "
-                "blocking)</summary>",
-                "",
-                "| object | name the replay gave | live name |",
-                "|---|---|---|",
-                *(f"| {_cell(d.object)} | {_cell(d.expected)} | {_cell(d.live)} |" for d in self.notes),
-                "",
-                f"{WHY['generated'].capitalize()}.",
-                "",
-                "</details>",
-            ]
-        return "\n".join(lines)
 
-
-def _objects(differences: list[Difference], at_most: int = 0) -> str:
+def objects_of(differences: list[Difference], at_most: int = 0) -> str:
     """Each object and its kind; beyond at_most of them, how many of each kind of object."""
     if at_most and len(differences) > at_most:
         kinds = Counter(d.object.split(" ", 1)[0] for d in differences)
@@ -215,7 +181,8 @@ def _objects(differences: list[Difference], at_most: int = 0) -> str:
     return ", ".join(f"{d.object} ({d.kind})" for d in differences)
 
 
-def _cell(text: str) -> str:
+def table_cell(text: str) -> str:
+    """The text as one cell of a markdown table."""
     return (text or "-").replace("|", "\\|").replace("\n", " ")
 
 

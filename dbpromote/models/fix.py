@@ -161,14 +161,6 @@ class FixRun(BaseModel):
         changes = [f"{t.table} +{t.inserted} ~{t.updated} -{t.deleted}" for t in self.tables]
         return f"{self.rows} rows: {'; '.join(changes)}" if changes else "no row would change"
 
-    def markdown_lines(self) -> list[str]:
-        lines = ["| table | inserted | updated | deleted | sample keys |", "|---|---|---|---|---|"]
-        lines += [
-            f"| {t.table} | {t.inserted} | {t.updated} | {t.deleted} | {', '.join(t.sample_keys) or '-'} |"
-            for t in self.tables
-        ]
-        return lines if self.tables else ["No row would change."]
-
 
 class BatchedStatement:
     """--batch-size N: one UPDATE or DELETE of one table, run as keyset batches of at most N of the rows it

@@ -220,23 +220,6 @@ class Plan(BaseModel):
         """Some migrations run before the app deploy and some only after it."""
         return bool(self.phase(BEFORE_DEPLOY)) and bool(self.phase(AFTER_DEPLOY))
 
-    def table(self) -> list[str]:
-        """The migrations as a markdown table: phase, atomicity, reversibility and risks."""
-        lines = ["| migration | phase | atomic | reversible | risks |", "|---|---|---|---|---|"]
-        for m in self.migrations:
-            phase = f"{m.phase} ({m.phase_reason})" if m.phase_reason else m.phase
-            lines.append(
-                f"| {m.label}{m.direction} | {phase} | {m.atomic} | {m.reversible} | {'; '.join(m.risks) or '-'} |"
-            )
-        return lines
-
-    def breaking_section(self) -> list[str]:
-        """What the release running during the migration meets, for a markdown report ([] when nothing)."""
-        if not self.breaking:
-            return []
-        head = "**Breaks the release that is running while it migrates** (so it runs after the app deploy):"
-        return ["", head, ""] + [f"- {line}" for line in self.breaking]
-
     @property
     def labels(self) -> list[str]:
         return [m.label for m in self.migrations]

@@ -107,22 +107,6 @@ class Rehearsal(BaseModel):
                 )
         return ""
 
-    def markdown_lines(self) -> list[str]:
-        lines = [
-            f"### Rehearsal on {self.target}'s data",
-            "",
-            f"Restored {self.backup_uri} into a scratch database and ran the plan there first.",
-            "",
-            "| migration | seconds | attempts | slower than " + f"{self.slow_s:g} s |",
-            "|---|---|---|---|",
-        ]
-        slow = {result.label for result in self.slow}
-        lines += [
-            f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {'**yes**' if r.label in slow else '-'} |"
-            for r in self.migrations
-        ]
-        return lines
-
 
 class ProofFailure(BaseModel):
     table: str
@@ -163,16 +147,6 @@ class CompatibilityProof(BaseModel):
             if key not in computed
         ]
         return lines
-
-    def markdown_lines(self, plan: Plan, target: str) -> list[str]:
-        head = (
-            f"The running release's {self.models} models run against {target} after it migrated "
-            f"({self.duration_s:.2f} s, all rolled back): "
-        )
-        findings = self.findings(plan)
-        if not findings:
-            return [head + "every SELECT and INSERT works."]
-        return [head + f"{len(self.failures)} statement(s) fail.", ""] + [f"- {line}" for line in findings]
 
 
 class Health(BaseModel):

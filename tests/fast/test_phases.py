@@ -3,6 +3,7 @@ remains of a plan after its first phase; and the proof beside the computation, n
 
 from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, BreakingChange, PlannedMigration, assign_phases
 from dbpromote.models.report import CompatibilityProof, ProofFailure
+from dbpromote.reporting.markdown import proof_lines
 from tests.fast.test_promotion_logic import plan
 
 
@@ -108,4 +109,4 @@ def test_the_proof_beside_the_computation_reports_what_agrees_and_what_does_not(
         "the proof fails where nothing was computed: shop.B writes: null in g",
     ]
     clean = CompatibilityProof(models=3, duration_s=0.1, failures=[])
-    assert clean.markdown_lines(plan("staging"), "staging")[0].endswith("every SELECT and INSERT works.")
+    assert proof_lines(clean, plan("staging"), "staging")[0].endswith("every SELECT and INSERT works.")

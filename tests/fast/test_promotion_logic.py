@@ -4,9 +4,10 @@ import pytest
 from dbpromote.flows.promote import vouch_for
 
 from dbpromote.errors import PreflightError
-from dbpromote.models.approval import Answerers, ApprovalRequest, approval_form, promotion_request, refusal
+from dbpromote.models.approval import Answerers, ApprovalRequest, approval_form, refusal
 from dbpromote.models.plan import Plan, PlannedMigration
 from dbpromote.models.report import MigrationResult, Rehearsal, StepReport
+from dbpromote.reporting.forms import promotion_request
 from tests.harness import a_backup
 
 

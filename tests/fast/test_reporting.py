@@ -1,4 +1,4 @@
-"""What a person reads of a step (dbpromote/reporting.py), from its results alone: no server, no run."""
+"""What a person reads of a step (dbpromote/reporting/), from its results alone: no server, no run."""
 
 from dbpromote.models.plan import Plan, PlannedMigration
 from dbpromote.models.report import (

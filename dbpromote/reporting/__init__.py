@@ -20,99 +20,8 @@ from dbpromote.models.drift import DriftReport
 from dbpromote.models.fix import FixRun, FixScript
 from dbpromote.models.report import Coverage, Isolation, StepReport
 from dbpromote.records import write_record
+from dbpromote.reporting.markdown import fix_lines, render_markdown
 from dbpromote.run_context import in_a_run
-
-SQL_PREVIEW_LINES = 12
-
-
-def render_markdown(report: StepReport) -> str:
-    """An environment step's report: its plan, backup, migrations, proofs, verification, RLS and the way back."""
-    lines = [f"# {report.target}: plan {report.plan.hash}", ""]
-    if report.error:
-        lines += [f"**FAILED**: {report.error}", "", f"Database is at the state after **{report.last_committed}**.", ""]
-    for section in (_plan, _backup, _migrations, _after, _rls):
-        lines += section(report)
-    lines += ["", "## The way back", "", report.way_back()]
-    return "\n".join(lines)
-
-
-def _plan(report: StepReport) -> list[str]:
-    """The plan's table, what breaks the running release, and each migration's SQL (its first lines)."""
-    plan = report.plan
-    lines = ["## Plan", "", *plan.table(), *plan.breaking_section()]
-    for m in plan.migrations:
-        preview = "\n".join(m.sql[:SQL_PREVIEW_LINES]) + ("\n..." if len(m.sql) > SQL_PREVIEW_LINES else "")
-        lines += ["", f"### {m.label}", "```sql", preview, "```"]
-    return lines
-
-
-def _backup(report: StepReport) -> list[str]:
-    if not (b := report.backup):
-        return []
-    return [
-        "",
-        "## Backup",
-        "",
-        f"- {b.uri}",
-        f"- {b.size_bytes} bytes, CRC32C {b.crc32c}",
-        f"- {b.duration_s:.1f} s, server {b.server_version}, verified by a full read-back",
-    ]
-
-
-def _migrations(report: StepReport) -> list[str]:
-    """Each migration applied: its time, attempts, strongest lock and what the application waited behind it."""
-    if not report.migrations:
-        return []
-    return [
-        "",
-        "## Migrations applied",
-        "",
-        "| migration | seconds | attempts | strongest lock | longest app wait (s) | app sessions blocked |",
-        "|---|---|---|---|---|---|",
-    ] + [
-        f"| {r.label} | {r.duration_s:.2f} | {r.attempts} | {r.strongest_lock or '-'}"
-        f"{f' ({r.lock_held_s:.2f} s)' if r.lock_held_s else ''} | "
-        f"{r.longest_app_wait_s:.2f} | {r.sessions_blocked} |"
-        for r in report.migrations
-    ]
-
-
-def _after(report: StepReport) -> list[str]:
-    """What was checked after the migrations: the running release's proof, the application, the watch, verify."""
-    lines = []
-    if report.proof:
-        lines += ["", "## The running release on the new schema", ""]
-        lines += report.proof.markdown_lines(report.plan, report.target)
-    if report.health:
-        verdict = "healthy" if report.health.passed else "UNHEALTHY"
-        lines += ["", f"## The application: {verdict}", ""] + [f"- {check}" for check in report.health.checks]
-    if report.aftermath:
-        lines += ["", "## After the migration", "", report.aftermath.line()]
-    if report.verification:
-        lines += ["", "## Verify", "", "| check | result | detail |", "|---|---|---|"]
-        lines += [
-            f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.detail or '-'} |" for c in report.verification.checks
-        ]
-    return lines
-
-
-def _rls(report: StepReport) -> list[str]:
-    """The RLS step: the tenant tables, the DDL it issued, what it changed; the isolation proof."""
-    lines = []
-    if report.rls:
-        changed = [f"{t.table}: {t.action}" for t in report.rls.tables if t.action]
-        lines += [
-            "",
-            "## Row-Level Security",
-            "",
-            f"{len(report.rls.tables)} tenant tables; "
-            f"{report.rls.ddl_statements} DDL statements issued; changed: {', '.join(changed) or 'nothing'}",
-        ]
-        if report.rls.orphaned_policies:
-            lines.append(f"Policies on tables without the tenant column: {', '.join(report.rls.orphaned_policies)}")
-    if report.isolation:
-        lines.append(f"Isolation proven as the application role on {len(report.isolation.tables)} tables.")
-    return lines
 
 
 def publish_step_report(report: StepReport) -> str:
@@ -241,7 +150,7 @@ def publish_fix(script: FixScript, runs: list[FixRun]) -> None:
     lines = [f"# Fix {script.name} ({script.hash})", "", script.purpose or "", ""]
     for run in runs:
         scope = f"tenants {', '.join(run.tenants)}" if run.tenants else "unscoped"
-        lines += [f"## {run.target}: {run.rows} rows, {scope}", "", *run.markdown_lines(), ""]
+        lines += [f"## {run.target}: {run.rows} rows, {scope}", "", *fix_lines(run), ""]
         lines += [f"Backup: {run.backup or '-'}; before-images: {run.before_images or '-'}", ""]
     create_markdown_artifact("\n".join(lines), key="dbpromote-fix", description=f"Fix {script.name}")
 
