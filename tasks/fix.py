@@ -9,13 +9,10 @@ from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import retry_if_transient
 from dbpromote.models.fix import FixRun, FixScript, RowBounds
 
-
-@task(
+dry_run_fix = task(
     name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
-)
-def dry_run_fix(target: DatabaseTarget, script: FixScript, tenants: list[str], project: DjangoProject) -> FixRun:
-    """What the script would change on the target, per table, with a few changed rows' keys; all rolled back."""
-    return fixes.dry_run_fix(target, script, tenants, project)
+)(fixes.dry_run_fix)
+undo_fix = task(name="undo-fix", retries=0, cache_policy=NO_CACHE)(fixes.undo_fix)
 
 
 # Not retried by Prefect: whether a failed attempt committed anything is decided from the before-images it kept.
@@ -33,9 +30,3 @@ def apply_fix(
     """The script for real, committed only as the dry run counted, its rows' before-images kept first."""
     note = get_run_logger().info
     return fixes.apply_fix(target, script, tenants, approved, bounds, project, fix_id, batch_size, note)
-
-
-@task(name="undo-fix", retries=0, cache_policy=NO_CACHE)
-def undo_fix(target: DatabaseTarget, fix_id: str) -> int:
-    """Each row the fix changed put back as it was, in one transaction; the rows put back."""
-    return fixes.undo_fix(target, fix_id)

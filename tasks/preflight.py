@@ -24,12 +24,9 @@ def check_database(target: DatabaseTarget) -> dict:
         return database_facts(conn)
 
 
-@task(
+check_bucket = task(
     name="check-bucket", retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
-)
-def check_bucket(target: DatabaseTarget) -> None:
-    """The backup bucket exists and accepts writes."""
-    backups.check_bucket(target)
+)(backups.check_bucket)
 
 
 @task(

@@ -14,19 +14,15 @@ from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import retry_if_transient
 from dbpromote.health import check_application
 from dbpromote.models.plan import Plan
-from dbpromote.models.report import Aftermath, CompatibilityProof, Health, Verification
+from dbpromote.models.report import Aftermath, CompatibilityProof, Health
 from dbpromote.probe import ProbeSession
 from dbpromote.watch import watch_aftermath
 
 RETRIED = dict(retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 
 
-@task(name="verify", **RETRIED)
-def verify_target(
-    project: DjangoProject, target: DatabaseTarget, plan: Plan, probe: ProbeSession | None = None
-) -> Verification:
-    """Every check runs and is reported, pass or fail; the flow decides what a failure means."""
-    return verification.verify_target(project, target, plan, probe)
+verify_target = task(name="verify", **RETRIED)(verification.verify_target)
+verify_state = task(name="verify-state", **RETRIED)(verification.verify_state)
 
 
 @task(name="prove-compatibility", **RETRIED)  # the probe session is an input: a process, nothing to hash
@@ -50,9 +46,3 @@ def check_application_health(project: DjangoProject, target: DatabaseTarget) -> 
     health = check_application(project, target)
     events.emit(f"dbpromote.health.{'passed' if health.passed else 'failed'}", target.name, {"checks": health.checks})
     return health
-
-
-@task(name="verify-state", **RETRIED)
-def verify_state(target: DatabaseTarget, expected: list[tuple[str, str]]) -> Verification:
-    """The applied migrations are exactly `expected` (a rollback's goal, the state a backup recorded)."""
-    return verification.verify_state(target, expected)
