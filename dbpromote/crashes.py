@@ -3,7 +3,6 @@ a run that had ended before it was marked Crashed given its end back."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from uuid import UUID
 
 from prefect import get_client
@@ -16,10 +15,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import State
 from prefect.states import Crashed
 
+from dbpromote.run_context import run_logger
 
-def close_left_running(flow_run_id: UUID, note: Callable[[str], None] = lambda message: None) -> list[str]:
+
+def close_left_running(flow_run_id: UUID) -> list[str]:
     """Every non-final task run and subflow run of a crashed flow run, at any depth, marked Crashed; their names
-    (told to `note` too)."""
+    (logged too)."""
     closed: list[str] = []
     with get_client(sync_client=True) as client:
         runs = [flow_run_id]
@@ -40,11 +41,11 @@ def close_left_running(flow_run_id: UUID, note: Callable[[str], None] = lambda m
                     client.set_flow_run_state(child.id, Crashed(message=message), force=True)
                     closed.append(child.name)
                 runs.append(child.id)
-    note(f"closed what {flow_run_id} left running: {', '.join(closed) or 'nothing'}")
+    run_logger().info("closed what %s left running: %s", flow_run_id, ", ".join(closed) or "nothing")
     return closed
 
 
-def undo_a_late_crash(flow_run_id: UUID, note: Callable[[str], None] = lambda message: None) -> str:
+def undo_a_late_crash(flow_run_id: UUID) -> str:
     """The final state put back of a run marked Crashed after it had ended; the state's name, or "" for a run that
     had not ended. A run that ends within a second of starting can have its first heartbeat reach the server after
     its Completed (the client sends events in the background; the server records states at once): the crash
@@ -57,5 +58,5 @@ def undo_a_late_crash(flow_run_id: UUID, note: Callable[[str], None] = lambda me
         ended = states[-2]
         back = State(type=ended.type, name=ended.name, message=ended.message, data=ended.data)
         client.set_flow_run_state(flow_run_id, back, force=True)
-    note(f"{flow_run_id} had ended {ended.name} before it was marked Crashed: {ended.name} again")
+    run_logger().info("%s had ended %s before it was marked Crashed: %s again", flow_run_id, ended.name, ended.name)
     return ended.name

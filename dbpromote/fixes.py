@@ -30,6 +30,7 @@ from dbpromote.postgres import connect
 from dbpromote.probe import ProbeFailure, ProbeTransaction
 from dbpromote.probe.protocol import LOCK_SQLSTATES
 from dbpromote.records import read_records
+from dbpromote.run_context import run_logger
 
 CHANGES = sql.Identifier("pg_temp", "dbpromote_fix_changes")
 CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
@@ -57,17 +58,16 @@ def apply_fix(
     project: DjangoProject,
     fix_id: str,
     batch_size: int = 0,
-    note: Callable[[str], None] = lambda message: None,
 ) -> FixRun:
     """The script for real, each transaction committed only after the before-image of every row it changed is in
     the bucket, with its transaction id: a run carrying on a crashed one learns from the server which committed.
     Whole, in one transaction committed only when it changed exactly what the dry run counted (the data may have
     moved since) within the bounds; with batch_size, in keyset batches carried on after the last committed one,
-    each told to `note`."""
+    each logged."""
     images = BeforeImages(target, fix_id)
     earlier = images.committed()
     if batch_size:
-        return BatchedFix(target, script, tenants, batch_size, note).run(approved, bounds, images, earlier)
+        return BatchedFix(target, script, tenants, batch_size).run(approved, bounds, images, earlier)
     if earlier:  # the crashed run committed it and died before recording it
         return images.fix_run(script, tenants, earlier)
 
@@ -101,10 +101,9 @@ class BatchedFix:
         script: FixScript,
         tenants: list[str],
         size: int,
-        note: Callable[[str], None],
     ):
         self.target, self.script, self.tenants = target, script, tenants
-        self.statement, self.note = BatchedStatement(script.source, size), note
+        self.statement = BatchedStatement(script.source, size)
 
     def run(self, approved: FixRun, bounds: RowBounds, images: BeforeImages, done: list[Batch]) -> FixRun:
         """Batches until none is left; the fix as done over all of them, those of earlier runs included."""
@@ -123,7 +122,7 @@ class BatchedFix:
                 return images.fix_run(self.script, self.tenants, done)
             counted += len(batch.changes)
             done.append(batch)
-            self.note(f"batch {number} committed on {self.target.name}: {len(batch.changes)} rows")
+            run_logger().info("batch %d committed on %s: %d rows", number, self.target.name, len(batch.changes))
 
     def next_batch(
         self, number: int, after: list[str] | None, images: BeforeImages, bounds: RowBounds, rows: int, most: int

@@ -3,7 +3,6 @@ approved and completes (records beside the target's backups, under the promotion
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from uuid import UUID
 
 from prefect import get_client
@@ -18,6 +17,7 @@ from dbpromote.models.journal import TAG_PREFIX, Journal, TargetJournal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.records import read_records, write_record
+from dbpromote.run_context import run_logger
 from dbpromote.runs import resumable_run
 
 # How far back a promotion looks for a crashed run with its parameters to carry on.
@@ -31,11 +31,10 @@ def open_journal(
     to: str,
     resume: str,
     targets: list[str] | None = None,
-    note: Callable[[str], None] = lambda message: None,
 ) -> Journal:
     """The journal of the promotion the run `this_run` carries on (`resume`, or the newest crashed run with the
     same parameters), or a new one, with the steps of each of `targets` (through's, its groups' members
-    included); the run is tagged with its promotion either way, and `note` told when it carries one on."""
+    included); the run is tagged with its promotion either way."""
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(this_run)) if this_run else None
         again = run is not None and any(tag.startswith(TAG_PREFIX) for tag in run.tags)
@@ -54,7 +53,7 @@ def open_journal(
     if crashed or again:
         for target in targets or through:
             journal.targets[target] = read_target_journal(load_target(target), journal.promotion)
-        note(f"carrying on promotion {journal.promotion}")
+        run_logger().info("carrying on promotion %s", journal.promotion)
     return journal
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Callable
 
 from dbpromote import concurrent, events
 from dbpromote.config import DatabaseTarget
@@ -16,6 +15,7 @@ from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
 from dbpromote.postgres import connect
 from dbpromote.probe import ProbeSession, StepAnswer
+from dbpromote.run_context import run_logger
 from dbpromote.watch import Impact, Watcher, strongest
 
 # Every attempt that waits for a lock stalls the application for up to lock_timeout: its queries queue behind the
@@ -49,10 +49,9 @@ def apply_migration(
     probe: ProbeSession,
     target: DatabaseTarget,
     migration: PlannedMigration,
-    warn: Callable[[str], None] = lambda message: None,
 ) -> MigrationResult:
     """Apply exactly one migration; retry with backoff and jitter while its locks are not granted, within a bound,
-    telling `warn` of each retry. An atomic migration that failed rolled back and is retried only when the failure
+    logging each retry. An atomic migration that failed rolled back and is retried only when the failure
     was a lock wait or a deadlock; a non-atomic one may have applied part of its operations."""
     backoff = LockBackoff(target)
     started = time.monotonic()
@@ -91,7 +90,9 @@ def apply_migration(
                 f"{target.max_lock_wait_s:.0f} s ({message}); it was rolled back: find the session holding "
                 "the lock (pg_locks, pg_stat_activity) and run again."
             )
-        warn(f"{migration.label} on {target.name} (attempt {attempt}): {message}; retrying in {sleep:.2f} s")
+        run_logger().warning(
+            "%s on %s (attempt %d): %s; retrying in %.2f s", migration.label, target.name, attempt, message, sleep
+        )
         time.sleep(sleep)
 
 

@@ -1,13 +1,11 @@
 """A guarded data fix as tasks: the dry run rolled back, the real run with every changed row's before-image kept, and
 the undo (the work in dbpromote/fixes.py)."""
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dbpromote import fixes
-from dbpromote.config import DatabaseTarget, DjangoProject
 from dbpromote.errors import retry_if_transient
-from dbpromote.models.fix import FixRun, FixScript, RowBounds
 
 dry_run_fix = task(
     name="dry-run-fix", retries=1, retry_delay_seconds=3, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE
@@ -16,17 +14,4 @@ undo_fix = task(name="undo-fix", retries=0, cache_policy=NO_CACHE)(fixes.undo_fi
 
 
 # Not retried by Prefect: whether a failed attempt committed anything is decided from the before-images it kept.
-@task(name="apply-fix", retries=0, cache_policy=NO_CACHE)
-def apply_fix(
-    target: DatabaseTarget,
-    script: FixScript,
-    tenants: list[str],
-    approved: FixRun,
-    bounds: RowBounds,
-    project: DjangoProject,
-    fix_id: str,
-    batch_size: int = 0,
-) -> FixRun:
-    """The script for real, committed only as the dry run counted, its rows' before-images kept first."""
-    note = get_run_logger().info
-    return fixes.apply_fix(target, script, tenants, approved, bounds, project, fix_id, batch_size, note)
+apply_fix = task(name="apply-fix", retries=0, cache_policy=NO_CACHE)(fixes.apply_fix)

@@ -3,7 +3,7 @@ starts, is approved and completes (the work in dbpromote/journal.py)."""
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -21,7 +21,7 @@ RETRIED = dict(retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_tra
 def open_journal(project: str, through: list[str], to: str, resume: str, targets: list[str] | None = None) -> Journal:
     """The journal of the promotion this run carries on, or a new one; this run tagged with its promotion."""
     this_run = str(flow_run.get_id() or "")
-    return journals.open_journal(this_run, project, through, to, resume, targets, note=get_run_logger().info)
+    return journals.open_journal(this_run, project, through, to, resume, targets)
 
 
 @task(name="record-step", **RETRIED)
