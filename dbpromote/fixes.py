@@ -10,11 +10,7 @@ rolled back: a trigger's lock (SHARE ROW EXCLUSIVE) is taken only on a table the
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
-import time
-from collections.abc import Callable
 
 import psycopg
 import zstandard
@@ -22,9 +18,9 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_target
-from dbpromote.errors import FixError, InputError, MigrationError
+from dbpromote.errors import FixError, InputError
 from dbpromote.gcs import gcs_client, gcs_retry
-from dbpromote.migrate import LockBackoff
+from dbpromote.locks import LocksBusy, retrying_locks
 from dbpromote.models.fix import SAMPLE_KEYS, BatchedStatement, FixRun, FixScript, RowBounds, TableChanges
 from dbpromote.postgres import connect
 from dbpromote.probe import ProbeFailure, ProbeTransaction
@@ -32,6 +28,8 @@ from dbpromote.probe.protocol import LOCK_SQLSTATES
 from dbpromote.records import read_records
 from dbpromote.run_context import run_logger
 
+# What a fix leaves when its locks were never granted: each attempt rolled back.
+NOTHING_COMMITTED = "nothing was committed"
 CHANGES = sql.Identifier("pg_temp", "dbpromote_fix_changes")
 CAPTURE = sql.Identifier("pg_temp", "dbpromote_fix_capture")
 TRIGGER = sql.Identifier("dbpromote_fix_capture")
@@ -40,13 +38,13 @@ TRIGGER = sql.Identifier("dbpromote_fix_capture")
 def dry_run_fix(target: DatabaseTarget, script: FixScript, tenants: list[str], project: DjangoProject) -> FixRun:
     """What the script would change on the target, per table, with a few changed rows' keys; all rolled back."""
 
-    def attempt() -> FixRun:
+    def attempt(_: int) -> FixRun:
         with fix_transaction(target, script, project) as conn:
             changes = run_captured(conn, target, script, tenants)
             conn.rollback()
         return FixRun(target=target.name, script_hash=script.hash, tenants=tenants, tables=summarise(changes), dry=True)
 
-    return retrying_locks(target, f"The fix {script.name}", attempt)
+    return retrying_locks(target, f"The fix {script.name}", attempt, NOTHING_COMMITTED)
 
 
 def apply_fix(
@@ -71,7 +69,7 @@ def apply_fix(
     if earlier:  # the crashed run committed it and died before recording it
         return images.fix_run(script, tenants, earlier)
 
-    def attempt() -> FixRun:
+    def attempt(_: int) -> FixRun:
         with fix_transaction(target, script, project) as conn:
             changes = run_captured(conn, target, script, tenants)
             done = FixRun(
@@ -87,7 +85,7 @@ def apply_fix(
             conn.commit()
         return images.fix_run(script, tenants, [Batch(number=1, changes=changes)])
 
-    return retrying_locks(target, f"The fix {script.name}", attempt)
+    return retrying_locks(target, f"The fix {script.name}", attempt, NOTHING_COMMITTED)
 
 
 class BatchedFix:
@@ -111,12 +109,12 @@ class BatchedFix:
         most = counted + approved.rows  # the rows changed before this run, and what its dry run counted
         while True:
             number = len(done) + 1
+            after = done[-1].last_key if done else None
             batch = retrying_locks(
                 self.target,
                 f"Batch {number} of the fix {self.script.name}",
-                functools.partial(
-                    self.next_batch, number, done[-1].last_key if done else None, images, bounds, counted, most
-                ),
+                lambda _, n=number, a=after, c=counted: self.next_batch(n, a, images, bounds, c, most),
+                NOTHING_COMMITTED,
             )
             if batch is None:
                 return images.fix_run(self.script, self.tenants, done)
@@ -246,28 +244,6 @@ class BeforeImages:
     def rows(self) -> list[dict]:
         """Every row the fix changed here, from all its committed transactions, in the order they changed."""
         return [row for name in self._names() for row in self._read(name)[1:]]
-
-
-class LocksBusy(Exception):
-    """The fix's transaction did not get a lock within lock_timeout (and was rolled back)."""
-
-
-def retrying_locks(target: DatabaseTarget, what: str, attempt: Callable[[], FixRun | int]):
-    """attempt() again, each time in a new transaction, while its locks are busy, as a migration is retried."""
-    backoff = LockBackoff(target)
-    for tries in itertools.count(1):
-        try:
-            return attempt()
-        except LocksBusy:
-            sleep = backoff.next()
-            if sleep is None:
-                raise MigrationError(
-                    f"{what} could not get its locks on {target.name} in {tries} attempts over "
-                    f"{target.max_lock_wait_s:.0f} s (lock_timeout {target.lock_timeout_ms} ms); nothing was "
-                    "committed: find the session holding them (pg_locks, pg_stat_activity) and run again."
-                ) from None
-            time.sleep(sleep)
-    raise AssertionError("unreachable")
 
 
 def fix_transaction(
@@ -416,7 +392,7 @@ def undo_fix(target: DatabaseTarget, fix_id: str) -> int:
     """Each row the fix changed put back as it was (inserted ones deleted, deleted ones inserted again), in one
     transaction; refused, naming the rows, where a row is no longer what the fix left. The rows put back."""
     rows = BeforeImages(target, fix_id).rows()
-    return retrying_locks(target, "The undo", lambda: put_back(target, rows))
+    return retrying_locks(target, "The undo", lambda _: put_back(target, rows), "nothing was put back")
 
 
 def put_back(target: DatabaseTarget, rows: list[dict]) -> int:

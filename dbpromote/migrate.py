@@ -1,99 +1,66 @@
-"""Migrate: one migration applied in the project's interpreter, under lock_timeout, retried while locks are busy;
-the bounded backoff between attempts that a fix's transaction uses too."""
+"""Migrate: one migration applied in the project's interpreter, under lock_timeout, retried while locks are busy
+(dbpromote/locks.py)."""
 
 from __future__ import annotations
 
-import itertools
-import random
 import time
 
 from dbpromote import concurrent, events
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import MigrationError, redact
 from dbpromote.exclusion import migration_running
+from dbpromote.locks import LocksBusy, retrying_locks
 from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
 from dbpromote.postgres import connect
 from dbpromote.probe import ProbeSession, StepAnswer
-from dbpromote.run_context import run_logger
 from dbpromote.watch import Impact, Watcher, strongest
 
-# Every attempt that waits for a lock stalls the application for up to lock_timeout: its queries queue behind the
-# waiting DDL. Sleeping at least three lock_timeouts before the next attempt keeps it running 3/4 of the time
-# (benchmarks/lock_stall.py; 2 s lock_timeout: stall 50% of a 20 s blocker with a 0.25 s first step, 20-30% now).
-STALL_BACKOFF_FACTOR = 3
-FIRST_BACKOFF_S = 0.25
-MAX_BACKOFF_S = 4.0
 
-
-class LockBackoff:
-    """The waits between attempts at a step whose locks were not granted: from STALL_BACKOFF_FACTOR lock_timeouts,
-    doubling up to a bound, with jitter (so that two waiting runs do not retry in step), until the target's
-    max_lock_wait_s would be passed."""
-
-    def __init__(self, target: DatabaseTarget):
-        self.deadline = time.monotonic() + target.max_lock_wait_s
-        self.backoff = max(FIRST_BACKOFF_S, STALL_BACKOFF_FACTOR * target.lock_timeout_ms / 1000)
-        self.longest = max(MAX_BACKOFF_S, 2 * self.backoff)
-
-    def next(self) -> float | None:
-        """Seconds to sleep before the next attempt; None once the bound would be passed."""
-        sleep = self.backoff * random.uniform(0.75, 1.25)
-        if time.monotonic() + sleep > self.deadline:
-            return None
-        self.backoff = min(self.backoff * 2, self.longest)
-        return sleep
-
-
-def apply_migration(
-    probe: ProbeSession,
-    target: DatabaseTarget,
-    migration: PlannedMigration,
-) -> MigrationResult:
-    """Apply exactly one migration; retry with backoff and jitter while its locks are not granted, within a bound,
-    logging each retry. An atomic migration that failed rolled back and is retried only when the failure
-    was a lock wait or a deadlock; a non-atomic one may have applied part of its operations."""
-    backoff = LockBackoff(target)
+def apply_migration(probe: ProbeSession, target: DatabaseTarget, migration: PlannedMigration) -> MigrationResult:
+    """Apply exactly one migration; retry with backoff and jitter while its locks are not granted, within a bound.
+    An atomic migration that failed rolled back and is retried only when the failure was a lock wait or a deadlock;
+    a non-atomic one may have applied part of its operations, and is retried only when nothing of it is left."""
     started = time.monotonic()
-    for attempt in itertools.count(1):
+
+    def attempt(number: int) -> MigrationResult:
         wait_for_long_transactions(target)
         watching = Watcher(target, probe.application_name, migration.atomic, probe.stop_between_statements)
         lock_timeout_ms = target.concurrent_lock_timeout_ms if concurrent.is_concurrent(migration) else 0
         with migration_running(target, wait_s=target.max_lock_wait_s), watching:
             outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
-        impact = watching.impact
         if isinstance(outcome, StepAnswer):
-            events.emit(
-                "dbpromote.migration.applied",
-                target.name,
-                {"migration": migration.label, "attempts": attempt, **impact.model_dump()},
-            )
-            return MigrationResult(
-                label=migration.label,
-                duration_s=round(time.monotonic() - started, 3),
-                attempts=attempt,
-                already_applied=outcome.already_applied,
-                strongest_lock=strongest(impact.strongest_lock, outcome.strongest_lock),
-                lock_held_s=outcome.lock_held_s,
-                **impact.model_dump(include={"longest_app_wait_s", "sessions_blocked"}),
-            )
+            return applied(migration, target, outcome, watching.impact, number, time.monotonic() - started)
         message = redact(outcome.message or "unknown error", target.url.get_secret_value())
-        if impact.cancelled:
-            raise cancelled(migration, target, impact, message)
+        if watching.impact.cancelled:
+            raise cancelled(migration, target, watching.impact, message)
         if not migration.atomic:
-            sleep = after_a_partial_failure(migration, target, outcome.reason, message, backoff)
-        elif outcome.reason != "lock":
+            after_a_partial_failure(migration, target, outcome.reason, message)
+        if outcome.reason != "lock":
             raise MigrationError(f"{migration.label} failed on {target.name} and was rolled back ({message}).")
-        elif (sleep := backoff.next()) is None:
-            raise MigrationError(
-                f"{migration.label} could not get its locks on {target.name} in {attempt} attempts over "
-                f"{target.max_lock_wait_s:.0f} s ({message}); it was rolled back: find the session holding "
-                "the lock (pg_locks, pg_stat_activity) and run again."
-            )
-        run_logger().warning(
-            "%s on %s (attempt %d): %s; retrying in %.2f s", migration.label, target.name, attempt, message, sleep
-        )
-        time.sleep(sleep)
+        raise LocksBusy(message)
+
+    return retrying_locks(target, migration.label, attempt, "nothing of it is applied")
+
+
+def applied(
+    migration: PlannedMigration, target: DatabaseTarget, answer: StepAnswer, impact: Impact, attempts: int, took: float
+) -> MigrationResult:
+    """The migration as it was applied, and the event that says so."""
+    events.emit(
+        "dbpromote.migration.applied",
+        target.name,
+        {"migration": migration.label, "attempts": attempts, **impact.model_dump()},
+    )
+    return MigrationResult(
+        label=migration.label,
+        duration_s=round(took, 3),
+        attempts=attempts,
+        already_applied=answer.already_applied,
+        strongest_lock=strongest(impact.strongest_lock, answer.strongest_lock),
+        lock_held_s=answer.lock_held_s,
+        **impact.model_dump(include={"longest_app_wait_s", "sessions_blocked"}),
+    )
 
 
 def cancelled(migration: PlannedMigration, target: DatabaseTarget, impact: Impact, message: str) -> MigrationError:
@@ -124,21 +91,14 @@ def cancelled(migration: PlannedMigration, target: DatabaseTarget, impact: Impac
     )
 
 
-def after_a_partial_failure(
-    migration: PlannedMigration,
-    target: DatabaseTarget,
-    reason: str,
-    message: str,
-    backoff: LockBackoff,
-) -> float:
-    """A non-atomic migration failed: the seconds to wait before running it again when it only builds indexes
-    concurrently, its build was cancelled waiting for a lock and nothing of it is left (the INVALID indexes it left
-    dropped); otherwise the MigrationError that says what may be applied."""
+def after_a_partial_failure(migration: PlannedMigration, target: DatabaseTarget, reason: str, message: str) -> None:
+    """A non-atomic migration failed: LocksBusy (run it again) when it only builds indexes concurrently, its build
+    was cancelled waiting for a lock and nothing of it is left (the INVALID indexes it left dropped); otherwise the
+    MigrationError that says what may be applied."""
     dropped = concurrent.drop_invalid(target, migration) if concurrent.is_concurrent(migration) else []
     if dropped and reason == "lock" and concurrent.only_builds_indexes(migration):
         if not concurrent.existing(target, concurrent.indexes_built(migration)):
-            if (sleep := backoff.next()) is not None:
-                return sleep
+            raise LocksBusy(f"{message}; the INVALID indexes its build left were dropped")
     left = f"; the INVALID indexes it left were dropped: {', '.join(dropped)}" if dropped else ""
     raise MigrationError(
         f"{migration.label} is not atomic and failed part-way on {target.name} ({message}{left}); operations "
