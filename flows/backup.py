@@ -24,13 +24,12 @@ def backup(targets: list[str], keep_last: int = 0, keep_days: float = 14, read_b
     """
     if keep_last:
         check_retention(keep_last, keep_days)
-    resolved = {name: load_target(name) for name in targets}
+    resolved = [load_target(name) for name in targets]
     backups = []
-    for target in resolved.values():
+    for target in resolved:
         check_database(target)
         check_bucket(target)
         backups.append(backup_to_gcs(target, read_back))
     if keep_last:
-        retained = [apply_retention(target, keep_last, keep_days) for name, target in resolved.items()]
-        publish_retention(retained)
+        publish_retention([apply_retention(target, keep_last, keep_days) for target in resolved])
     return backups
