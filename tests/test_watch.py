@@ -253,7 +253,7 @@ class Trouble:
 
 def test_the_database_is_watched_after_it_migrates_and_the_report_says_what_it_saw(fresh_databases):
     from dbpromote.flows.environment import migrate_environment
-    from dbpromote.tasks.report import render_markdown
+    from dbpromote.reporting.markdown import render_markdown
 
     stack = fresh_databases
     with target_changed("staging", watch_after_s=4.0), Trouble(stack.database_url("staging")):
