@@ -253,6 +253,7 @@ class Trouble:
 
 def test_the_database_is_watched_after_it_migrates_and_the_report_says_what_it_saw(fresh_databases):
     from dbpromote.flows.environment import migrate_environment
+
     from dbpromote.reporting.markdown import render_markdown
 
     stack = fresh_databases
