@@ -1,4 +1,10 @@
-"""The errors dbpromote raises to its users: one class per kind, each message naming the fix."""
+"""The errors dbpromote raises to its users: one class per kind, each message naming the fix. ConfigError is for
+configuration, InputError for what was asked, the others for what happened at run time.
+
+Exceptions outside this tree never reach a user: LocksBusy (dbpromote/locks.py) says "attempt again"; the probe's
+(it runs in the project's own interpreter, where dbpromote may not be installed) and the backup stream's (its own
+process) end their process with an answer that the worker turns into one of these; ProbeFailure is a fix
+session's failed statement, which the fix turns into one of these."""
 
 import re
 
