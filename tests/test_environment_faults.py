@@ -252,7 +252,7 @@ def test_promise_4_a_worker_killed_mid_backup_leaves_no_object(fresh_databases, 
     slow = 'head -c 2000000 "$OUT"; sleep 4; tail -c +2000001 "$OUT"'
     code = (
         "from dbpromote.config import load_target; from dbpromote.backups import take_backup; "
-        f"take_backup(load_target({name!r}), {name!r}, run_id='')"
+        f"take_backup(load_target({name!r}), run_id='')"
     )
     env = os.environ | {"PATH": pg_dump_wrapped(tmp_path, slow)}
     worker = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1])
