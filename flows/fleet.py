@@ -27,6 +27,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.client.schemas.sorting import TaskRunSort
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
@@ -404,15 +405,19 @@ def failed_members(fleet: str) -> list[str]:
 
 
 def member_steps(fleet: str, lane_ids: list[str]) -> dict[str, TaskRun]:
-    """The member task runs of the lanes, by member."""
+    """The member task runs of the lanes, by member. Paged by the rows read, in a fixed order: a member's run that
+    reached the server between two pages (it is created by an event) must not make a page repeat for good (seen:
+    a lane that asked for the page after its six members forever, its seventh one first in the order)."""
     found: dict[str, TaskRun] = {}
     with get_client(sync_client=True) as client:
         filtered = TaskRunFilter(
             tags=TaskRunFilterTags(all_=[fleet]),
             flow_run_id=TaskRunFilterFlowRunId(any_=[UUID(lane) for lane in lane_ids]),
         )
-        while page := client.read_task_runs(task_run_filter=filtered, limit=200, offset=len(found)):
+        read = 0
+        while page := client.read_task_runs(task_run_filter=filtered, sort=TaskRunSort.ID_DESC, limit=200, offset=read):
             found |= {member_of(run): run for run in page}
+            read += len(page)
     return found
 
 
