@@ -149,6 +149,18 @@ def main() -> None:
             f"worst {r['worst'] / base['worst']:.2f}x, stalled {r['stalled'] / base['stalled']:.2f}x baseline; "
             f"stall {100 * r['stalled'] / BLOCK_FOR:.0f}% of the window"
         )
+    for lock_timeout_ms in (2000, 500):
+        r, timeout_s = results[f"dbpromote, lock_timeout {lock_timeout_ms} ms"], lock_timeout_ms / 1000
+        longest_step = 1.25 * max(4.0, 6 * timeout_s)  # the backoff's longest step, with its jitter
+        goal(f"worst statement, lock_timeout {lock_timeout_ms} ms", r["worst"] / timeout_s, "x lock_timeout", 1.2)
+        goal(f"stall, lock_timeout {lock_timeout_ms} ms", 100 * r["stalled"] / BLOCK_FOR, "% of the window", 25)
+        goal(f"done after the blocker, lock_timeout {lock_timeout_ms} ms", r["after_blocker"], " s", longest_step)
+
+
+def goal(name: str, figure: float, unit: str, bound: float) -> None:
+    """One goal line: the figure, its bound, met or not."""
+    verdict = "met" if figure <= bound else "NOT MET"
+    print(f"goal {name}: {figure:.2f}{unit} (goal <= {bound:g}{unit}): {verdict}")
 
 
 if __name__ == "__main__":
