@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
+
+from dbpromote.errors import ConfigError
 
 # deployments/ (installed as dbpromote.deployments): prefect.yaml, the job templates; data this module reads.
 TEMPLATES = Path(importlib.util.find_spec("dbpromote.deployments").origin).parent
@@ -71,6 +74,8 @@ def deploy_flows(api_url: str, pool: str = WORK_POOL) -> list[str]:
 # A flow run emits a heartbeat every HEARTBEAT_S (the pool's PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect's minimum is
 # 30 s); one silent for CRASHED_AFTER_S is taken for dead. Prefect's documented pair: three missed heartbeats, so a
 # run slowed by a CPU-bound dump is never taken for dead, and a dead one is marked within 90 s.
+# DBPROMOTE_CRASHED_AFTER_S shortens it where a dead run must be found sooner (the test suite: 60 s, each killed run
+# found 30 s earlier), never below two heartbeats: a heartbeat late must not be taken for dead.
 HEARTBEAT_S = 30
 CRASHED_AFTER_S = 90
 CRASH_AUTOMATION = "dbpromote: crash silent flow runs"
@@ -79,8 +84,21 @@ CLOSE_DEPLOYMENT = "close-crashed/close-crashed"
 CLOSE_FLOW = CLOSE_DEPLOYMENT.partition("/")[0]
 
 
-def install_crash_detection(api_url: str) -> None:
-    """The automations that mark a flow run whose process died Crashed (its subflows too: each sends heartbeats)
+def crashed_after_s() -> int:
+    """The seconds of silence after which a flow run is taken for dead: DBPROMOTE_CRASHED_AFTER_S, or 90."""
+    given = os.environ.get("DBPROMOTE_CRASHED_AFTER_S", "")
+    if not given:
+        return CRASHED_AFTER_S
+    if not given.isdigit() or int(given) < 2 * HEARTBEAT_S:
+        raise ConfigError(
+            f"DBPROMOTE_CRASHED_AFTER_S is {given!r}: it must be a whole number of seconds, at least {2 * HEARTBEAT_S} "
+            f"(two heartbeats); set one, or unset it for the default {CRASHED_AFTER_S}."
+        )
+    return int(given)
+
+
+def install_crash_detection(api_url: str, silent_s: int) -> None:
+    """The automations that mark a flow run silent for `silent_s` Crashed (its subflows too: each sends heartbeats)
     and then close its task runs (tasks send none) through the close-crashed deployment; replaced when present."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
@@ -95,13 +113,13 @@ def install_crash_detection(api_url: str) -> None:
                 closer = client.read_deployment_by_name(CLOSE_DEPLOYMENT)
             except ObjectNotFound:  # the package without the repository's deployments: runs are still marked
                 closer = None
-        _silent_runs_crashed().create()
+        _silent_runs_crashed(silent_s).create()
         if closer is not None:
             _close_what_crashed_left(closer.id).create()
 
 
-def _silent_runs_crashed():
-    """The automation that marks a flow run Crashed once it has been silent for CRASHED_AFTER_S."""
+def _silent_runs_crashed(silent_s: int):
+    """The automation that marks a flow run Crashed once it has been silent for `silent_s`."""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -122,7 +140,7 @@ def _silent_runs_crashed():
     alive = {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
     return Automation(
         name=CRASH_AUTOMATION,
-        description=f"No heartbeat for {CRASHED_AFTER_S} s: the run's process is gone (killed, machine lost).",
+        description=f"No heartbeat for {silent_s} s: the run's process is gone (killed, machine lost).",
         trigger=EventTrigger(
             match=flow_runs,
             after=alive,
@@ -130,12 +148,12 @@ def _silent_runs_crashed():
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=CRASHED_AFTER_S),
+            within=timedelta(seconds=silent_s),
         ),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"No heartbeat for {CRASHED_AFTER_S} s: its process died; `dbpromote resume` carries a "
+                message=f"No heartbeat for {silent_s} s: its process died; `dbpromote resume` carries a "
                 "promotion on from here.",
                 force=True,  # a run killed while paused for approval is Paused, not Running
             )

@@ -45,11 +45,14 @@ def retry_if_transient(task, task_run, state) -> bool:
     """Prefect retry condition: retry our transient errors and unexpected ones, never bad input."""
     try:
         state.result()
-    except DbpromoteError as error:
-        return error.transient
-    except Exception:
-        return True
+    except Exception as error:
+        return is_transient(error)
     return False
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether trying again may succeed: our errors say so; an unexpected one may be a blip."""
+    return error.transient if isinstance(error, DbpromoteError) else True
 
 
 class ConfigError(DbpromoteError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dbpromote.flows.parts import Part, as_task_run
 from dbpromote.tasks.drift import check_drift, fake_apply
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_not_held
@@ -33,7 +34,7 @@ def drift(project: str, target: str) -> DriftReport:
     return report
 
 
-def preflight_drift(project: str, target: str, probe: ProbeSession | None = None) -> str:
+def preflight_drift(project: str, target: str, probe: ProbeSession | None = None, part: Part = as_task_run) -> str:
     """A promotion's drift check, as the target is set; the line its approval form shows.
 
     block: drift a promotion would not repair stops it before anything changes, naming the objects. warn: the
@@ -43,7 +44,7 @@ def preflight_drift(project: str, target: str, probe: ProbeSession | None = None
     database = load_target(target)
     if database.drift == "off":
         return f"not checked (drift is off for {target})"
-    report = check_drift(load_project(project), database, probe=probe)
+    report = part(check_drift)(load_project(project), database, probe=probe)
     publish_drift(report)
     if report.blocking and database.drift == "block":
         named = ", ".join(f"{d.object} ({d.kind})" for d in report.blocking[:5])

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from functools import partial
 
+from dbpromote.flows.parts import Part, as_task_run
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.migrate import apply_migration
 from dbpromote.tasks.plan import plan_migrations
@@ -36,6 +37,7 @@ def preflight(
     to: str = "",
     probe: ProbeSession | None = None,
     buckets: set[tuple[str, str]] | None = None,
+    part: Part = as_task_run,
 ) -> Plan:
     """Refuse, before anything changes, what cannot be promoted; the plan of the target when all is well, asked
     of `probe` when given (one Django for every target a promotion plans, or for a whole step). `buckets` holds
@@ -48,11 +50,11 @@ def preflight(
     """
     django_project, database = load_project(project), load_target(target)
     buckets = set() if buckets is None else buckets
-    check_database(database)
+    part(check_database)(database)
     if (database.bucket, database.prefix) not in buckets:
-        check_bucket(database)
+        part(check_bucket)(database)
         buckets.add((database.bucket, database.prefix))
-    return plan_migrations(django_project, database, to, probe)
+    return part(plan_migrations)(django_project, database, to, probe)
 
 
 @flow(name="migrate-environment", flow_run_name="migrate {target}")
@@ -78,17 +80,18 @@ def migrate_target(
     expected_plan: Plan | None,
     probe: ProbeSession | None = None,
     buckets: set[tuple[str, str]] | None = None,
+    part: Part = as_task_run,
 ) -> StepReport:
     """The step itself, on one Django for its plan, migrations and verification (`probe`, moved to the target,
     when the caller keeps one warm for several targets: a fleet's lane): preflight again, refuse a plan other than
-    the expected one, carry it out."""
+    the expected one, carry it out. `part` runs each of its parts (a task run each, or inside the caller's)."""
     django_project, database = load_project(project), load_target(target)
     with contextlib.ExitStack() as stack:
         if probe is None:
             probe = stack.enter_context(ProbeSession(django_project, database))
         else:
             probe.retarget(database)
-        plan = preflight(project, target, to, probe, buckets)
+        plan = preflight(project, target, to, probe, buckets, part)
         if expected_plan is not None and expected_plan.deferred:  # one phase of it: the rest waits for a deploy
             plan = plan.only(set(plan.labels) - set(expected_plan.deferred))
         if expected_plan is not None and not plan.runs_as(expected_plan.migrations):
@@ -98,46 +101,51 @@ def migrate_target(
                 "promotion."
             )
         report = StepReport(target=target, plan=plan, worker=os.environ.get("PREFECT__WORKER_NAME", ""))
-        return carry_out(database, probe, report, partial(verify_target, django_project, database, plan, probe))
+        verify = partial(part(verify_target), django_project, database, plan, probe)
+        return carry_out(database, probe, report, verify, part)
 
 
 def carry_out(
-    database: DatabaseTarget, probe: ProbeSession, report: StepReport, verify: Callable[[], Verification]
+    database: DatabaseTarget,
+    probe: ProbeSession,
+    report: StepReport,
+    verify: Callable[[], Verification],
+    part: Part = as_task_run,
 ) -> StepReport:
     """Back up when anything will change, run the plan one migration at a time on `probe`, verify, bring RLS up to
     date and prove it. On any failure the report says where the database is and the way back."""
     target, plan = report.target, report.plan
     try:
         if plan.migrations:
-            report.backup = backup_to_gcs(database)
+            report.backup = part(backup_to_gcs)(database)
         try:
             for migration in plan.migrations:
-                report.migrations.append(apply_migration(probe, database, migration))
+                report.migrations.append(part(apply_migration)(probe, database, migration))
         finally:
             record_files(database, report)
         if proves_compatibility(database, plan):
-            report.proof = prove_compatibility(probe, plan)
+            report.proof = part(prove_compatibility)(probe, plan)
         report.verification = verify()
         if not report.verification.passed:
             failed = ", ".join(f"{c.name} ({c.detail})" for c in report.verification.failures)
             raise VerificationError(f"Verification failed on {target}: {failed}; fix the data or the release.")
-        report.rls = apply_rls_policies(database)
-        report.isolation = prove_tenant_isolation(database)
+        report.rls = part(apply_rls_policies)(database)
+        report.isolation = part(prove_tenant_isolation)(database)
         if database.health_url or database.smoke_command:
-            report.health = check_application_health(probe.project, database)
+            report.health = part(check_application_health)(probe.project, database)
             if not report.health.passed:
                 raise VerificationError(
                     f"The application on {target} is unhealthy after the migration ({report.health.detail}); it was "
                     "not restored, as it may have taken writes since: fix it, or go back as below."
                 )
         if plan.migrations and database.watch_after:
-            report.aftermath = watch_after_migrating(database)
+            report.aftermath = part(watch_after_migrating)(database)
     except DbpromoteError as error:
         report.error = str(error)
-        publish_report(report)
+        part(publish_report)(report)
         where = f"{target} is at the state after {report.last_committed}; the way back: {report.way_back()}."
         raise error.with_context(where) from error
-    publish_report(report)
+    part(publish_report)(report)
     return report
 
 

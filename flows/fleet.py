@@ -14,6 +14,7 @@ from typing import NamedTuple
 from uuid import UUID
 
 from dbpromote.flows.environment import migrate_target, server_limit
+from dbpromote.flows.parts import in_the_calling_run
 from dbpromote.tasks.journal import record_kept
 from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -372,13 +373,14 @@ def migrate_member(
     """A member's step in its lane, under one slot of its server's global concurrency limit from its first
     connection to its last (no more than per_server members of any promotion migrate on one server at once):
     its whole plan in the promotion's journal before, its report after (in the bucket, where the promotion reads
-    it: no worker's disk), written by the member's task itself rather than as task runs of their own (a task run
-    costs the server ~30 ms of CPU; a member is some twenty)."""
+    it: no worker's disk). The step's parts (its backup, each migration, verify, RLS, its report) and the journal's
+    records run inside this task run, retried as their tasks would be, not as task runs of their own: a task run
+    costs the server ~66 ms of CPU, and a member was some twenty of them."""
     journal, run_id = Journal(promotion=promotion), str(flow_run.get_id() or "")
     with resolved_once():
         journals.record_step(journal, member, run_id, plan)
         with concurrency(server_limit(load_target(member)), occupy=1, strict=True):
-            report = migrate_target(project, member, to, plan, probe, buckets)
+            report = migrate_target(project, member, to, plan, probe, buckets, in_the_calling_run)
         journals.record_step(journal, member, run_id, report)
     return report
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from dbpromote.flows.drift import preflight_drift
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.fleet import GroupStep
+from dbpromote.flows.parts import Part, as_task_run, in_the_calling_run
 from dbpromote.flows.rehearsal import rehearse_plan
 from dbpromote.tasks.journal import open_journal, record_kept, record_step
 from dbpromote.tasks.preflight import check_not_held
@@ -115,7 +116,7 @@ class Promotion:
         self.journal = open_journal(self.project, self.through, self.to, resume, targets)
         with ProbeSession(load_project(self.project), load_target(targets[0])) as probe:  # one Django plans them all
             checked: set[tuple[str, str]] = set()
-            self.now = {target: preflight(self.project, target, self.to, probe, checked) for target in targets}
+            self.now = {t: preflight(self.project, t, self.to, probe, checked, self.part(t)) for t in targets}
             self.plans = self.journal.continue_plans(self.now)
             self.divergent = self.refuse_divergent(skip_divergent)
             vouch_for({t: self.plans[t] for t in targets if t not in self.divergent}, self.staging)
@@ -126,10 +127,15 @@ class Promotion:
             self.drift = {
                 target: "not checked again: its step is done in this promotion"
                 if self.journal.completed(target, self.now[target])
-                else preflight_drift(self.project, target, probe)
+                else preflight_drift(self.project, target, probe, self.part(target))
                 for target in targets
                 if target not in self.divergent
             }
+
+    def part(self, target: str) -> Part:
+        """How the checks of a target run: a group's members' inside this run (a hundred members' checks were three
+        hundred task runs), another target's as task runs of their own."""
+        return in_the_calling_run if any(target in group.members for group in self.groups.values()) else as_task_run
 
     def refuse_divergent(self, skip: bool) -> list[str]:
         """The group members whose plan is not staging's: refused, or (skip) left out."""

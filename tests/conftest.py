@@ -38,6 +38,8 @@ os.environ.update(
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         # Flows run in this process too: their heartbeats must come as often as the crash automation expects.
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+        # A killed run is taken for dead after 60 s of silence, not 90: two heartbeats, the shortest it allows.
+        "DBPROMOTE_CRASHED_AFTER_S": "60",
     }
 )
 

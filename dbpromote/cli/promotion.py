@@ -18,7 +18,7 @@ def deploy(
     upgrading dbpromote."""
     from prefect.settings import get_current_settings
 
-    from dbpromote.deploying import create_work_pool, deploy_flows, install_crash_detection
+    from dbpromote.deploying import crashed_after_s, create_work_pool, deploy_flows, install_crash_detection
 
     api = get_current_settings().api.url
     if not api:
@@ -26,12 +26,13 @@ def deploy(
             "No Prefect server is chosen and there is no local stack; point PREFECT_API_URL (or your Prefect "
             "profile: `prefect profile use NAME`) at your server, or start the local stack with `dbpromote stack up`."
         )
+    silent_s = crashed_after_s()
     if create_work_pool(api, pool, replace=False):
         typer.echo(f"work pool {pool} created (process); start a worker: prefect worker start --pool {pool}")
     for name in deploy_flows(api, pool):
         typer.echo(f"deployed {name}")
-    install_crash_detection(api)
-    typer.echo("crash detection installed (a run silent for 90 s is marked Crashed)")
+    install_crash_detection(api, silent_s)
+    typer.echo(f"crash detection installed (a run silent for {silent_s} s is marked Crashed)")
 
 
 @app.command("promote")

@@ -14,7 +14,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from dbpromote.deploying import WORK_POOL, deploy_flows, install_crash_detection
+from dbpromote.deploying import WORK_POOL, crashed_after_s, deploy_flows, install_crash_detection
 from dbpromote.errors import StackError
 from dbpromote.localstack.postgres import grant_roles, postgres_healthy, reset_database, start_postgres
 from dbpromote.localstack.processes import free_port, stop
@@ -88,7 +88,7 @@ def up(home: Path | None = None, *, deploy: bool = True, workers: int = 1, worke
         if deploy:
             with prefect_client(stack):
                 deploy_flows(stack.prefect_api_url)
-                install_crash_detection(stack.prefect_api_url)
+                install_crash_detection(stack.prefect_api_url, crashed_after_s())
         for server in fresh_servers:
             reset_database(stack, server)
     except BaseException:

@@ -1,0 +1,43 @@
+"""How a step's parts run: each a task run of its own, or inside the run that calls them.
+
+One target's step shows each part (its backup, each migration, verify, RLS) as a task run in the UI. A fleet does
+not: a task run costs the Prefect server ~66 ms of CPU and its client more (benchmarks/fleet.py's profile), and a
+member's parts were some twenty of them, the largest cost of a member after its own work. A member's parts run
+inside its one task run (`migrate MEMBER`), and a promotion's checks of a group's members inside the promotion's run,
+each retried as its task would be.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+from prefect import Task
+
+from dbpromote.errors import is_transient
+from dbpromote.run_context import run_logger
+
+Part = Callable[[Task], Callable]
+
+
+def as_task_run(part: Task) -> Callable:
+    """The part as a task run of its own."""
+    return part
+
+
+def in_the_calling_run(part: Task) -> Callable:
+    """The part's function called in the run that calls it, its log that run's; tried again as its task would be
+    (its retries, its delay) on an error that may pass, never on one that will not."""
+
+    def call(*args, **kwargs):
+        for attempt in itertools.count():
+            try:
+                return part.fn(*args, **kwargs)
+            except Exception as error:
+                if attempt >= part.retries or not is_transient(error):
+                    raise
+                run_logger().warning("%s failed (%s); trying it again", part.name, error)
+                time.sleep(part.retry_delay_seconds)
+
+    return call

@@ -1,0 +1,55 @@
+"""A step's parts run inside the calling run retried as their tasks would be (flows/parts.py), and the crash
+automation's window is a setting with its floor (dbpromote/deploying.py): no server."""
+
+import pytest
+from dbpromote.flows.parts import as_task_run, in_the_calling_run
+from prefect import task
+
+from dbpromote.deploying import CRASHED_AFTER_S, crashed_after_s
+from dbpromote.errors import ConfigError, DbpromoteError, InputError
+
+
+def failing(times: int, error: Exception):
+    """A task that fails `times` times with `error`, then answers how many calls it took."""
+    calls = []
+
+    @task(name="flaky", retries=2, retry_delay_seconds=0)
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) <= times:
+            raise error
+        return len(calls)
+
+    return flaky, calls
+
+
+def test_a_part_in_the_calling_run_is_tried_again_on_what_may_pass_as_often_as_its_task_would_be():
+    flaky, _ = failing(2, DbpromoteError("the server went away", transient=True))
+    assert in_the_calling_run(flaky)() == 3
+    flaky, calls = failing(3, DbpromoteError("the server went away", transient=True))
+    with pytest.raises(DbpromoteError, match="went away"):
+        in_the_calling_run(flaky)()
+    assert len(calls) == 3  # its two retries, no more
+
+
+def test_a_part_in_the_calling_run_is_never_tried_again_on_what_will_not_pass():
+    flaky, calls = failing(1, InputError("no such option"))
+    with pytest.raises(InputError):
+        in_the_calling_run(flaky)()
+    assert len(calls) == 1
+
+
+def test_a_part_as_a_task_run_is_its_task():
+    flaky, _ = failing(0, RuntimeError())
+    assert as_task_run(flaky) is flaky
+
+
+def test_the_crash_window_is_90_s_unless_set_and_never_under_two_heartbeats(monkeypatch):
+    monkeypatch.delenv("DBPROMOTE_CRASHED_AFTER_S", raising=False)
+    assert crashed_after_s() == CRASHED_AFTER_S == 90
+    monkeypatch.setenv("DBPROMOTE_CRASHED_AFTER_S", "60")
+    assert crashed_after_s() == 60
+    for given in ("45", "a minute", "-90"):
+        monkeypatch.setenv("DBPROMOTE_CRASHED_AFTER_S", given)
+        with pytest.raises(ConfigError, match="DBPROMOTE_CRASHED_AFTER_S .* at least 60"):
+            crashed_after_s()
