@@ -55,6 +55,25 @@ def only_the_installed_namespace():
     assert not stray, f"imported as top-level modules: {sorted(stray)}; import them as dbpromote.<name>"
 
 
+MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Each test's setup, call and teardown counted to its module (under xdist, in the process that reports)."""
+    module = report.nodeid.split("::", 1)[0]
+    MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The time by module after the slowest tests (issue 28 measures by module): with `--dist loadfile` a module
+    runs on one worker, so the longest module is a floor under the suite's wall time."""
+    if len(MODULE_SECONDS) > 1:
+        terminalreporter.write_sep("=", "seconds by module (setup, call and teardown)")
+        for module, seconds in sorted(MODULE_SECONDS.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:8.1f}s {module}")
+        terminalreporter.write_line(f"{sum(MODULE_SECONDS.values()):8.1f}s in all")
+
+
 def pytest_unconfigure(config):
     """A session that never started the stack (the fast tier) leaves no state folder behind."""
     shutil.rmtree(HOME, ignore_errors=True)
