@@ -27,13 +27,17 @@ def as_task_run(part: Task) -> Callable:
 
 
 def in_the_calling_run(part: Task) -> Callable:
-    """The part's function called in the run that calls it, its log that run's; tried again as its task would be
-    (its retries, its delay) on an error that may pass, never on one that will not."""
+    """The part's function called in the run that calls it, its log that run's (with the seconds it took, which a
+    task run of its own would show); tried again as its task would be (its retries, its delay) on an error that may
+    pass, never on one that will not."""
 
     def call(*args, **kwargs):
         for attempt in itertools.count():
+            started = time.monotonic()
             try:
-                return part.fn(*args, **kwargs)
+                done = part.fn(*args, **kwargs)
+                run_logger().info("%s done in %.2f s", part.name, time.monotonic() - started)
+                return done
             except Exception as error:
                 if attempt >= part.retries or not is_transient(error):
                     raise
