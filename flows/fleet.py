@@ -373,9 +373,9 @@ def migrate_member(
     """A member's step in its lane, under one slot of its server's global concurrency limit from its first
     connection to its last (no more than per_server members of any promotion migrate on one server at once):
     its whole plan in the promotion's journal before, its report after (in the bucket, where the promotion reads
-    it: no worker's disk). The step's parts (its backup, each migration, verify, RLS, its report) and the journal's
-    records run inside this task run, retried as their tasks would be, not as task runs of their own: a task run
-    costs the server ~66 ms of CPU, and a member was some twenty of them."""
+    it: no worker's disk), both written by this task run itself. The step's parts (its checks, backup, each
+    migration, verify, RLS, its report) run inside this task run too, retried as their tasks would be
+    (flows/parts.py): a task run costs the server ~66 ms of CPU, and a member's parts were fourteen of them."""
     journal, run_id = Journal(promotion=promotion), str(flow_run.get_id() or "")
     with resolved_once():
         journals.record_step(journal, member, run_id, plan)

@@ -2,7 +2,7 @@
 
 One target's step shows each part (its backup, each migration, verify, RLS) as a task run in the UI. A fleet does
 not: a task run costs the Prefect server ~66 ms of CPU and its client more (benchmarks/fleet.py's profile), and a
-member's parts were some twenty of them, the largest cost of a member after its own work. A member's parts run
+member's parts were fourteen of them, the largest cost of a member after its own work. A member's parts run
 inside its one task run (`migrate MEMBER`), and a promotion's checks of a group's members inside the promotion's run,
 each retried as its task would be.
 """
