@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import psycopg
+
 from dbpromote import concurrent, events
 from dbpromote.config import DatabaseTarget
 from dbpromote.errors import MigrationError, redact
@@ -24,11 +26,14 @@ def apply_migration(probe: ProbeSession, target: DatabaseTarget, migration: Plan
     started = time.monotonic()
 
     def attempt(number: int) -> MigrationResult:
-        wait_for_long_transactions(target)
-        watching = Watcher(target, probe.application_name, migration.atomic, probe.stop_between_statements)
         lock_timeout_ms = target.concurrent_lock_timeout_ms if concurrent.is_concurrent(migration) else 0
-        with migration_running(target, wait_s=target.max_lock_wait_s), watching:
-            outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
+        # One connection for the attempt's checks, its exclusion lock and its watcher: it sits idle while the probe
+        # migrates, so the watcher's samples are all that use it then.
+        with connect(target, autocommit=True) as conn:
+            wait_for_long_transactions(target, conn)
+            watching = Watcher(target, conn, probe.application_name, migration.atomic, probe.stop_between_statements)
+            with migration_running(conn, target, wait_s=target.max_lock_wait_s), watching:
+                outcome = probe.request(migration.app, migration.name, migration.backwards, lock_timeout_ms)
         if isinstance(outcome, StepAnswer):
             return applied(migration, target, outcome, watching.impact, number, time.monotonic() - started)
         message = redact(outcome.message or "unknown error", target.url.get_secret_value())
@@ -107,33 +112,32 @@ def after_a_partial_failure(migration: PlannedMigration, target: DatabaseTarget,
     )
 
 
-def wait_for_long_transactions(target: DatabaseTarget) -> None:
-    """Wait (bounded) until no transaction on the database is older than target.long_transaction_s.
+def wait_for_long_transactions(target: DatabaseTarget, conn: psycopg.Connection) -> None:
+    """Wait (bounded) until no transaction on the database is older than target.long_transaction_s (`conn`: an
+    autocommit connection to it).
 
     DDL queued behind a long transaction blocks every query queued behind the DDL.
     """
     deadline = time.monotonic() + target.long_transaction_wait_s
-    with connect(target, autocommit=True) as conn:
-        while True:
-            rows = conn.execute(
-                """
-                SELECT pid, round(extract(epoch FROM now() - xact_start))::int, query_start, left(query, 80)
-                FROM pg_stat_activity
-                WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
-                  AND now() - xact_start > make_interval(secs => %s)
-                ORDER BY xact_start
-                """,
-                [target.long_transaction_s],
-            ).fetchall()
-            if not rows:
-                return
-            if time.monotonic() > deadline:
-                named = "; ".join(
-                    f"pid {pid}, {age} s old, query started {start:%H:%M:%S}: {query!r}"
-                    for pid, age, start, query in rows
-                )
-                raise MigrationError(
-                    f"Long-running transactions on {target.name} would queue the migration's locks ({named}); "
-                    "nothing more was migrated: end them (pg_terminate_backend) or run when they are done."
-                )
-            time.sleep(1)
+    while True:
+        rows = conn.execute(
+            """
+            SELECT pid, round(extract(epoch FROM now() - xact_start))::int, query_start, left(query, 80)
+            FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
+              AND now() - xact_start > make_interval(secs => %s)
+            ORDER BY xact_start
+            """,
+            [target.long_transaction_s],
+        ).fetchall()
+        if not rows:
+            return
+        if time.monotonic() > deadline:
+            named = "; ".join(
+                f"pid {pid}, {age} s old, query started {start:%H:%M:%S}: {query!r}" for pid, age, start, query in rows
+            )
+            raise MigrationError(
+                f"Long-running transactions on {target.name} would queue the migration's locks ({named}); "
+                "nothing more was migrated: end them (pg_terminate_backend) or run when they are done."
+            )
+        time.sleep(1)

@@ -1,4 +1,5 @@
-"""What the application goes through while a migration runs: sampled on a connection of its own, and bounded.
+"""What the application goes through while a migration runs: sampled, on the connection that holds the migration's
+exclusion lock (idle while the probe migrates), and bounded.
 
 lock_timeout bounds how long a migration waits for its locks; nothing bounded how long the application waits
 behind a migration that has them (a table rewrite, a non-concurrent index build). The watcher finds the
@@ -84,11 +85,13 @@ class Watcher:
     def __init__(
         self,
         target: DatabaseTarget,
+        connection: psycopg.Connection,
         application_name: str,
         atomic: bool,
         stop: Callable[[], None],
     ):
-        self.target, self.name = target, application_name
+        """`connection`: an autocommit connection to the target that nothing else uses while the block runs."""
+        self.target, self.connection, self.name = target, connection, application_name
         self.limit, self.atomic, self.stop_between_statements = target.max_app_wait_s, atomic, stop
         self.impact = Impact()
         self.modes: set[str] = set()
@@ -97,14 +100,12 @@ class Watcher:
         self.thread = threading.Thread(target=self._run, name=f"watch-{application_name}", daemon=True)
 
     def __enter__(self) -> Watcher:
-        self.connection = connect(self.target, autocommit=True)
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
-        self.connection.close()
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -112,7 +113,7 @@ class Watcher:
             try:
                 waited = self.sample()
             except psycopg.Error:
-                return  # the watcher's own connection went: the migration goes on unwatched, as before
+                return  # its connection went: the migration goes on unwatched, as before
             # A session already waiting crosses the limit at a known moment: look again then, not up to a whole
             # SAMPLE_S later (benchmarks/impact.py: the longest wait 2.5 s at a 2 s limit, sampled every 250 ms).
             crossing = self.limit and waited and not self.impact.cancelled
