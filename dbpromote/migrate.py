@@ -15,7 +15,7 @@ from dbpromote.locks import LocksBusy, retrying_locks
 from dbpromote.models.plan import PlannedMigration
 from dbpromote.models.report import MigrationResult
 from dbpromote.postgres import connect
-from dbpromote.probe import ProbeSession, StepAnswer
+from dbpromote.probe import FailureAnswer, ProbeSession, StepAnswer
 from dbpromote.watch import Impact, Watcher, strongest
 
 
@@ -46,6 +46,18 @@ def apply_migration(probe: ProbeSession, target: DatabaseTarget, migration: Plan
         raise LocksBusy(message)
 
     return retrying_locks(target, migration.label, attempt, "nothing of it is applied")
+
+
+def after_migrating(probe: ProbeSession, target: DatabaseTarget, migrations: list[PlannedMigration]) -> None:
+    """Django's post_migrate, once after a step's migrations as `manage.py migrate` sends it once after its plan: the
+    content types and permissions of the models they made, and whatever else the project's apps do then."""
+    outcome = probe.after_migrating([(m.app, m.name, m.backwards) for m in migrations])
+    if isinstance(outcome, FailureAnswer):
+        message = redact(outcome.message or "unknown error", target.url.get_secret_value())
+        raise MigrationError(
+            f"The migrations of {target.name} are applied, but Django's post_migrate signal failed on it ({message}): "
+            "fix the cause, then run `manage.py migrate` on it, which sends the signal again."
+        )
 
 
 def applied(

@@ -9,7 +9,7 @@ from functools import partial
 
 from dbpromote.flows.parts import Part, as_task_run
 from dbpromote.tasks.backup import backup_to_gcs
-from dbpromote.tasks.migrate import apply_migration
+from dbpromote.tasks.migrate import after_migrating, apply_migration
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.report import publish_report
@@ -121,6 +121,8 @@ def carry_out(
         try:
             for migration in plan.migrations:
                 report.migrations.append(part(apply_migration)(probe, database, migration))
+            if plan.migrations:
+                part(after_migrating)(probe, database, plan.migrations)
         finally:
             record_files(database, report)
         if proves_compatibility(database, plan):

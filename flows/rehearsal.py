@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbpromote.tasks.backup import backup_to_gcs
-from dbpromote.tasks.migrate import apply_migration
+from dbpromote.tasks.migrate import after_migrating, apply_migration
 from dbpromote.tasks.restore import drop_restored, restore_into_new_database
 from prefect import flow
 
@@ -31,6 +31,8 @@ def rehearse_plan(project: str, target: str, scratch_server: str, plan: Plan, sl
         copy = server.on_database(scratch).named(f"{target} rehearsal")
         with ProbeSession(django_project, copy) as probe:
             results = [apply_migration(probe, copy, m) for m in plan.migrations]
+            if plan.migrations:
+                after_migrating(probe, copy, plan.migrations)
     finally:
         drop_restored(server, scratch)
     return Rehearsal(target=target, backup_uri=backup.uri, slow_s=slow_s, migrations=results)

@@ -180,6 +180,19 @@ class ProbeSession:
             message=f"the probe process gave no answer {ending(self.process, self.stderr, self.secrets)}",
         )
 
+    def after_migrating(self, steps: list[tuple[str, str, bool]]) -> StepAnswer | FailureAnswer:
+        """Django's post_migrate sent once for a step's migrations ((app, name, backwards) each), as `migrate`
+        sends it after its plan (django_probe.after_migrating)."""
+        answer = masked(
+            self._ask({"after_migrating": steps}),
+            self.project,
+            self.secrets,
+            lambda: ending(self.process, self.stderr, self.secrets),
+        )
+        if not isinstance(answer, StepAnswer | FailureAnswer):
+            raise ConfigError(f"The probe answered post_migrate with a {answer.kind}; reinstall dbpromote.")
+        return answer
+
     def retarget(self, target: DatabaseTarget) -> None:
         """The session's next requests on `target`, another database of the same project (a lane's next member),
         without starting Django again (~0.7 s of CPU a member under load): the probe rebuilds its alias from the
