@@ -1,9 +1,11 @@
 """pg_dump -> zstd -> a new GCS object, in a process of its own: the worker's memory never holds upload chunks.
 
-Run by dbpromote/backups.py as `python -m dbpromote.backup_stream` with the libpq connection in PG* variables (never
-argv) and a StreamRequest as JSON on stdin. Answers one JSON line per progress step (Progress) and one final line
-(Streamed or StreamFailed); both sides use the models below. Imports only the GCS client, zstandard and pydantic
-(no Prefect): about 50 MB before the upload chunks.
+Run by dbpromote/backups.py as `python -m dbpromote.backup_stream`, one StreamRequest as a JSON line on stdin per
+backup (the libpq connection in it, as PG* variables for pg_dump and pg_restore: never argv), backup after backup
+until stdin closes: a fleet's lane backs its members up through one process, not one each (~0.4 s of CPU starting
+one). Answers one JSON line per progress step (Progress) and one final line (Streamed or StreamFailed) a request;
+both sides use the models below. Imports only the GCS client, zstandard and pydantic (no Prefect): about 50 MB
+before the upload chunks. Waiting for a request, it ends after IDLE_S.
 
 The dump is compressed in this thread while the previous chunk uploads in another one, so pg_dump never waits for
 a request to finish (on GCS a chunk is a network round trip; on the emulator, a rewrite of the object so far). At
@@ -16,6 +18,7 @@ import contextlib
 import io
 import os
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -33,6 +36,10 @@ from dbpromote.lifeline import end_with_parent, tied
 
 READ_SIZE = 1024 * 1024
 PROGRESS_EVERY_S = 2.0
+# How long it waits for its next request before it ends: a lane's next member comes within seconds; one left idle
+# by a process that backs up once (a one-target step) does not hold ~50 MB for long. The worker sends a request
+# only to one idle for less than half of it (backups.Streamers), so none ends under a request.
+IDLE_S = 60.0
 
 
 class StreamRequest(BaseModel):
@@ -45,6 +52,7 @@ class StreamRequest(BaseModel):
     chunk_size: int
     zstd_level: int
     credentials_block: str = ""  # the target's GcpCredentials block, if it names one
+    libpq: dict[str, str] = Field(default_factory=dict, repr=False)  # the target's PG* variables (a password too)
 
 
 class Progress(BaseModel):
@@ -175,11 +183,13 @@ def stream(request: StreamRequest) -> Streamed | StreamFailed:
     blob.metadata = request.metadata
     chunks = Chunks(request.chunk_size)
     # The verification a second download used to make, made on the bytes as they go: no egress, no second pass.
-    verifier = RestoreFeed(["--file=/dev/null"], os.environ.copy())
+    env = os.environ | request.libpq
+    verifier = RestoreFeed(["--file=/dev/null"], env)
     dump = subprocess.Popen(
         tied(["pg_dump", "--format=custom", "--compress=0", "--no-sync", f"--snapshot={request.snapshot}"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=env,
     )
     upload = uploader = transport = None
     try:
@@ -251,7 +261,15 @@ def failure(error: BaseException) -> StreamFailed:
     raise error
 
 
+def serve() -> None:
+    """A stream for each request line, until stdin closes or none comes for IDLE_S."""
+    while select.select([sys.stdin], [], [], IDLE_S)[0]:
+        line = sys.stdin.readline()
+        if not line:
+            return
+        say(stream(StreamRequest.model_validate_json(line)))
+
+
 if __name__ == "__main__":
     end_with_parent()
-    outcome = stream(StreamRequest.model_validate_json(sys.stdin.read()))
-    say(outcome)
+    serve()

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from google.cloud.storage import Blob
 
 import dbpromote
 from dbpromote.backup_stream import ANSWER as STREAM_ANSWER
-from dbpromote.backup_stream import Progress, Streamed, StreamFailed, StreamRequest
+from dbpromote.backup_stream import IDLE_S, Progress, Streamed, StreamFailed, StreamRequest
 from dbpromote.config import DatabaseTarget
 from dbpromote.dumps import Readback, RestoreFeed
 from dbpromote.errors import BackupError, PreflightError, RestoreError, redact
@@ -142,9 +144,68 @@ def _metadata(
     }
 
 
+class Streamer:
+    """A backup stream process (dbpromote/backup_stream.py) and when it last answered; its stderr in a file, which
+    never fills as a pipe would while it waits for its next request."""
+
+    def __init__(self):
+        self.stderr = tempfile.TemporaryFile()
+        self.env = dict(os.environ)  # what it started with: a test's fault injection changes it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", STREAMER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=self.env | {PARENT_PID: str(os.getpid())},
+            text=True,
+        )
+        self.idle_since = time.monotonic()
+
+    def usable(self) -> bool:
+        """Alive, started with this environment, and idle well within backup_stream.IDLE_S."""
+        fresh = time.monotonic() - self.idle_since < IDLE_S / 2
+        return fresh and self.process.poll() is None and self.env == os.environ
+
+    def end(self) -> str:
+        """Ended (killed if it still runs); the end of what it wrote to stderr."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        self.stderr.seek(0)
+        tail = self.stderr.read()[-2000:].decode(errors="replace")
+        self.stderr.close()
+        return tail
+
+
+class Streamers(threading.local):
+    """The idle backup stream of this thread, kept for its next backup (a lane's next member). Per thread: the
+    kernel ends a stream with the thread that started it (lifeline.end_with_parent), so only that thread uses it."""
+
+    def __init__(self):
+        self.idle: Streamer | None = None
+
+    def take(self) -> Streamer:
+        idle, self.idle = self.idle, None
+        if idle is not None and idle.usable():
+            return idle
+        if idle is not None:
+            idle.end()
+        return Streamer()
+
+    def keep(self, streamer: Streamer) -> None:
+        streamer.idle_since = time.monotonic()
+        self.idle = streamer
+
+
+STREAMERS = Streamers()
+
+
 def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int, snapshot: str) -> tuple[str, int]:
-    """pg_dump into the object, in dbpromote/backup_stream.py's own process; the CRC32C (base64) and size of what
-    was sent. No object remains on failure."""
+    """pg_dump into the object, in dbpromote/backup_stream.py's own process (this thread's, kept for its next
+    backup once this one streamed); the CRC32C (base64) and size of what was sent. No object remains on failure."""
     request = StreamRequest(
         bucket=blob.bucket.name,
         object_name=blob.name,
@@ -153,39 +214,36 @@ def _stream_dump(target: DatabaseTarget, blob: Blob, database_size: int, snapsho
         chunk_size=CHUNK_SIZE,
         zstd_level=ZSTD_LEVEL,
         credentials_block=target.gcp_credentials,
+        libpq=target.conninfo.libpq_env(),
     )
     progress = BackupProgress(database_size, blob.name)
-    streamer = subprocess.Popen(
-        [sys.executable, "-m", STREAMER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=libpq_env(target) | {PARENT_PID: str(os.getpid())},
-        text=True,
-    )
+    streamer = STREAMERS.take()
     outcome: Streamed | StreamFailed | None = None
     try:
-        streamer.stdin.write(request.model_dump_json())
-        streamer.stdin.close()
-        for line in streamer.stdout:
+        streamer.process.stdin.write(request.model_dump_json() + "\n")
+        streamer.process.stdin.flush()
+        while outcome is None and (line := streamer.process.stdout.readline()):
             message = STREAM_ANSWER.validate_json(line)
             if isinstance(message, Progress):
                 progress.update(message.dumped)
             else:
                 outcome = message
-        stderr = streamer.stderr.read()
+    except BrokenPipeError:
+        pass  # it died; said below
     finally:
-        if streamer.poll() is None:
-            streamer.kill()
-        streamer.wait()
+        if isinstance(outcome, Streamed):
+            STREAMERS.keep(streamer)
+        else:
+            stderr = streamer.end()
     if isinstance(outcome, Streamed):
         progress.done()
         return outcome.crc32c, outcome.size
     url = target.url.get_secret_value()
     if outcome is None:
         raise BackupError(
-            f"The backup stream to gs://{blob.bucket.name} stopped unexpectedly (exit {streamer.returncode}: "
-            f"{redact(stderr.strip()[-300:], url) or 'no output'}); nothing was migrated: run again."
+            f"The backup stream to gs://{blob.bucket.name} stopped unexpectedly (exit {streamer.process.returncode}: "
+            f"{redact(stderr.strip()[-300:], url, target.conninfo.password) or 'no output'}); nothing was migrated: "
+            "run again."
         )
     raise _stream_failure(outcome, blob, url)
 

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -228,16 +229,26 @@ def test_a_backup_is_verified_without_downloading_it_and_read_back_only_on_reque
     assert streamed.crc32c and read_back.crc32c
 
 
-def streamer_pids() -> list[int]:
-    """The backup streaming processes running on this machine (`python -m dbpromote.backup_stream`)."""
+def streamer_pids(parent: int) -> list[int]:
+    """The backup streaming processes `parent` started (`python -m dbpromote.backup_stream`); other processes on
+    this machine keep theirs between backups."""
     from dbpromote.backups import STREAMER
 
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):  # the process ended meanwhile
-            if str(STREAMER).encode() in cmdline.read_bytes().split(b"\0"):
+            status = (cmdline.parent / "status").read_text()
+            if str(STREAMER).encode() in cmdline.read_bytes().split(b"\0") and f"\nPPid:\t{parent}\n" in status:
                 pids.append(int(cmdline.parent.name))
     return pids
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 def test_promise_4_a_worker_killed_mid_backup_leaves_no_object(fresh_databases, make_target, tmp_path):
@@ -257,18 +268,45 @@ def test_promise_4_a_worker_killed_mid_backup_leaves_no_object(fresh_databases, 
     env = os.environ | {"PATH": pg_dump_wrapped(tmp_path, slow)}
     worker = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 60
-    while not streamer_pids() and time.monotonic() < deadline and worker.poll() is None:
+    while not (streamers := streamer_pids(worker.pid)) and time.monotonic() < deadline and worker.poll() is None:
         time.sleep(0.05)
-    assert streamer_pids(), "the backup never started streaming"
+    assert streamers, "the backup never started streaming"
     time.sleep(1)
     worker.kill()  # SIGKILL: no cleanup runs in the worker
     worker.wait()
     deadline = time.monotonic() + 60
-    while streamer_pids() and time.monotonic() < deadline:
+    while any(map(running, streamers)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not streamer_pids(), "the orphaned streaming process went on"
+    assert not any(map(running, streamers)), "the orphaned streaming process went on"
     target = load_target(name)
     assert [blob.name for blob in gcs_client().list_blobs(target.bucket, prefix=f"{target.prefix}/")] == []
+
+
+def test_backups_one_after_another_go_through_one_stream_process_and_a_dead_one_is_replaced(
+    fresh_databases, make_target
+):
+    """A process that backs up target after target (a fleet's lane) streams them through one process of
+    backup_stream's, each its own verified object; one that died while it waited is replaced, never used."""
+    from dbpromote.backups import take_backup
+    from dbpromote.config import load_target
+    from dbpromote.gcs import gcs_client
+
+    target = load_target(make_target("staging-streams", prefix=f"streams-{time.time_ns()}"))
+    other = load_target(make_target("production-streams", server="production", prefix=f"streams-{time.time_ns()}"))
+    first, second = take_backup(target, run_id=""), take_backup(other, run_id="")
+    (kept,) = streamer_pids(os.getpid())
+    third = take_backup(target, run_id="")
+    assert streamer_pids(os.getpid()) == [kept]
+    os.kill(kept, signal.SIGKILL)
+    while running(kept):
+        time.sleep(0.05)
+    fourth = take_backup(target, run_id="")
+    assert streamer_pids(os.getpid()) not in ([], [kept])
+    backups = [first, second, third, fourth]
+    assert len({backup.object_name for backup in backups}) == 4
+    assert [backup.environment for backup in backups] == [target.name, other.name, target.name, target.name]
+    for backup in backups:
+        assert gcs_client().bucket(backup.bucket).get_blob(backup.object_name).crc32c == backup.crc32c
 
 
 def test_no_migration_while_a_backup_of_the_database_runs(fresh_databases, make_target):
