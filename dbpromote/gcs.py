@@ -10,6 +10,12 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+# google-cloud-storage 3.x fetches each bucket's metadata in a thread of its own the first time a new client uses
+# it, for OpenTelemetry span attributes, whether tracing is on or not: one more request (storage.buckets.get, which
+# the objectCreator and objectViewer roles do not grant) for each of the clients a step makes, 7.6 a fleet member
+# (measured). dbpromote does not trace; a team that does sets the variable itself.
+os.environ.setdefault("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
+
 
 def gcs_client(credentials_block: str = "") -> storage.Client:
     """The client; `credentials_block` names a GcpCredentials block (the target's `gcp_credentials`)."""

@@ -214,8 +214,11 @@ def test_promise_4_a_dump_pg_restore_cannot_read_is_never_uploaded(fresh_databas
 
 def test_a_backup_is_verified_without_downloading_it_and_read_back_only_on_request(fresh_databases, monkeypatch):
     """The verification happens on the way up: no second pass over the object (billed egress on GCS), unless
-    --read-back asks for one."""
+    --read-back asks for one. The bucket itself is read only by the backup's bucket check: none of the clients a
+    backup makes reads its metadata as well (storage.buckets.get, which the roles it needs do not grant)."""
     from dbpromote.flows.backup import backup
+
+    from dbpromote.config import load_target
 
     proxy = FaultProxy(fresh_databases.ports["gcs"], mode="503", fail_uploads=0)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
@@ -224,9 +227,11 @@ def test_a_backup_is_verified_without_downloading_it_and_read_back_only_on_reque
         assert proxy.media_bytes_read == 0
         (read_back,) = backup(["staging"], read_back=True)
         assert proxy.media_bytes_read >= read_back.size_bytes > 0
+        time.sleep(1)  # what a client reads in the background has had the time to arrive
     finally:
         proxy.close()
     assert streamed.crc32c and read_back.crc32c
+    assert proxy.requests[f"GET /storage/v1/b/{load_target('staging').bucket}"] == 2  # the two bucket checks
 
 
 def streamer_pids(parent: int) -> list[int]:

@@ -2,6 +2,7 @@
 connections, or a slow link. The tests and the benchmarks put it between the real google-cloud-storage client and
 the emulator: faults at the real boundary."""
 
+import collections
 import http.client
 import random
 import socket
@@ -43,6 +44,7 @@ class FaultProxy:
         self.upload_bytes_passed = 0  # their bytes
         self.upload_bytes_refused = 0  # bytes of upload requests answered with a fault: the client sends them again
         self.media_bytes_read = 0  # object contents downloaded (alt=media): what GCS bills as egress
+        self.requests: collections.Counter = collections.Counter()  # "METHOD /path" (no query) of each request
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +54,7 @@ class FaultProxy:
                 pass
 
             def _handle(self):
+                proxy.requests[f"{self.command} {self.path.partition('?')[0]}"] += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = dict(self.headers)
