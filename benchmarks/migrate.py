@@ -17,9 +17,7 @@ import time
 
 import psycopg
 from common import stack  # noqa: F401  (points this process at the local stack)
-from plan import REQUIREMENTS, SITE, database, manage
-
-from compat.codebases import venv_python
+from plan import database, manage, site_project
 
 GOAL = 2.5
 
@@ -52,11 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-
-    from dbpromote.config import DjangoProject
-
-    python = venv_python(REQUIREMENTS)
-    project = DjangoProject(path=str(SITE), settings_module="settings", python=str(python))
+    python, project = site_project()
     bare, step = [], []
     for _ in range(args.rounds):  # alternating, so that neither gets a warmer cache
         url = database("bench_migrate_bare", python, None)

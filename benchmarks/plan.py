@@ -51,6 +51,14 @@ def manage(python: Path, url: str, *args: str) -> str:
     ).stdout
 
 
+def site_project():
+    """The site's interpreter (its venv built once, as the compatibility suite's) and the project it is to dbpromote."""
+    from dbpromote.config import DjangoProject
+
+    python = venv_python(REQUIREMENTS)
+    return python, DjangoProject(path=str(SITE), settings_module="settings", python=str(python))
+
+
 def timed(work) -> float:
     started = time.monotonic()
     work()
@@ -62,11 +70,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from dbpromote.config import DatabaseTarget, DjangoProject
+    from dbpromote.config import DatabaseTarget
     from dbpromote.planning import compute_plan
 
-    python = venv_python(REQUIREMENTS)
-    project = DjangoProject(path=str(SITE), settings_module="settings", python=str(python))
+    python, project = site_project()
     scenarios = (("every migration pending", None), ("an upgrade", UPGRADE_PENDING), ("up to date", 0))
     for label, pending in scenarios:
         url = database("bench_plan", python, pending)
