@@ -787,7 +787,9 @@ def serve(args, out) -> int:
 
     Django starts once for a whole environment step instead of once per request (~0.4 s each); each request
     still runs in its own database session (closed after it), so a failed migration leaves nothing behind for the
-    next. {"retarget": entry, ...} points the alias at another database for the requests after it (a lane's next
+    next; what is kept between them is the project state after the last migration (KEPT), never a connection.
+    {"after_migrating": [[app, name, backwards], ...]} sends post_migrate once after a step's migrations.
+    {"retarget": entry, ...} points the alias at another database for the requests after it (a lane's next
     member: retarget()).
     """
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a stop asked for between two steps stops nothing
