@@ -183,12 +183,7 @@ class ProbeSession:
     def after_migrating(self, steps: list[tuple[str, str, bool]]) -> StepAnswer | FailureAnswer:
         """Django's post_migrate sent once for a step's migrations ((app, name, backwards) each), as `migrate`
         sends it after its plan (django_probe.after_migrating)."""
-        answer = masked(
-            self._ask({"after_migrating": steps}),
-            self.project,
-            self.secrets,
-            lambda: ending(self.process, self.stderr, self.secrets),
-        )
+        answer = self._answer({"after_migrating": steps})
         if not isinstance(answer, StepAnswer | FailureAnswer):
             raise ConfigError(f"The probe answered post_migrate with a {answer.kind}; reinstall dbpromote.")
         return answer
@@ -241,17 +236,11 @@ class ProbeSession:
         url = target.url.get_secret_value()
         if url != self.target.url.get_secret_value():
             request = request | {"database": target.conninfo.django()}
-        answer = self._ask(request, url, target.conninfo.password)
-        return masked(answer, self.project, self.secrets, lambda: ending(self.process, self.stderr, self.secrets))
+        return self._answer(request, url, target.conninfo.password)
 
     def prove(self, applied: list[tuple[str, str]]) -> ProofAnswer:
         """The models at `applied` (the release running before the plan) run against the session's target."""
-        answer = masked(
-            self._ask({"prove": applied}),
-            self.project,
-            self.secrets,
-            lambda: ending(self.process, self.stderr, self.secrets),
-        )
+        answer = self._answer({"prove": applied})
         if isinstance(answer, FailureAnswer):
             raise ConfigError(
                 f"The probe could not run the running release's models against the "
@@ -260,6 +249,11 @@ class ProbeSession:
         if not isinstance(answer, ProofAnswer):
             raise ConfigError(f"The probe answered a proof request with a {answer.kind}; reinstall dbpromote.")
         return answer
+
+    def _answer(self, request: dict, *secrets: str) -> Answer:
+        """The answer to one request line, its message's secrets masked; a ConfigError when the process gave none."""
+        answer = self._ask(request, *secrets)
+        return masked(answer, self.project, self.secrets, lambda: ending(self.process, self.stderr, self.secrets))
 
     def _ask(self, request: dict, *secrets: str) -> Answer | None:
         """The answer to one request line; None when the process ended or hung without one."""
