@@ -13,12 +13,13 @@ from dbpromote.flows.rehearsal import rehearse_plan
 from dbpromote.tasks.journal import open_journal, record_kept, record_step
 from dbpromote.tasks.preflight import check_not_held
 from prefect import flow, get_run_logger
+from prefect.input import create_flow_run_input, read_flow_run_input
 from prefect.runtime import flow_run
 
 from dbpromote.config import load_group, load_project, load_target, resolved_once
 from dbpromote.errors import PreflightError
 from dbpromote.models.approval import Approval, ApprovalRequest, Deployment
-from dbpromote.models.journal import Journal, TargetJournal
+from dbpromote.models.journal import CheckedMembers, Journal, TargetJournal
 from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, Plan
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
@@ -36,6 +37,12 @@ from dbpromote.waits import (
     wait_for_window,
 )
 from dbpromote.windows import Measured, when_it_runs
+
+# A run suspended for an approval starts again from its top once answered. Each member of a group is planned again
+# by its own step (which refuses any plan but the approved one), so the run keeps what its checks found for them
+# (CheckedMembers) rather than planning and replaying every member a second time: N s of a group of 100's M s
+# (benchmarks/fleet.py --sizes 100).
+CHECKED_KEY = "dbpromote-checked-members"
 
 
 @flow(name="promote", on_failure=[notify_failure], flow_run_name="promote {project} through {through}")
@@ -114,9 +121,11 @@ class Promotion:
         targets = [m for name in self.through for m in (self.groups[name].members if name in self.groups else [name])]
         check_not_held(targets)
         self.journal = open_journal(self.project, self.through, self.to, resume, targets)
+        kept = self.kept_checks()
         with ProbeSession(load_project(self.project), load_target(targets[0])) as probe:  # one Django plans them all
             checked: set[tuple[str, str]] = set()
-            self.now = {t: preflight(self.project, t, self.to, probe, checked, self.part(t)) for t in targets}
+            planned = lambda t: preflight(self.project, t, self.to, probe, checked, self.part(t))  # noqa: E731
+            self.now = {t: kept.plan(t) if t in kept.members else planned(t) for t in targets}
             self.plans = self.journal.continue_plans(self.now)
             self.divergent = self.refuse_divergent(skip_divergent)
             vouch_for({t: self.plans[t] for t in targets if t not in self.divergent}, self.staging)
@@ -125,12 +134,30 @@ class Promotion:
             # typed). The others' histories are read by the same Django, and each distinct one replayed once
             # (members of a group share theirs).
             self.drift = {
-                target: "not checked again: its step is done in this promotion"
+                target: kept.drift[target]
+                if target in kept.members
+                else "not checked again: its step is done in this promotion"
                 if self.journal.completed(target, self.now[target])
                 else preflight_drift(self.project, target, probe, self.part(target))
                 for target in targets
                 if target not in self.divergent
             }
+        if self.groups and not kept.found:
+            members = {member for group in self.groups.values() for member in group.members}
+            drift = {member: line for member, line in self.drift.items() if member in members}
+            keep_checks(CheckedMembers.of({member: self.now[member] for member in members}, drift))
+
+    def kept_checks(self) -> CheckedMembers:
+        """What this run's checks found for its groups' members before it suspended for an approval, for those no
+        step has started on since: nothing when it has not suspended yet (or is a new run carrying on a crashed
+        one, which checks every member again)."""
+        kept = read_flow_run_input(CHECKED_KEY) if self.groups and flow_run.get_id() else None
+        if kept is None:
+            return CheckedMembers()
+        checked = CheckedMembers.model_validate(kept)
+        journal = self.journal.targets
+        untouched = {m: i for m, i in checked.members.items() if journal.get(m, TargetJournal()).started is None}
+        return checked.model_copy(update={"members": untouched, "found": True})
 
     def part(self, target: str) -> Part:
         """How the checks of a target run: a group's members' inside this run (a hundred members' checks were three
@@ -182,6 +209,12 @@ class Promotion:
             self.project, target, self.to, self.journal, self.timeout_s, self.poll_s, measured, self.now_reason
         )
         return approval, phases.run(plan, now) if waits else phases.run_one(now)
+
+
+def keep_checks(checked: CheckedMembers) -> None:
+    """The checks of a promotion's group members, kept in its run for the run carrying it on after it suspends."""
+    if flow_run.get_id():
+        create_flow_run_input(CHECKED_KEY, checked.model_dump(mode="json"))
 
 
 def record_promotion(project: str, plans: dict[str, Plan], journal: Journal, reports: list[StepReport]) -> None:

@@ -83,6 +83,16 @@ def resumed(run_id: str) -> dict[str, dict]:
     return outcomes(result.stdout.split()[0])
 
 
+def migrate_by_hand(stack, shard: str) -> None:
+    """The shard taken one migration ahead of the others with the sample's own `manage.py migrate`."""
+    run(
+        [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py"), "migrate", "core", "0002"],
+        f"migrating {shard} ahead",
+        env=os.environ | {"DATABASE_URL": shard_url(stack, shard), "DJANGO_SETTINGS_MODULE": "tenant_backend.settings"},
+        cwd=local_stack.SAMPLE_PROJECT,
+    )
+
+
 def shard_migrations(stack, shard: str) -> list[str]:
     with psycopg.connect(shard_url(stack, shard)) as conn:
         return [f"{a}.{n}" for a, n in conn.execute("SELECT app, name FROM django_migrations ORDER BY id")]
@@ -193,13 +203,7 @@ def test_a_failure_halts_the_group_and_the_same_promotion_run_again_finishes_onl
 
 def test_a_divergent_member_blocks_unless_skipped_and_is_then_left_alone(fleet):
     stack, shards = fleet
-    ahead = shard_url(stack, "shard-12")
-    run(
-        [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py"), "migrate", "core", "0002"],
-        "migrating shard-12 ahead",
-        env=os.environ | {"DATABASE_URL": ahead, "DJANGO_SETTINGS_MODULE": "tenant_backend.settings"},
-        cwd=local_stack.SAMPLE_PROJECT,
-    )
+    migrate_by_hand(stack, "shard-12")
     before = shard_migrations(stack, "shard-12")
     blocked = cli("promote", "--project", "tenant-backend", "--through", "staging,shards", "--wait")
     assert blocked.returncode == 1
@@ -213,6 +217,23 @@ def test_a_divergent_member_blocks_unless_skipped_and_is_then_left_alone(fleet):
     assert found["shard-12"]["outcome"] == "skipped" and "divergent" in found["shard-12"]["detail"]
     assert shard_migrations(stack, "shard-12") == before
     assert all(shard_migrations(stack, s)[-len(RELEASE) :] == RELEASE for s in shards[:-1])
+
+
+def test_a_member_migrated_while_the_approval_waits_runs_nothing_and_halts_the_group(fleet):
+    """The members are planned before the approval and not again by the run carried on after it: each member's own
+    step plans it once more and refuses any plan but the approved one, before anything changes on it."""
+    stack, shards = fleet
+    run_id = promote_group()
+    migrate_by_hand(stack, "shard-01")  # the canary
+    ahead = shard_migrations(stack, "shard-01")
+    approve(run_id)
+    state = wait_for_run(run_id)
+    assert state.is_failed()
+    halted = "Group shards halted (its canary failed): shard-01: The plan for shard-01 changed since it was staged"
+    assert halted in state.message
+    assert "nothing was run on shard-01" in state.message
+    assert shard_migrations(stack, "shard-01") == ahead
+    assert all(shard_migrations(stack, s)[-1] == "core.0001_initial" for s in shards[1:])
 
 
 def test_registering_the_fleet_again_leaves_production_as_it_was(fleet):

@@ -61,3 +61,26 @@ class Journal(BaseModel):
         """The approval a run of this promotion recorded for exactly this plan on this target."""
         given = self.targets.get(target, TargetJournal()).approval
         return given if given is not None and given.subject == plan.hash else None
+
+
+class CheckedMembers(BaseModel):
+    """What a promotion's checks before its approval found for a group's members: each member's plan (each
+    distinct one kept once, its target left out) and its drift line."""
+
+    plans: list[dict] = Field(default_factory=list)
+    members: dict[str, int] = Field(default_factory=dict, description="Each member's plan, by its index in plans")
+    drift: dict[str, str] = Field(default_factory=dict)
+    found: bool = Field(False, exclude=True, description="Read back from where the run kept it")
+
+    @classmethod
+    def of(cls, plans: dict[str, Plan], drift: dict[str, str]) -> CheckedMembers:
+        checked = cls(drift=drift)
+        for member, plan in plans.items():
+            shared = plan.model_dump(mode="json", exclude={"target"})
+            if shared not in checked.plans:
+                checked.plans.append(shared)
+            checked.members[member] = checked.plans.index(shared)
+        return checked
+
+    def plan(self, member: str) -> Plan:
+        return Plan(target=member, **self.plans[self.members[member]])
