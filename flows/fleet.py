@@ -44,7 +44,7 @@ from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
-from dbpromote.reporting import publish_group
+from dbpromote.reporting import markdown_alone, publish_group
 from dbpromote.reporting.forms import group_request
 from dbpromote.waits import record_approval, wait_for_approval, wait_for_window
 from dbpromote.windows import Measured, WindowNeed, when_it_runs
@@ -375,9 +375,10 @@ def migrate_member(
     its whole plan in the promotion's journal before, its report after (in the bucket, where the promotion reads
     it: no worker's disk), both written by this task run itself. The step's parts (its checks, backup, each
     migration, verify, RLS, its report) run inside this task run too, retried as their tasks would be
-    (flows/parts.py): a task run costs the server ~66 ms of CPU, and a member's parts were fourteen of them."""
+    (flows/parts.py): a task run costs the server ~66 ms of CPU, and a member's parts were fourteen of them. Its
+    report is its markdown artifact alone (reporting.markdown_alone)."""
     journal, run_id = Journal(promotion=promotion), str(flow_run.get_id() or "")
-    with resolved_once():
+    with resolved_once(), markdown_alone():
         journals.record_step(journal, member, run_id, plan)
         with concurrency(server_limit(load_target(member)), occupy=1, strict=True):
             report = migrate_target(project, member, to, plan, probe, buckets, in_the_calling_run)

@@ -1,4 +1,4 @@
-"""The environment step's report as a task: one markdown artifact and one table artifact, the way back included."""
+"""The environment step's report as a task: its markdown artifact (the way back included) and its migrations' table."""
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE

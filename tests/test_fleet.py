@@ -320,6 +320,17 @@ def member_task_runs(lane_id: str) -> dict[str, str]:
     return {run.name: run.state.name for run in runs if run.name.startswith("migrate shard")}
 
 
+def lane_artifacts(lane_id: str) -> list:
+    """The artifacts a lane's flow run published."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[lane_id]))
+        )
+
+
 def test_lanes_run_their_members_as_tasks_and_a_failure_halts_every_lane_before_its_next_member(fleet):
     stack, shards = fleet
     lane_group("--max-failures", "1")
@@ -340,6 +351,10 @@ def test_lanes_run_their_members_as_tasks_and_a_failure_halts_every_lane_before_
     assert failing_lane != canary_lane and found["shard-03"]["member_run"] not in {failing_lane, canary_lane}
     assert member_task_runs(failing_lane) == {"migrate shard-02": "Failed"}
     assert member_task_runs(canary_lane) == {"migrate shard-01": "Completed"}
+    # Its one report: the markdown, with its migrations in it; no table or progress artifact besides.
+    (report,) = lane_artifacts(canary_lane)
+    assert (report.type, report.key) == ("markdown", "dbpromote-shard-01")
+    assert "## Migrations applied" in report.data and "## Row-Level Security" in report.data
 
     first_migration_fails(stack, "shard-02", fails=False)
     done = {s: shard_migrations(stack, s) for s in shards if found[s]["outcome"] == "migrated"}

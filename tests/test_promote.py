@@ -40,6 +40,20 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
     assert record["comment"] == "release 42" and record["items"] == RELEASE
     promotions = read_records(load_target("production"), "promotions")
     assert promotions[0]["flow_run_id"] == str(run.id) and promotions[0]["backup"] == production_backup.object_name
+    # A target's own step publishes its tables beside its markdown, in its run (a fleet member, its markdown alone).
+    tables = ["dbpromote-production-migrations", "rls-coverage-production", "rls-proof-production"]
+    runs = {key: newest_artifact(key).flow_run_id for key in ["dbpromote-production", *tables]}
+    assert len(set(runs.values())) == 1, runs
+
+
+def newest_artifact(key: str):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        filtered = ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        return client.read_artifacts(artifact_filter=filtered, sort=ArtifactSort.CREATED_DESC, limit=1)[0]
 
 
 def catalog_snapshot(stack, server: str) -> tuple[str, list]:

@@ -4,6 +4,9 @@ table and progress artifacts) and into the records `dbpromote drift` prints. The
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -23,13 +26,33 @@ from dbpromote.records import write_record
 from dbpromote.reporting.markdown import fix_lines, render_markdown
 from dbpromote.run_context import in_a_run
 
+# A fleet member's step publishes its markdown report alone (which has its migrations, RLS and proof in it), not
+# also its migrations, RLS coverage and isolation as tables: those were four artifacts more a member, each a request
+# the server answers (a fifth of a lane's requests, benchmarks/fleet.py's profile), and a UI listing 5,000 artifacts
+# for a fleet of 1,000.
+_ONE_REPORT = ContextVar("one_report", default=False)
+
+
+@contextmanager
+def markdown_alone() -> Iterator[None]:
+    """The step run inside publishes its markdown report and no table artifact (a fleet member's)."""
+    token = _ONE_REPORT.set(True)
+    try:
+        yield
+    finally:
+        _ONE_REPORT.reset(token)
+
+
+def tables_wanted() -> bool:
+    return in_a_run() and not _ONE_REPORT.get()
+
 
 def publish_step_report(report: StepReport) -> str:
     """The step's report as the run's markdown artifact, and its migrations as a table artifact."""
     key = "".join(ch if ch.isalnum() else "-" for ch in f"dbpromote-{report.target}".lower())
     markdown = render_markdown(report)
     create_markdown_artifact(markdown, key=key, description=f"Promotion step on {report.target}")
-    if report.migrations:
+    if report.migrations and tables_wanted():
         create_table_artifact(
             [
                 r.model_dump(
@@ -56,7 +79,7 @@ def _key(kind: str, target: str) -> str:
 
 def publish_coverage(coverage: Coverage) -> None:
     """A target's RLS coverage as a table artifact: each tenant table, its policy, its grants, what was done."""
-    if in_a_run():
+    if tables_wanted():
         create_table_artifact(
             [
                 {
@@ -75,7 +98,7 @@ def publish_coverage(coverage: Coverage) -> None:
 
 def publish_isolation(isolation: Isolation, app_role: str) -> None:
     """The proof of tenant isolation, table by table, as a table artifact."""
-    if in_a_run():
+    if tables_wanted():
         create_table_artifact(
             [t.model_dump() for t in isolation.tables],
             key=_key("rls-proof", isolation.target),
@@ -100,16 +123,25 @@ def publish_drift(report: DriftReport) -> None:
 
 
 class BackupProgress:
-    """A Prefect progress artifact, estimated from bytes dumped over the database's size on disk."""
+    """A Prefect progress artifact, estimated from bytes dumped over the database's size on disk; made once a backup
+    has taken longer than UPDATE_S (most of a fleet's are over in a fraction of that: an artifact and two updates
+    a member for nothing anyone watches)."""
+
+    UPDATE_S = 2
 
     def __init__(self, total: int, name: str):
-        self.total, self.last = max(total, 1), 0.0
-        self.artifact = create_progress_artifact(0.0, description=f"Backup {name}") if in_a_run() else None
+        self.total, self.name, self.artifact = max(total, 1), name, None
+        self.last = time.monotonic()
+        self.wanted = in_a_run()
 
     def update(self, dumped: int) -> None:
-        if self.artifact and time.monotonic() - self.last > 2:
+        if self.wanted and time.monotonic() - self.last > self.UPDATE_S:
             self.last = time.monotonic()
-            update_progress_artifact(self.artifact, min(99.0, 100.0 * dumped / self.total))
+            done = min(99.0, 100.0 * dumped / self.total)
+            if self.artifact is None:
+                self.artifact = create_progress_artifact(done, description=f"Backup {self.name}")
+            else:
+                update_progress_artifact(self.artifact, done)
 
     def done(self) -> None:
         if self.artifact:
