@@ -86,6 +86,25 @@ def test_hand_edited_policy_is_drift_proof_fails_then_apply_replaces_it(promoted
     assert rls.prove_isolation(staging()).passed
 
 
+def test_revoked_grants_are_found_per_table_and_privilege_and_given_back(promoted_staging, superuser):
+    from dbpromote.postgres import connect
+
+    superuser.execute("REVOKE UPDATE, DELETE ON core_task FROM django_app")
+    superuser.execute("REVOKE INSERT ON core_project FROM django_app")
+    superuser.execute("REVOKE USAGE, SELECT ON SEQUENCE core_task_id_seq FROM django_app")
+    with connect(staging()) as conn:
+        found = {t.table: t.missing_grants for t in rls.inspect_coverage(conn, staging()).tables if t.missing_grants}
+    assert found == {"core_project": ["INSERT"], "core_task": ["UPDATE", "DELETE"]}
+
+    coverage = rls.bring_rls_up_to_date(staging())
+    actions = {t.table: t.action for t in coverage.tables if t.action}
+    assert actions == {"core_project": "granted", "core_task": "granted"}
+    assert coverage.ddl_statements == 3  # the two tables' grants and the sequence's
+    assert not any(t.missing_grants for t in coverage.tables)
+    (usable,) = superuser.execute("SELECT has_sequence_privilege('django_app', 'core_task_id_seq', 'USAGE')").fetchone()
+    assert usable and rls.prove_isolation(staging()).passed
+
+
 @pytest.mark.parametrize(
     "grant, revoke, named",
     [
