@@ -1,7 +1,8 @@
-"""A group's step in a promotion: one approval for every member, then the members in waves, canary first. A wave
-runs in lanes: deployment runs of migrate-lane on whichever workers take them, each running its share of the
-wave's members one after another as task runs named after them, on one Django probe moved from member to member,
-every member under Prefect's global concurrency limit of its database server. Prefect is the engine: dbpromote
+"""A group's step in a promotion: one approval for every member, then the members in waves, canary first. The waves
+run in lanes: deployment runs of migrate-lane on whichever workers take them, all started at once, each running its
+share of every wave one member after another as task runs named after them, on one Django probe moved from member
+to member, every member under Prefect's global concurrency limit of its database server. A lane starts a member of
+a later wave once every member of the waves before it has ended, in every lane. Prefect is the engine: dbpromote
 starts runs and reads their states, nothing more."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterTags,
     TaskRunFilter,
     TaskRunFilterFlowRunId,
     TaskRunFilterState,
@@ -38,7 +40,7 @@ from dbpromote.config import DatabaseTarget, TargetGroup, load_project, load_tar
 from dbpromote.errors import MigrationError
 from dbpromote.journal import read_target_journal
 from dbpromote.models.approval import Approval
-from dbpromote.models.fleet import MemberOutcome, Share, lanes, waves
+from dbpromote.models.fleet import MemberOutcome, Share, deal, waves
 from dbpromote.models.journal import Journal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
@@ -56,6 +58,9 @@ FLEET_TAG = "dbpromote-fleet:"
 MEMBER_TAG = "dbpromote-member:"
 # How often the promotion reads its lanes' states: a lane takes seconds at least, a read costs the server one query.
 LANE_POLL_S = 1.0
+# How often a lane waiting for the waves before its next member reads the group's member runs: a wave ends when its
+# slowest member does, and the lanes waiting read two lists a poll.
+WAVE_POLL_S = 0.5
 FAILED = [StateType.FAILED, StateType.CRASHED]
 # How long a lane waits at its end for the server to record its members' final states (events; well under a
 # second on an idle server, seconds under a fleet's load).
@@ -196,7 +201,7 @@ class GroupStep:
             publish_group(self.name, self.table())
 
     def _run(self, members: list[str], done: dict[str, StepReport]) -> list[StepReport]:
-        """The waves, after the server limits are set; raises naming the failed members when halted."""
+        """The lanes, after the server limits are set; raises naming the failed members when halted."""
         self.reports |= done
         bound = self.max_failures.of(len(members))
         for member in self.group.members:
@@ -205,14 +210,18 @@ class GroupStep:
         with get_client(sync_client=True) as client:
             for server in {server_limit(load_target(member)) for member in members}:
                 client.upsert_global_concurrency_limit_by_name(server, self.group.per_server)
-        planned = waves(members, *self.shape())
+        planned = [[member for member in wave if member not in done] for wave in waves(members, *self.shape())]
+        if any(planned):
+            runs = {
+                self.start(n, share, planned, bound): share
+                for n, share in enumerate(deal(planned, self.group.parallel))
+            }
+            self.finish(runs, self.wait_for_lanes(list(runs)), planned, bound)
         for number, wave in enumerate(planned):
-            halted = self.run_wave(number, [member for member in wave if member not in done], bound)
-            if halted or (number == 0 and self.failed()):  # every canary must succeed
-                for later, rest in enumerate(planned[number + 1 :], start=number + 1):
-                    for member in set(rest) - set(self.outcomes):
-                        self.outcomes[member] = MemberOutcome(member=member, wave=later, outcome="not started")
-                break
+            for member in wave:
+                self.outcomes.setdefault(member, MemberOutcome(member=member, wave=number, outcome="not started"))
+            said = ", ".join(f"{member} {self.outcomes[member].outcome}" for member in wave)
+            get_run_logger().info("group %s wave %d: %s", self.name, number, said or "nothing to do")
         if self.failed():
             why = "its canary failed" if any(o.wave == 0 for o in self.failed()) else f"{len(self.failed())} failed"
             raise MigrationError(
@@ -223,37 +232,24 @@ class GroupStep:
             )
         return [self.reports[m] for m in self.group.members if m in self.reports]
 
-    def run_wave(self, number: int, wave: list[str], bound: int) -> bool:
-        """The wave's members in up to `parallel` lanes, until every lane ends (a lane stops before its next
-        member once the group's failures reach the bound). Whether it halted."""
-        if wave and not self.halted(bound):
-            runs = {self.start(number, n, lane, bound): lane for n, lane in enumerate(lanes(wave, self.group.parallel))}
-            self.finish(number, runs, self.wait_for_lanes(list(runs)), bound)
-        for member in wave:
-            self.outcomes.setdefault(member, MemberOutcome(member=member, wave=number, outcome="not started"))
-        said = ", ".join(f"{member} {self.outcomes[member].outcome}" for member in wave)
-        get_run_logger().info("group %s wave %d: %s", self.name, number, said or "nothing to do")
-        return self.halted(bound)
-
-    def start(self, number: int, lane: int, members: list[str], bound: int) -> str:
-        """A lane of the wave: a deployment run of migrate-lane, as a subflow of this promotion; its id. Members
-        with the same plan share one copy of it in the run's parameters."""
+    def start(self, lane: int, members: list[str], planned: list[list[str]], bound: int) -> str:
+        """A lane: a deployment run of migrate-lane, as a subflow of this promotion; its id. Members with the same
+        plan share one copy of it in the run's parameters."""
         plans = list(dict.fromkeys(self.plans[member].model_dump_json() for member in members))
         parameters = {
             "project": self.project,
             "group": self.name,
-            "wave": number,
             "lane": lane,
             "members": {member: plans.index(self.plans[member].model_dump_json()) for member in members},
             "plans": [json.loads(plan) for plan in plans],
+            "waves": planned,
             "to": self.to,
             "promotion": self.journal.promotion,
             "fleet": self.fleet,
             "bound": bound,
         }
-        run = run_deployment(LANE_DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=True)
-        get_run_logger().info("group %s wave %d: lane %d (%s) started as run %s", self.name, number, lane,
-                              ", ".join(members), run.id)  # fmt: skip
+        run = run_deployment(LANE_DEPLOYMENT, parameters=parameters, timeout=0, as_subflow=True, tags=[self.fleet])
+        get_run_logger().info("group %s: lane %d (%s) started as run %s", self.name, lane, ", ".join(members), run.id)
         return str(run.id)
 
     def wait_for_lanes(self, lane_ids: list[str]) -> dict[str, FlowRun]:
@@ -266,20 +262,23 @@ class GroupStep:
             if len(runs) == len(lane_ids) and all(run.state and run.state.is_final() for run in runs.values()):
                 return runs
 
-    def finish(self, number: int, runs: dict[str, list[str]], ended: dict[str, FlowRun], bound: int) -> None:
+    def finish(
+        self, runs: dict[str, list[str]], ended: dict[str, FlowRun], planned: list[list[str]], bound: int
+    ) -> None:
         """Each member's outcome from its task run in its lane: its report when it completed, its error sentence
         when not; a member its lane never reached is failed when its lane ended under it (not started when the
-        group halted: run_wave)."""
+        group halted, or the lane stopped at a wave it could not start: _run)."""
+        wave_of = {member: number for number, wave in enumerate(planned) for member in wave}
         steps = member_steps(self.fleet, list(runs))
         for lane_id, members in runs.items():
             for member in [member for member in members if member in steps]:
-                self.outcomes[member] = self.outcome(number, member, lane_id, steps[member], ended[lane_id])
+                self.outcomes[member] = self.outcome(wave_of[member], member, lane_id, steps[member], ended[lane_id])
         for lane_id, members in runs.items():
             lane = ended[lane_id].state
             for member in [member for member in members if member not in steps]:
-                if not (lane.is_completed() or self.halted(bound)):  # else not started (run_wave)
+                if not (lane.is_completed() or self.halted(bound)):  # else not started (_run)
                     detail = f"its lane (run {lane_id}) ended {lane.name} before it started: {lane.message}"
-                    facts = {"member": member, "wave": number, "member_run": lane_id}
+                    facts = {"member": member, "wave": wave_of[member], "member_run": lane_id}
                     self.outcomes[member] = MemberOutcome(outcome="failed", detail=detail, **facts)
 
     def outcome(self, number: int, member: str, lane_id: str, step: TaskRun, lane: FlowRun) -> MemberOutcome:
@@ -322,32 +321,45 @@ class GroupStep:
         return [outcome.model_dump(include=shown) for outcome in rows]
 
 
-@flow(name="migrate-lane", flow_run_name="{group} wave {wave} lane {lane}")
+@flow(name="migrate-lane", flow_run_name="{group} lane {lane}")
 def migrate_lane(
     project: str,
     group: str,
-    wave: int,
     lane: int,
     members: dict[str, int],
     plans: list[Plan],
+    waves: list[list[str]],
     to: str,
     promotion: str,
     fleet: str,
     bound: int,
 ) -> None:
-    """A lane of a group's wave: its members (each with its plan in `plans`) one after another in this process,
-    each a task run named after it with its own backup, migrations, verification, RLS proof, report and journal
-    entry, all on one Django probe moved from member to member (Django and the project are imported once a lane,
-    not three times a member). Before each member it counts the failures of the group's run in every lane (task
-    runs tagged `fleet`) and stops at `bound`, leaving the rest not started. The member after a failed one gets a
-    new probe. The lane fails at its end naming its members that failed; the promotion reads why from their runs.
+    """A lane of a group's run: its members (each with its plan in `plans`), its share of every wave of `waves`, one
+    after another in this process, each a task run named after it with its own backup, migrations, verification,
+    RLS proof, report and journal entry, all on one Django probe moved from member to member (Django and the
+    project are imported once a lane, not three times a member). Before each member it counts the failures of the
+    group's run in every lane (task runs tagged `fleet`) and stops at `bound`, leaving the rest not started; before
+    the first member of a later wave it waits until every member of the waves before has ended in every lane, and
+    stops when a canary failed. The member after a failed one gets a new probe. The lane fails at its end naming its
+    members that failed; the promotion reads why from their runs.
+
+    Every lane starts at once: those with no canary start their process and probe while the canary migrates, and a
+    lane runs through the waves rather than a new one starting for each (a lane's start cost the group of 30 of
+    benchmarks/fleet.py seven seconds a wave).
     """
     failed: list[str] = []
     started: list[str] = []
     buckets: set[tuple[str, str]] = set()  # checked once a lane: its members share one or a few
+    wave_of = {member: number for number, wave in enumerate(waves) for member in wave}
     probe = ProbeSession(load_project(project), load_target(next(iter(members))))
     try:
+        reached = 0  # the waves before this one have ended in every lane
         for member, plan in members.items():
+            if wave_of[member] > reached:
+                if not wait_for_waves_before(fleet, wave_of[member], waves):
+                    get_run_logger().info("the group halted before wave %d; %s not started", wave_of[member], member)
+                    break
+                reached = wave_of[member]
             if len(set(failed_members(fleet)) | set(failed)) >= bound:
                 get_run_logger().info("the group halted: %d failed; %s not started", bound, member)
                 break
@@ -363,7 +375,25 @@ def migrate_lane(
         probe.__exit__()
     settle(fleet, started)
     if failed:
-        raise MigrationError(f"{', '.join(failed)} failed in {group}'s wave {wave}; the promotion's run says why.")
+        raise MigrationError(f"{', '.join(failed)} failed in {group}'s lane {lane}; the promotion's run says why.")
+
+
+def wait_for_waves_before(fleet: str, number: int, waves: list[list[str]]) -> bool:
+    """Until every member of the waves before wave `number` has ended, in any lane: whether the lane may go on
+    (not when a canary failed, or a lane ended before one of its members of those waves did: it never will)."""
+    earlier = {member for wave in waves[:number] for member in wave}
+    while True:
+        steps = member_steps(fleet)
+        ended = {member for member, step in steps.items() if step.state and step.state.is_final()}
+        if any(member in ended and not steps[member].state.is_completed() for member in waves[0]):
+            return False
+        if earlier <= ended:
+            return True
+        with get_client(sync_client=True) as client:
+            lanes = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet])))
+        if any(run.state.is_final() and set(run.parameters.get("members", {})) & (earlier - ended) for run in lanes):
+            return False
+        time.sleep(WAVE_POLL_S)
 
 
 @task(name="migrate-member", task_run_name="migrate {member}", cache_policy=NO_CACHE)
@@ -407,16 +437,16 @@ def failed_members(fleet: str) -> list[str]:
     return [member_of(run) for run in runs]
 
 
-def member_steps(fleet: str, lane_ids: list[str]) -> dict[str, TaskRun]:
-    """The member task runs of the lanes, by member. Paged by the rows read, in a fixed order: a member's run that
-    reached the server between two pages (it is created by an event) must not make a page repeat for good (seen:
-    a lane that asked for the page after its six members forever, its seventh one first in the order)."""
+def member_steps(fleet: str, lane_ids: list[str] | None = None) -> dict[str, TaskRun]:
+    """The member task runs of the group's run (of the lanes `lane_ids` alone, when given), by member. Paged by the
+    rows read, in a fixed order: a member's run that reached the server between two pages (it is created by an
+    event) must not make a page repeat for good (seen: a lane that asked for the page after its six members forever,
+    its seventh one first in the order)."""
     found: dict[str, TaskRun] = {}
     with get_client(sync_client=True) as client:
-        filtered = TaskRunFilter(
-            tags=TaskRunFilterTags(all_=[fleet]),
-            flow_run_id=TaskRunFilterFlowRunId(any_=[UUID(lane) for lane in lane_ids]),
-        )
+        filtered = TaskRunFilter(tags=TaskRunFilterTags(all_=[fleet]))
+        if lane_ids is not None:
+            filtered.flow_run_id = TaskRunFilterFlowRunId(any_=[UUID(lane) for lane in lane_ids])
         read = 0
         while page := client.read_task_runs(task_run_filter=filtered, sort=TaskRunSort.ID_DESC, limit=200, offset=read):
             found |= {member_of(run): run for run in page}

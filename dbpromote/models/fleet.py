@@ -50,6 +50,16 @@ def lanes(wave: list[str], parallel: int) -> list[list[str]]:
     return [lane for lane in (wave[i::count] for i in range(count)) if lane]
 
 
+def deal(planned: list[list[str]], parallel: int) -> list[list[str]]:
+    """Every wave dealt to the same at most `parallel` lanes (each wave's share of lane N in lane N, in wave order),
+    so a lane runs through the waves: the canaries in the first lane, every lane its share of each later wave."""
+    dealt: list[list[str]] = [[] for _ in range(max(1, parallel))]
+    for wave in planned:
+        for number, share in enumerate(lanes(wave, parallel)):
+            dealt[number] += share
+    return [lane for lane in dealt if lane]
+
+
 Outcome = Literal["migrated", "failed", "skipped", "not started", "done before"]
 
 

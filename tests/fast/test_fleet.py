@@ -39,3 +39,19 @@ def test_a_wave_is_dealt_to_at_most_parallel_lanes_each_member_once():
     assert [len(lane) for lane in dealt] == [3, 3, 3, 2]  # shares differ by one at most
     assert lanes(wave[:2], 5) == [[wave[0]], [wave[1]]]  # never an empty lane
     assert lanes([], 3) == []
+
+
+def test_the_waves_are_dealt_to_the_same_lanes_canaries_first_each_member_once():
+    from dbpromote.models.fleet import deal, waves
+
+    planned = waves(MEMBERS[:12], 1, Share(count=5))  # the canary, then waves of 5, 5 and 1
+    dealt = deal(planned, 3)
+    assert dealt == [
+        [MEMBERS[0], MEMBERS[1], MEMBERS[4], MEMBERS[6], MEMBERS[9], MEMBERS[11]],
+        [MEMBERS[2], MEMBERS[5], MEMBERS[7], MEMBERS[10]],
+        [MEMBERS[3], MEMBERS[8]],
+    ]
+    assert sorted(member for lane in dealt for member in lane) == sorted(MEMBERS[:12])
+    order = {member: number for number, wave in enumerate(planned) for member in wave}
+    assert all([order[m] for m in lane] == sorted(order[m] for m in lane) for lane in dealt)  # waves in order
+    assert deal([[], MEMBERS[:2]], 4) == [[MEMBERS[0]], [MEMBERS[1]]]  # a resumed run's canary done: no empty lane
