@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from dbpromote.config import load_group, load_project, load_target, resolved_once
 from dbpromote.errors import PreflightError
 from dbpromote.models.approval import Approval, ApprovalRequest, Deployment
-from dbpromote.models.journal import CheckedMembers, Journal, TargetJournal
+from dbpromote.models.journal import CheckedTargets, Journal, TargetJournal
 from dbpromote.models.plan import AFTER_DEPLOY, BEFORE_DEPLOY, Plan
 from dbpromote.models.report import StepReport
 from dbpromote.notify import notify_failure
@@ -38,11 +38,10 @@ from dbpromote.waits import (
 )
 from dbpromote.windows import Measured, when_it_runs
 
-# A run suspended for an approval starts again from its top once answered. Each member of a group is planned again
-# by its own step (which refuses any plan but the approved one), so the run keeps what its checks found for them
-# (CheckedMembers) rather than planning and replaying every member a second time: N s of a group of 100's M s
-# (benchmarks/fleet.py --sizes 100).
-CHECKED_KEY = "dbpromote-checked-members"
+# A run suspended for an approval starts again from its top once answered. Each target is planned again by its own
+# step (which refuses any plan but the approved one), so the run keeps what its checks found (CheckedTargets) and
+# takes it for the targets no step has started on since, rather than planning and replaying each a second time.
+CHECKED_KEY = "dbpromote-checked-targets"
 
 
 @flow(name="promote", on_failure=[notify_failure], flow_run_name="promote {project} through {through}")
@@ -125,7 +124,7 @@ class Promotion:
         with ProbeSession(load_project(self.project), load_target(targets[0])) as probe:  # one Django plans them all
             checked: set[tuple[str, str]] = set()
             planned = lambda t: preflight(self.project, t, self.to, probe, checked, self.part(t))  # noqa: E731
-            self.now = {t: kept.plan(t) if t in kept.members else planned(t) for t in targets}
+            self.now = {t: kept.plan(t) if t in kept.targets else planned(t) for t in targets}
             self.plans = self.journal.continue_plans(self.now)
             self.divergent = self.refuse_divergent(skip_divergent)
             vouch_for({t: self.plans[t] for t in targets if t not in self.divergent}, self.staging)
@@ -135,29 +134,27 @@ class Promotion:
             # (members of a group share theirs).
             self.drift = {
                 target: kept.drift[target]
-                if target in kept.members
+                if target in kept.targets
                 else "not checked again: its step is done in this promotion"
                 if self.journal.completed(target, self.now[target])
                 else preflight_drift(self.project, target, probe, self.part(target))
                 for target in targets
                 if target not in self.divergent
             }
-        if self.groups and not kept.found:
-            members = {member for group in self.groups.values() for member in group.members}
-            drift = {member: line for member, line in self.drift.items() if member in members}
-            keep_checks(CheckedMembers.of({member: self.now[member] for member in members}, drift))
+        if not kept.found:
+            keep_checks(CheckedTargets.of(self.now, self.drift))
 
-    def kept_checks(self) -> CheckedMembers:
-        """What this run's checks found for its groups' members before it suspended for an approval, for those no
-        step has started on since: nothing when it has not suspended yet (or is a new run carrying on a crashed
-        one, which checks every member again)."""
-        kept = read_flow_run_input(CHECKED_KEY) if self.groups and flow_run.get_id() else None
+    def kept_checks(self) -> CheckedTargets:
+        """What this run's checks found before it suspended for an approval, for the targets no step has started on
+        since: nothing when it has not suspended yet (or is a new run carrying on a crashed one, which checks every
+        target again)."""
+        kept = read_flow_run_input(CHECKED_KEY) if flow_run.get_id() else None
         if kept is None:
-            return CheckedMembers()
-        checked = CheckedMembers.model_validate(kept)
+            return CheckedTargets()
+        checked = CheckedTargets.model_validate(kept)
         journal = self.journal.targets
-        untouched = {m: i for m, i in checked.members.items() if journal.get(m, TargetJournal()).started is None}
-        return checked.model_copy(update={"members": untouched, "found": True})
+        untouched = {t: i for t, i in checked.targets.items() if journal.get(t, TargetJournal()).started is None}
+        return checked.model_copy(update={"targets": untouched, "found": True})
 
     def part(self, target: str) -> Part:
         """How the checks of a target run: a group's members' inside this run (a hundred members' checks were three
@@ -211,8 +208,8 @@ class Promotion:
         return approval, phases.run(plan, now) if waits else phases.run_one(now)
 
 
-def keep_checks(checked: CheckedMembers) -> None:
-    """The checks of a promotion's group members, kept in its run for the run carrying it on after it suspends."""
+def keep_checks(checked: CheckedTargets) -> None:
+    """What a promotion's checks found, kept in its run for the run carrying it on after it suspends."""
     if flow_run.get_id():
         create_flow_run_input(CHECKED_KEY, checked.model_dump(mode="json"))
 

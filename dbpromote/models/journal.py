@@ -63,24 +63,24 @@ class Journal(BaseModel):
         return given if given is not None and given.subject == plan.hash else None
 
 
-class CheckedMembers(BaseModel):
-    """What a promotion's checks before its approval found for a group's members: each member's plan (each
-    distinct one kept once, its target left out) and its drift line."""
+class CheckedTargets(BaseModel):
+    """What a promotion's checks before its approval found for each target: its plan (each distinct one kept once,
+    its target left out: a group's members share theirs) and its drift line (none for a divergent member)."""
 
     plans: list[dict] = Field(default_factory=list)
-    members: dict[str, int] = Field(default_factory=dict, description="Each member's plan, by its index in plans")
+    targets: dict[str, int] = Field(default_factory=dict, description="Each target's plan, by its index in plans")
     drift: dict[str, str] = Field(default_factory=dict)
     found: bool = Field(False, exclude=True, description="Read back from where the run kept it")
 
     @classmethod
-    def of(cls, plans: dict[str, Plan], drift: dict[str, str]) -> CheckedMembers:
+    def of(cls, plans: dict[str, Plan], drift: dict[str, str]) -> CheckedTargets:
         checked = cls(drift=drift)
-        for member, plan in plans.items():
+        for target, plan in plans.items():
             shared = plan.model_dump(mode="json", exclude={"target"})
             if shared not in checked.plans:
                 checked.plans.append(shared)
-            checked.members[member] = checked.plans.index(shared)
+            checked.targets[target] = checked.plans.index(shared)
         return checked
 
-    def plan(self, member: str) -> Plan:
-        return Plan(target=member, **self.plans[self.members[member]])
+    def plan(self, target: str) -> Plan:
+        return Plan(target=target, **self.plans[self.targets[target]])
