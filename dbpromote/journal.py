@@ -17,7 +17,7 @@ from dbpromote.models.journal import TAG_PREFIX, Journal, TargetJournal
 from dbpromote.models.plan import Plan
 from dbpromote.models.report import StepReport
 from dbpromote.records import read_records, write_record
-from dbpromote.run_context import run_logger
+from dbpromote.run_context import in_threads, run_logger
 from dbpromote.runs import resumable_run
 
 # How far back a promotion looks for a crashed run with its parameters to carry on.
@@ -51,8 +51,9 @@ def open_journal(
                 client.update_flow_run(run.id, tags=sorted(set(run.tags) | {TAG_PREFIX + promotion}))
     journal = Journal(promotion=promotion or "adhoc", carries_on=str(crashed.id) if crashed else "")
     if crashed or again:
-        for target in targets or through:
-            journal.targets[target] = read_target_journal(load_target(target), journal.promotion)
+        names = targets or through
+        read = in_threads(lambda target: read_target_journal(load_target(target), journal.promotion), names)
+        journal.targets = dict(zip(names, read, strict=True))
         run_logger().info("carrying on promotion %s", journal.promotion)
     return journal
 

@@ -48,6 +48,7 @@ from dbpromote.probe import ProbeSession
 from dbpromote.records import write_record
 from dbpromote.reporting import markdown_alone, publish_group
 from dbpromote.reporting.forms import group_request
+from dbpromote.run_context import in_threads
 from dbpromote.waits import record_approval, wait_for_approval, wait_for_window
 from dbpromote.windows import Measured, WindowNeed, when_it_runs
 
@@ -155,10 +156,13 @@ class GroupStep:
         request = group_request(self.project, self.name, needed[0], plan, reports, when, in_waves, alike, limits)
         approval = wait_for_approval(request, timeout_s, poll_s)
         run_id = str(flow_run.get_id() or "")
-        for member in needed:  # written here, not as a task run each: a group of 100 is 100 task runs fewer
+
+        def record(member: str) -> None:  # written here, not as a task run each: a group of 100 is 100 task runs fewer
             given = approval.model_copy(update={"target": member})
             record_approval(load_target(member), given)
             journals.record_step(self.journal, member, run_id, given)
+
+        in_threads(record, needed)
         return approval
 
     def window_need(self, members: list[str], measured: Measured) -> GroupWindow | None:
@@ -270,9 +274,12 @@ class GroupStep:
         group halted, or the lane stopped at a wave it could not start: _run)."""
         wave_of = {member: number for number, wave in enumerate(planned) for member in wave}
         steps = member_steps(self.fleet, list(runs))
+        completed = [member for member, step in steps.items() if step.state and step.state.is_completed()]
+        reports = dict(zip(completed, in_threads(self.recorded_report, completed), strict=True))
         for lane_id, members in runs.items():
             for member in [member for member in members if member in steps]:
-                self.outcomes[member] = self.outcome(wave_of[member], member, lane_id, steps[member], ended[lane_id])
+                step, lane = steps[member], ended[lane_id]
+                self.outcomes[member] = self.outcome(wave_of[member], member, lane_id, step, lane, reports.get(member))
         for lane_id, members in runs.items():
             lane = ended[lane_id].state
             for member in [member for member in members if member not in steps]:
@@ -281,12 +288,17 @@ class GroupStep:
                     facts = {"member": member, "wave": wave_of[member], "member_run": lane_id}
                     self.outcomes[member] = MemberOutcome(outcome="failed", detail=detail, **facts)
 
-    def outcome(self, number: int, member: str, lane_id: str, step: TaskRun, lane: FlowRun) -> MemberOutcome:
-        """A member's outcome from its task run: migrated with its journal's report, or failed and why."""
+    def recorded_report(self, member: str) -> StepReport | None:
+        """The report a member's step recorded in the promotion's journal."""
+        return read_target_journal(load_target(member), self.journal.promotion).completed
+
+    def outcome(
+        self, number: int, member: str, lane_id: str, step: TaskRun, lane: FlowRun, report: StepReport | None
+    ) -> MemberOutcome:
+        """A member's outcome from its task run: migrated with the report its step recorded, or failed and why."""
         facts = {"member": member, "wave": number, "member_run": lane_id}
         facts |= {"started": when(step.start_time), "ended": when(step.end_time) or datetime.now(UTC).isoformat()}
         if step.state and step.state.is_completed():
-            report = read_target_journal(load_target(member), self.journal.promotion).completed
             if report is not None:  # recorded by the member's step in the journal
                 self.reports[member] = report
                 return MemberOutcome(outcome="migrated", worker=report.worker, **facts)
@@ -309,10 +321,13 @@ class GroupStep:
     def record(self) -> None:
         """Each member's outcome in its own records, under this run."""
         run_id = str(flow_run.get_id() or "")
-        for outcome in self.outcomes.values():
+
+        def write(outcome: MemberOutcome) -> None:
             record = outcome.model_dump() | {"flow_run_id": run_id, "group": self.name}
             record["promotion"] = self.journal.promotion
             write_record(load_target(outcome.member), "fleet", run_id, record)
+
+        in_threads(write, list(self.outcomes.values()))
 
     def table(self) -> list[dict]:
         order = {member: n for n, member in enumerate(self.group.members)}

@@ -28,6 +28,7 @@ from dbpromote.promotion import check_promotion_input
 from dbpromote.records import write_record
 from dbpromote.reporting import publish_promotion
 from dbpromote.reporting.forms import promotion_request
+from dbpromote.run_context import in_threads
 from dbpromote.waits import (
     ANSWER_POLL_S,
     APPROVAL_TIMEOUT_S,
@@ -221,7 +222,8 @@ def record_promotion(project: str, plans: dict[str, Plan], journal: Journal, rep
     first: dict[str, StepReport] = {}
     for report in reports:
         first.setdefault(report.target, report)
-    for report in first.values():
+
+    def write(report: StepReport) -> None:
         record = {"flow_run_id": str(flow_run.get_id()), "project": project, "plan_hash": plans[report.target].hash}
         record["backup"] = report.backup.object_name if report.backup else None
         if deployment := journal.deployed(report.target, plans[report.target]):
@@ -229,6 +231,8 @@ def record_promotion(project: str, plans: dict[str, Plan], journal: Journal, rep
         if window := journal.targets.get(report.target, TargetJournal()).window:
             record["window"] = window.model_dump()
         write_record(load_target(report.target), "promotions", record["flow_run_id"], record)
+
+    in_threads(write, list(first.values()))
 
 
 class Phases:
