@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def keep(key: str, replay: Replay, directory: Path | None = None) -> None:
         "explicit_names": replay.explicit_names,
         "names_used_later": replay.names_used_later,
     }
-    partial = directory / f".{key}.{os.getpid()}"
+    partial = directory / f".{key}.{os.getpid()}.{threading.get_ident()}"  # a promotion checks in threads
     partial.write_text(json.dumps(document))
     partial.replace(directory / f"{key}.json")
     for old in directory.glob("*.json"):

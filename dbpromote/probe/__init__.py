@@ -257,14 +257,7 @@ class ProbeSession:
 
     def _ask(self, request: dict, *secrets: str) -> Answer | None:
         """The answer to one request line; None when the process ended or hung without one."""
-        if self.process is None:
-            self.process, self.secrets = start_probe(
-                self.project,
-                self.target,
-                *self._serve_arguments(),
-                application_name=self.application_name,
-                stderr=self.stderr,
-            )
+        self.start()
         self.secrets += [secret for secret in secrets if secret not in self.secrets]
         try:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -273,6 +266,19 @@ class ProbeSession:
             pass  # it died; reported from what it wrote
         ready, _, _ = select.select([self.process.stdout], [], [], PROBE_TIMEOUT_S)
         return parse_answer(self.process.stdout.readline()) if ready else None
+
+    def start(self) -> ProbeSession:
+        """Its process started, unless it is: at the first request, or before, by a thread that outlives the
+        threads that ask it (the kernel ends a probe with the thread that started it: dbpromote/lifeline.py)."""
+        if self.process is None:
+            self.process, self.secrets = start_probe(
+                self.project,
+                self.target,
+                *self._serve_arguments(),
+                application_name=self.application_name,
+                stderr=self.stderr,
+            )
+        return self
 
     def _serve_arguments(self) -> list[str]:
         return [
