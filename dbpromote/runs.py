@@ -3,12 +3,14 @@ them, and find the run that holds a target."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import anyio
 from prefect import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -21,17 +23,23 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventResourceFilter
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.input.run_input import keyset_from_paused_state
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from dbpromote import waits
 from dbpromote.errors import ApprovalRejected, ConfigError, InputError, PreflightError
 from dbpromote.models.approval import ApprovalForm, approval_form_titled
 from dbpromote.notify import run_url
 
-# How often a waiting command asks whether its run ended: Prefect's default (5 s) added up to 5 s to every
-# `--wait`; a read of one flow run a second costs the server nothing worth saving.
-WAIT_POLL_S = 1
+# A waiting command reads its run again on each of its events (the server's event stream), and every WAIT_POLL_S
+# besides, should the stream fall silent (reconnecting). Polled once a second instead, a `--wait` returned half a
+# second after the run's end on average, a second at worst.
+WAIT_POLL_S = 5
+# Where the server's event stream cannot be reached (a proxy refusing websockets), a waiting command only polls.
+POLL_ALONE_S = 1
 
 
 def trigger(deployment: str, parameters: dict, *, idempotency_key: str | None = None) -> FlowRun:
@@ -50,16 +58,41 @@ def trigger(deployment: str, parameters: dict, *, idempotency_key: str | None = 
 
 
 def wait_for(run_id: UUID | str, *, paused: bool = False, timeout_s: float | None = None) -> FlowRun:
-    """The run once it ends (with paused: once it pauses or ends), or as it stands after timeout_s."""
+    """The run once it ends (with paused: once it pauses or ends), or as it stands after timeout_s. Read again the
+    moment the server's event stream tells of a change of its state."""
+    return run_coro_as_sync(_wait_for(UUID(str(run_id)), paused, timeout_s))
+
+
+async def _wait_for(run_id: UUID, paused: bool, timeout_s: float | None) -> FlowRun:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
+    async with get_client() as client, contextlib.AsyncExitStack() as stack:
+        changes = None
         while True:
-            run = client.read_flow_run(run_id)
-            state = run.state
-            reached = state and (state.is_final() or paused and state.is_paused())
-            if reached or deadline is not None and time.monotonic() > deadline:
+            run = await client.read_flow_run(run_id)
+            left = None if deadline is None else deadline - time.monotonic()
+            if (
+                run.state
+                and (run.state.is_final() or paused and run.state.is_paused())
+                or left is not None
+                and left <= 0
+            ):
                 return run
-            time.sleep(WAIT_POLL_S)
+            if changes is None:
+                changes = await next_change_of(run_id, stack)
+            with anyio.move_on_after(WAIT_POLL_S if left is None else min(WAIT_POLL_S, left)):
+                await changes()
+
+
+async def next_change_of(run_id: UUID, stack: contextlib.AsyncExitStack) -> Callable[[], Awaitable]:
+    """A wait for the run's next event, subscribed for as long as `stack` is open: the stream replays the minute
+    before it is subscribed, so a change after the last read is not missed. Where the stream cannot be reached (a
+    proxy refusing websockets), a wait of POLL_ALONE_S instead."""
+    try:
+        its_events = EventFilter(resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]))
+        events = await stack.enter_async_context(get_events_subscriber(filter=its_events))
+        return lambda: anext(events)
+    except Exception:  # noqa: BLE001 - polling, which always works, is what is left
+        return lambda: anyio.sleep(POLL_ALONE_S)
 
 
 def paused_for(run_id: UUID | str, kind: str, timeout_s: float = 600) -> FlowRun:
@@ -72,7 +105,7 @@ def paused_for(run_id: UUID | str, kind: str, timeout_s: float = 600) -> FlowRun
             raise RuntimeError(f"run {run_id} ended {run.state.name} before it waited for {kind}: {run.state.message}")
         if run.state.is_paused() and waits_for(run) == kind:
             return run
-        time.sleep(WAIT_POLL_S)
+        time.sleep(POLL_ALONE_S)  # paused for something else: wait_for would return at once
     raise TimeoutError(f"run {run_id} did not wait for {kind} within {timeout_s:g} s")
 
 

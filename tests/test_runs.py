@@ -105,3 +105,25 @@ def test_a_stack_reset_ends_the_runs_that_held_its_databases_and_says_so(fresh_d
     assert applied(fresh_databases, "staging") == ["core.0001_initial"]
 
     refuse_if_held(["staging", "production"])  # free for the next demo
+
+
+def test_a_waiting_command_follows_the_runs_events_and_still_sees_its_end_without_them(fresh_databases, monkeypatch):
+    """`--wait` and `--until-paused` wait on the server's event stream for the run's changes; where the stream
+    cannot be reached (a proxy refusing websockets: the fault injected here) they poll, and see the same end."""
+    from dbpromote import runs
+
+    def backup_started() -> str:
+        started = cli("backup", "staging")
+        assert started.returncode == 0, started.stderr
+        return started.stdout.split()[0]
+
+    run_id = backup_started()
+    assert not runs.wait_for(run_id, timeout_s=0).state.is_final()  # as it stands: no wait
+    assert runs.wait_for(run_id).state.is_completed()
+
+    def refused(**_):
+        raise ConnectionRefusedError("websocket upgrade refused")
+
+    monkeypatch.setattr(runs, "get_events_subscriber", refused)
+    run_id = backup_started()
+    assert runs.wait_for(run_id, paused=True).state.is_completed()
