@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import DEVNULL
-from uuid import UUID
 
 from common import deploys_stopped, local_stack, stack  # points this process at the local stack
 from prefect import get_client
@@ -37,6 +36,7 @@ from prefect.client.schemas.filters import (
 
 from dbpromote.config import DatabaseTarget
 from dbpromote.gcs import gcs_client
+from dbpromote.runs import wait_for
 
 DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
 MANAGE = [sys.executable, str(local_stack.SAMPLE_PROJECT / "manage.py")]
@@ -95,9 +95,7 @@ def ours(members: list[str], parallel: int) -> tuple[float, float, int, int]:
     run_id = typed(*promote).split()[0]
     paused = time.monotonic() - started
     typed("approve", run_id, "--approver", "bench", "--comment", "benchmark", "--acknowledge-risks")
-    with get_client(sync_client=True) as client:
-        while not (state := client.read_flow_run(UUID(run_id)).state).is_final():
-            time.sleep(0.2)
+    state = wait_for(run_id).state  # as `promote --wait` waits
     assert state.is_completed(), state.message
     ended = time.monotonic() - started
     return ended, paused, *created_since(since)

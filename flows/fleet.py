@@ -22,6 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
     FlowRunFilterTags,
     TaskRunFilter,
     TaskRunFilterFlowRunId,
@@ -29,7 +31,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterStateType,
     TaskRunFilterTags,
 )
-from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.client.schemas.objects import TERMINAL_STATES, FlowRun, StateType, TaskRun
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
@@ -49,6 +51,7 @@ from dbpromote.records import write_record
 from dbpromote.reporting import markdown_alone, publish_group
 from dbpromote.reporting.forms import group_request
 from dbpromote.run_context import in_threads
+from dbpromote.runs import NOT_FINAL
 from dbpromote.waits import record_approval, wait_for_approval, wait_for_window
 from dbpromote.windows import Measured, WindowNeed, when_it_runs
 
@@ -63,6 +66,8 @@ LANE_POLL_S = 1.0
 # slowest member does, and the lanes waiting read two lists a poll.
 WAVE_POLL_S = 0.5
 FAILED = [StateType.FAILED, StateType.CRASHED]
+ENDED = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(TERMINAL_STATES)))
+GOING = FlowRunFilterState(type=FlowRunFilterStateType(any_=NOT_FINAL))
 # How long a lane waits at its end for the server to record its members' final states (events; well under a
 # second on an idle server, seconds under a fleet's load).
 SETTLE_S = 60
@@ -257,14 +262,14 @@ class GroupStep:
         return str(run.id)
 
     def wait_for_lanes(self, lane_ids: list[str]) -> dict[str, FlowRun]:
-        """The lanes' runs once every one has ended."""
-        while True:
-            time.sleep(LANE_POLL_S)
-            with get_client(sync_client=True) as client:
-                ids = FlowRunFilterId(any_=[UUID(lane) for lane in lane_ids])
-                runs = {str(run.id): run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=ids))}
-            if len(runs) == len(lane_ids) and all(run.state and run.state.is_final() for run in runs.values()):
-                return runs
+        """The lanes' runs once every one has ended, counted until then: a lane's run carries its members' plans,
+        which the server serializes on each read (reads of lanes were its costliest requests in a group of 40)."""
+        lanes = FlowRunFilter(id=FlowRunFilterId(any_=[UUID(lane) for lane in lane_ids]))
+        going = FlowRunFilter(id=lanes.id, state=GOING)
+        with get_client(sync_client=True) as client:
+            while client.count_flow_runs(flow_run_filter=going):
+                time.sleep(LANE_POLL_S)
+            return {str(run.id): run for run in client.read_flow_runs(flow_run_filter=lanes)}
 
     def finish(
         self, runs: dict[str, list[str]], ended: dict[str, FlowRun], planned: list[list[str]], bound: int
@@ -404,9 +409,10 @@ def wait_for_waves_before(fleet: str, number: int, waves: list[list[str]]) -> bo
             return False
         if earlier <= ended:
             return True
+        ended_lanes = FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet]), state=ENDED)
         with get_client(sync_client=True) as client:
-            lanes = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[fleet])))
-        if any(run.state.is_final() and set(run.parameters.get("members", {})) & (earlier - ended) for run in lanes):
+            lanes = client.read_flow_runs(flow_run_filter=ended_lanes)
+        if any(set(run.parameters.get("members", {})) & (earlier - ended) for run in lanes):
             return False
         time.sleep(WAVE_POLL_S)
 
