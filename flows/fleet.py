@@ -367,51 +367,38 @@ def migrate_lane(
     lane runs through the waves rather than a new one starting for each (a lane's start cost the group of 30 of
     benchmarks/fleet.py seven seconds a wave).
     """
-    with resolved_once():  # the project read once a lane, not once a member (a block read: ~50 ms, ~28 ms the server's)
-        started, failed = run_members(project, members, plans, waves, to, promotion, fleet, bound)
-    settle(fleet, started)
-    if failed:
-        raise MigrationError(f"{', '.join(failed)} failed in {group}'s lane {lane}; the promotion's run says why.")
-
-
-def run_members(
-    project: str,
-    members: dict[str, int],
-    plans: list[Plan],
-    waves: list[list[str]],
-    to: str,
-    promotion: str,
-    fleet: str,
-    bound: int,
-) -> tuple[list[str], list[str]]:
-    """A lane's members one after another on one probe, until the group halts: those started and those failed."""
     failed: list[str] = []
     started: list[str] = []
     buckets: set[tuple[str, str]] = set()  # checked once a lane: its members share one or a few
     wave_of = {member: number for number, wave in enumerate(waves) for member in wave}
-    probe = ProbeSession(load_project(project), load_target(next(iter(members))))
-    try:
-        reached = 0  # the waves before this one have ended in every lane
-        for member, plan in members.items():
-            if wave_of[member] > reached:
-                if not wait_for_waves_before(fleet, wave_of[member], waves):
-                    get_run_logger().info("the group halted before wave %d; %s not started", wave_of[member], member)
+    with resolved_once():  # the project read once a lane, not once a member (a block read: ~50 ms, ~28 ms the server's)
+        probe = ProbeSession(load_project(project), load_target(next(iter(members))))
+        try:
+            reached = 0  # the waves before this one have ended in every lane
+            for member, plan in members.items():
+                if wave_of[member] > reached:
+                    if not wait_for_waves_before(fleet, wave_of[member], waves):
+                        get_run_logger().info(
+                            "the group halted before wave %d; %s not started", wave_of[member], member
+                        )
+                        break
+                    reached = wave_of[member]
+                if len(set(failed_members(fleet)) | set(failed)) >= bound:
+                    get_run_logger().info("the group halted: %d failed; %s not started", bound, member)
                     break
-                reached = wave_of[member]
-            if len(set(failed_members(fleet)) | set(failed)) >= bound:
-                get_run_logger().info("the group halted: %d failed; %s not started", bound, member)
-                break
-            step = migrate_member.with_options(tags=[fleet, MEMBER_TAG + member])
-            started.append(member)
-            try:
-                step(project, member, to, plans[plan], promotion, probe, buckets)
-            except Exception:  # any failure is the member's, recorded in its task run; the lane goes on
-                failed.append(member)
-                probe.__exit__()
-                probe = ProbeSession(load_project(project), load_target(member))
-    finally:
-        probe.__exit__()
-    return started, failed
+                step = migrate_member.with_options(tags=[fleet, MEMBER_TAG + member])
+                started.append(member)
+                try:
+                    step(project, member, to, plans[plan], promotion, probe, buckets)
+                except Exception:  # any failure is the member's, recorded in its task run; the lane goes on
+                    failed.append(member)
+                    probe.__exit__()
+                    probe = ProbeSession(load_project(project), load_target(member))
+        finally:
+            probe.__exit__()
+    settle(fleet, started)
+    if failed:
+        raise MigrationError(f"{', '.join(failed)} failed in {group}'s lane {lane}; the promotion's run says why.")
 
 
 def wait_for_waves_before(fleet: str, number: int, waves: list[list[str]]) -> bool:
