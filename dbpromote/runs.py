@@ -69,13 +69,9 @@ async def _wait_for(run_id: UUID, paused: bool, timeout_s: float | None) -> Flow
         changes = None
         while True:
             run = await client.read_flow_run(run_id)
+            reached = run.state and (run.state.is_final() or paused and run.state.is_paused())
             left = None if deadline is None else deadline - time.monotonic()
-            if (
-                run.state
-                and (run.state.is_final() or paused and run.state.is_paused())
-                or left is not None
-                and left <= 0
-            ):
+            if reached or left is not None and left <= 0:
                 return run
             if changes is None:
                 changes = await next_change_of(run_id, stack)
