@@ -38,7 +38,8 @@ from dbpromote.notify import run_url
 # besides, should the stream fall silent (reconnecting). Polled once a second instead, a `--wait` returned half a
 # second after the run's end on average, a second at worst.
 WAIT_POLL_S = 5
-# Where the server's event stream cannot be reached (a proxy refusing websockets), a waiting command only polls.
+# A wait the event stream cannot end polls this often: where the stream cannot be reached (a proxy refusing
+# websockets), or while the run stays paused for something other than what is awaited (paused_for).
 POLL_ALONE_S = 1
 
 
@@ -101,7 +102,7 @@ def paused_for(run_id: UUID | str, kind: str, timeout_s: float = 600) -> FlowRun
             raise RuntimeError(f"run {run_id} ended {run.state.name} before it waited for {kind}: {run.state.message}")
         if run.state.is_paused() and waits_for(run) == kind:
             return run
-        time.sleep(POLL_ALONE_S)  # paused for something else: wait_for would return at once
+        time.sleep(POLL_ALONE_S)  # paused for something else: wait_for(paused=True) would return at once
     raise TimeoutError(f"run {run_id} did not wait for {kind} within {timeout_s:g} s")
 
 
