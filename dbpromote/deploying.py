@@ -20,16 +20,25 @@ PREFECT_YAML = TEMPLATES / "prefect.yaml"
 
 
 def create_work_pool(
-    api_url: str, name: str = WORK_POOL, template: Path = PROCESS_TEMPLATE, kind: str = "process", replace: bool = True
+    api_url: str,
+    name: str = WORK_POOL,
+    template: Path = PROCESS_TEMPLATE,
+    kind: str = "process",
+    replace: bool = True,
+    command: str | None = None,
 ) -> bool:
     """The work pool with the base job template: created, or its template replaced (unless not `replace`: a team's
-    own pool is left as it is). Whether it was created or replaced."""
+    own pool is left as it is); its runs started with `command` when given (dbpromote/warm.py's), else as Prefect
+    starts them. Whether it was created or replaced."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    pool = WorkPoolCreate(name=name, type=kind, base_job_template=json.loads(template.read_text()))
+    base_job_template = json.loads(template.read_text())
+    if command:
+        base_job_template["variables"]["properties"]["command"]["default"] = command
+    pool = WorkPoolCreate(name=name, type=kind, base_job_template=base_job_template)
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         if not replace:
             try:

@@ -169,15 +169,18 @@ def fleet_databases(stack, count: int, prefix: str = "shard", **fields) -> list[
 
 
 def run_processes(run_id: str) -> dict[int, str]:
-    """The live processes of a flow run (its engine and the children it started), by pid: their command lines."""
+    """The live processes of a flow run (its engine and the children it started), by pid: their command lines. A
+    warm-started engine (dbpromote/warm.py) is found by its title: its environment in /proc is its server's."""
     found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                if (proc / "stat").read_text().split(") ")[1][0] != "Z":
-                    found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            ours = f"PREFECT__FLOW_RUN_ID={run_id}".encode() in (proc / "environ").read_bytes().split(b"\0")
+            ours = ours or f"prefect.engine {run_id} " in command
+            if ours and (proc / "stat").read_text().split(") ")[1][0] != "Z":
+                found[int(proc.name)] = command
     return found
 
 

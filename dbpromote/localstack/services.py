@@ -15,6 +15,7 @@ from psycopg import sql
 from dbpromote.deploying import HEARTBEAT_S, WORK_POOL, create_work_pool
 from dbpromote.localstack.processes import pick_port, spawn, venv_script, wait_until
 from dbpromote.localstack.state import APP_ROLE, BUCKET, SAMPLE_PROJECT, SERVERS, Stack
+from dbpromote.warm import warm_command
 
 
 def start_gcs_emulator(stack: Stack) -> None:
@@ -95,7 +96,7 @@ def start_worker(stack: Stack, number: int = 1, limit: int = 0) -> None:
     component `worker`, the others `worker-2`, `worker-3`, ... (`stack up --workers N`). With limit, it runs at most
     that many flow runs at once and leaves the others to the pool's other workers."""
     with prefect_client(stack):
-        create_work_pool(stack.prefect_api_url, WORK_POOL)
+        create_work_pool(stack.prefect_api_url, WORK_POOL, command=warm_command())
     component = worker_component(number)
     name = f"dbpromote-{stack.ports['prefect']}" + (f"-{number}" if number > 1 else "")
     command = [venv_script("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process", "--name", name]
