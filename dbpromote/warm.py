@@ -295,11 +295,11 @@ class Server:
         return json.loads(data), fds
 
     def _refuse(self, conn: socket.socket, fds: list[int]) -> None:
+        self._stop()  # first: the client starts a server with what is on disk now, which needs the lock
         for fd in fds:
             os.close(fd)
         conn.sendall(b"refused\n")
         conn.close()
-        self._stop()  # stale: the next client starts a server with what is on disk now
 
     def _ended(self, pidfd: int) -> None:
         """A child ended: its client is told how, to end the same way."""

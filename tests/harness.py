@@ -160,6 +160,13 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=os.environ | (env or {}))
 
 
+def started(*args: str) -> str:
+    """The run's id of a command that starts one (`backup staging`, `promote ...`), typed as a user does."""
+    typed = cli(*args)
+    assert typed.returncode == 0, typed.stderr
+    return typed.stdout.split()[0]
+
+
 def fleet_databases(stack, count: int, prefix: str = "shard", **fields) -> list[str]:
     """Production reset to v1 and `count` copies of it registered as targets (the stack's fleet, see there)."""
     from dbpromote import localstack as local_stack

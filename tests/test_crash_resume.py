@@ -23,6 +23,7 @@ from tests.harness import (
     crashed,
     kill,
     run_processes,
+    started,
     table_locked,
     target_changed,
     wait_for_run,
@@ -62,12 +63,6 @@ def killed(fresh_databases):
     """The stack with both databases at v1, and what each target listed as backups before this point's kill."""
     fresh_databases.backups_before = listed_backups()
     return fresh_databases
-
-
-def started(*args: str) -> str:
-    result = cli(*args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()[0]
 
 
 def approved(run_id: str) -> None:

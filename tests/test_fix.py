@@ -226,7 +226,7 @@ def test_a_batched_fix_killed_mid_way_carries_on_without_applying_a_batch_twice(
 
     from dbpromote.config import load_target
     from dbpromote.records import read_records
-    from tests.test_crash_resume import crashed, kill, started, wait_until
+    from tests.harness import crashed, kill, started, wait_until
 
     stack = promoted
     url = stack.database_url("staging")

@@ -14,6 +14,7 @@ from tests.harness import (
     approval_form_text,
     cli,
     run_processes,
+    started,
     target_changed,
     wait_for_run,
     wait_until,
@@ -26,12 +27,6 @@ def window_from(now: datetime, lead_s: float, minutes: int = 10) -> tuple[str, d
     """A window of every day in UTC opening lead_s from now (to the second)."""
     opens = (now + timedelta(seconds=lead_s)).replace(microsecond=0)
     return f"* {opens:%H:%M:%S}-{opens + timedelta(minutes=minutes):%H:%M:%S} UTC", opens
-
-
-def started(*args: str) -> str:
-    typed = cli(*args)
-    assert typed.returncode == 0, typed.stderr
-    return typed.stdout.split()[0]
 
 
 def waits_for_its_window(run_id: str):

@@ -6,6 +6,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,15 +54,20 @@ def test_status_json_reports_every_component_healthy_with_masked_urls(stack):
         assert conn.execute("SELECT current_user").fetchone() == ("django_app",)
 
 
-def test_the_work_pool_runs_flows_with_the_base_job_template_in_deployments(stack):
+def test_the_work_pool_runs_flows_with_the_base_job_template_in_deployments_started_warm(stack):
     from prefect import get_client
 
     from dbpromote.deploying import PROCESS_TEMPLATE, WORK_POOL
+    from dbpromote.warm import warm_command
 
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool(WORK_POOL)
     assert pool.type == "process"
-    assert pool.base_job_template == json.loads(PROCESS_TEMPLATE.read_text())
+    command = pool.base_job_template["variables"]["properties"]["command"]
+    assert command.pop("default") == warm_command() == f"{sys.executable} -m dbpromote.warm"
+    expected = json.loads(PROCESS_TEMPLATE.read_text())
+    assert expected["variables"]["properties"]["command"].pop("default") is None
+    assert pool.base_job_template == expected
 
 
 def test_the_prefect_api_is_locked_with_a_credential_only_its_owner_can_read(stack):
