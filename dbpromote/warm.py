@@ -34,6 +34,7 @@ import struct
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -70,7 +71,7 @@ def main() -> NoReturn:
     os.execv(sys.executable, [sys.executable, "-m", "prefect.engine"])
 
 
-def server_path(environ: dict[str, str] | os._Environ, worker_pid: int) -> Path | None:
+def server_path(environ: Mapping[str, str], worker_pid: int) -> Path | None:
     """The socket of the server for this worker and environment, in a directory only this user can enter; None
     where there can be none (no pidfd: not Linux 5.3+; a directory someone else owns)."""
     if not hasattr(os, "pidfd_open"):
@@ -320,7 +321,7 @@ class Server:
         self._stop()
 
     def _stop(self) -> None:
-        """No more runs: the socket goes (if it is still this server's), the runs already started go on."""
+        """No more runs: the socket goes, the runs already started go on."""
         if self.listener is None:
             return
         self.selector.unregister(self.listener)
