@@ -9,14 +9,19 @@ each retried as its task would be.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
+import os
+import threading
 import time
 from collections.abc import Callable
 
 from prefect import Flow, Task
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.events import RelatedResource, emit_event
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from dbpromote.errors import is_transient
+from dbpromote.errors import ConfigError, is_transient
 from dbpromote.run_context import run_logger
 
 Part = Callable[[Task], Callable]
@@ -49,14 +54,56 @@ def in_the_calling_run(part: Task) -> Callable:
 
 
 def in_its_parents_process(subflow: Flow) -> Callable:
-    """The subflow, run in its parent's process, without a heartbeat of its own. Prefect's heartbeat thread sleeps
-    in one-second steps and a flow run's end waits for its step to finish: a subflow of 0.5 s took 1.2-1.4 s (an
-    in-process parent calling a one-line subflow five times, 2026-12-07: 1.19-1.39 s with the heartbeat, 0.40-0.63
-    s without). The parent's heartbeats say the process lives, and a crashed parent's subflows are closed with it
-    (dbpromote/crashes.py), so the crash automation loses nothing."""
+    """The subflow, run in its parent's process, its heartbeats sent by a thread of its own that nothing waits for.
+    Prefect's heartbeat thread sleeps in one-second steps and a flow run's end waits for its step: a subflow of 0.5 s
+    took 1.2-1.4 s (an in-process parent calling a one-line subflow five times, 2026-12-07: 1.19-1.39 s with it,
+    0.40-0.63 s without). A subflow needs heartbeats all the same: the crash automation watches every flow run, and
+    took one of 80 s without them for dead at 60 s (its window on the stack), marked it Crashed and closed its task
+    runs while it ran (2026-12-07)."""
 
     def call(*args, **kwargs):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            return subflow(*args, **kwargs)
+        every_s = heartbeat_s()
+        stop = threading.Event()
+
+        def send_heartbeats(flow: Flow, run: FlowRun, state: State) -> None:
+            context = contextvars.copy_context()  # Prefect's settings (its API) as this run has them
+            threading.Thread(target=context.run, args=(heartbeats, flow, run, every_s, stop), daemon=True).start()
+
+        beating = subflow.with_options(on_running=[*subflow.on_running_hooks, send_heartbeats]) if every_s else subflow
+        kept = BEATING_EVERY_S.set(every_s)  # a subflow of this one beats as often
+        try:
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                return beating(*args, **kwargs)
+        finally:
+            stop.set()
+            BEATING_EVERY_S.reset(kept)
 
     return call
+
+
+# The heartbeat of the subflow running in its parent's process, where Prefect's setting is off.
+BEATING_EVERY_S: contextvars.ContextVar[int | None] = contextvars.ContextVar("beating_every_s")
+
+
+def heartbeat_s() -> int | None:
+    """The seconds between a run's heartbeats: DBPROMOTE_HEARTBEAT_S, else Prefect's setting (None: no heartbeats)."""
+    given = os.environ.get("DBPROMOTE_HEARTBEAT_S", "")
+    if given and (not given.isdigit() or int(given) < 1):
+        raise ConfigError(
+            f"DBPROMOTE_HEARTBEAT_S is {given!r}: it must be a whole number of seconds, at least 1; set one, or unset "
+            "it for Prefect's PREFECT_FLOWS_HEARTBEAT_FREQUENCY."
+        )
+    return int(given) if given else BEATING_EVERY_S.get(PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value())
+
+
+def heartbeats(flow: Flow, run: FlowRun, every_s: int, stop: threading.Event) -> None:
+    """A heartbeat of `run` every `every_s` seconds until `stop` is set or the run ends, the first after `every_s`
+    (its Running began the automation's watch): a subflow shorter than that sends none, so none can reach the
+    server after its end and have the automation take the ended run for dead."""
+    resource = {"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name}
+    flow_resource = {"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow"}
+    related = [RelatedResource.model_validate(flow_resource | {"prefect.resource.name": flow.name})]
+    while not stop.wait(every_s):
+        if run.state and run.state.is_final():
+            return
+        emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)

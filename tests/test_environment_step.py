@@ -1,6 +1,8 @@
 """The environment step on the sample release, against the real stack."""
 
 import subprocess
+import time
+from uuid import UUID
 
 import psycopg
 
@@ -95,3 +97,39 @@ def test_a_step_reads_each_target_once_and_the_step_after_it_reads_it_again(make
     assert load_target(name).window_lock_s == 20
     with resolved_once():
         assert load_target(name).window_lock_s == 20
+
+
+def test_a_subflow_in_its_parents_process_sends_its_own_heartbeats_and_outlives_the_crash_window(stack, monkeypatch):
+    """A promotion's environment step and rehearsal run in its process with Prefect's heartbeat off
+    (flows/parts.py); a step longer than the crash automation's window is not taken for dead, as a silent subflow
+    is. On the stack with the shortest window Prefect allows (10 s; the automation looks every 5 s) and heartbeats every
+    2 s for the length of the test."""
+    from dbpromote.flows.parts import in_its_parents_process
+    from prefect import flow, get_client
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from dbpromote.deploying import crashed_after_s, install_crash_detection
+
+    @flow(name="longer-than-the-window")
+    def step(seconds: float) -> str:
+        time.sleep(seconds)
+        return str(flow_run.get_id())
+
+    @flow(name="a-promotion")
+    def promotion() -> tuple[str, str]:
+        beating = in_its_parents_process(step)(16)
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):  # what such a step was
+            silent = step(16)
+        return beating, silent
+
+    monkeypatch.setenv("DBPROMOTE_HEARTBEAT_S", "2")
+    install_crash_detection(stack.prefect_api_url, 10)
+    try:
+        beating, silent = in_its_parents_process(promotion)()
+        with get_client(sync_client=True) as client:
+            states = {run: [s.name for s in client.read_flow_run_states(UUID(run))] for run in (beating, silent)}
+    finally:
+        install_crash_detection(stack.prefect_api_url, crashed_after_s())
+    assert states[beating] == ["Pending", "Running", "Completed"], states
+    assert "Crashed" in states[silent], states

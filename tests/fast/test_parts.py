@@ -53,3 +53,18 @@ def test_the_crash_window_is_90_s_unless_set_and_never_under_two_heartbeats(monk
         monkeypatch.setenv("DBPROMOTE_CRASHED_AFTER_S", given)
         with pytest.raises(ConfigError, match="DBPROMOTE_CRASHED_AFTER_S .* at least 60"):
             crashed_after_s()
+
+
+def test_heartbeats_come_as_often_as_prefect_says_unless_set_and_never_less_than_a_second_apart(monkeypatch):
+    from dbpromote.flows.parts import heartbeat_s
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    monkeypatch.delenv("DBPROMOTE_HEARTBEAT_S", raising=False)
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        assert heartbeat_s() == 30
+        monkeypatch.setenv("DBPROMOTE_HEARTBEAT_S", "2")
+        assert heartbeat_s() == 2
+        for given in ("0", "half a minute", "-5"):
+            monkeypatch.setenv("DBPROMOTE_HEARTBEAT_S", given)
+            with pytest.raises(ConfigError, match="DBPROMOTE_HEARTBEAT_S .* at least 1"):
+                heartbeat_s()
