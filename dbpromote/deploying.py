@@ -128,7 +128,7 @@ def install_crash_detection(api_url: str, silent_s: int) -> None:
 
 
 def _silent_runs_crashed(silent_s: int):
-    """The automation that marks a flow run Crashed once it has been silent for `silent_s`."""
+    """The automation that marks a run of dbpromote's flows Crashed once it has been silent for `silent_s`."""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -138,6 +138,8 @@ def _silent_runs_crashed(silent_s: int):
     from prefect.events.schemas.events import ResourceSpecification
 
     flow_runs = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
+    # dbpromote's runs alone: a team's own flows on its server send heartbeats as they were set to, or none.
+    ours = ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": flow_names()})
     # Suspended: waiting for an approval, the run has left its process on purpose (dbpromote/waits.py).
     ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed", "Suspended")}
     # Any sign of life starts the watch and renews it: a heartbeat (Prefect's own recipe watches only these), and
@@ -152,6 +154,7 @@ def _silent_runs_crashed(silent_s: int):
         description=f"No heartbeat for {silent_s} s: the run's process is gone (killed, machine lost).",
         trigger=EventTrigger(
             match=flow_runs,
+            match_related=ours,
             after=alive,
             expect=alive | ended,
             for_each={"prefect.resource.id"},
@@ -168,6 +171,22 @@ def _silent_runs_crashed(silent_s: int):
             )
         ],
     )
+
+
+def flow_names() -> list[str]:
+    """The names of dbpromote's flows, those run inside another's process included."""
+    import importlib
+    import pkgutil
+
+    from prefect import Flow
+
+    from dbpromote import flows
+
+    names = set()
+    for module in pkgutil.iter_modules(flows.__path__):
+        found = vars(importlib.import_module(f"{flows.__name__}.{module.name}")).values()
+        names |= {flow.name for flow in found if isinstance(flow, Flow)}
+    return sorted(names)
 
 
 def _close_what_crashed_left(closer_id):
