@@ -2,8 +2,11 @@
 server. The run is the same run: it completes, it dies with the process its worker started, it is cancelled
 through it, and code changed on disk is never run old."""
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import dbpromote.flows.backup
@@ -119,3 +122,47 @@ def test_code_changed_on_disk_is_never_run_old(fresh_databases):
     _, command = engine_of(again := started("backup", "staging"))
     assert "(warm: dbpromote.warm)" in command
     assert wait_for_run(again).is_completed()
+
+
+def test_a_command_without_a_terminal_runs_in_a_fork_of_its_warm_server_as_it_would_cold(fresh_databases, tmp_path):
+    """`dbpromote` in a script (no terminal, as here): the first command of an environment runs cold, the second
+    starts the command's warm server, those after run in a fork of it with their own arguments, environment,
+    working directory and streams, and end as a cold one does: the same output, the same exit code."""
+    from dbpromote import warm
+
+    env = os.environ | {"DBPROMOTE_TEST_ENVIRONMENT": tmp_path.name}  # its own: a server of its own
+    dbpromote = str(Path(sys.executable).parent / "dbpromote")
+    server = warm.server_path(env, warm.CLI)
+    (tmp_path / "fix.sql").write_text("")  # found from the command's working directory, and refused
+    fix = [dbpromote, "fix", "--project", "tenant-backend", "--through", "staging", "--script", "fix.sql"]
+
+    def typed() -> tuple[int, str, str]:
+        done = subprocess.run(fix, capture_output=True, text=True, env=env, cwd=tmp_path, start_new_session=True)
+        return done.returncode, done.stdout, done.stderr
+
+    cold = typed()
+    assert cold[0] == 1 and "The fix script is empty" in cold[2], cold
+    assert not server.exists()  # the first command of an environment only marks it
+    assert typed() == cold  # the second starts its server
+    wait_until(server.exists, "the command's warm server to listen")
+    assert typed() == cold
+
+    promote = [dbpromote, "promote", "--project", "tenant-backend", "--through", "staging", "--wait"]
+    waiting = subprocess.Popen(promote, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run_id = waiting.stdout.readline().split()[0]
+    title = f"{' '.join(promote)} (warm: dbpromote.warm)"
+    forks = [pid for pid, command in processes().items() if command.strip() == title]
+    assert len(forks) == 1 and f"serve {server} cli" in command_of(parent_of(forks[0])), processes()
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0 and out.splitlines()[-1] == "finished: Completed", out + err
+    assert wait_for_run(run_id).is_completed()
+
+
+def processes() -> dict[int, str]:
+    """Every process's command line (its title), by pid."""
+    found = {}
+    for pid in Path("/proc").iterdir():
+        if pid.name.isdigit():
+            with contextlib.suppress(OSError):
+                found[int(pid.name)] = command_of(int(pid.name))
+    return found

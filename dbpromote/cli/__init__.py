@@ -62,7 +62,7 @@ def prefect_server() -> Iterator[str]:
 def run_app() -> None:
     """The command, its known failures each as one sentence and exit code 1."""
     try:
-        app()
+        app(prog_name="dbpromote")  # what click would guess in a warm child is its server's module
     except SystemExit as done:  # how click ends every command
         if done.code in (0, None) and common.CHOSEN_SERVER:
             typer.echo(f"Prefect server: {common.CHOSEN_SERVER}", err=True)

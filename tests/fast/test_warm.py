@@ -55,3 +55,17 @@ def test_the_client_imports_the_standard_library_alone():
     modules = {alias.name for node in top if isinstance(node, ast.Import) for alias in node.names}
     modules |= {node.module for node in top if isinstance(node, ast.ImportFrom)}
     assert {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names} == set()
+
+
+def test_one_command_server_per_environment_whatever_the_shells_own_variables(tmpdir_here):
+    path = server_path(ENV, warm.CLI)
+    assert server_path(ENV | {"_": "/usr/local/bin/dbpromote", "PWD": "/srv/app", "SHLVL": "3"}, warm.CLI) == path
+    assert server_path(ENV, 100) != path  # a worker's runs
+    assert server_path(ENV | {"PREFECT_API_URL": "https://prefect.example.com/api"}, warm.CLI) != path
+
+
+def test_the_command_is_the_warm_client():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "dbpromote"]
+    assert script.value == "dbpromote.warm:cli"
