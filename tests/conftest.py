@@ -34,7 +34,7 @@ os.environ.update(
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
         # The stack's server and worker inherit these: schedules and the worker react in seconds, not minutes.
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         # Flows run in this process too: their heartbeats must come as often as the crash automation expects.
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
