@@ -12,6 +12,7 @@ from uuid import UUID
 
 import anyio
 from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterExpectedStartTime,
@@ -20,7 +21,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
-from prefect.client.schemas.responses import SetStateStatus
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 from prefect.events.clients import get_events_subscriber
@@ -344,9 +345,25 @@ def answer_approval(
                 )
             run_input["acknowledge_risky_operations"] = acknowledge_risks
         refuse_unfit_answer(client, run, run_input)
-        response = client.resume_flow_run(run.id, run_input=run_input)
+        response = resume(client, run, run_input)
     if response.status == SetStateStatus.REJECT:
         raise ApprovalRejected(f"The server refused the answer ({response.details.reason}); correct it and try again.")
+
+
+# A suspended run's process ends a moment after its Suspended (its logs and events sent first). A process worker
+# started with --limit that is offered the run again before it has seen that process end stops for good (Prefect
+# 3.8.8: "this borrower is already holding one of this CapacityLimiter's tokens"; both of tests/test_fleet.py's
+# workers, once `approve` answered 0.2 s after the run suspended rather than 1.5 s). Seconds a run is left
+# suspended before it is resumed.
+SUSPENDED_EXIT_S = 2.5
+
+
+def resume(client: SyncPrefectClient, run: FlowRun, run_input: dict) -> OrchestrationResult:
+    """The paused run resumed with run_input; a suspended one no sooner than SUSPENDED_EXIT_S after it suspended."""
+    if run.state and run.state.name == "Suspended":
+        since = (datetime.now(UTC) - run.state.timestamp).total_seconds()
+        time.sleep(min(SUSPENDED_EXIT_S, max(0.0, SUSPENDED_EXIT_S - since)))
+    return client.resume_flow_run(run.id, run_input=run_input)
 
 
 def waits_for(run: FlowRun) -> str:
@@ -376,6 +393,6 @@ def answer_wait(run_id: str, kind: str, answer: dict) -> None:
                 f"Run {run_id} is not waiting for {what} (it is {state}); nothing was sent: `dbpromote pending` "
                 "lists the runs that wait, and what for."
             )
-        response = client.resume_flow_run(run.id, run_input=answer)
+        response = resume(client, run, answer)
     if response.status == SetStateStatus.REJECT:
         raise InputError(f"The server refused the answer ({response.details.reason}); correct it and try again.")

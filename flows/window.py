@@ -7,6 +7,7 @@ from uuid import UUID
 from prefect import flow, get_client, get_run_logger
 
 from dbpromote.models.approval import THE_WINDOW
+from dbpromote.runs import resume
 
 
 @flow(name="open-window", flow_run_name="open the window {window} of {target}")
@@ -19,6 +20,6 @@ def open_window(flow_run_id: str, key: str, target: str, window: str) -> str:
         if not waiting:
             get_run_logger().info("run %s no longer waits for %s (%s)", flow_run_id, window, run.state.name)
             return "no longer waiting"
-        client.resume_flow_run(run.id, run_input={"opened_by": THE_WINDOW, "reason": f"the window {window} opened"})
+        resume(client, run, {"opened_by": THE_WINDOW, "reason": f"the window {window} opened"})
     get_run_logger().info("opened %s for run %s on %s", window, flow_run_id, target)
     return "opened"
