@@ -57,9 +57,9 @@ def in_its_parents_process(subflow: Flow) -> Callable:
     """The subflow, run in its parent's process, its heartbeats sent by a thread of its own that nothing waits for.
     Prefect's heartbeat thread sleeps in one-second steps and a flow run's end waits for its step: a subflow of 0.5 s
     took 1.2-1.4 s (an in-process parent calling a one-line subflow five times, 2026-12-07: 1.19-1.39 s with it,
-    0.40-0.63 s without). A subflow needs heartbeats all the same: the crash automation watches every flow run, and
-    took one of 80 s without them for dead at 60 s (its window on the stack), marked it Crashed and closed its task
-    runs while it ran (2026-12-07)."""
+    0.40-0.63 s without). A subflow needs heartbeats all the same: the crash automation watches each of dbpromote's
+    runs, and took one of 80 s without them for dead at 60 s (its window on the stack), marked it Crashed and closed
+    its task runs while it ran (2026-12-07)."""
 
     def call(*args, **kwargs):
         every_s = heartbeat_s()
