@@ -148,7 +148,10 @@ def test_a_command_without_a_terminal_runs_in_a_fork_of_its_warm_server_as_it_wo
     assert typed() == cold
 
     promote = [dbpromote, "promote", "--project", "tenant-backend", "--through", "staging", "--wait"]
-    waiting = subprocess.Popen(promote, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Its own session, as `typed`: no terminal even where the suite runs at one.
+    waiting = subprocess.Popen(
+        promote, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     run_id = waiting.stdout.readline().split()[0]
     title = f"{' '.join(promote)} (warm: dbpromote.warm)"
     forks = [pid for pid, command in processes().items() if command.strip() == title]
