@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID
 
 import anyio
@@ -350,20 +351,64 @@ def answer_approval(
         raise ApprovalRejected(f"The server refused the answer ({response.details.reason}); correct it and try again.")
 
 
-# A suspended run's process ends a moment after its Suspended (its logs and events sent first). A process worker
-# started with --limit that is offered the run again before it has seen that process end stops for good (Prefect
-# 3.8.8: "this borrower is already holding one of this CapacityLimiter's tokens"; both of tests/test_fleet.py's
-# workers, once `approve` answered 0.2 s after the run suspended rather than 1.5 s). Seconds a run is left
-# suspended before it is resumed.
+# A suspended run's process ends a moment after its Suspended (its logs and events sent first; 0.5 s on the stack).
+# A process worker started with --limit that is offered the run again before it has seen that process end stops
+# for good (Prefect 3.8.8: "this borrower is already holding one of this CapacityLimiter's tokens"; both of
+# tests/test_fleet.py's workers, once `approve` answered 0.2 s after the run suspended). An answer therefore waits
+# for the process to end where it can see it (the worker that ran it is on this machine), and otherwise until
+# SUSPENDED_EXIT_S after the run suspended.
 SUSPENDED_EXIT_S = 2.5
+# A process that has not ended in this long after its Suspended is stuck at exit; the answer goes anyway.
+SUSPENDED_EXIT_LIMIT_S = 30.0
+# The worker releases the run's slot in the same pass of its event loop that reaps the process: a margin.
+REAPED_MARGIN_S = 0.1
 
 
 def resume(client: SyncPrefectClient, run: FlowRun, run_input: dict) -> OrchestrationResult:
-    """The paused run resumed with run_input; a suspended one no sooner than SUSPENDED_EXIT_S after it suspended."""
+    """The paused run resumed with run_input; a suspended one once its process has ended."""
     if run.state and run.state.name == "Suspended":
-        since = (datetime.now(UTC) - run.state.timestamp).total_seconds()
-        time.sleep(min(SUSPENDED_EXIT_S, max(0.0, SUSPENDED_EXIT_S - since)))
+        wait_for_its_process(run)
     return client.resume_flow_run(run.id, run_input=run_input)
+
+
+def wait_for_its_process(run: FlowRun) -> None:
+    """Until a suspended run's process has ended: watched where its worker runs on this machine, else until
+    SUSPENDED_EXIT_S after it suspended."""
+    since = (datetime.now(UTC) - run.state.timestamp).total_seconds()
+    floor_s = max(0.0, SUSPENDED_EXIT_S - since)
+    here = worker_is_here(run.labels.get("prefect.worker.name"))
+    if not (here and run.infrastructure_pid):
+        time.sleep(floor_s)
+        return
+    process = Path(f"/proc/{run.infrastructure_pid}")
+    ours = is_runs_process(process, run.id)
+    deadline = time.monotonic() + (SUSPENDED_EXIT_LIMIT_S - since if ours else floor_s)
+    while ours is not False and process.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(REAPED_MARGIN_S)
+
+
+def worker_is_here(name: str | None) -> bool:
+    """Whether a process worker of that name (the one that ran a run, by its labels) runs on this machine."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline") if name else ():
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if b"worker" in args and b"start" in args and name.encode() in args:
+                return True
+    return False
+
+
+def is_runs_process(process: Path, run_id: UUID) -> bool | None:
+    """Whether a process (its /proc entry) is the run's own by the run id in its environment: False when it has
+    ended or is another process of this user's (the pid reused), None when that cannot be read (a zombie, or another
+    user's process)."""
+    try:
+        environment = (process / "environ").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    return f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environment.split(b"\0") if environment else None
 
 
 def waits_for(run: FlowRun) -> str:

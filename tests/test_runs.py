@@ -127,3 +127,34 @@ def test_a_waiting_command_follows_the_runs_events_and_still_sees_its_end_withou
     monkeypatch.setattr(runs, "get_events_subscriber", refused)
     run_id = backup_started()
     assert runs.wait_for(run_id, paused=True).state.is_completed()
+
+
+def test_an_answer_given_the_moment_a_run_suspends_resumes_it_once_its_process_has_ended(fresh_databases):
+    """A process worker started with --limit that is offered a suspended run again before the run's old process
+    has ended stops for good (Prefect 3.8.8): an approval given as soon as the promotion waits (`approve`'s own
+    call, without the command's start) is sent only after that process has ended, and the promotion completes."""
+    import threading
+    import time
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from prefect import get_client
+
+    from dbpromote.runs import answer_approval
+    from tests.harness import started, wait_for_run
+
+    run_id = started("promote", "--project", "tenant-backend", "--through", "staging,production", "--until-paused")
+    with get_client(sync_client=True) as client:
+        suspended = client.read_flow_run(run_id)
+    assert suspended.state.name == "Suspended" and suspended.infrastructure_pid
+    process, ended = Path(f"/proc/{suspended.infrastructure_pid}"), []
+    watcher = threading.Thread(target=lambda: [time.sleep(0.005) for _ in iter(process.exists, False)] + [
+        ended.append(datetime.now(UTC))])  # fmt: skip
+    watcher.start()
+    answer_approval(run_id, "approve", "alice", "at once", acknowledge_risks=True)
+    watcher.join(timeout=30)
+    assert wait_for_run(run_id).is_completed()
+    with get_client(sync_client=True) as client:
+        states = sorted(client.read_flow_run_states(run_id), key=lambda state: state.timestamp)
+    after = [state for state in states if state.timestamp > suspended.state.timestamp]
+    assert ended and after[0].timestamp >= ended[0], (ended, [(s.name, s.timestamp) for s in after])
