@@ -80,17 +80,30 @@ def deploy_flows(api_url: str, pool: str = WORK_POOL) -> list[str]:
     return names
 
 
-# A flow run emits a heartbeat every HEARTBEAT_S (the pool's PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect's minimum is
-# 30 s); one silent for CRASHED_AFTER_S is taken for dead. Prefect's documented pair: three missed heartbeats, so a
-# run slowed by a CPU-bound dump is never taken for dead, and a dead one is marked within 90 s.
-# DBPROMOTE_CRASHED_AFTER_S shortens it where a dead run must be found sooner (the test suite: 60 s, each killed run
-# found 30 s earlier), never below two heartbeats: a heartbeat late must not be taken for dead.
+# A run of dbpromote's flows emits a heartbeat every HEARTBEAT_S (dbpromote's own thread, flows/parts.py:
+# DBPROMOTE_HEARTBEAT_S sets it apart); one silent for CRASHED_AFTER_S is taken for dead. Prefect's documented pair:
+# three missed heartbeats, so a run slowed by a CPU-bound dump is never taken for dead, and a dead one is marked
+# within 90 s. DBPROMOTE_CRASHED_AFTER_S shortens it where a dead run must be found sooner (the test suite, its
+# heartbeats every 3 s: 30 s), never below two heartbeats (a heartbeat late must not be taken for dead) nor below
+# Prefect's floor for a watch (10 s).
 HEARTBEAT_S = 30
 CRASHED_AFTER_S = 90
+SHORTEST_WATCH_S = 10
 CRASH_AUTOMATION = "dbpromote: crash silent flow runs"
 CLOSE_AUTOMATION = "dbpromote: close what a crashed run left running"
 CLOSE_DEPLOYMENT = "close-crashed/close-crashed"
 CLOSE_FLOW = CLOSE_DEPLOYMENT.partition("/")[0]
+
+
+def heartbeat_s() -> int:
+    """The seconds between a run's heartbeats: DBPROMOTE_HEARTBEAT_S, or 30."""
+    given = os.environ.get("DBPROMOTE_HEARTBEAT_S", "")
+    if given and (not given.isdigit() or int(given) < 1):
+        raise ConfigError(
+            f"DBPROMOTE_HEARTBEAT_S is {given!r}: it must be a whole number of seconds, at least 1; set one, or unset "
+            f"it for the default {HEARTBEAT_S}."
+        )
+    return int(given) if given else HEARTBEAT_S
 
 
 def crashed_after_s() -> int:
@@ -98,10 +111,12 @@ def crashed_after_s() -> int:
     given = os.environ.get("DBPROMOTE_CRASHED_AFTER_S", "")
     if not given:
         return CRASHED_AFTER_S
-    if not given.isdigit() or int(given) < 2 * HEARTBEAT_S:
+    shortest = max(2 * heartbeat_s(), SHORTEST_WATCH_S)
+    if not given.isdigit() or int(given) < shortest:
         raise ConfigError(
-            f"DBPROMOTE_CRASHED_AFTER_S is {given!r}: it must be a whole number of seconds, at least {2 * HEARTBEAT_S} "
-            f"(two heartbeats); set one, or unset it for the default {CRASHED_AFTER_S}."
+            f"DBPROMOTE_CRASHED_AFTER_S is {given!r}: it must be a whole number of seconds, at least {shortest} "
+            f"(two heartbeats, and never under {SHORTEST_WATCH_S}); set one, or unset it for the default "
+            f"{CRASHED_AFTER_S}."
         )
     return int(given)
 

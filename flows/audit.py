@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from dbpromote.flows.parts import flow
 from dbpromote.tasks.drift import check_drift
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.rls import rls_coverage
-from prefect import flow
 
 from dbpromote.backups import list_backups
 from dbpromote.config import load_project, load_target

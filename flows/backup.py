@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dbpromote.flows.parts import flow
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.preflight import check_bucket, check_database
 from dbpromote.tasks.retention import apply_retention
-from prefect import flow
 
 from dbpromote.config import load_target
 from dbpromote.models.backup import Backup

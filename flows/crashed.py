@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from dbpromote.flows.parts import flow
 from dbpromote.tasks.crashed import close_left_running, undo_a_late_crash
-from prefect import flow
 
 
 @flow(name="close-crashed", flow_run_name="close what {flow_run} left running")

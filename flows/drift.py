@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dbpromote.flows.parts import Part, as_task_run
+from dbpromote.flows.parts import Part, as_task_run, flow
 from dbpromote.tasks.drift import check_drift, fake_apply
 from dbpromote.tasks.plan import plan_migrations
 from dbpromote.tasks.preflight import check_not_held
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from dbpromote.config import load_project, load_target
 from dbpromote.drift import check_next

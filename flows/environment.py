@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from functools import partial
 
-from dbpromote.flows.parts import Part, as_task_run
+from dbpromote.flows.parts import Part, as_task_run, flow
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.migrate import after_migrating, apply_migration
 from dbpromote.tasks.plan import plan_migrations
@@ -20,7 +20,6 @@ from dbpromote.tasks.verify import (
     verify_target,
     watch_after_migrating,
 )
-from prefect import flow
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, load_project, load_target

@@ -3,10 +3,11 @@ verify after, on each target. And its undo."""
 
 from __future__ import annotations
 
+from dbpromote.flows.parts import flow
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.fix import apply_fix, dry_run_fix, undo_fix
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from dbpromote.config import DatabaseTarget, DjangoProject, load_project, load_target

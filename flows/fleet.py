@@ -15,9 +15,9 @@ from typing import NamedTuple
 from uuid import UUID
 
 from dbpromote.flows.environment import migrate_target, server_limit
-from dbpromote.flows.parts import in_the_calling_run
+from dbpromote.flows.parts import flow, in_the_calling_run
 from dbpromote.tasks.journal import record_kept
-from prefect import flow, get_client, get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import (
     FlowRunFilter,

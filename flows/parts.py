@@ -1,4 +1,5 @@
-"""How a step's parts run: each a task run of its own, or inside the run that calls them.
+"""How a step's parts run: each a task run of its own, or inside the run that calls them; and how dbpromote's flows
+send their heartbeats.
 
 One target's step shows each part (its backup, each migration, verify, RLS) as a task run in the UI. A fleet does
 not: a task run costs the Prefect server ~66 ms of CPU and its client more (benchmarks/fleet.py's profile), and a
@@ -9,19 +10,25 @@ each retried as its task would be.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import itertools
-import os
 import threading
 import time
+import types
 from collections.abc import Callable
 
+import prefect
 from prefect import Flow, Task
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
 from prefect.events import RelatedResource, emit_event
+from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from dbpromote.errors import ConfigError, is_transient
+from dbpromote.deploying import heartbeat_s
+from dbpromote.errors import is_transient
 from dbpromote.run_context import run_logger
 
 Part = Callable[[Task], Callable]
@@ -53,57 +60,62 @@ def in_the_calling_run(part: Task) -> Callable:
     return call
 
 
-def in_its_parents_process(subflow: Flow) -> Callable:
-    """The subflow, run in its parent's process, its heartbeats sent by a thread of its own that nothing waits for.
-    Prefect's heartbeat thread sleeps in one-second steps and a flow run's end waits for its step: a subflow of 0.5 s
-    took 1.2-1.4 s (an in-process parent calling a one-line subflow five times, 2026-12-07: 1.19-1.39 s with it,
-    0.40-0.63 s without). A subflow needs heartbeats all the same: the crash automation watches each of dbpromote's
-    runs, and took one of 80 s without them for dead at 60 s (its window on the stack), marked it Crashed and closed
-    its task runs while it ran (2026-12-07)."""
-
-    def call(*args, **kwargs):
-        every_s = heartbeat_s()
-        stop = threading.Event()
-
-        def send_heartbeats(flow: Flow, run: FlowRun, state: State) -> None:
-            context = contextvars.copy_context()  # Prefect's settings (its API) as this run has them
-            threading.Thread(target=context.run, args=(heartbeats, flow, run, every_s, stop), daemon=True).start()
-
-        beating = subflow.with_options(on_running=[*subflow.on_running_hooks, send_heartbeats]) if every_s else subflow
-        kept = BEATING_EVERY_S.set(every_s)  # a subflow of this one beats as often
-        try:
-            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                return beating(*args, **kwargs)
-        finally:
-            stop.set()
-            BEATING_EVERY_S.reset(kept)
-
-    return call
+def flow(**options) -> Callable[[Callable], Flow]:
+    """Prefect's @flow for dbpromote's flows: the function runs with dbpromote's heartbeats (beating)."""
+    return lambda fn: prefect.flow(**options)(beating(fn))
 
 
-# The heartbeat of the subflow running in its parent's process, where Prefect's setting is off.
-BEATING_EVERY_S: contextvars.ContextVar[int | None] = contextvars.ContextVar("beating_every_s")
+# How long a run's end waits for the events it emitted to be sent (its last heartbeat among them); a server that
+# does not take them by then is not one the run's final state can reach either.
+EVENTS_SENT_S = 5.0
 
 
-def heartbeat_s() -> int | None:
-    """The seconds between a run's heartbeats: DBPROMOTE_HEARTBEAT_S, else Prefect's setting (None: no heartbeats)."""
-    given = os.environ.get("DBPROMOTE_HEARTBEAT_S", "")
-    if given and (not given.isdigit() or int(given) < 1):
-        raise ConfigError(
-            f"DBPROMOTE_HEARTBEAT_S is {given!r}: it must be a whole number of seconds, at least 1; set one, or unset "
-            "it for Prefect's PREFECT_FLOWS_HEARTBEAT_FREQUENCY."
+def beating(fn: Callable) -> Callable:
+    """The flow's function, sending its run's heartbeat every heartbeat_s() while it runs from a thread of
+    dbpromote's; Prefect's own is off for the subflows it calls (and for every run the stack or pool starts).
+    Prefect's thread cannot beat more often than every 30 s (a test waited a minute for a killed run to be taken for
+    dead), sleeps in one-second steps that a run's end waits for (a subflow of 0.5 s took 1.2-1.4 s: an in-process
+    parent calling a one-line subflow five times, 2026-12-07) and beats on while the run's final state is recorded,
+    so that a heartbeat can reach the server after the run's end and start a watch the run never answers. This one
+    stops, and what it sent has left the process, before the function returns."""
+
+    def beats() -> contextlib.ExitStack:
+        """The run's heartbeats started, and what ends them (on exit, last first: stop, join, wait until sent)."""
+        context, stop = FlowRunContext.get(), threading.Event()
+        beats = threading.Thread(
+            target=contextvars.copy_context().run,  # Prefect's settings (its API) as this run has them
+            args=(heartbeats, context.flow, context.flow_run, heartbeat_s(), stop),
+            daemon=True,
         )
-    return int(given) if given else BEATING_EVERY_S.get(PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value())
+        ends = contextlib.ExitStack()
+        ends.enter_context(temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
+        ends.callback(events_sent)
+        ends.callback(beats.join)
+        ends.callback(stop.set)
+        beats.start()
+        return ends
+
+    def run(*args, **kwargs):
+        with beats():
+            return fn(*args, **kwargs)
+
+    # Prefect reads the annotations of a flow's parameters in its function's globals: the wrapper is given the flow
+    # module's (its body names nothing but its closure).
+    return functools.wraps(fn)(types.FunctionType(run.__code__, fn.__globals__, fn.__name__, None, run.__closure__))
+
+
+def events_sent() -> None:
+    """Until the events this process emitted have left it, at most EVENTS_SENT_S."""
+    sending = threading.Thread(target=EventsWorker.instance().wait_until_empty, daemon=True)
+    sending.start()
+    sending.join(EVENTS_SENT_S)
 
 
 def heartbeats(flow: Flow, run: FlowRun, every_s: int, stop: threading.Event) -> None:
-    """A heartbeat of `run` every `every_s` seconds until `stop` is set or the run ends, the first after `every_s`
-    (its Running began the automation's watch): a subflow shorter than that sends none, so none can reach the
-    server after its end and have the automation take the ended run for dead."""
+    """A heartbeat of `run` every `every_s` seconds until `stop` is set, the first after `every_s` (its Running
+    began the automation's watch)."""
     resource = {"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name}
     flow_resource = {"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow"}
     related = [RelatedResource.model_validate(flow_resource | {"prefect.resource.name": flow.name})]
     while not stop.wait(every_s):
-        if run.state and run.state.is_final():
-            return
         emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)

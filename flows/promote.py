@@ -10,11 +10,11 @@ from typing import TypeVar
 from dbpromote.flows.drift import preflight_drift
 from dbpromote.flows.environment import migrate_environment, preflight
 from dbpromote.flows.fleet import GroupStep
-from dbpromote.flows.parts import Part, as_task_run, in_its_parents_process, in_the_calling_run
+from dbpromote.flows.parts import Part, as_task_run, flow, in_the_calling_run
 from dbpromote.flows.rehearsal import rehearse_plan
 from dbpromote.tasks.journal import open_journal, record_kept, record_step
 from dbpromote.tasks.preflight import check_not_held
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.input import create_flow_run_input, read_flow_run_input
 from prefect.runtime import flow_run
 
@@ -197,9 +197,7 @@ class Promotion:
         honoured = self.journal.approval(target, plan)  # given for this very plan before a crash: it stands
         rehearsal = None
         if target != self.staging and self.rehearse_slow_s is not None and not honoured:
-            rehearsal = in_its_parents_process(rehearse_plan)(
-                self.project, target, self.staging, plan, self.rehearse_slow_s
-            )
+            rehearsal = rehearse_plan(self.project, target, self.staging, plan, self.rehearse_slow_s)
         measured = Measured.of(reports, self.staging, rehearsal)
         database = load_target(target)
         approval = None
@@ -301,7 +299,7 @@ class Phases:
         maintenance window where the target has them and the step needs one."""
         if now.migrations:
             self.wait_for_window(now)
-        report = in_its_parents_process(migrate_environment)(self.project, self.target, self.to, expected_plan=now)
+        report = migrate_environment(self.project, self.target, self.to, expected_plan=now)
         record_step(self.journal, self.target, report)
         return [report]
 

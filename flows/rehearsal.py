@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dbpromote.flows.parts import flow
 from dbpromote.tasks.backup import backup_to_gcs
 from dbpromote.tasks.migrate import after_migrating, apply_migration
 from dbpromote.tasks.restore import drop_restored, restore_into_new_database
-from prefect import flow
 
 from dbpromote.backups import list_backups
 from dbpromote.config import load_project, load_target

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from dbpromote.flows.parts import flow
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.restore import drop_restored, restore_into_new_database, swap_in
-from prefect import flow
 from prefect.runtime import flow_run
 
 from dbpromote.backups import find_backup

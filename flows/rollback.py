@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dbpromote.flows.environment import carry_out
+from dbpromote.flows.parts import flow
 from dbpromote.tasks.plan import plan_rollback
 from dbpromote.tasks.preflight import check_bucket, check_database, check_not_held
 from dbpromote.tasks.verify import verify_state
-from prefect import flow
 from prefect.runtime import flow_run
 
 from dbpromote.backups import find_backup

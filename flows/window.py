@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from prefect import flow, get_client, get_run_logger
+from dbpromote.flows.parts import flow
+from prefect import get_client, get_run_logger
 
 from dbpromote.models.approval import THE_WINDOW
 from dbpromote.runs import resume

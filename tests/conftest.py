@@ -36,10 +36,12 @@ os.environ.update(
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        # Flows run in this process too: their heartbeats must come as often as the crash automation expects.
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
-        # A killed run is taken for dead after 60 s of silence, not 90: two heartbeats, the shortest it allows.
-        "DBPROMOTE_CRASHED_AFTER_S": "60",
+        # dbpromote's runs (the stack's and this process's) beat every 3 s, and a killed one is taken for dead after
+        # 30 s of silence rather than 90. Not 15: nothing beats between the worker's Pending and the new process's
+        # Running, and a cold flow-run process under the suite's load took longer than that to start (a promotion
+        # started by a worker that had just replaced a killed one was marked Crashed before it asked for approval).
+        "DBPROMOTE_HEARTBEAT_S": "3",
+        "DBPROMOTE_CRASHED_AFTER_S": "30",
     }
 )
 

@@ -99,46 +99,49 @@ def test_a_step_reads_each_target_once_and_the_step_after_it_reads_it_again(make
         assert load_target(name).window_lock_s == 20
 
 
-def test_a_subflow_in_its_parents_process_sends_its_own_heartbeats_and_outlives_the_crash_window(stack, monkeypatch):
-    """A promotion's environment step and rehearsal run in its process with Prefect's heartbeat off
-    (flows/parts.py); a step longer than the crash automation's window is not taken for dead, as a silent one is;
-    a team's own flow on the same server, as silent, is none of the automation's business. On the stack with the
-    shortest window Prefect allows (10 s; the automation looks every 5 s) and heartbeats every 2 s."""
+def test_dbpromotes_runs_send_their_own_heartbeats_outlive_the_crash_window_and_none_is_taken_for_dead_after_its_end(
+    stack, monkeypatch
+):
+    """Every run of dbpromote's flows sends its own heartbeats (flows/parts.py), a subflow in its parent's process
+    too: a step longer than the crash automation's window is not taken for dead, as a silent one is; runs that end
+    just as a heartbeat is due are not taken for dead after their end (their last heartbeat is sent before their
+    final state); a team's own silent flow on the same server is none of the automation's business. On the stack
+    with the shortest window Prefect allows (10 s; the automation looks every 5 s) and heartbeats every 2 s."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from dbpromote.flows.parts import in_its_parents_process
-    from prefect import flow, get_client
+    import prefect
+    from dbpromote.flows.parts import flow
+    from prefect import get_client
     from prefect.runtime import flow_run
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from dbpromote.deploying import crashed_after_s, install_crash_detection
 
-    def longer_than_the_window() -> str:
-        time.sleep(16)
+    def lasting(seconds: float) -> str:
+        time.sleep(seconds)
         return str(flow_run.get_id())
 
-    step = flow(name="migrate-environment")(longer_than_the_window)  # as dbpromote's flows are named
-    theirs = flow(name="a-teams-own-nightly-job")(longer_than_the_window)
-
-    def silent(subflow) -> str:
-        """A flow run with no heartbeat: what a promotion's step was before it sent its own."""
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            return subflow()
+    step = flow(name="migrate-environment")(lasting)  # dbpromote's
+    silent = prefect.flow(name="migrate-environment")(lasting)  # named as dbpromote's, with no heartbeat
+    theirs = prefect.flow(name="a-teams-own-nightly-job")(lasting)
+    backup = flow(name="backup")(lasting)
 
     @flow(name="promote")
     def promotion() -> tuple[str, str]:
-        return in_its_parents_process(step)(), silent(step)
+        return step(16), silent(16)
 
     monkeypatch.setenv("DBPROMOTE_HEARTBEAT_S", "2")
     install_crash_detection(stack.prefect_api_url, 10)
     try:
-        with ThreadPoolExecutor(1) as pool:
-            team = pool.submit(silent, theirs)
-            beating, quiet = in_its_parents_process(promotion)()
+        with ThreadPoolExecutor(2) as pool:
+            team = pool.submit(theirs, 16)
+            due = pool.submit(lambda: [backup(2.0) for _ in range(4)])  # each ends as its first heartbeat is due
+            beating, quiet = promotion()
             runs = {"beating": beating, "silent": quiet, "theirs": team.result()}
+            runs |= {f"ended {n}": run for n, run in enumerate(due.result())}
+        time.sleep(12)  # the window and the automation's next look, after the last of them ended
         with get_client(sync_client=True) as client:
             states = {k: [s.name for s in client.read_flow_run_states(UUID(run))] for k, run in runs.items()}
     finally:
         install_crash_detection(stack.prefect_api_url, crashed_after_s())
-    assert states["beating"] == states["theirs"] == ["Pending", "Running", "Completed"], states
-    assert "Crashed" in states["silent"], states
+    assert "Crashed" in states.pop("silent"), states
+    assert all(names == ["Pending", "Running", "Completed"] for names in states.values()), states

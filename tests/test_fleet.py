@@ -32,7 +32,7 @@ def two_workers(stack):
     stop(local_stack.Stack.load(stack.home), ["worker"])
     local_stack.up(stack.home, deploy=False, workers=2, worker_limit=3)
     yield stack
-    # Nothing may be running when the workers stop: a run killed with them is marked Crashed a minute later, and the
+    # Nothing may be running when the workers stop: a run killed with them is marked Crashed 30 s later, and the
     # close-crashed run that starts then would land in a later test.
     wait_until(nothing_running, "the fleet's runs to end", timeout_s=120)
     stop(local_stack.Stack.load(stack.home), ["worker", "worker-2"])

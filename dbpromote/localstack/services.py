@@ -12,7 +12,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from dbpromote.deploying import HEARTBEAT_S, WORK_POOL, create_work_pool
+from dbpromote.deploying import WORK_POOL, create_work_pool
 from dbpromote.localstack.processes import pick_port, spawn, venv_script, wait_until
 from dbpromote.localstack.state import APP_ROLE, BUCKET, SAMPLE_PROJECT, SERVERS, Stack
 from dbpromote.warm import warm_command
@@ -41,8 +41,6 @@ def prefect_env(stack: Stack) -> dict[str, str]:
         "PREFECT_SERVER_UI_STATIC_DIRECTORY": str(prefect_home / "ui"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
         "PREFECT_LOGGING_LEVEL": "INFO",
-        # What the crash automation expects of every flow run (the pool's template sets it for the runs it starts).
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
     }
 
 
