@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable
 
 import prefect
-from prefect import Flow, Task
+from prefect import Flow, Task, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.events import RelatedResource, emit_event
@@ -112,10 +112,15 @@ def events_sent() -> None:
 
 
 def heartbeats(flow: Flow, run: FlowRun, every_s: int, stop: threading.Event) -> None:
-    """A heartbeat of `run` every `every_s` seconds until `stop` is set, the first after `every_s` (its Running
-    began the automation's watch)."""
+    """A heartbeat of `run` every `every_s` seconds until `stop` is set or the server has ended the run, the first
+    after `every_s` (its Running began the automation's watch). A run cancelled from the UI or marked Crashed while
+    its function still runs (a process that lingers) is not made to look alive: a heartbeat after its end would start
+    a watch that marks it Crashed again."""
     resource = {"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name}
     flow_resource = {"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow"}
     related = [RelatedResource.model_validate(flow_resource | {"prefect.resource.name": flow.name})]
     while not stop.wait(every_s):
+        with contextlib.suppress(Exception), get_client(sync_client=True) as client:  # unreachable: beat all the same
+            if client.read_flow_run(run.id).state.is_final():
+                return
         emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
