@@ -52,7 +52,7 @@ def test_a_step_that_needs_a_window_waits_for_it_suspended_outliving_its_worker_
         "the promotion's journal)."
     )
     # The lead covers the promotion to its approval, the approval, the suspension, the worker's death and its
-    # replacement: 14 s in a whole suite's run on two cores (fx35's test took 104 s with a lead of 90); the test
+    # replacement: at most 14 s in a whole suite's run on two cores (fx35's test took 104 s with a lead of 90); the test
     # fails, rather than proving nothing, should a machine take all of it.
     spec, opens = window_from(datetime.now(UTC), lead_s=45)
     # Every migration of the release holds ACCESS EXCLUSIVE on staging for some time: with a bound of 0 s, each
