@@ -84,7 +84,7 @@ def deploy_flows(api_url: str, pool: str = WORK_POOL) -> list[str]:
 # DBPROMOTE_HEARTBEAT_S sets it apart); one silent for CRASHED_AFTER_S is taken for dead. Prefect's documented pair:
 # three missed heartbeats, so a run slowed by a CPU-bound dump is never taken for dead, and a dead one is marked
 # within 90 s. DBPROMOTE_CRASHED_AFTER_S shortens it where a dead run must be found sooner (the test suite, its
-# heartbeats every 3 s: 30 s), never below two heartbeats (a heartbeat late must not be taken for dead) nor below
+# heartbeats every 10 s: 30 s), never below two heartbeats (a heartbeat late must not be taken for dead) nor below
 # Prefect's floor for a watch (10 s).
 HEARTBEAT_S = 30
 CRASHED_AFTER_S = 90

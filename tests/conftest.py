@@ -36,11 +36,13 @@ os.environ.update(
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        # dbpromote's runs (the stack's and this process's) beat every 3 s, and a killed one is taken for dead after
-        # 30 s of silence rather than 90. Not 15: nothing beats between the worker's Pending and the new process's
-        # Running, and a cold flow-run process under the suite's load took longer than that to start (a promotion
-        # started by a worker that had just replaced a killed one was marked Crashed before it asked for approval).
-        "DBPROMOTE_HEARTBEAT_S": "3",
+        # dbpromote's runs (the stack's and this process's) beat every 10 s, and a killed one is taken for dead after
+        # 30 s of silence rather than 90 (three heartbeats, as in production). Not 15: nothing beats between the
+        # worker's Pending and the new process's Running, and a cold flow-run process under the suite's load took
+        # longer than that to start (a promotion started by a worker that had just replaced a killed one was marked
+        # Crashed before it asked for approval). Not every 3 s: a heartbeat costs the server ~18 ms of CPU (its
+        # trigger's bucket, the event kept; five idle runs beating for 30 s on the stack) and the suite's runs many.
+        "DBPROMOTE_HEARTBEAT_S": "10",
         "DBPROMOTE_CRASHED_AFTER_S": "30",
     }
 )
