@@ -82,7 +82,7 @@ def beating(fn: Callable) -> Callable:
     def beats() -> contextlib.ExitStack:
         """The run's heartbeats started, and what ends them (on exit, last first: stop, join, wait until sent)."""
         context, stop = FlowRunContext.get(), threading.Event()
-        beats = threading.Thread(
+        thread = threading.Thread(
             target=contextvars.copy_context().run,  # Prefect's settings (its API) as this run has them
             args=(heartbeats, context.flow, context.flow_run, heartbeat_s(), stop),
             daemon=True,
@@ -90,9 +90,9 @@ def beating(fn: Callable) -> Callable:
         ends = contextlib.ExitStack()
         ends.enter_context(temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
         ends.callback(events_sent)
-        ends.callback(beats.join)
+        ends.callback(thread.join)
         ends.callback(stop.set)
-        beats.start()
+        thread.start()
         return ends
 
     def run(*args, **kwargs):
