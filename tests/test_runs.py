@@ -148,8 +148,14 @@ def test_an_answer_given_the_moment_a_run_suspends_resumes_it_once_its_process_h
         suspended = client.read_flow_run(run_id)
     assert suspended.state.name == "Suspended" and suspended.infrastructure_pid
     process, ended = Path(f"/proc/{suspended.infrastructure_pid}"), []
-    watcher = threading.Thread(target=lambda: [time.sleep(0.005) for _ in iter(process.exists, False)] + [
-        ended.append(datetime.now(UTC))])  # fmt: skip
+
+    def watch() -> None:
+        """When the suspended run's process ended, to 5 ms."""
+        while process.exists():
+            time.sleep(0.005)
+        ended.append(datetime.now(UTC))
+
+    watcher = threading.Thread(target=watch)
     watcher.start()
     answer_approval(run_id, "approve", "alice", "at once", acknowledge_risks=True)
     watcher.join(timeout=30)
