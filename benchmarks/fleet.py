@@ -34,8 +34,6 @@ from prefect.client.schemas.filters import (
     TaskRunFilterStartTime,
 )
 
-from dbpromote.config import DatabaseTarget
-from dbpromote.gcs import gcs_client
 from dbpromote.runs import wait_for
 
 DBPROMOTE = str(Path(sys.executable).parent / "dbpromote")
@@ -47,14 +45,7 @@ def fresh_fleet(size: int) -> list[str]:
     production (drift checked before the approval, blocking: the default)."""
     for server in local_stack.SERVERS:
         local_stack.reset_database(stack, server)
-    members = local_stack.fleet(stack, size, "fleet")
-    # Their backups and records from the last run, deleted: the emulator rewrites one index of every object it
-    # holds on each write (7 MB after a day of runs: its CPU tripled a member's time), where GCS does not.
-    target = DatabaseTarget.load(members[0])
-    bucket = gcs_client(target.gcp_credentials).bucket(target.bucket)
-    for blob in bucket.list_blobs(prefix=f"{target.prefix}/fleet-"):
-        blob.delete()
-    return members
+    return local_stack.fleet(stack, size, "fleet")
 
 
 def bare(members: list[str], parallel: int, checklist: bool = False) -> float:
