@@ -54,6 +54,20 @@ def test_status_json_reports_every_component_healthy_with_masked_urls(stack):
         assert conn.execute("SELECT current_user").fetchone() == ("django_app",)
 
 
+def test_an_object_deleted_from_the_bucket_leaves_no_soft_deleted_copy(stack):
+    """The emulator rewrites every object's metadata, soft-deleted ones too, on each write: a day's soft-deleted
+    copies made each write of a long-lived stack 0.14 s of its CPU (services.start_gcs_emulator)."""
+    from dbpromote.config import DatabaseTarget
+    from dbpromote.gcs import gcs_client
+
+    target = DatabaseTarget.load("staging")
+    client = gcs_client(target.gcp_credentials)
+    blob = client.bucket(target.bucket).blob(f"{target.prefix}/deleted-at-once.json")
+    blob.upload_from_string("{}")
+    blob.delete()
+    assert list(client.list_blobs(target.bucket, prefix=blob.name, soft_deleted=True)) == []
+
+
 def test_the_work_pool_runs_flows_with_the_base_job_template_in_deployments_started_warm(stack):
     from prefect import get_client
 
