@@ -203,7 +203,7 @@ def fleet(stack: Stack, count: int, prefix: str = "shard", **fields) -> list[str
     names = []
     production = DatabaseTarget.load("production")
     # The emulator rewrites all its objects' metadata on each write: a fleet's objects left from the last one made
-    # every write of the next slower (the fleet tests' twelve shards leave ~100 objects a test).
+    # every write of the next slower (a member of a promotion leaves ~11: the fleet tests' twelve shards ~130 a test).
     bucket = gcs_client(production.gcp_credentials).bucket(production.bucket)
     with prefect_client(stack), psycopg.connect(**stack.superuser_conninfo("production"), autocommit=True) as conn:
         for number in range(1, count + 1):
