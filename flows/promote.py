@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from dbpromote.flows.drift import preflight_drift
-from dbpromote.flows.environment import migrate_environment, preflight
+from dbpromote.flows.environment import lending, migrate_environment, preflight
 from dbpromote.flows.fleet import GroupStep
 from dbpromote.flows.parts import Part, as_task_run, flow, in_the_calling_run
 from dbpromote.flows.rehearsal import rehearse_plan
@@ -84,17 +85,17 @@ def promote(
     rehearsal), or may rewrite a table, in the first window with room for staging's duration, suspended until it
     opens; approval can be given before. now_reason runs such steps at once, the reason kept in the journal.
     """
-    promotion = Promotion(project, through, to, approval_timeout_s, approval_poll_s, now_reason)
-    promotion.rehearse_slow_s = rehearsal_slow_s if rehearse else None
-    promotion.deploy_wait_on_staging = deploy_wait_on_staging
-    promotion.prepare(resume, skip_divergent)
     reports: list[StepReport] = []
     approvals: list[Approval] = []
-    for target in through:
-        step = promotion.group_step if target in promotion.groups else promotion.target_step
-        approval, ran = step(target, reports)
-        approvals += [approval] if approval else []
-        reports += ran
+    with Promotion(project, through, to, approval_timeout_s, approval_poll_s, now_reason) as promotion:
+        promotion.rehearse_slow_s = rehearsal_slow_s if rehearse else None
+        promotion.deploy_wait_on_staging = deploy_wait_on_staging
+        promotion.prepare(resume, skip_divergent)
+        for target in through:
+            step = promotion.group_step if target in promotion.groups else promotion.target_step
+            approval, ran = step(target, reports)
+            approvals += [approval] if approval else []
+            reports += ran
     with resolved_once():
         record_promotion(project, promotion.plans, promotion.journal, reports)
     publish_promotion(project, through, str(flow_run.get_id()), reports, approvals)
@@ -105,7 +106,7 @@ def promote(
 class Promotion:
     """A promotion's parameters, and what its checks before any approval found: each environment's step reads
     them. The checks read each target once; each step after them reads it again (a person may change a target
-    while the promotion waits)."""
+    while the promotion waits). Its probes, the checks' and then every step's, end with it."""
 
     def __init__(self, project: str, through: list[str], to: str, timeout_s: int, poll_s: int, now_reason: str):
         self.project, self.through, self.to, self.timeout_s, self.poll_s = project, through, to, timeout_s, poll_s
@@ -114,6 +115,14 @@ class Promotion:
         # it is a risk to acknowledge), and staging waiting for the app's deploy too (off: it deploys itself).
         self.rehearse_slow_s: float | None = None
         self.deploy_wait_on_staging = True
+        self.probes: CheckingProbes | None = None
+
+    def __enter__(self) -> Promotion:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.probes is not None:
+            self.probes.__exit__(*exc)
 
     @resolved_once()
     def prepare(self, resume: str, skip_divergent: bool) -> None:
@@ -126,27 +135,27 @@ class Promotion:
         self.journal = open_journal(self.project, self.through, self.to, resume, targets)
         kept = self.kept_checks()
         unchecked = [t for t in targets if t not in kept.targets]
-        with CheckingProbes(load_project(self.project), load_target(targets[0])) as probes:
-            checked: set[tuple[str, str]] = set()
-            planned = probes.each(
-                lambda probe, t: preflight(self.project, t, self.to, probe, checked, self.part(t)), unchecked
-            )
-            self.now = {t: kept.plan(t) if t in kept.targets else planned[t] for t in targets}
-            self.plans = self.journal.continue_plans(self.now)
-            self.divergent = self.refuse_divergent(skip_divergent)
-            vouch_for({t: self.plans[t] for t in targets if t not in self.divergent}, self.staging)
-            # A target this promotion already took through its step changes no more: no gate to pass (on the run
-            # that carries a promotion on after its approval, staging's replay cost a second of every promotion as
-            # typed). The others' histories are read by Django, and each distinct one replayed once (members of a
-            # group share theirs).
-            done = "not checked again: its step is done in this promotion"
-            drifting = [t for t in unchecked if t not in self.divergent and not self.journal.completed(t, self.now[t])]
-            drifts = probes.each(lambda probe, t: preflight_drift(self.project, t, probe, self.part(t)), drifting)
-            self.drift = {
-                target: kept.drift[target] if target in kept.targets else drifts.get(target, done)
-                for target in targets
-                if target not in self.divergent
-            }
+        self.probes = probes = CheckingProbes(load_project(self.project), load_target(targets[0]))
+        checked: set[tuple[str, str]] = set()
+        planned = probes.each(
+            lambda probe, t: preflight(self.project, t, self.to, probe, checked, self.part(t)), unchecked
+        )
+        self.now = {t: kept.plan(t) if t in kept.targets else planned[t] for t in targets}
+        self.plans = self.journal.continue_plans(self.now)
+        self.divergent = self.refuse_divergent(skip_divergent)
+        vouch_for({t: self.plans[t] for t in targets if t not in self.divergent}, self.staging)
+        # A target this promotion already took through its step changes no more: no gate to pass (on the run
+        # that carries a promotion on after its approval, staging's replay cost a second of every promotion as
+        # typed). The others' histories are read by Django, and each distinct one replayed once (members of a
+        # group share theirs).
+        done = "not checked again: its step is done in this promotion"
+        drifting = [t for t in unchecked if t not in self.divergent and not self.journal.completed(t, self.now[t])]
+        drifts = probes.each(lambda probe, t: preflight_drift(self.project, t, probe, self.part(t)), drifting)
+        self.drift = {
+            target: kept.drift[target] if target in kept.targets else drifts.get(target, done)
+            for target in targets
+            if target not in self.divergent
+        }
         if not kept.found:
             keep_checks(CheckedTargets.of(self.now, self.drift))
 
@@ -211,6 +220,10 @@ class Promotion:
         phases = Phases(
             self.project, target, self.to, self.journal, self.timeout_s, self.poll_s, measured, self.now_reason
         )
+        # The checks' first probe runs every step, started again after a wait: Django is warm, or starts once.
+        phases.probe = self.probes.probes[0]
+        if approval and not honoured:
+            phases.after_a_wait()
         return approval, phases.run(plan, now) if waits else phases.run_one(now)
 
 
@@ -293,13 +306,15 @@ class Phases:
     ):
         self.project, self.target, self.to, self.journal = project, target, to, journal
         self.timeout_s, self.poll_s, self.measured, self.now_reason = timeout_s, poll_s, measured, now_reason
+        self.probe: ProbeSession | None = None  # set: the promotion's, lent to each step; else each starts its own
 
     def run_one(self, now: Plan) -> list[StepReport]:
         """What preflight saw (the whole plan, or what a crashed run left of it), exactly that, in one step: in a
         maintenance window where the target has them and the step needs one."""
         if now.migrations:
             self.wait_for_window(now)
-        report = migrate_environment(self.project, self.target, self.to, expected_plan=now)
+        with lending(self.probe) if self.probe else contextlib.nullcontext():
+            report = migrate_environment(self.project, self.target, self.to, expected_plan=now)
         record_step(self.journal, self.target, report)
         return [report]
 
@@ -317,6 +332,7 @@ class Phases:
             done = [label for label in whole.labels if label in before]
             deployment = wait_for_deploy(self.project, self.target, whole, done, self.timeout_s, self.poll_s)
             record_kept(self.journal, self.target, deployment)
+            self.after_a_wait()
         self.wait_out_delay(whole, deployment)
         return reports + self.run_one(now.only(set(now.labels) - before))
 
@@ -326,6 +342,13 @@ class Phases:
         need = self.measured.need(now, database.window_lock_s)
         if window := wait_for_window(self.project, database, self.target, now, need, self.now_reason):
             record_kept(self.journal, self.target, window)
+            self.after_a_wait()
+
+    def after_a_wait(self) -> None:
+        """The lent probe started anew at its next request: Django imports a migration module once in a process,
+        and the project's files may have changed while the promotion waited (for a person, a deploy, a window)."""
+        if self.probe is not None:
+            self.probe.renew()
 
     def wait_out_delay(self, whole: Plan, deployment: Deployment) -> None:
         """django-safemigrate's `after_deploy(delay=...)`, counted from the recorded deploy (what its users ask

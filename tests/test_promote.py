@@ -10,13 +10,17 @@ from dbpromote.errors import ApprovalRejected, InputError, PreflightError
 from tests.harness import RELEASE, PromotionInBackground, applied, target_changed
 
 
-def test_promise_1_production_migrated_only_after_staging_backup_and_named_approval(fresh_databases):
+def test_promise_1_production_migrated_only_after_staging_backup_and_named_approval(fresh_databases, monkeypatch):
+    from dbpromote import probe
     from dbpromote.backups import list_backups
     from dbpromote.config import load_target
     from dbpromote.gcs import gcs_client
     from dbpromote.records import read_records
     from dbpromote.runs import answer_approval
 
+    # Counted, not changed: each Django process the promotion starts, and what for.
+    started, start_probe = [], probe.start_probe
+    monkeypatch.setattr(probe, "start_probe", lambda *a, **kw: started.append(a[2]) or start_probe(*a, **kw))
     promotion = PromotionInBackground()
     run = promotion.paused_run()
     assert applied(fresh_databases, "staging") == ["core.0001_initial", *RELEASE]
@@ -44,6 +48,9 @@ def test_promise_1_production_migrated_only_after_staging_backup_and_named_appro
     tables = ["dbpromote-production-migrations", "rls-coverage-production", "rls-proof-production"]
     runs = {key: newest_artifact(key).flow_run_id for key in ["dbpromote-production", *tables]}
     assert len(set(runs.values())) == 1, runs
+    # One Django for the promotion's checks and staging's step; another for production's after the approval (the
+    # project's files may have changed while a person decided): not one for each.
+    assert started == ["serve", "serve"], started
 
 
 def newest_artifact(key: str):

@@ -197,8 +197,8 @@ class ProbeSession:
             self.target = target
             return
         if target.database_alias != self.target.database_alias:
-            self.__exit__()
-            self.__init__(self.project, target)
+            self.target = target
+            self.renew()
             return
         request = {"retarget": target.conninfo.django(), "lock_timeout_ms": target.lock_timeout_ms}
         request["statement_timeout_ms"] = target.statement_timeout_ms
@@ -211,6 +211,12 @@ class ProbeSession:
                 "report it with the project's settings."
             )
         self.target = target
+
+    def renew(self) -> None:
+        """Its process ended, a new one to start at the next request: Django imports a migration module once, and
+        the project's files may change while a person decides (a promotion's waits)."""
+        self.__exit__()
+        self.__init__(self.project, self.target)
 
     def stop_between_statements(self) -> None:
         """Ask the migration step in progress to stop before its next statement (it answers "stopped")."""
