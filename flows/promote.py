@@ -231,7 +231,8 @@ class CheckingProbes:
     """Django probes that a promotion's checks share, each used by one thread at a time: a few targets are checked
     by one probe, a group's members by CHECK_PROBES at once. Each answers a target's plan or drift in 0.1-0.2 s of
     its own CPU (Django's migration graph, the catalog read), so a second probe uses the second core: the checks
-    of 100 members before their approval were 23 s in one (benchmarks/fleet.py --sizes 100)."""
+    of 100 members before their approval were 23 s in one (benchmarks/fleet.py --sizes 100). The first runs the
+    promotion's steps after the checks (Phases.probe)."""
 
     # Probes checking at once: the dev machine's two cores (30 members' checks: 10.0 s with one probe, 6.3-6.7 s
     # with two, 6.6-6.8 s with three). A probe's start costs about three plans (~0.3 s): fewer targets than
