@@ -118,12 +118,12 @@ class GroupStep:
         """The group's step in a promotion: its approval (and the maintenance window it runs in), then its waves; its
         members read once for the approval and once again for the run, after any wait. The approval given, if any,
         and the members' reports."""
-        with resolved_once():
+        with resolved_once(members):
             window = self.window_need(members, measured)
             when = when_it_runs(window.database.windows, window.need, datetime.now(UTC), now_reason) if window else ""
             approval = self.approve(members, reports, drift, timeout_s, poll_s, when)
         self.wait_for_window(window, now_reason)
-        with resolved_once():
+        with resolved_once(members):
             return approval, self.run(members)
 
     def skip(self, members: list[str]) -> None:
@@ -242,14 +242,17 @@ class GroupStep:
         return [self.reports[m] for m in self.group.members if m in self.reports]
 
     def start(self, lane: int, members: list[str], planned: list[list[str]], bound: int) -> str:
-        """A lane: a deployment run of migrate-lane, as a subflow of this promotion; its id. Members with the same
-        plan share one copy of it in the run's parameters."""
-        plans = list(dict.fromkeys(self.plans[member].model_dump_json() for member in members))
+        """A lane: a deployment run of migrate-lane, as a subflow of this promotion; its id. Members whose plans
+        differ by their target alone (staging vouched for them: the same migrations, the same SQL) share one copy of
+        it in the run's parameters, the lane naming each member in its own: a copy a member (7.3 KB for the sample)
+        took the lanes of 1,000 members past the server's limit on a run's parameters (512 KB: 1.8 MB a lane)."""
+        shared = {member: self.plans[member].model_copy(update={"target": ""}).model_dump_json() for member in members}
+        plans = {plan: number for number, plan in enumerate(dict.fromkeys(shared.values()))}
         parameters = {
             "project": self.project,
             "group": self.name,
             "lane": lane,
-            "members": {member: plans.index(self.plans[member].model_dump_json()) for member in members},
+            "members": {member: plans[shared[member]] for member in members},
             "plans": [json.loads(plan) for plan in plans],
             "waves": planned,
             "to": self.to,
@@ -375,7 +378,8 @@ def migrate_lane(
         probe = ProbeSession(load_project(project), load_target(next(iter(members))))
         try:
             reached = 0  # the waves before this one have ended in every lane
-            for member, plan in members.items():
+            for member, shared in members.items():
+                plan = plans[shared].model_copy(update={"target": member})  # a copy shared by members: start()
                 if wave_of[member] > reached:
                     if not wait_for_waves_before(fleet, wave_of[member], waves):
                         get_run_logger().info(
@@ -389,7 +393,7 @@ def migrate_lane(
                 step = migrate_member.with_options(tags=[fleet, MEMBER_TAG + member])
                 started.append(member)
                 try:
-                    step(project, member, to, plans[plan], promotion, probe, buckets)
+                    step(project, member, to, plan, promotion, probe, buckets)
                 except Exception:  # any failure is the member's, recorded in its task run; the lane goes on
                     failed.append(member)
                     probe.__exit__()

@@ -176,6 +176,30 @@ def test_twelve_shards_go_canary_first_in_waves_on_both_workers_within_the_per_s
         assert all(datetime.fromisoformat(found[s]["started"]) >= ended for s in later), (earlier, later)
     workers = {record["worker"] for record in found.values()}
     assert len(workers) == 2, f"every member ran on {workers}"
+    # One plan for every shard (staging vouched for it): a lane's run carries it once, not once a member (1,000
+    # members' copies passed the server's 512 KB limit on a run's parameters), and each member ran and recorded it
+    # as its own.
+    assert [len(lane["plans"]) for lane in lane_parameters(run_id)] == [1] * 5  # --parallel 5
+    assert all(recorded_report(run_id, shard).plan.target == shard for shard in shards)
+
+
+def lane_parameters(run_id: str) -> list[dict]:
+    """The parameters of the group's lanes in a promotion's run."""
+    from dbpromote.flows.fleet import FLEET_TAG
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    lanes = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"{FLEET_TAG}{run_id}:shards"]))
+    with get_client(sync_client=True) as client:
+        return [run.parameters for run in client.read_flow_runs(flow_run_filter=lanes)]
+
+
+def recorded_report(run_id: str, shard: str):
+    """The report a member's step recorded in the promotion's journal."""
+    from dbpromote.config import load_target
+    from dbpromote.journal import read_target_journal
+
+    return read_target_journal(load_target(shard), run_id).completed
 
 
 def test_a_failure_halts_the_group_and_the_same_promotion_run_again_finishes_only_the_rest(fleet):
